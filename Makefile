@@ -1,0 +1,41 @@
+# The lab's commands. `make demo` and `make test` work on a fresh clone: they create .venv first.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+LOCK   := environments/requirements.lock
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+
+.PHONY: setup demo test lock ui clean
+
+# The environment, installed exactly from the lock; redone when the lock or the project changes.
+$(BIN)/.installed: $(LOCK) pyproject.toml
+	@echo "Installing the pinned environment from $(LOCK) into $(VENV) (a few minutes the first time)"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -qq --no-warn-script-location -r $(LOCK)
+	$(BIN)/python -m pip install -qq --no-deps -e .
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/lab demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+ui: setup
+	$(BIN)/lab ui
+
+# Re-resolve environments/requirements.in into the lock, in a scratch environment.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -qq -r environments/requirements.in
+	{ sed -n '1,3p' $(LOCK); .lock-venv/bin/python -m pip freeze --exclude-editable; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) workspace

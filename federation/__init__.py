@@ -1,0 +1,1 @@
+"""The Flower apps: the coordinator's ServerApp and the node's ClientApp."""

@@ -1,0 +1,137 @@
+"""The node's ClientApp: answers the coordinator from the node's own rows, never sending rows.
+
+Three messages reach it:
+
+- ``query`` (prepare): check the table against the task spec, return per-column sums for the
+  federated scaler and the local-only baseline's metrics;
+- ``train``: train the global model locally, return the update and the training loss;
+- ``evaluate``: return the global model's metrics on the node's test split.
+
+A node whose table does not fit the spec refuses with an error reply that says why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+
+from federation import keys
+from federation.task import (
+    evaluate,
+    load_node_data,
+    local_baseline,
+    node_seed,
+    predictor_from,
+    train_locally,
+)
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from lab.errors import LabError
+from lab.preprocess import ColumnSums, Scaler, encode
+from lab.spec import TaskSpec, parse_spec
+
+logger = logging.getLogger(__name__)
+
+app = ClientApp()
+
+Handler = Callable[[Message, Context], Message]
+
+
+def _refusing_on_lab_errors(handler: Handler) -> Handler:
+    """Turn a LabError (the node's data does not fit, say) into an error reply naming the node."""
+
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except LabError as exc:
+            name = _node_name(context)
+            logger.error("node %s refused the %s message: %s", name, msg.metadata.message_type, exc)
+            return Message(Error(code=keys.REFUSED, reason=f"node {name!r} refused: {exc}"), reply_to=msg)
+
+    return wrapped
+
+
+def _node_name(context: Context) -> str:
+    return str(context.node_config.get(keys.NODE_NAME, f"node-{context.node_id}"))
+
+
+def _spec(msg: Message) -> TaskSpec:
+    return parse_spec(str(msg.content[keys.CONFIG][keys.TASK_SPEC]), source="the run's task spec")
+
+
+def _scaler(config: ConfigRecord) -> Scaler:
+    return Scaler(np.asarray(config[keys.SCALER_MEAN], dtype=np.float64),
+                  np.asarray(config[keys.SCALER_STD], dtype=np.float64))
+
+
+@app.query(keys.PREPARE)
+@_refusing_on_lab_errors
+def prepare(msg: Message, context: Context) -> Message:
+    """Check the table, share column sums for scaling, and run the local-only baseline."""
+    spec = _spec(msg)
+    config = msg.content[keys.CONFIG]
+    name = _node_name(context)
+    data = load_node_data(name, str(context.node_config.get(keys.DATA_PATH, "")), spec)
+    sums = ColumnSums.of(encode(data.train.features, spec))
+    seed = node_seed(int(config[keys.SEED]), name, 0)
+    baseline = local_baseline(spec, data, epochs=int(config[keys.BASELINE_EPOCHS]), seed=seed)
+    metrics = MetricRecord(
+        {
+            keys.NUM_EXAMPLES: len(data.train),
+            keys.COLUMN_COUNT: sums.count.tolist(),
+            keys.COLUMN_SUM: sums.total.tolist(),
+            keys.COLUMN_SQUARES: sums.squares.tolist(),
+            **{keys.BASELINE_PREFIX + k: v for k, v in baseline.items()},
+        }
+    )
+    node = ConfigRecord(
+        {
+            keys.NODE_NAME: name,
+            keys.ORGANISATION: spec.organisation(name),
+            keys.TRAIN_ROWS: len(data.train),
+            keys.TEST_ROWS: len(data.test),
+            keys.DROPPED_ROWS: data.dropped,
+        }
+    )
+    return Message(RecordDict({keys.METRICS: metrics, keys.NODE: node}), reply_to=msg)
+
+
+@app.train()
+@_refusing_on_lab_errors
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global model on this node's training rows."""
+    spec = _spec(msg)
+    config = msg.content[keys.CONFIG]
+    name = _node_name(context)
+    data = load_node_data(name, str(context.node_config.get(keys.DATA_PATH, "")), spec)
+    predictor = predictor_from(spec, _scaler(config), msg.content[keys.ARRAYS])
+    loss = train_locally(
+        predictor,
+        data.train,
+        steps=int(config[keys.LOCAL_STEPS]),
+        batch_size=int(config[keys.BATCH_SIZE]),
+        learning_rate=float(config[keys.LEARNING_RATE]),
+        seed=node_seed(int(config[keys.SEED]), name, int(config[keys.SERVER_ROUND])),
+        proximal_mu=float(config.get(keys.PROXIMAL_MU, 0.0)),
+    )
+    content = RecordDict(
+        {
+            keys.ARRAYS: ArrayRecord(predictor.model.state_dict()),
+            keys.METRICS: MetricRecord({keys.TRAIN_LOSS: loss, keys.NUM_EXAMPLES: len(data.train)}),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+@_refusing_on_lab_errors
+def evaluate_model(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on this node's test rows."""
+    spec = _spec(msg)
+    config = msg.content[keys.CONFIG]
+    data = load_node_data(_node_name(context), str(context.node_config.get(keys.DATA_PATH, "")), spec)
+    predictor = predictor_from(spec, _scaler(config), msg.content[keys.ARRAYS])
+    metrics = {**evaluate(predictor, data.test), keys.NUM_EXAMPLES: len(data.test)}
+    return Message(RecordDict({keys.METRICS: MetricRecord(metrics)}), reply_to=msg)

@@ -1,0 +1,46 @@
+"""Keys of the records and configs exchanged between coordinator and nodes.
+
+The record keys match FedAvg's defaults (``arrayrecord_key``, ``configrecord_key``,
+``weighted_by_key``), so Flower's strategies read the nodes' replies as they are.
+"""
+
+# Records in a message's RecordDict
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+NODE = "node"  # ConfigRecord: who answered (name, organisation, row counts)
+
+# Metric keys
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+COLUMN_COUNT = "column-count"
+COLUMN_SUM = "column-sum"
+COLUMN_SQUARES = "column-squares"
+BASELINE_PREFIX = "baseline."
+
+# Config keys sent to nodes
+TASK_SPEC = "task-spec"
+SERVER_ROUND = "server-round"
+SCALER_MEAN = "scaler-mean"
+SCALER_STD = "scaler-std"
+LEARNING_RATE = "learning-rate"
+LOCAL_STEPS = "local-steps"
+BATCH_SIZE = "batch-size"
+PROXIMAL_MU = "proximal-mu"
+SEED = "seed"
+BASELINE_EPOCHS = "baseline-epochs"
+
+# Node identity keys (NODE record) and node_config keys
+NODE_NAME = "node-name"
+DATA_PATH = "data-path"
+ORGANISATION = "organisation"
+TRAIN_ROWS = "train-rows"
+TEST_ROWS = "test-rows"
+DROPPED_ROWS = "dropped-rows"
+
+# Message types: the prepare query is "query.prepare"
+PREPARE = "prepare"
+PREPARE_MESSAGE_TYPE = "query.prepare"
+
+# Error code of a node's refusal (the reason says why)
+REFUSED = 4001

@@ -1,0 +1,120 @@
+"""The coordinator's record of a run: who took part, every round's metrics, progress events."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from federation import keys
+from flwr.app import Message
+
+__all__ = ["EventLog", "Member", "MetricSink", "Recorder"]
+
+
+class MetricSink(Protocol):
+    """Where round metrics go (an MLflow run, or nowhere)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+class EventLog:
+    """JSON-lines progress events that ``lab run`` follows to draw its progress bar."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path) if path else None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def emit(self, event: str, **fields_: Any) -> None:
+        """Append one event (no-op without a file)."""
+        if self.path is None:
+            return
+        line = json.dumps({"event": event, "time": time.time(), **fields_}, default=_jsonable)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+
+@dataclass
+class Member:
+    """A node that accepted the task."""
+
+    node_id: int
+    name: str
+    organisation: str
+    train_rows: int
+    test_rows: int
+    baseline: dict[str, float]
+    final: dict[str, float] = field(default_factory=dict)
+
+
+class Recorder:
+    """Turns replies into per-organisation metrics, MLflow steps and progress events."""
+
+    def __init__(self, members: dict[int, Member], sink: MetricSink, events: EventLog,
+                 metric_names: tuple[str, ...]) -> None:
+        self.members = members
+        self.sink = sink
+        self.events = events
+        self.metric_names = metric_names
+
+    def name_of(self, node_id: int) -> str:
+        member = self.members.get(node_id)
+        return member.name if member else f"node-{node_id}"
+
+    def on_train(self, server_round: int, replies: list[Message], asked: int) -> None:
+        good = [r for r in replies if not r.has_error()]
+        metrics: dict[str, float] = {}
+        for reply in good:
+            loss = float(reply.content[keys.METRICS][keys.TRAIN_LOSS])  # type: ignore[arg-type]
+            metrics[f"node.{self.name_of(reply.metadata.src_node_id)}.train_loss"] = loss
+        if good:
+            metrics["train_loss"] = _weighted_mean(good, keys.TRAIN_LOSS)
+        self.sink.log_metrics(metrics, step=server_round)
+        self.events.emit("train", round=server_round, answered=len(good), asked=asked,
+                         train_loss=metrics.get("train_loss"), errors=self._errors(replies))
+
+    def on_evaluate(self, server_round: int, replies: list[Message], asked: int) -> None:
+        good = [r for r in replies if not r.has_error()]
+        metrics: dict[str, float] = {}
+        per_node: dict[str, dict[str, float]] = {}
+        for reply in good:
+            member = self.members.get(reply.metadata.src_node_id)
+            record = reply.content[keys.METRICS]
+            values = {m: float(record[m]) for m in self.metric_names if m in record}  # type: ignore[arg-type]
+            name = self.name_of(reply.metadata.src_node_id)
+            per_node[name] = values
+            if member is not None:
+                member.final = values
+            metrics.update({f"node.{name}.{m}": v for m, v in values.items()})
+        for metric in self.metric_names:
+            present = [v[metric] for v in per_node.values() if metric in v and not math.isnan(v[metric])]
+            if present:
+                metrics[f"mean.{metric}"] = sum(present) / len(present)
+            if good:
+                metrics[f"weighted.{metric}"] = _weighted_mean(good, metric)
+        self.sink.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)}, step=server_round)
+        self.events.emit("evaluate", round=server_round, answered=len(good), asked=asked,
+                         mean={m: metrics.get(f"mean.{m}") for m in self.metric_names},
+                         errors=self._errors(replies))
+
+    def _errors(self, replies: list[Message]) -> dict[str, str]:
+        return {self.name_of(r.metadata.src_node_id): r.error.reason or str(r.error.code)
+                for r in replies if r.has_error()}
+
+
+def _weighted_mean(replies: list[Message], key: str) -> float:
+    pairs = [(float(r.content[keys.METRICS][key]), float(r.content[keys.METRICS][keys.NUM_EXAMPLES]))  # type: ignore[arg-type]
+             for r in replies if key in r.content[keys.METRICS]]
+    pairs = [(v, w) for v, w in pairs if not math.isnan(v)]
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else float("nan")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return str(value)

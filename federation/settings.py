@@ -1,0 +1,107 @@
+"""The run's settings, read once from Flower's run config into a typed object."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from lab.errors import LabError
+
+__all__ = ["STRATEGIES", "RunSettings"]
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Settings of one federated run (``[tool.flwr.app.config]`` in pyproject.toml).
+
+    Parameters
+    ----------
+    task_spec : str
+        The task spec's TOML text.
+    strategy : str (default: "fedavg")
+        One of ``fedavg``, ``fedprox``, ``fedadam``, ``fedyogi``.
+    num_rounds : int (default: 5)
+        Federated rounds.
+    local_steps : int (default: 100)
+        Minibatch updates each node makes per round.
+    batch_size : int (default: 4)
+    learning_rate : float (default: 0.05)
+        The nodes' SGD learning rate.
+    proximal_mu : float (default: 0.1)
+        FedProx's proximal term weight.
+    server_learning_rate : float (default: 0.1)
+        FedAdam's and FedYogi's server step size (eta).
+    seed : int (default: 42)
+    min_nodes : int (default: 2)
+        Fewest nodes whose replies are aggregated; fewer and the run fails.
+    expected_nodes : int (default: 0)
+        Nodes to wait for before starting (0: ``min_nodes``).
+    node_wait_seconds : float (default: 60)
+    baseline_epochs : int (default: 50)
+    tracking_uri, experiment, events_file : str (default: "")
+        Where the coordinator records the run, and where it writes progress events.
+    environment_lock : str (default: "")
+        The pinned environment's lock text, logged with the run and the model.
+    round_timeout : float (default: 600)
+        Seconds to wait for the nodes' replies in one round.
+    register : bool (default: True)
+    """
+
+    task_spec: str
+    strategy: str = "fedavg"
+    num_rounds: int = 5
+    local_steps: int = 100
+    batch_size: int = 4
+    learning_rate: float = 0.05
+    proximal_mu: float = 0.1
+    server_learning_rate: float = 0.1
+    seed: int = 42
+    min_nodes: int = 2
+    expected_nodes: int = 0
+    node_wait_seconds: float = 60.0
+    baseline_epochs: int = 50
+    tracking_uri: str = ""
+    experiment: str = ""
+    events_file: str = ""
+    environment_lock: str = ""
+    round_timeout: float = 600.0
+    register: bool = True
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
+        """Validate Flower's run config (kebab-case keys) into settings."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f.name.replace("_", "-")
+            if key not in run_config:
+                continue
+            value = run_config[key]
+            kind = {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise LabError(f"run setting {key} = {value!r} should be a {kind.__name__}")
+            values[f.name] = value
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raise LabError naming the first setting out of range."""
+        if self.strategy not in STRATEGIES:
+            raise LabError(f"run setting strategy = {self.strategy!r}; choose one of {list(STRATEGIES)!r}")
+        if not self.task_spec.strip():
+            raise LabError("run setting task-spec is empty; `lab run --spec FILE` fills it in")
+        for name in ("num_rounds", "local_steps", "batch_size", "min_nodes"):
+            if getattr(self, name) < 1:
+                raise LabError(f"run setting {name.replace('_', '-')} = {getattr(self, name)!r}; give 1 or more")
+        for name in ("learning_rate", "server_learning_rate"):
+            if getattr(self, name) <= 0:
+                raise LabError(f"run setting {name.replace('_', '-')} = {getattr(self, name)!r}; give a positive number")
+
+    def as_params(self) -> dict[str, Any]:
+        """The settings worth recording as MLflow params (not the spec text itself)."""
+        hidden = {"task_spec", "tracking_uri", "events_file", "environment_lock"}
+        return {k: v for k, v in asdict(self).items() if k not in hidden}

@@ -1,0 +1,96 @@
+"""Flower's strategies, taught to skip refused nodes, enforce the minimum and report each round."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from federation import keys
+from federation.settings import RunSettings
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
+from lab.errors import RunFailedError
+
+__all__ = ["RoundObserver", "make_strategy"]
+
+
+class RoundObserver(Protocol):
+    """Receives every round's replies (the coordinator's recorder)."""
+
+    def on_train(self, server_round: int, replies: list[Message], asked: int) -> None: ...
+
+    def on_evaluate(self, server_round: int, replies: list[Message], asked: int) -> None: ...
+
+
+class _Reporting:
+    """Mixed in front of a Flower strategy; the aggregation itself stays Flower's.
+
+    It sends messages only to the nodes that accepted the task, hands every reply to the
+    observer, and fails the run when fewer than ``min_nodes`` nodes answered.
+    """
+
+    participants: set[int]
+    observer: RoundObserver
+    min_nodes: int
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        messages = super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
+        return [m for m in messages if m.metadata.dst_node_id in self.participants]
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        messages = super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
+        return [m for m in messages if m.metadata.dst_node_id in self.participants]
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        self._require_enough(server_round, replies, "training")
+        self.observer.on_train(server_round, replies, len(self.participants))
+        return super().aggregate_train(server_round, replies)  # type: ignore[misc, no-any-return]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
+        self._require_enough(server_round, replies, "evaluation")
+        self.observer.on_evaluate(server_round, replies, len(self.participants))
+        return super().aggregate_evaluate(server_round, replies)  # type: ignore[misc, no-any-return]
+
+    def _require_enough(self, server_round: int, replies: list[Message], stage: str) -> None:
+        good = [r for r in replies if not r.has_error()]
+        if len(good) < self.min_nodes:
+            reasons = "; ".join(r.error.reason or f"error {r.error.code}" for r in replies if r.has_error())
+            raise RunFailedError(
+                f"round {server_round} {stage}: {len(good)} node(s) answered, fewer than min-nodes = "
+                f"{self.min_nodes}" + (f" ({reasons})" if reasons else "")
+            )
+
+
+_BASES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi}
+
+
+def make_strategy(settings: RunSettings, participants: set[int], observer: RoundObserver) -> FedAvg:
+    """The run's strategy from ``flwr.serverapp.strategy``, with reporting mixed in."""
+    base = _BASES[settings.strategy]
+    kwargs: dict[str, Any] = {
+        "fraction_train": 1.0,
+        "fraction_evaluate": 1.0,
+        "min_train_nodes": len(participants),
+        "min_evaluate_nodes": len(participants),
+        "min_available_nodes": len(participants),
+        "weighted_by_key": keys.NUM_EXAMPLES,
+        "arrayrecord_key": keys.ARRAYS,
+        "configrecord_key": keys.CONFIG,
+    }
+    if settings.strategy == "fedprox":
+        kwargs["proximal_mu"] = settings.proximal_mu
+    if settings.strategy in ("fedadam", "fedyogi"):
+        kwargs["eta"] = settings.server_learning_rate
+        kwargs["eta_l"] = settings.learning_rate
+    cls = type(f"Lab{base.__name__}", (_Reporting, base), {})
+    strategy: Any = cls(**kwargs)
+    strategy.participants = set(participants)
+    strategy.observer = observer
+    strategy.min_nodes = settings.min_nodes
+    return strategy  # type: ignore[no-any-return]

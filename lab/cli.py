@@ -1,0 +1,276 @@
+"""`lab`: the front door for analysts, organisations and coordinators."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table as RichTable
+
+from lab.errors import LabError
+from lab.settings import PRIVATE_ENV, TRACKING_URI, WORKSPACE, project_root
+
+os.environ.update(PRIVATE_ENV)  # before MLflow or Flower is imported by any command
+
+app = typer.Typer(help="A federated data science lab on Flower and MLflow.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+console = Console()
+err = Console(stderr=True)
+
+#: The demo federation: node name -> its silo under data/heart-disease/.
+DEMO_NODES = {
+    "cleveland": "processed.cleveland.data",
+    "hungary": "processed.hungarian.data",
+    "switzerland": "processed.switzerland.data",
+    "va": "processed.va.data",
+}
+
+Workspace = Annotated[Path, typer.Option(help="Folder for everything the lab starts (logs, MLflow store).",
+                                         envvar=WORKSPACE.name)]
+TrackingUri = Annotated[str, typer.Option(help="MLflow tracking URI (default: the workspace's SQLite store).",
+                                          envvar=TRACKING_URI.name)]
+Node = Annotated[str | None, typer.Option(help="Read the table in this node's format from the spec.")]
+
+
+def tracking_uri_for(workspace: Path, uri: str = "") -> str:
+    """The given URI, or the embedded SQLite store inside the workspace."""
+    return uri or f"sqlite:///{(workspace / 'mlflow.db').resolve()}"
+
+
+@app.command()
+def demo(
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 5,
+    strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedadam or fedyogi.")] = "fedavg",
+    workspace: Workspace = Path(WORKSPACE.default),
+) -> None:
+    """Run the demo federation: four hospitals, the real Flower runtime, MLflow tracking."""
+    data = project_root() / "data" / "heart-disease"
+    nodes = {name: data / file for name, file in DEMO_NODES.items()}
+    _federate(data / "task.toml", nodes, workspace=workspace, settings={"num-rounds": rounds, "strategy": strategy},
+              tracking_uri=tracking_uri_for(workspace))
+
+
+@app.command()
+def run(
+    spec: Annotated[Path, typer.Option(help="The task spec (TOML).")],
+    node: Annotated[list[str], typer.Option(help="NAME=PATH of one node's table; repeat per node.")],
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 5,
+    strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedadam or fedyogi.")] = "fedavg",
+    min_nodes: Annotated[int, typer.Option(help="Fail unless this many nodes take part.")] = 2,
+    setting: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE run setting (TOML value).")] = None,
+    workspace: Workspace = Path(WORKSPACE.default),
+    tracking_uri: TrackingUri = "",
+) -> None:
+    """Run a federation of local nodes, one per --node, on the task in --spec."""
+    nodes: dict[str, Path] = {}
+    for item in node:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise LabError(f"--node {item!r} should be NAME=PATH, e.g. --node cleveland=data/cleveland.csv")
+        nodes[name] = Path(path)
+    settings: dict[str, Any] = {"num-rounds": rounds, "strategy": strategy, "min-nodes": min_nodes}
+    settings.update(_parse_settings(setting or []))
+    _federate(spec, nodes, workspace=workspace, settings=settings,
+              tracking_uri=tracking_uri_for(workspace, tracking_uri))
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Option(help="Model URI, e.g. models:/heart-disease@champion.")],
+    data: Annotated[Path, typer.Option(help="Your raw table (CSV or Parquet).")],
+    out: Annotated[Path, typer.Option(help="Where to write the table with predictions (.csv or .parquet).")],
+    node: Node = None,
+    workspace: Workspace = Path(WORKSPACE.default),
+    tracking_uri: TrackingUri = "",
+) -> None:
+    """Apply a registered model to a raw table, in-house."""
+    from lab.rerun import load_model, predict_table
+
+    loaded = load_model(model, tracking_uri_for(workspace, tracking_uri))
+    scored, empty = predict_table(loaded, data, out, node=node)
+    console.print(f"wrote {out} ({scored} rows scored" + (f", {empty} left empty: missing values)" if empty else ")"))
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option(help="Model URI, e.g. models:/heart-disease@champion.")],
+    data: Annotated[Path, typer.Option(help="Your raw table, with the target column.")],
+    split: Annotated[str, typer.Option(help="test (as the federation split it), train or all.")] = "test",
+    node: Node = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    workspace: Workspace = Path(WORKSPACE.default),
+    tracking_uri: TrackingUri = "",
+) -> None:
+    """Evaluate a registered model on a raw table, in-house."""
+    from lab.rerun import evaluate_table, load_model
+
+    if split not in ("test", "train", "all"):
+        raise LabError(f"--split {split!r}: choose test, train or all")
+    loaded = load_model(model, tracking_uri_for(workspace, tracking_uri))
+    result = evaluate_table(loaded, data, node=node, split=split)  # type: ignore[arg-type]
+    if as_json:
+        print(json.dumps({"metrics": result.metrics, "rows": result.rows, "split": result.split}))
+        return
+    table = RichTable(title=f"{model} on {data.name} ({result.split} split, {result.rows} rows)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in result.metrics.items():
+        table.add_row(name, _fmt(value, 6))
+    console.print(table)
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    workspace: Workspace = Path(WORKSPACE.default),
+    tracking_uri: TrackingUri = "",
+) -> None:
+    """Open the MLflow UI on the lab's tracking store."""
+    import subprocess
+
+    from lab.runtime import executable
+    from lab.settings import private_environ
+
+    uri = tracking_uri_for(workspace, tracking_uri)
+    console.print(f"MLflow UI on http://127.0.0.1:{port} for {uri} (Ctrl-C to stop)")
+    proc = subprocess.Popen([executable("mlflow"), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                             "--port", str(port)], env=private_environ())
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def _parse_settings(items: list[str]) -> dict[str, Any]:
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise LabError(f"--set {item!r} should be KEY=VALUE, e.g. --set learning-rate=0.05")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _federate(spec_path: Path, nodes: dict[str, Path], *, workspace: Path, settings: dict[str, Any],
+              tracking_uri: str) -> None:
+    """Start the federation, run the task, print progress and the per-organisation table."""
+    from lab.launch import submit_run
+    from lab.runtime import LocalFederation, NodeSpec
+    from lab.spec import load_spec
+
+    spec = load_spec(spec_path)
+    for name, path in nodes.items():
+        if not path.is_file():
+            raise LabError(f"node {name!r}: {str(path)!r} does not exist; give the path of its table")
+    lock = project_root() / "environments" / "requirements.lock"
+    run_config = {
+        **settings,
+        "task-spec": spec.text,
+        "tracking-uri": tracking_uri,
+        "expected-nodes": len(nodes),
+        "environment-lock": lock.read_text(encoding="utf-8") if lock.is_file() else "",
+    }
+    unknown = sorted(set(settings) - _known_settings())
+    if unknown:
+        raise LabError(f"unknown run setting {unknown[0]!r}; known: {sorted(_known_settings())!r}")
+    rounds = int(settings.get("num-rounds", 5))
+    started = time.monotonic()
+    console.print(f"[bold]{spec.name}[/]: {len(nodes)} nodes, {rounds} rounds of {settings.get('strategy')}; "
+                  f"workspace {workspace}")
+    with LocalFederation(workspace, [NodeSpec(n, p) for n, p in nodes.items()]) as federation, _progress() as bar:
+        task = bar.add_task("preparing nodes", total=rounds)
+        outcome = submit_run(federation, app_dir=project_root(), run_config=run_config,
+                             on_event=lambda e: _show(bar, task, e, rounds, spec.metrics[0]))
+    _summary_table(outcome.final, spec.metrics, time.monotonic() - started)
+
+
+def _known_settings() -> set[str]:
+    from dataclasses import fields
+
+    from federation.settings import RunSettings
+
+    return {f.name.replace("_", "-") for f in fields(RunSettings)}
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=False)
+
+
+def _show(bar: Progress, task: Any, event: dict[str, Any], rounds: int, metric: str) -> None:
+    kind = event["event"]
+    if kind == "joined":
+        bar.console.print(f"  [green]joined[/] {event['node']} ({event['organisation']}): "
+                          f"{event['train_rows']} train / {event['test_rows']} test rows")
+    elif kind == "refused":
+        bar.console.print(f"  [red]refused[/] {event['reason']}")
+    elif kind == "train":
+        bar.update(task, description=f"round {event['round']}/{rounds} training: "
+                                     f"{event['answered']}/{event['asked']} nodes answered")
+    elif kind == "evaluate":
+        value = (event.get("mean") or {}).get(metric)
+        bar.update(task, completed=event["round"],
+                   description=f"round {event['round']}/{rounds}: {event['answered']}/{event['asked']} nodes, "
+                               f"mean {metric} {_fmt(value)}")
+    for node, reason in (event.get("errors") or {}).items():
+        bar.console.print(f"  [red]{node}[/]: {reason}")
+
+
+def _summary_table(final: dict[str, Any], metrics: tuple[str, ...], seconds: float) -> None:
+    shown = [m for m in ("accuracy", "auc", "rmse", "r2") if m in metrics] or list(metrics[:2])
+    table = RichTable(title="Federated model vs. each organisation's local-only model (own test split)")
+    table.add_column("node")
+    table.add_column("test rows", justify="right")
+    for metric in shown:
+        table.add_column(f"{metric}\nfederated", justify="right")
+        table.add_column(f"{metric}\nlocal-only", justify="right")
+    for row in final["nodes"]:
+        cells = [row["node"], str(row["test_rows"])]
+        for metric in shown:
+            cells += [_fmt(row["federated"].get(metric)), _fmt(row["local_only"].get(metric))]
+        table.add_row(*cells)
+    mean = final["mean"]
+    table.add_row("[bold]mean[/]", "", *[_fmt(mean.get(f"{k}.{m}")) for m in shown for k in ("federated", "local_only")])
+    console.print(table)
+    if final.get("registered"):
+        console.print(f"registered [bold]models:/{final['registered']}@champion[/] (version {final['version']})")
+    console.print(f"wall time {seconds:.0f} s")
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the lab the way Ctrl-C does: processes first
+
+
+def main() -> NoReturn:
+    """Entry point: a user's mistake is one clear line on stderr, never a traceback."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        app(standalone_mode=True)
+    except LabError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted; every process the lab started has been stopped")
+        sys.exit(130)
+    sys.exit(0)

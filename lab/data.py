@@ -1,0 +1,250 @@
+"""Load a node's table with pandas and check it against the task spec."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lab.errors import DataError
+from lab.spec import Feature, FileFormat, Level, TaskSpec
+
+__all__ = ["Table", "check_frame", "load_table", "read_raw", "split_table"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A node's rows after checking: typed feature columns, and the target when present.
+
+    ``line`` gives, for each kept row, where it stands in the file (a line for CSV,
+    a row number for Parquet), so messages can point at it.
+    """
+
+    features: pd.DataFrame
+    target: np.ndarray | None
+    line: np.ndarray
+    dropped: int
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def take(self, index: np.ndarray) -> Table:
+        """The rows at the given positions."""
+        return Table(
+            features=self.features.iloc[index].reset_index(drop=True),
+            target=None if self.target is None else self.target[index],
+            line=self.line[index],
+            dropped=0,
+            source=self.source,
+        )
+
+
+def read_raw(path: str | Path, file_format: FileFormat) -> tuple[pd.DataFrame, int]:
+    """Read a table as strings (CSV) or as stored (Parquet).
+
+    Returns the frame and the offset to add to a row's position to get its line in the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(
+            f"{str(path)!r} does not exist or is not a file; check the node's data-path setting"
+        )
+    fmt = file_format.format
+    if path.suffix.lower() in (".parquet", ".pq"):
+        fmt = "parquet"
+    try:
+        if fmt == "parquet":
+            return pd.read_parquet(path), 1
+        frame = pd.read_csv(
+            path,
+            sep=file_format.delimiter,
+            header=0 if file_format.header else None,
+            names=None if file_format.header else list(file_format.columns),
+            dtype=str,
+            keep_default_na=False,
+            skipinitialspace=True,
+        )
+    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"{str(path)!r} cannot be read as {fmt.upper()}: {reason}; "
+            "check the file and the spec's [data] format"
+        ) from None
+    return frame, 2 if file_format.header else 1
+
+
+def load_table(
+    path: str | Path, spec: TaskSpec, *, node: str | None = None, require_target: bool = True
+) -> Table:
+    """Read ``path`` in the format the spec gives for ``node`` and check every column.
+
+    Rows with a missing value in a ``drop-row`` column are dropped (and counted); any
+    value that cannot be read, or a category the spec does not list, is an error that
+    names the file, the column, the line and the fix.
+    """
+    file_format = spec.format_for(node)
+    frame, offset = read_raw(path, file_format)
+    return check_frame(frame, spec, source=str(path), file_format=file_format, offset=offset,
+                       require_target=require_target)
+
+
+def check_frame(
+    frame: pd.DataFrame,
+    spec: TaskSpec,
+    *,
+    source: str,
+    file_format: FileFormat,
+    offset: int = 1,
+    require_target: bool = True,
+) -> Table:
+    """Check a raw frame against the spec (see ``load_table``); ``offset`` maps rows to lines."""
+    missing_cols = [c for c in spec.raw_columns if c not in frame.columns]
+    if not require_target and spec.target.column in missing_cols:
+        missing_cols.remove(spec.target.column)
+    if missing_cols:
+        raise DataError(
+            f"{source!r} has no column {missing_cols[0]!r} (the spec needs {missing_cols!r}); "
+            f"the file has {list(map(str, frame.columns))!r}: rename the column or fix the spec"
+        )
+    frame = frame.reset_index(drop=True)
+    lines = np.arange(len(frame)) + offset
+    missing = pd.DataFrame(index=frame.index)
+    columns: dict[str, pd.Series] = {}
+    for feature in spec.features:
+        values, is_missing = _column(frame[feature.name], feature, file_format, source, lines)
+        columns[feature.name] = values
+        missing[feature.name] = is_missing
+    features = pd.DataFrame(columns, index=frame.index)
+    target = None
+    has_target = spec.target.column in frame.columns
+    if has_target:
+        target, target_missing = _target(frame[spec.target.column], spec, file_format, source, lines)
+        missing[spec.target.column] = target_missing
+    drop_cols = [f.name for f in spec.features if f.missing == "drop-row"]
+    if has_target:
+        drop_cols.append(spec.target.column)
+    keep = ~missing[drop_cols].any(axis=1).to_numpy() if drop_cols else np.ones(len(frame), bool)
+    dropped = int((~keep).sum())
+    if not keep.any():
+        worst = missing[drop_cols].sum().idxmax() if drop_cols else "?"
+        raise DataError(
+            f"{source!r} has no rows left after dropping rows with missing values "
+            f"({len(frame)} read; column {worst!r} is missing in {int(missing[worst].sum())}); "
+            f"set missing = \"impute\" for that feature in the spec, or supply complete rows"
+        )
+    if dropped:
+        logger.info("%s: dropped %d of %d rows with missing values", source, dropped, len(frame))
+    return Table(
+        features=features[keep].reset_index(drop=True),
+        target=None if target is None else target[keep],
+        line=lines[keep],
+        dropped=dropped,
+        source=source,
+    )
+
+
+def split_table(table: Table, spec: TaskSpec) -> tuple[Table, Table]:
+    """Split a node's rows into train and test as the spec says (seeded, stratified)."""
+    from sklearn.model_selection import train_test_split  # heavy; only nodes and reruns need it
+
+    index = np.arange(len(table))
+    stratify = None
+    if spec.stratify and table.target is not None and spec.target.kind != "regression":
+        _, counts = np.unique(table.target, return_counts=True)
+        if len(counts) > 1 and counts.min() > 2:
+            stratify = table.target
+    if len(table) < 4:
+        raise DataError(
+            f"{table.source!r} has {len(table)} usable rows, too few to split into train and test; "
+            "a node needs at least 4"
+        )
+    train_idx, test_idx = train_test_split(
+        index, test_size=spec.test_fraction, random_state=spec.split_seed, stratify=stratify
+    )
+    return table.take(np.asarray(train_idx)), table.take(np.asarray(test_idx))
+
+
+def _is_blank(raw: pd.Series, file_format: FileFormat) -> pd.Series:
+    if raw.dtype == object or pd.api.types.is_string_dtype(raw):
+        text = raw.astype(str).str.strip()
+        blank = raw.isna() | (text == "") | (text == file_format.missing_token)
+        return blank
+    return raw.isna()
+
+
+def _column(
+    raw: pd.Series, feature: Feature, file_format: FileFormat, source: str, lines: np.ndarray
+) -> tuple[pd.Series, pd.Series]:
+    blank = _is_blank(raw, file_format)
+    if feature.type == "numeric":
+        values = pd.to_numeric(raw.where(~blank), errors="coerce").astype(float)
+        bad = values.isna() & ~blank
+        if bad.any():
+            pos = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                f"{source!r}, line {lines[pos]}, column {feature.name!r}: {raw.iloc[pos]!r} is not a "
+                f"number ({int(bad.sum())} such rows); fix the value, or mark it missing with "
+                f"{file_format.missing_token or 'an empty field'!r}"
+            )
+        return values, blank
+    values = _as_levels(raw.where(~blank), feature.levels)
+    unknown = values.isna() & ~blank
+    if unknown.any():
+        pos = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise DataError(
+            f"{source!r}, line {lines[pos]}, column {feature.name!r}: unknown category "
+            f"{raw.iloc[pos]!r} ({int(unknown.sum())} such rows); the spec allows "
+            f"{list(feature.levels)!r}: add the level to the spec or correct the value"
+        )
+    return values, blank
+
+
+def _as_levels(raw: pd.Series, levels: tuple[Level, ...]) -> pd.Series:
+    """Map raw values onto the spec's levels (numbers compare as numbers: "1.0" is 1)."""
+    if all(isinstance(level, (int, float)) for level in levels):
+        numbers = pd.to_numeric(raw, errors="coerce")
+        lookup = {float(level): level for level in levels}
+        return numbers.map(lambda v: lookup.get(float(v)) if pd.notna(v) else None).astype(object)
+    lookup_str = {str(level): level for level in levels}
+    return raw.map(lambda v: lookup_str.get(str(v).strip()) if pd.notna(v) else None).astype(object)
+
+
+def _target(
+    raw: pd.Series, spec: TaskSpec, file_format: FileFormat, source: str, lines: np.ndarray
+) -> tuple[np.ndarray, pd.Series]:
+    target = spec.target
+    blank = _is_blank(raw, file_format)
+    if target.kind == "regression":
+        values = pd.to_numeric(raw.where(~blank), errors="coerce").astype(float)
+        bad = values.isna() & ~blank
+        if bad.any():
+            pos = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                f"{source!r}, line {lines[pos]}, target column {target.column!r}: {raw.iloc[pos]!r} "
+                "is not a number; fix the value or mark it missing"
+            )
+        return values.fillna(0.0).to_numpy(dtype=np.float32), blank
+    if target.kind == "binary":
+        levels: tuple[Level, ...] = target.negative + target.positive
+        codes = [0.0] * len(target.negative) + [1.0] * len(target.positive)
+    else:
+        levels = target.classes
+        codes = [float(i) for i in range(len(levels))]
+    values = _as_levels(raw.where(~blank), levels)
+    unknown = values.isna() & ~blank
+    if unknown.any():
+        pos = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise DataError(
+            f"{source!r}, line {lines[pos]}, target column {target.column!r}: unknown value "
+            f"{raw.iloc[pos]!r}; the spec maps {list(levels)!r}: add it to the spec's target or "
+            "correct the value"
+        )
+    code_of = dict(zip(levels, codes, strict=True))
+    encoded = values.map(lambda v: code_of.get(v, 0.0) if v is not None else 0.0)
+    return encoded.to_numpy(dtype=np.float32), blank

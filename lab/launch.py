@@ -1,0 +1,115 @@
+"""Submit a federated run to the SuperLink with `flwr run` and follow its progress events."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from lab.errors import RunFailedError
+from lab.runtime import LocalFederation, executable
+
+__all__ = ["RunOutcome", "follow_events", "submit_run"]
+
+logger = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended: its last event, and where its files are."""
+
+    final: Event
+    run_dir: Path
+    seconds: float
+
+
+def submit_run(
+    federation: LocalFederation,
+    *,
+    app_dir: Path,
+    run_config: dict[str, Any],
+    on_event: Callable[[Event], None] = lambda _: None,
+    timeout: float = 3600.0,
+) -> RunOutcome:
+    """Submit the app with ``run_config`` and block until the coordinator reports the end.
+
+    Raises
+    ------
+    RunFailedError
+        If the ServerApp reports a failure, or `flwr run` ends without a final event.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = federation.workspace / "runs" / stamp
+    suffix = 1
+    while run_dir.exists():
+        run_dir = federation.workspace / "runs" / f"{stamp}-{suffix}"
+        suffix += 1
+    run_dir.mkdir(parents=True)
+    events_path = run_dir / "events.jsonl"
+    config_path = run_dir / "run-config.toml"
+    config_path.write_text(tomli_w.dumps({**run_config, "events-file": str(events_path)}), encoding="utf-8")
+    log_path = run_dir / "flwr-run.log"
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [executable("flwr"), "run", str(app_dir), "lab", "--run-config", str(config_path), "--stream"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=federation.env(),
+            cwd=federation.workspace, start_new_session=True,
+        )
+        try:
+            final = follow_events(events_path, proc, on_event, timeout=timeout, log_path=log_path)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    outcome = RunOutcome(final=final, run_dir=run_dir, seconds=time.monotonic() - started)
+    if final["event"] == "failed":
+        raise RunFailedError(f"the run failed: {final.get('reason')} (logs in {str(run_dir)!r})")
+    return outcome
+
+
+def follow_events(
+    path: Path,
+    proc: subprocess.Popen[bytes],
+    on_event: Callable[[Event], None],
+    *,
+    timeout: float,
+    log_path: Path,
+) -> Event:
+    """Read events as the ServerApp appends them until ``done`` or ``failed``."""
+    deadline = time.monotonic() + timeout
+    offset = 0
+    exited_at: float | None = None
+    while time.monotonic() < deadline:
+        if path.exists():
+            with path.open("r", encoding="utf-8") as fh:
+                fh.seek(offset)
+                for line in fh:
+                    if not line.endswith("\n"):
+                        break  # a line still being written
+                    offset += len(line.encode("utf-8"))
+                    event = json.loads(line)
+                    on_event(event)
+                    if event["event"] in ("done", "failed"):
+                        return event  # type: ignore[no-any-return]
+        if proc.poll() is not None:
+            exited_at = exited_at or time.monotonic()
+            if time.monotonic() - exited_at > 5:  # give the last events time to land
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+                raise RunFailedError(f"`flwr run` ended (status {proc.returncode}) before the run reported "
+                                     f"its end; its output ends with:\n{tail}")
+        time.sleep(0.25)
+    raise RunFailedError(f"the run did not finish within {timeout:.0f} s; see {str(log_path)!r}")

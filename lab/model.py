@@ -1,0 +1,96 @@
+"""The PyTorch models a spec can name, and the predictor shared by nodes and reruns."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from lab.preprocess import Scaler, encode
+from lab.spec import TaskSpec
+
+__all__ = ["Predictor", "build_model", "loss_fn", "state_from_numpy", "state_to_numpy"]
+
+
+def build_model(spec: TaskSpec, *, seed: int | None = None) -> nn.Module:
+    """The spec's model family: a linear model or an MLP with ReLU hidden layers.
+
+    Outputs are logits (binary, multiclass) or the predicted value (regression).
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    width = len(spec.encoded_names)
+    layers: list[nn.Module] = []
+    for hidden in spec.hidden_layers:
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    layers.append(nn.Linear(width, spec.target.num_outputs))
+    return nn.Sequential(*layers)
+
+
+def loss_fn(spec: TaskSpec) -> nn.Module:
+    """The training loss for the spec's target kind."""
+    if spec.target.kind == "binary":
+        return nn.BCEWithLogitsLoss()
+    if spec.target.kind == "multiclass":
+        return nn.CrossEntropyLoss()
+    return nn.MSELoss()
+
+
+def targets_tensor(y: np.ndarray, spec: TaskSpec) -> torch.Tensor:
+    """Targets shaped as ``loss_fn`` expects them."""
+    if spec.target.kind == "multiclass":
+        return torch.as_tensor(y, dtype=torch.long)
+    return torch.as_tensor(y, dtype=torch.float32).reshape(-1, 1)
+
+
+def state_to_numpy(model: nn.Module) -> OrderedDict[str, np.ndarray]:
+    """The model's parameters as named numpy arrays."""
+    return OrderedDict((k, v.detach().cpu().numpy().copy()) for k, v in model.state_dict().items())
+
+
+def state_from_numpy(model: nn.Module, arrays: dict[str, np.ndarray]) -> nn.Module:
+    """Load named numpy arrays into ``model`` (strict: every key must match)."""
+    model.load_state_dict(OrderedDict((k, torch.from_numpy(np.asarray(v))) for k, v in arrays.items()))
+    return model
+
+
+@dataclass
+class Predictor:
+    """Raw rows in, scores out: the spec's encoding, the scaler, then the network.
+
+    Nodes evaluate with it and the registered model predicts with it, so a rerun
+    in-house computes exactly what the federation recorded.
+    """
+
+    spec: TaskSpec
+    scaler: Scaler
+    model: nn.Module
+
+    def inputs(self, features: pd.DataFrame) -> torch.Tensor:
+        """The scaled input matrix for typed feature columns."""
+        return torch.from_numpy(self.scaler.transform(encode(features, self.spec)))
+
+    def scores(self, features: pd.DataFrame) -> np.ndarray:
+        """Probability of the positive class (binary), class probabilities
+        (multiclass, one column per class) or predicted values (regression)."""
+        self.model.eval()
+        with torch.no_grad():
+            out = self.model(self.inputs(features))
+            if self.spec.target.kind == "binary":
+                out = torch.sigmoid(out).reshape(-1)
+            elif self.spec.target.kind == "multiclass":
+                out = torch.softmax(out, dim=1)
+            else:
+                out = out.reshape(-1)
+        return out.numpy().astype(np.float64)
+
+    def loss(self, features: pd.DataFrame, y: np.ndarray) -> float:
+        """Mean training loss on these rows."""
+        self.model.eval()
+        with torch.no_grad():
+            return float(loss_fn(self.spec)(self.model(self.inputs(features)), targets_tensor(y, self.spec)))

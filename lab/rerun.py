@@ -1,0 +1,87 @@
+"""In-house reruns: a member applies a registered model to its own table."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import mlflow
+import mlflow.pyfunc
+import pandas as pd
+
+from lab.data import load_table, read_raw, split_table
+from lab.errors import DataError, ModelError
+from lab.metrics import compute_metrics
+from lab.packaging import FederatedModel, predict_frame
+
+__all__ = ["Evaluation", "evaluate_table", "load_model", "predict_table"]
+
+logger = logging.getLogger(__name__)
+
+Split = Literal["test", "train", "all"]
+
+
+def load_model(model_uri: str, tracking_uri: str) -> FederatedModel:
+    """Load a registered model (``models:/name@alias``, ``runs:/...``) as the lab's pyfunc."""
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        loaded = mlflow.pyfunc.load_model(model_uri)
+    except mlflow.exceptions.MlflowException as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelError(
+            f"cannot load model {model_uri!r} from {tracking_uri!r}: {first}; "
+            "check the name and alias (e.g. models:/heart-disease@champion) and the tracking URI"
+        ) from None
+    model = loaded.unwrap_python_model()
+    if not isinstance(model, FederatedModel):
+        raise ModelError(f"{model_uri!r} is not a model trained by the lab")
+    return model
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics of a model on a table's rows."""
+
+    metrics: dict[str, float]
+    rows: int
+    dropped: int
+    split: Split
+
+
+def evaluate_table(model: FederatedModel, data: Path, *, node: str | None = None, split: Split = "test"
+                   ) -> Evaluation:
+    """The spec's metrics on ``data`` (its test split by default, split as the nodes split it)."""
+    predictor = model.predictor
+    table = load_table(data, predictor.spec, node=node)
+    rows = table
+    if split != "all":
+        train, test = split_table(table, predictor.spec)
+        rows = test if split == "test" else train
+    assert rows.target is not None
+    scores = predictor.scores(rows.features)
+    metrics = compute_metrics(scores, rows.target, predictor.spec, loss=predictor.loss(rows.features, rows.target))
+    return Evaluation(metrics=metrics, rows=len(rows), dropped=table.dropped, split=split)
+
+
+def predict_table(model: FederatedModel, data: Path, out: Path, *, node: str | None = None) -> tuple[int, int]:
+    """Write ``data`` with prediction columns appended to ``out`` (CSV or Parquet by suffix).
+
+    Rows the spec cannot score (a missing value under ``drop-row``) get empty predictions.
+    Returns (rows scored, rows left empty).
+    """
+    file_format = model.predictor.spec.format_for(node)
+    raw, offset = read_raw(data, file_format)
+    scored = predict_frame(model.predictor, raw, source=str(data), file_format=file_format, offset=offset)
+    result = pd.concat([raw.reset_index(drop=True), scored.reset_index(drop=True)], axis=1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if out.suffix.lower() in (".parquet", ".pq"):
+            result.to_parquet(out, index=False)
+        else:
+            result.to_csv(out, index=False)
+    except OSError as exc:
+        raise DataError(f"cannot write {str(out)!r}: {exc.strerror}; choose a writable --out path") from None
+    empty = int(scored["prediction"].isna().sum())
+    return len(result) - empty, empty

@@ -1,0 +1,55 @@
+"""Settings read from the environment, each with its default, and the privacy defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["PRIVATE_ENV", "Setting", "WORKSPACE", "TRACKING_URI", "private_environ", "project_root"]
+
+#: Telemetry and update checks off in every process the lab starts: this is a privacy product.
+PRIVATE_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable and its documented default."""
+
+    name: str
+    default: str
+    doc: str
+
+    def get(self) -> str:
+        return os.environ.get(self.name, self.default)
+
+
+WORKSPACE = Setting(
+    "LAB_WORKSPACE", "workspace",
+    "Folder holding everything the lab starts: Flower's home, logs, the MLflow store.",
+)
+TRACKING_URI = Setting(
+    "MLFLOW_TRACKING_URI", "",
+    "MLflow tracking URI; empty means the SQLite store inside the workspace.",
+)
+
+
+def private_environ(**extra: str) -> dict[str, str]:
+    """The current environment with telemetry off, plus ``extra``."""
+    env = dict(os.environ)
+    env.update(PRIVATE_ENV)
+    env.update(extra)
+    return env
+
+
+def project_root() -> Path:
+    """The folder holding pyproject.toml with the Flower app (this checkout)."""
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").is_file():
+        return here
+    return Path.cwd()

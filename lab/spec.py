@@ -1,0 +1,333 @@
+"""The task spec: what a federation agrees on, validated once from TOML into typed objects."""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lab.errors import SpecError
+
+__all__ = [
+    "Feature",
+    "FileFormat",
+    "NodeEntry",
+    "TaskSpec",
+    "Target",
+    "load_spec",
+    "parse_spec",
+]
+
+TargetKind = Literal["binary", "multiclass", "regression"]
+FeatureType = Literal["numeric", "categorical"]
+MissingPolicy = Literal["drop-row", "impute"]
+Level = int | float | str
+
+_TARGET_KINDS = ("binary", "multiclass", "regression")
+_FEATURE_TYPES = ("numeric", "categorical")
+_MISSING_POLICIES = ("drop-row", "impute")
+_FORMATS = ("csv", "parquet")
+_FAMILIES = ("linear", "mlp")
+_SCALINGS = ("federated", "none")
+_METRICS = {
+    "binary": ("accuracy", "auc", "loss"),
+    "multiclass": ("accuracy", "loss"),
+    "regression": ("rmse", "mae", "r2", "loss"),
+}
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One input column: its type, categorical levels and missing-value policy."""
+
+    name: str
+    type: FeatureType
+    levels: tuple[Level, ...] = ()
+    drop_first: bool = False
+    missing: MissingPolicy = "drop-row"
+
+    @property
+    def encoded_names(self) -> list[str]:
+        """Names of the model inputs this column becomes after encoding."""
+        if self.type == "numeric":
+            return [self.name]
+        kept = self.levels[1:] if self.drop_first else self.levels
+        return [f"{self.name}={level}" for level in kept]
+
+
+@dataclass(frozen=True)
+class Target:
+    """The column to predict and how its raw values map to what the model learns."""
+
+    column: str
+    kind: TargetKind
+    positive: tuple[Level, ...] = ()
+    negative: tuple[Level, ...] = ()
+    classes: tuple[Level, ...] = ()
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the model's output layer."""
+        return len(self.classes) if self.kind == "multiclass" else 1
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """How a node's table is stored."""
+
+    format: Literal["csv", "parquet"] = "csv"
+    header: bool = True
+    missing_token: str = ""
+    delimiter: str = ","
+    columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeEntry:
+    """A member of the federation named in the spec, with its file format."""
+
+    name: str
+    organisation: str
+    file_format: FileFormat
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """The shared task: columns, target, preprocessing, model and metrics."""
+
+    name: str
+    description: str
+    target: Target
+    features: tuple[Feature, ...]
+    scaling: Literal["federated", "none"]
+    test_fraction: float
+    split_seed: int
+    stratify: bool
+    model_family: Literal["linear", "mlp"]
+    hidden_layers: tuple[int, ...]
+    metrics: tuple[str, ...]
+    file_format: FileFormat
+    nodes: dict[str, NodeEntry] = field(default_factory=dict)
+    text: str = ""
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the spec's TOML text, as recorded with every run."""
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    @property
+    def encoded_names(self) -> list[str]:
+        """Names of the model's inputs, in order."""
+        return [name for feature in self.features for name in feature.encoded_names]
+
+    @property
+    def raw_columns(self) -> list[str]:
+        """Columns a table must have: the features and the target."""
+        return [f.name for f in self.features] + [self.target.column]
+
+    def format_for(self, node: str | None) -> FileFormat:
+        """The file format of ``node``'s table, or the spec's default one."""
+        if node is not None and node in self.nodes:
+            return self.nodes[node].file_format
+        return self.file_format
+
+    def organisation(self, node: str) -> str:
+        """Display name of a node's organisation (the node name if the spec has none)."""
+        entry = self.nodes.get(node)
+        return entry.organisation if entry else node
+
+
+def load_spec(path: str | Path) -> TaskSpec:
+    """Read and validate a task spec file.
+
+    Raises
+    ------
+    SpecError
+        If the file is missing, is not TOML, or any key is invalid; the message names
+        the file, the key, the bad value and the fix.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"task spec {str(path)!r} does not exist; pass the path of a .toml spec") from None
+    except OSError as exc:
+        raise SpecError(f"task spec {str(path)!r} cannot be read: {exc.strerror}") from None
+    return parse_spec(text, source=str(path))
+
+
+def parse_spec(text: str, *, source: str = "<spec>") -> TaskSpec:
+    """Validate a task spec given as TOML text (see ``load_spec``)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{source}: not valid TOML ({exc}); fix the syntax at that line") from None
+    r = _Reader(raw, source)
+    task = r.table("task")
+    target = _parse_target(r, r.table("target"))
+    features = tuple(_parse_feature(r, i, t) for i, t in enumerate(r.array_of_tables("features")))
+    if not features:
+        raise SpecError(f"{source}: [[features]] is empty; list at least one input column")
+    names = [f.name for f in features]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise SpecError(f"{source}: features {duplicates!r} are listed twice; keep one entry each")
+    if target.column in names:
+        raise SpecError(
+            f"{source}: target.column {target.column!r} is also a feature; remove it from [[features]]"
+        )
+    prep = r.table("preprocessing", required=False)
+    model = r.table("model", required=False)
+    family = r.choice(model, "family", _FAMILIES, default="linear", where="model")
+    hidden = tuple(r.get(model, "hidden-layers", list, default=[16], where="model"))
+    if family == "mlp" and (not hidden or not all(isinstance(h, int) and h > 0 for h in hidden)):
+        raise SpecError(f"{source}: model.hidden-layers = {list(hidden)!r}; give positive integers, e.g. [16]")
+    metrics_table = r.table("metrics", required=False)
+    allowed = _METRICS[target.kind]
+    metrics = tuple(r.get(metrics_table, "report", list, default=list(allowed), where="metrics"))
+    unknown = [m for m in metrics if m not in allowed]
+    if unknown:
+        raise SpecError(
+            f"{source}: metrics.report has {unknown!r}, not defined for a {target.kind} target; "
+            f"choose from {list(allowed)!r}"
+        )
+    test_fraction = r.get(prep, "test-fraction", float, default=0.25, where="preprocessing")
+    if not 0.0 < test_fraction < 1.0:
+        raise SpecError(
+            f"{source}: preprocessing.test-fraction = {test_fraction!r}; give a fraction between 0 and 1"
+        )
+    file_format = _parse_format(r, r.table("data"), "data", FileFormat())
+    nodes = {
+        name: NodeEntry(
+            name=name,
+            organisation=r.get(entry, "organisation", str, default=name, where=f"nodes.{name}"),
+            file_format=_parse_format(r, entry, f"nodes.{name}", file_format),
+        )
+        for name, entry in r.table("nodes", required=False).items()
+        if isinstance(entry, dict)
+    }
+    for fmt in [file_format] + [n.file_format for n in nodes.values()]:
+        if fmt.format == "csv" and not fmt.header and not fmt.columns:
+            raise SpecError(
+                f"{source}: a CSV without a header row needs data.columns, the column names in file order"
+            )
+    return TaskSpec(
+        name=r.get(task, "name", str, where="task"),
+        description=r.get(task, "description", str, default="", where="task"),
+        target=target,
+        features=features,
+        scaling=r.choice(prep, "scaling", _SCALINGS, default="federated", where="preprocessing"),
+        test_fraction=float(test_fraction),
+        split_seed=r.get(prep, "split-seed", int, default=0, where="preprocessing"),
+        stratify=r.get(prep, "stratify", bool, default=True, where="preprocessing"),
+        model_family=family,
+        hidden_layers=hidden if family == "mlp" else (),
+        metrics=metrics,
+        file_format=file_format,
+        nodes=nodes,
+        text=text,
+    )
+
+
+def _parse_target(r: _Reader, t: dict[str, Any]) -> Target:
+    kind = r.choice(t, "kind", _TARGET_KINDS, where="target")
+    column = r.get(t, "column", str, where="target")
+    if kind == "binary":
+        positive = tuple(r.get(t, "positive", list, where="target"))
+        negative = tuple(r.get(t, "negative", list, where="target"))
+        if not positive or not negative or set(positive) & set(negative):
+            raise SpecError(
+                f"{r.source}: target.positive and target.negative must be non-empty and disjoint "
+                f"lists of raw values (got {list(positive)!r} and {list(negative)!r})"
+            )
+        return Target(column=column, kind=kind, positive=positive, negative=negative)
+    if kind == "multiclass":
+        classes = tuple(r.get(t, "classes", list, where="target"))
+        if len(classes) < 3 or len(set(classes)) != len(classes):
+            raise SpecError(
+                f"{r.source}: target.classes = {list(classes)!r}; a multiclass target needs 3 or more "
+                "distinct values (use kind = \"binary\" for two)"
+            )
+        return Target(column=column, kind=kind, classes=classes)
+    return Target(column=column, kind=kind)
+
+
+def _parse_feature(r: _Reader, index: int, t: dict[str, Any]) -> Feature:
+    where = f"features[{index}]"
+    name = r.get(t, "name", str, where=where)
+    where = f"features[{index}] ({name!r})"
+    ftype = r.choice(t, "type", _FEATURE_TYPES, where=where)
+    levels: tuple[Level, ...] = ()
+    if ftype == "categorical":
+        levels = tuple(r.get(t, "levels", list, where=where))
+        if len(levels) < 2 or len(set(levels)) != len(levels):
+            raise SpecError(
+                f"{r.source}: {where}.levels = {list(levels)!r}; list two or more distinct levels"
+            )
+    return Feature(
+        name=name,
+        type=ftype,
+        levels=levels,
+        drop_first=r.get(t, "drop-first", bool, default=False, where=where),
+        missing=r.choice(t, "missing", _MISSING_POLICIES, default="drop-row", where=where),
+    )
+
+
+def _parse_format(r: _Reader, t: dict[str, Any], where: str, base: FileFormat) -> FileFormat:
+    return FileFormat(
+        format=r.choice(t, "format", _FORMATS, default=base.format, where=where),
+        header=r.get(t, "header", bool, default=base.header, where=where),
+        missing_token=r.get(t, "missing-token", str, default=base.missing_token, where=where),
+        delimiter=r.get(t, "delimiter", str, default=base.delimiter, where=where),
+        columns=tuple(r.get(t, "columns", list, default=list(base.columns), where=where)),
+    )
+
+
+_MISSING = object()
+
+
+class _Reader:
+    """Typed access to the raw TOML with errors that name the file, key and fix."""
+
+    def __init__(self, raw: dict[str, Any], source: str) -> None:
+        self.raw = raw
+        self.source = source
+
+    def table(self, key: str, *, required: bool = True) -> dict[str, Any]:
+        value = self.raw.get(key, _MISSING)
+        if value is _MISSING:
+            if required:
+                raise SpecError(f"{self.source}: missing table [{key}]; add it (see data/heart-disease/task.toml)")
+            return {}
+        if not isinstance(value, dict):
+            raise SpecError(f"{self.source}: {key!r} must be a table [{key}], got {value!r}")
+        return value
+
+    def array_of_tables(self, key: str) -> list[dict[str, Any]]:
+        value = self.raw.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise SpecError(f"{self.source}: {key!r} must be written as [[{key}]] tables")
+        return value
+
+    def get(self, t: dict[str, Any], key: str, kind: type, *, default: Any = _MISSING, where: str) -> Any:
+        value = t.get(key, default)
+        if value is _MISSING:
+            raise SpecError(f"{self.source}: missing key {where}.{key}; add it")
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise SpecError(
+                f"{self.source}: {where}.{key} = {value!r} should be a {kind.__name__}; fix its value"
+            )
+        return value
+
+    def choice(self, t: dict[str, Any], key: str, options: tuple[str, ...], *, default: Any = _MISSING,
+               where: str) -> Any:
+        value = self.get(t, key, str, default=default, where=where)
+        if value not in options:
+            raise SpecError(
+                f"{self.source}: {where}.{key} = {value!r} is not one of {list(options)!r}; pick one"
+            )
+        return value

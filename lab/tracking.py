@@ -1,0 +1,111 @@
+"""MLflow on the coordinator: one run per federated run, the model logged and registered at the end."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+
+from lab.model import Predictor
+from lab.packaging import input_example, save_bundle, signature
+
+__all__ = ["CHAMPION", "LoggedModel", "Tracker", "lock_requirements"]
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    """Where the final model went."""
+
+    model_uri: str
+    registered_name: str | None
+    version: str | None
+
+
+def lock_requirements(lock_text: str) -> list[str]:
+    """The exact pins of the environment lock, for the model's requirements.
+
+    Hash lines, comments, options and the lab itself are left out.
+    """
+    pins = []
+    for line in lock_text.splitlines():
+        line = line.split("#", 1)[0].strip().rstrip("\\").strip()
+        if not line or line.startswith("-") or "==" not in line:
+            continue
+        if line.split("==", 1)[0].strip().lower() == "fedlab":
+            continue
+        pins.append(line)
+    return pins
+
+
+class Tracker:
+    """An MLflow run, or nothing when no tracking URI is set.
+
+    Use ``with tracker.run(...)``: an exception escaping the block ends the run as FAILED.
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str) -> None:
+        self.enabled = bool(tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.run_id: str | None = None
+
+    @contextmanager
+    def run(self, *, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator[Tracker]:
+        if not self.enabled:
+            yield self
+            return
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_experiment(self.experiment)
+        with mlflow.start_run(run_name=run_name, tags=tags) as active:
+            self.run_id = active.info.run_id
+            mlflow.log_params(params)
+            yield self
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.enabled and metrics:
+            mlflow.log_metrics(metrics, step=step)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self.enabled and params:
+            mlflow.log_params(params)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.enabled and tags:
+            mlflow.set_tags(tags)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        if self.enabled:
+            mlflow.log_text(text, artifact_file)
+
+    def log_model(self, predictor: Predictor, *, requirements: list[str], register: bool) -> LoggedModel | None:
+        """Log the pyfunc model; register it under the spec's name with the alias ``champion``."""
+        if not self.enabled:
+            return None
+        spec = predictor.spec
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle = save_bundle(predictor, Path(tmp) / "bundle")
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+                artifacts={"bundle": str(bundle)},
+                signature=signature(spec),
+                input_example=input_example(spec, predictor.scaler),
+                pip_requirements=requirements,
+                registered_model_name=spec.name if register else None,
+            )
+        version = str(info.registered_model_version) if register and info.registered_model_version else None
+        if version is not None:
+            MlflowClient().set_registered_model_alias(spec.name, CHAMPION, version)
+            logger.info("registered %s version %s as @%s", spec.name, version, CHAMPION)
+        return LoggedModel(info.model_uri, spec.name if version else None, version)

@@ -1,0 +1,104 @@
+"""Loading a node's table: the published counts, and errors that name file, column, line and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lab.data import load_table, split_table
+from lab.errors import DataError
+from lab.spec import TaskSpec, parse_spec
+
+from .conftest import HEART, SILOS
+
+# FLamby's Fed-Heart-Disease: rows kept after dropping missing values, and its train/test split.
+PUBLISHED = {"cleveland": (303, 199, 104), "hungary": (261, 172, 89), "switzerland": (46, 30, 16), "va": (130, 85, 45)}
+
+
+@pytest.mark.parametrize("node", sorted(PUBLISHED))
+def test_heart_silos_load_and_split_as_published(node: str, heart_spec: TaskSpec) -> None:
+    table = load_table(SILOS[node], heart_spec, node=node)
+    train, test = split_table(table, heart_spec)
+    assert (len(table), len(train), len(test)) == PUBLISHED[node]
+    assert set(np.unique(table.target)) <= {0.0, 1.0}
+    assert not set(train.line) & set(test.line)
+
+
+def test_split_is_the_same_every_time(heart_spec: TaskSpec) -> None:
+    first = split_table(load_table(SILOS["cleveland"], heart_spec), heart_spec)[1]
+    again = split_table(load_table(SILOS["cleveland"], heart_spec), heart_spec)[1]
+    assert list(first.line) == list(again.line)
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "silo.data"
+    path.write_text(text)
+    return path
+
+
+def _heart_rows(n: int = 6) -> list[str]:
+    return HEART.joinpath("processed.cleveland.data").read_text().splitlines()[:n]
+
+
+def test_missing_file_names_the_path_and_the_setting(tmp_path: Path, heart_spec: TaskSpec) -> None:
+    with pytest.raises(DataError, match=r"nowhere\.csv' does not exist.*data-path"):
+        load_table(tmp_path / "nowhere.csv", heart_spec)
+
+
+def test_text_in_a_numeric_column_names_line_column_and_value(tmp_path: Path, heart_spec: TaskSpec) -> None:
+    rows = _heart_rows()
+    fields = rows[3].split(",")
+    fields[4] = "high"  # chol
+    rows[3] = ",".join(fields)
+    path = _write(tmp_path, "\n".join(rows) + "\n")
+    with pytest.raises(DataError) as info:
+        load_table(path, heart_spec)
+    message = str(info.value)
+    assert str(path) in message and "line 4" in message and "'chol'" in message and "'high'" in message
+    assert "fix the value" in message
+
+
+def test_unknown_category_names_the_allowed_levels(tmp_path: Path, heart_spec: TaskSpec) -> None:
+    rows = _heart_rows()
+    fields = rows[1].split(",")
+    fields[2] = "9"  # cp
+    rows[1] = ",".join(fields)
+    with pytest.raises(DataError, match=r"line 2, column 'cp': unknown category '9'.*\[1, 2, 3, 4\]"):
+        load_table(_write(tmp_path, "\n".join(rows) + "\n"), heart_spec)
+
+
+def test_missing_column_names_the_column_and_what_the_file_has(tmp_path: Path) -> None:
+    spec = parse_spec(HEART.joinpath("task.toml").read_text().replace("[data]\nformat = \"csv\"\nheader = false",
+                                                                      "[data]\nformat = \"csv\"\nheader = true"))
+    path = tmp_path / "with-header.csv"
+    path.write_text("age,sex\n63,1\n")
+    with pytest.raises(DataError, match=r"has no column 'cp'.*rename the column or fix the spec"):
+        load_table(path, spec)
+
+
+def test_table_empty_after_cleaning_says_which_column(tmp_path: Path, heart_spec: TaskSpec) -> None:
+    rows = [",".join(r.split(",")[:4] + ["?"] + r.split(",")[5:]) for r in _heart_rows()]
+    with pytest.raises(DataError, match=r"no rows left.*column 'chol' is missing in 6.*impute"):
+        load_table(_write(tmp_path, "\n".join(rows) + "\n"), heart_spec)
+
+
+def test_unreadable_file_is_a_clear_error(tmp_path: Path, heart_spec: TaskSpec) -> None:
+    path = tmp_path / "binary.data"
+    path.write_bytes(b"\xff\xfe\x00garbage\x00\x81")
+    with pytest.raises(DataError, match="cannot be read as CSV"):
+        load_table(path, heart_spec)
+
+
+def test_parquet_with_impute_policy_keeps_rows_with_gaps(tmp_path: Path, heart_spec: TaskSpec) -> None:
+    spec = parse_spec(heart_spec.text.replace('name = "chol"\ntype = "numeric"',
+                                              'name = "chol"\ntype = "numeric"\nmissing = "impute"'))
+    frame = pd.read_csv(SILOS["hungary"], header=None, names=list(spec.file_format.columns), na_values="?")
+    path = tmp_path / "hungary.parquet"
+    frame.to_parquet(path)
+    imputed = load_table(path, spec)
+    dropped = load_table(SILOS["hungary"], heart_spec)
+    assert len(imputed) > len(dropped)  # rows missing only chol are kept and imputed
+    assert imputed.features["chol"].isna().sum() > 0

@@ -1,0 +1,183 @@
+"""End to end on the real runtime: a SuperLink, SuperNodes and MLflow, started by `lab run` on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+from mlflow import MlflowClient
+
+from lab.settings import private_environ
+
+from .conftest import HEART, ROOT, SILOS, lab_command
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass(frozen=True)
+class LabRun:
+    workspace: Path
+    result: subprocess.CompletedProcess[str]
+    broken: Path
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.workspace / 'mlflow.db'}"
+
+
+def run_lab(*args: str, workspace: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*lab_command(), *args], cwd=ROOT, env=private_environ(LAB_WORKSPACE=str(workspace),
+                          COLUMNS="200"), capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def leftover_processes(workspace: Path) -> list[str]:
+    """Processes whose FLWR_HOME lies in the workspace: everything the lab started there."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if proc.environ().get("FLWR_HOME", "").startswith(str(workspace)):
+                found.append(f"{proc.pid}: {' '.join(proc.info['cmdline'] or [])}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def broken_silo(tmp_path: Path) -> Path:
+    """The VA silo with one unknown chest-pain category on its fifth line."""
+    lines = SILOS["va"].read_text().splitlines()
+    fields = lines[4].split(",")
+    fields[2] = "7"
+    lines[4] = ",".join(fields)
+    path = tmp_path / "va-broken.data"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def federated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabRun]:
+    """Two healthy hospitals and one whose file breaks the spec, two rounds of FedAvg."""
+    tmp = tmp_path_factory.mktemp("federation")
+    broken = broken_silo(tmp)
+    result = run_lab(
+        "run", "--spec", str(HEART / "task.toml"), "--rounds", "2", "--min-nodes", "2",
+        "--node", f"cleveland={SILOS['cleveland']}", "--node", f"hungary={SILOS['hungary']}",
+        "--node", f"va={broken}", workspace=tmp / "workspace",
+    )
+    yield LabRun(tmp / "workspace", result, broken)
+
+
+def test_federated_run_registers_a_champion_model(federated: LabRun) -> None:
+    assert federated.result.returncode == 0, federated.result.stdout + federated.result.stderr
+    client = MlflowClient(tracking_uri=federated.tracking_uri)
+    version = client.get_model_version_by_alias("heart-disease", "champion")
+    run = client.get_run(version.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["strategy"] == "fedavg"
+    assert run.data.params["nodes"] == "cleveland,hungary"
+    assert run.data.params["spec_sha256"] == run.data.tags["lab.spec_sha256"]
+    history = client.get_metric_history(run.info.run_id, "node.cleveland.accuracy")
+    assert [m.step for m in history] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "task")}
+    assert artifacts == {"task/spec.toml"}
+    assert client.list_artifacts(run.info.run_id, "environment")
+
+
+def test_node_with_a_broken_file_is_refused_and_the_run_goes_on(federated: LabRun) -> None:
+    out = federated.result.stdout
+    assert "refused" in out
+    assert str(federated.broken) in out.replace("\n", "")
+    assert "line 5" in out and "'cp'" in out and "unknown category '7'" in out
+    assert "Traceback" not in out + federated.result.stderr
+
+
+def test_demo_table_shows_each_organisation_and_the_mean(federated: LabRun) -> None:
+    out = federated.result.stdout
+    assert "cleveland" in out and "hungary" in out and "mean" in out
+    assert "models:/heart-disease@champion" in out
+
+
+def test_nothing_the_lab_started_is_left_running(federated: LabRun) -> None:
+    assert leftover_processes(federated.workspace) == []
+
+
+def test_evaluate_in_house_matches_the_federation_to_1e6(federated: LabRun) -> None:
+    client = MlflowClient(tracking_uri=federated.tracking_uri)
+    run_id = client.get_model_version_by_alias("heart-disease", "champion").run_id
+    logged = client.get_run(run_id).data.metrics
+    for node in ("cleveland", "hungary"):
+        result = run_lab("evaluate", "--model", "models:/heart-disease@champion", "--data", str(SILOS[node]),
+                         "--json", workspace=federated.workspace)
+        assert result.returncode == 0, result.stderr
+        metrics = json.loads(result.stdout)["metrics"]
+        for name in ("accuracy", "auc", "loss"):
+            assert metrics[name] == pytest.approx(logged[f"node.{node}.{name}"], abs=1e-6)
+
+
+def test_predict_writes_predictions_for_a_raw_silo(federated: LabRun, tmp_path: Path) -> None:
+    out = tmp_path / "predictions.csv"
+    result = run_lab("predict", "--model", "models:/heart-disease@champion", "--data", str(SILOS["switzerland"]),
+                     "--out", str(out), workspace=federated.workspace)
+    assert result.returncode == 0, result.stderr
+    frame = pd.read_csv(out)
+    assert len(frame) == 123  # every raw row, in order
+    scored = frame["probability"].notna()
+    assert scored.sum() == 46  # rows complete under the spec
+    assert frame.loc[scored, "probability"].between(0, 1).all()
+    assert set(frame.loc[scored, "prediction"]) <= {0, 1}
+
+
+def test_registered_model_loads_with_plain_mlflow_in_a_new_process(federated: LabRun) -> None:
+    code = (
+        "import mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri({federated.tracking_uri!r})\n"
+        "m = mlflow.pyfunc.load_model('models:/heart-disease@champion')\n"
+        "cols = ['age','sex','cp','trestbps','chol','fbs','restecg','thalach','exang','oldpeak']\n"
+        "rows = pd.DataFrame([[63,1,1,145,233,1,2,150,0,2.3],[67,1,4,160,286,0,2,108,1,1.5]], columns=cols)\n"
+        "print(m.predict(rows.astype(float)).to_json())\n"
+    )
+    result = subprocess.run([str(Path(os.sys.executable)), "-c", code], capture_output=True, text=True,
+                            env=private_environ(), timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(out) == {"prediction", "probability"}
+    assert len(out["probability"]) == 2
+
+
+def test_run_fails_clearly_when_too_few_nodes_remain(tmp_path: Path) -> None:
+    workspace = tmp_path / "workspace"
+    result = run_lab("run", "--spec", str(HEART / "task.toml"), "--rounds", "1", "--min-nodes", "2",
+                     "--node", f"cleveland={SILOS['cleveland']}", "--node", f"va={broken_silo(tmp_path)}",
+                     workspace=workspace)
+    assert result.returncode == 2
+    assert "fewer than min-nodes = 2" in result.stderr.replace("\n", "")
+    assert "Traceback" not in result.stdout + result.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("heart-disease").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert client.search_registered_models() == []
+    assert leftover_processes(workspace) == []
+
+
+def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
+    workspace = tmp_path / "workspace"
+    proc = subprocess.Popen([*lab_command(), "demo", "--rounds", "3"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env=private_environ(LAB_WORKSPACE=str(workspace)))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(leftover_processes(workspace)) < 5:
+        time.sleep(0.5)
+    assert len(leftover_processes(workspace)) >= 5  # a SuperLink and four SuperNodes came up
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "Traceback" not in out
+    assert leftover_processes(workspace) == []
