@@ -4,8 +4,11 @@ Three messages reach it:
 
 - ``query`` (prepare): check the table against the task spec, return per-column sums for the
   federated scaler and the local-only baseline's metrics;
-- ``train``: train the global model locally, return the update and the training loss;
-- ``evaluate``: return the global model's metrics on the node's test split.
+- ``train``: score the received global model on the node's test split, train it locally,
+  and return the update, the training loss and those scores;
+- ``evaluate``: return the final global model's metrics on the node's test split.
+
+Scoring inside the train message saves a message, and so a ClientApp process, per round.
 
 A node whose table does not fit the spec refuses with an error reply that says why.
 """
@@ -107,6 +110,10 @@ def train(msg: Message, context: Context) -> Message:
     name = _node_name(context)
     data = load_node_data(name, str(context.node_config.get(keys.DATA_PATH, "")), spec)
     predictor = predictor_from(spec, _scaler(config), msg.content[keys.ARRAYS])
+    metrics: dict[str, float] = {}
+    if config.get(keys.EVALUATE_FIRST, False):
+        # One message per round: the global model is scored here instead of in an extra message.
+        metrics = {keys.EVAL_PREFIX + k: v for k, v in evaluate(predictor, data.test).items()}
     loss = train_locally(
         predictor,
         data.train,
@@ -119,7 +126,7 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict(
         {
             keys.ARRAYS: ArrayRecord(predictor.model.state_dict()),
-            keys.METRICS: MetricRecord({keys.TRAIN_LOSS: loss, keys.NUM_EXAMPLES: len(data.train)}),
+            keys.METRICS: MetricRecord({**metrics, keys.TRAIN_LOSS: loss, keys.NUM_EXAMPLES: len(data.train)}),
         }
     )
     return Message(content, reply_to=msg)

@@ -17,6 +17,7 @@ COLUMN_COUNT = "column-count"
 COLUMN_SUM = "column-sum"
 COLUMN_SQUARES = "column-squares"
 BASELINE_PREFIX = "baseline."
+EVAL_PREFIX = "eval."  # in a train reply: the received global model's metrics on the test split
 
 # Config keys sent to nodes
 TASK_SPEC = "task-spec"
@@ -29,6 +30,7 @@ BATCH_SIZE = "batch-size"
 PROXIMAL_MU = "proximal-mu"
 SEED = "seed"
 BASELINE_EPOCHS = "baseline-epochs"
+EVALUATE_FIRST = "evaluate-first"  # evaluate the received model before training on it
 
 # Node identity keys (NODE record) and node_config keys
 NODE_NAME = "node-name"

@@ -66,6 +66,8 @@ class Recorder:
         return member.name if member else f"node-{node_id}"
 
     def on_train(self, server_round: int, replies: list[Message], asked: int) -> None:
+        """Log the training loss at this round, and the scores of the model the nodes received
+        (the global model after the previous round) at the previous round's step."""
         good = [r for r in replies if not r.has_error()]
         metrics: dict[str, float] = {}
         for reply in good:
@@ -74,19 +76,29 @@ class Recorder:
         if good:
             metrics["train_loss"] = _weighted_mean(good, keys.TRAIN_LOSS)
         self.sink.log_metrics(metrics, step=server_round)
+        mean = self._log_scores(server_round - 1, good, prefix=keys.EVAL_PREFIX)
         self.events.emit("train", round=server_round, answered=len(good), asked=asked,
-                         train_loss=metrics.get("train_loss"), errors=self._errors(replies))
+                         train_loss=metrics.get("train_loss"), mean=mean, errors=self._errors(replies))
 
     def on_evaluate(self, server_round: int, replies: list[Message], asked: int) -> None:
+        """Log the scores of the global model after ``server_round``."""
         good = [r for r in replies if not r.has_error()]
+        mean = self._log_scores(server_round, good, prefix="")
+        self.events.emit("evaluate", round=server_round, answered=len(good), asked=asked, mean=mean,
+                         errors=self._errors(replies))
+
+    def _log_scores(self, step: int, good: list[Message], *, prefix: str) -> dict[str, float | None]:
         metrics: dict[str, float] = {}
         per_node: dict[str, dict[str, float]] = {}
         for reply in good:
-            member = self.members.get(reply.metadata.src_node_id)
             record = reply.content[keys.METRICS]
-            values = {m: float(record[m]) for m in self.metric_names if m in record}  # type: ignore[arg-type]
+            values = {m: float(record[prefix + m]) for m in self.metric_names  # type: ignore[arg-type]
+                      if prefix + m in record}
+            if not values:
+                continue
             name = self.name_of(reply.metadata.src_node_id)
             per_node[name] = values
+            member = self.members.get(reply.metadata.src_node_id)
             if member is not None:
                 member.final = values
             metrics.update({f"node.{name}.{m}": v for m, v in values.items()})
@@ -94,12 +106,8 @@ class Recorder:
             present = [v[metric] for v in per_node.values() if metric in v and not math.isnan(v[metric])]
             if present:
                 metrics[f"mean.{metric}"] = sum(present) / len(present)
-            if good:
-                metrics[f"weighted.{metric}"] = _weighted_mean(good, metric)
-        self.sink.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)}, step=server_round)
-        self.events.emit("evaluate", round=server_round, answered=len(good), asked=asked,
-                         mean={m: metrics.get(f"mean.{m}") for m in self.metric_names},
-                         errors=self._errors(replies))
+        self.sink.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)}, step=step)
+        return {m: metrics.get(f"mean.{m}") for m in self.metric_names}
 
     def _errors(self, replies: list[Message]) -> dict[str, str]:
         return {self.name_of(r.metadata.src_node_id): r.error.reason or str(r.error.code)

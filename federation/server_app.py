@@ -14,7 +14,7 @@ from federation.recorder import EventLog, Member, Recorder
 from federation.settings import RunSettings
 from federation.strategies import make_strategy
 from federation.task import predictor_from
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from lab.errors import LabError, RunFailedError
 from lab.model import build_model
@@ -64,10 +64,12 @@ def _run(grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, ev
         keys.LOCAL_STEPS: settings.local_steps,
         keys.BATCH_SIZE: settings.batch_size,
         keys.SEED: settings.seed,
+        keys.EVALUATE_FIRST: True,
     })
     initial = ArrayRecord(build_model(spec, seed=settings.seed).state_dict())
     result = strategy.start(grid, initial, num_rounds=settings.num_rounds, timeout=settings.round_timeout,
-                            train_config=train_config, evaluate_config=ConfigRecord(shared))
+                            train_config=train_config)
+    _evaluate_final(grid, result.arrays, ConfigRecord(shared), members, recorder, settings)
     predictor = predictor_from(spec, scaler, result.arrays)
     summary = _summary(members, spec)
     tracker.log_metrics({f"final.{k}": v for k, v in summary["mean"].items() if _finite(v)},
@@ -77,6 +79,19 @@ def _run(grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, ev
     if logged is not None:
         summary.update(model_uri=logged.model_uri, registered=logged.registered_name, version=logged.version)
     return summary
+
+
+def _evaluate_final(grid: Grid, arrays: ArrayRecord, config: ConfigRecord, members: dict[int, Member],
+                    recorder: Recorder, settings: RunSettings) -> None:
+    """Score the final model on every participant's test split (the only evaluate message)."""
+    messages = [Message(RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config}), dst_node_id=node_id,
+                        message_type=MessageType.EVALUATE) for node_id in members]
+    replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
+    good = [r for r in replies if not r.has_error()]
+    if len(good) < settings.min_nodes:
+        raise RunFailedError(f"final evaluation: {len(good)} node(s) answered, fewer than min-nodes = "
+                             f"{settings.min_nodes}")
+    recorder.on_evaluate(settings.num_rounds, replies, len(members))
 
 
 def _prepare(grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, events: EventLog

@@ -53,6 +53,8 @@ class _Reporting:
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
+        if not replies and self.fraction_evaluate == 0.0:  # type: ignore[attr-defined]
+            return None  # nodes score the global model inside the next train message instead
         self._require_enough(server_round, replies, "evaluation")
         self.observer.on_evaluate(server_round, replies, len(self.participants))
         return super().aggregate_evaluate(server_round, replies)  # type: ignore[misc, no-any-return]
@@ -75,9 +77,10 @@ def make_strategy(settings: RunSettings, participants: set[int], observer: Round
     base = _BASES[settings.strategy]
     kwargs: dict[str, Any] = {
         "fraction_train": 1.0,
-        "fraction_evaluate": 1.0,
+        # One message per node per round: nodes score the global model in the train message,
+        # and the coordinator asks for the final model's scores once, after the last round.
+        "fraction_evaluate": 0.0,
         "min_train_nodes": len(participants),
-        "min_evaluate_nodes": len(participants),
         "min_available_nodes": len(participants),
         "weighted_by_key": keys.NUM_EXAMPLES,
         "arrayrecord_key": keys.ARRAYS,

@@ -220,13 +220,17 @@ def _show(bar: Progress, task: Any, event: dict[str, Any], rounds: int, metric: 
     elif kind == "refused":
         bar.console.print(f"  [red]refused[/] {event['reason']}")
     elif kind == "train":
-        bar.update(task, description=f"round {event['round']}/{rounds} training: "
-                                     f"{event['answered']}/{event['asked']} nodes answered")
+        # Nodes score the model they received, i.e. the previous round's global model.
+        value = (event.get("mean") or {}).get(metric)
+        shown = f", mean {metric} {_fmt(value)} after round {event['round'] - 1}" if event["round"] > 1 else ""
+        bar.update(task, completed=event["round"],
+                   description=f"round {event['round']}/{rounds}: {event['answered']}/{event['asked']} "
+                               f"nodes answered{shown}")
     elif kind == "evaluate":
         value = (event.get("mean") or {}).get(metric)
         bar.update(task, completed=event["round"],
-                   description=f"round {event['round']}/{rounds}: {event['answered']}/{event['asked']} nodes, "
-                               f"mean {metric} {_fmt(value)}")
+                   description=f"final model: {event['answered']}/{event['asked']} nodes, mean {metric} "
+                               f"{_fmt(value)}")
     for node, reason in (event.get("errors") or {}).items():
         bar.console.print(f"  [red]{node}[/]: {reason}")
 

@@ -85,7 +85,7 @@ def test_federated_run_registers_a_champion_model(federated: LabRun) -> None:
     assert run.data.params["nodes"] == "cleveland,hungary"
     assert run.data.params["spec_sha256"] == run.data.tags["lab.spec_sha256"]
     history = client.get_metric_history(run.info.run_id, "node.cleveland.accuracy")
-    assert [m.step for m in history] == [1, 2]
+    assert [m.step for m in history] == [0, 1, 2]  # the initial model, then after each round
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "task")}
     assert artifacts == {"task/spec.toml"}
     assert client.list_artifacts(run.info.run_id, "environment")
@@ -181,3 +181,18 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "Traceback" not in out
     assert leftover_processes(workspace) == []
+
+
+def test_rerun_notebook_matches_the_federation(federated: LabRun) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(ROOT / "notebooks" / "rerun-in-house.ipynb", as_version=4)
+    os.environ["LAB_WORKSPACE"] = str(federated.workspace)
+    try:
+        NotebookClient(notebook, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    finally:
+        del os.environ["LAB_WORKSPACE"]
+    printed = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
+    assert "in-house rerun matches the federation" in printed
