@@ -7,7 +7,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup demo test lock ui clean
+.PHONY: setup demo test lint lock ui clean
 
 # The environment, installed exactly from the lock; redone when the lock or the project changes.
 $(BIN)/.installed: $(LOCK) pyproject.toml
@@ -24,6 +24,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check lab federation tests
+	$(BIN)/ruff format --check lab federation tests
+	$(BIN)/mypy lab federation
 
 ui: setup
 	$(BIN)/lab ui

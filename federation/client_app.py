@@ -19,8 +19,11 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
 
 from federation import keys
+from federation.records import arrays_of, config_of, number, numbers, text
 from federation.task import (
     evaluate,
     load_node_data,
@@ -29,8 +32,6 @@ from federation.task import (
     predictor_from,
     train_locally,
 )
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
 from lab.errors import LabError
 from lab.preprocess import ColumnSums, Scaler, encode
 from lab.spec import TaskSpec, parse_spec
@@ -61,12 +62,11 @@ def _node_name(context: Context) -> str:
 
 
 def _spec(msg: Message) -> TaskSpec:
-    return parse_spec(str(msg.content[keys.CONFIG][keys.TASK_SPEC]), source="the run's task spec")
+    return parse_spec(text(config_of(msg), keys.TASK_SPEC), source="the run's task spec")
 
 
 def _scaler(config: ConfigRecord) -> Scaler:
-    return Scaler(np.asarray(config[keys.SCALER_MEAN], dtype=np.float64),
-                  np.asarray(config[keys.SCALER_STD], dtype=np.float64))
+    return Scaler(np.asarray(numbers(config, keys.SCALER_MEAN)), np.asarray(numbers(config, keys.SCALER_STD)))
 
 
 @app.query(keys.PREPARE)
@@ -74,12 +74,12 @@ def _scaler(config: ConfigRecord) -> Scaler:
 def prepare(msg: Message, context: Context) -> Message:
     """Check the table, share column sums for scaling, and run the local-only baseline."""
     spec = _spec(msg)
-    config = msg.content[keys.CONFIG]
+    config = config_of(msg)
     name = _node_name(context)
     data = load_node_data(name, str(context.node_config.get(keys.DATA_PATH, "")), spec)
     sums = ColumnSums.of(encode(data.train.features, spec))
-    seed = node_seed(int(config[keys.SEED]), name, 0)
-    baseline = local_baseline(spec, data, epochs=int(config[keys.BASELINE_EPOCHS]), seed=seed)
+    seed = node_seed(int(number(config, keys.SEED)), name, 0)
+    baseline = local_baseline(spec, data, epochs=int(number(config, keys.BASELINE_EPOCHS)), seed=seed)
     metrics = MetricRecord(
         {
             keys.NUM_EXAMPLES: len(data.train),
@@ -106,22 +106,22 @@ def prepare(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's training rows."""
     spec = _spec(msg)
-    config = msg.content[keys.CONFIG]
+    config = config_of(msg)
     name = _node_name(context)
     data = load_node_data(name, str(context.node_config.get(keys.DATA_PATH, "")), spec)
-    predictor = predictor_from(spec, _scaler(config), msg.content[keys.ARRAYS])
-    metrics: dict[str, float] = {}
+    predictor = predictor_from(spec, _scaler(config), arrays_of(msg))
+    metrics: dict[str, int | float] = {}
     if config.get(keys.EVALUATE_FIRST, False):
         # One message per round: the global model is scored here instead of in an extra message.
         metrics = {keys.EVAL_PREFIX + k: v for k, v in evaluate(predictor, data.test).items()}
     loss = train_locally(
         predictor,
         data.train,
-        steps=int(config[keys.LOCAL_STEPS]),
-        batch_size=int(config[keys.BATCH_SIZE]),
-        learning_rate=float(config[keys.LEARNING_RATE]),
-        seed=node_seed(int(config[keys.SEED]), name, int(config[keys.SERVER_ROUND])),
-        proximal_mu=float(config.get(keys.PROXIMAL_MU, 0.0)),
+        steps=int(number(config, keys.LOCAL_STEPS)),
+        batch_size=int(number(config, keys.BATCH_SIZE)),
+        learning_rate=number(config, keys.LEARNING_RATE),
+        seed=node_seed(int(number(config, keys.SEED)), name, int(number(config, keys.SERVER_ROUND))),
+        proximal_mu=number(config, keys.PROXIMAL_MU) if keys.PROXIMAL_MU in config else 0.0,
     )
     content = RecordDict(
         {
@@ -137,8 +137,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_model(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this node's test rows."""
     spec = _spec(msg)
-    config = msg.content[keys.CONFIG]
+    config = config_of(msg)
     data = load_node_data(_node_name(context), str(context.node_config.get(keys.DATA_PATH, "")), spec)
-    predictor = predictor_from(spec, _scaler(config), msg.content[keys.ARRAYS])
-    metrics = {**evaluate(predictor, data.test), keys.NUM_EXAMPLES: len(data.test)}
-    return Message(RecordDict({keys.METRICS: MetricRecord(metrics)}), reply_to=msg)
+    predictor = predictor_from(spec, _scaler(config), arrays_of(msg))
+    metrics = MetricRecord({**evaluate(predictor, data.test), keys.NUM_EXAMPLES: len(data.test)})
+    return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from federation import keys
 from flwr.app import Message
+
+from federation import keys
+from federation.records import metrics_of, number
 
 __all__ = ["EventLog", "Member", "MetricSink", "Recorder"]
 
@@ -54,8 +56,9 @@ class Member:
 class Recorder:
     """Turns replies into per-organisation metrics, MLflow steps and progress events."""
 
-    def __init__(self, members: dict[int, Member], sink: MetricSink, events: EventLog,
-                 metric_names: tuple[str, ...]) -> None:
+    def __init__(
+        self, members: dict[int, Member], sink: MetricSink, events: EventLog, metric_names: tuple[str, ...]
+    ) -> None:
         self.members = members
         self.sink = sink
         self.events = events
@@ -71,29 +74,36 @@ class Recorder:
         good = [r for r in replies if not r.has_error()]
         metrics: dict[str, float] = {}
         for reply in good:
-            loss = float(reply.content[keys.METRICS][keys.TRAIN_LOSS])  # type: ignore[arg-type]
+            loss = number(metrics_of(reply), keys.TRAIN_LOSS)
             metrics[f"node.{self.name_of(reply.metadata.src_node_id)}.train_loss"] = loss
         if good:
             metrics["train_loss"] = _weighted_mean(good, keys.TRAIN_LOSS)
         self.sink.log_metrics(metrics, step=server_round)
         mean = self._log_scores(server_round - 1, good, prefix=keys.EVAL_PREFIX)
-        self.events.emit("train", round=server_round, answered=len(good), asked=asked,
-                         train_loss=metrics.get("train_loss"), mean=mean, errors=self._errors(replies))
+        self.events.emit(
+            "train",
+            round=server_round,
+            answered=len(good),
+            asked=asked,
+            train_loss=metrics.get("train_loss"),
+            mean=mean,
+            errors=self._errors(replies),
+        )
 
     def on_evaluate(self, server_round: int, replies: list[Message], asked: int) -> None:
         """Log the scores of the global model after ``server_round``."""
         good = [r for r in replies if not r.has_error()]
         mean = self._log_scores(server_round, good, prefix="")
-        self.events.emit("evaluate", round=server_round, answered=len(good), asked=asked, mean=mean,
-                         errors=self._errors(replies))
+        self.events.emit(
+            "evaluate", round=server_round, answered=len(good), asked=asked, mean=mean, errors=self._errors(replies)
+        )
 
     def _log_scores(self, step: int, good: list[Message], *, prefix: str) -> dict[str, float | None]:
         metrics: dict[str, float] = {}
         per_node: dict[str, dict[str, float]] = {}
         for reply in good:
-            record = reply.content[keys.METRICS]
-            values = {m: float(record[prefix + m]) for m in self.metric_names  # type: ignore[arg-type]
-                      if prefix + m in record}
+            record = metrics_of(reply)
+            values = {m: number(record, prefix + m) for m in self.metric_names if prefix + m in record}
             if not values:
                 continue
             name = self.name_of(reply.metadata.src_node_id)
@@ -110,13 +120,15 @@ class Recorder:
         return {m: metrics.get(f"mean.{m}") for m in self.metric_names}
 
     def _errors(self, replies: list[Message]) -> dict[str, str]:
-        return {self.name_of(r.metadata.src_node_id): r.error.reason or str(r.error.code)
-                for r in replies if r.has_error()}
+        return {
+            self.name_of(r.metadata.src_node_id): r.error.reason or str(r.error.code) for r in replies if r.has_error()
+        }
 
 
 def _weighted_mean(replies: list[Message], key: str) -> float:
-    pairs = [(float(r.content[keys.METRICS][key]), float(r.content[keys.METRICS][keys.NUM_EXAMPLES]))  # type: ignore[arg-type]
-             for r in replies if key in r.content[keys.METRICS]]
+    pairs = [
+        (number(metrics_of(r), key), number(metrics_of(r), keys.NUM_EXAMPLES)) for r in replies if key in metrics_of(r)
+    ]
     pairs = [(v, w) for v, w in pairs if not math.isnan(v)]
     total = sum(w for _, w in pairs)
     return sum(v * w for v, w in pairs) / total if total else float("nan")

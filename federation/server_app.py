@@ -8,14 +8,15 @@ import time
 from typing import Any
 
 import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
 
 from federation import keys
 from federation.recorder import EventLog, Member, Recorder
+from federation.records import config_of, metrics_of, number, numbers, text
 from federation.settings import RunSettings
 from federation.strategies import make_strategy
 from federation.task import predictor_from
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.serverapp import Grid, ServerApp
 from lab.errors import LabError, RunFailedError
 from lab.model import build_model
 from lab.preprocess import ColumnSums, Scaler
@@ -36,11 +37,12 @@ def main(grid: Grid, context: Context) -> None:
     tracker = Tracker(settings.tracking_uri, settings.experiment or spec.name)
     tags = {"flwr.run_id": str(context.run_id), "lab.spec": spec.name, "lab.spec_sha256": spec.sha256}
     try:
-        with tracker.run(run_name=f"{spec.name}-{settings.strategy}-{context.run_id}",
-                         params={**settings.as_params(), "spec": spec.name, "spec_sha256": spec.sha256},
-                         tags=tags):
-            events.emit("started", rounds=settings.num_rounds, strategy=settings.strategy,
-                        mlflow_run_id=tracker.run_id)
+        with tracker.run(
+            run_name=f"{spec.name}-{settings.strategy}-{context.run_id}",
+            params={**settings.as_params(), "spec": spec.name, "spec_sha256": spec.sha256},
+            tags=tags,
+        ):
+            events.emit("started", rounds=settings.num_rounds, strategy=settings.strategy, mlflow_run_id=tracker.run_id)
             tracker.log_text(spec.text, "task/spec.toml")
             if settings.environment_lock:
                 tracker.log_text(settings.environment_lock, "environment/requirements.lock")
@@ -58,50 +60,70 @@ def _run(grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, ev
     strategy = make_strategy(settings, set(members), recorder)
     mean, std = scaler.to_lists()
     shared: dict[str, Any] = {keys.TASK_SPEC: spec.text, keys.SCALER_MEAN: mean, keys.SCALER_STD: std}
-    train_config = ConfigRecord({
-        **shared,
-        keys.LEARNING_RATE: settings.learning_rate,
-        keys.LOCAL_STEPS: settings.local_steps,
-        keys.BATCH_SIZE: settings.batch_size,
-        keys.SEED: settings.seed,
-        keys.EVALUATE_FIRST: True,
-    })
+    train_config = ConfigRecord(
+        {
+            **shared,
+            keys.LEARNING_RATE: settings.learning_rate,
+            keys.LOCAL_STEPS: settings.local_steps,
+            keys.BATCH_SIZE: settings.batch_size,
+            keys.SEED: settings.seed,
+            keys.EVALUATE_FIRST: True,
+        }
+    )
     initial = ArrayRecord(build_model(spec, seed=settings.seed).state_dict())
-    result = strategy.start(grid, initial, num_rounds=settings.num_rounds, timeout=settings.round_timeout,
-                            train_config=train_config)
+    result = strategy.start(
+        grid, initial, num_rounds=settings.num_rounds, timeout=settings.round_timeout, train_config=train_config
+    )
     _evaluate_final(grid, result.arrays, ConfigRecord(shared), members, recorder, settings)
     predictor = predictor_from(spec, scaler, result.arrays)
     summary = _summary(members, spec)
-    tracker.log_metrics({f"final.{k}": v for k, v in summary["mean"].items() if _finite(v)},
-                        step=settings.num_rounds)
-    logged = tracker.log_model(predictor, requirements=lock_requirements(settings.environment_lock),
-                               register=settings.register)
+    tracker.log_metrics({f"final.{k}": v for k, v in summary["mean"].items() if _finite(v)}, step=settings.num_rounds)
+    logged = tracker.log_model(
+        predictor, requirements=lock_requirements(settings.environment_lock), register=settings.register
+    )
     if logged is not None:
         summary.update(model_uri=logged.model_uri, registered=logged.registered_name, version=logged.version)
     return summary
 
 
-def _evaluate_final(grid: Grid, arrays: ArrayRecord, config: ConfigRecord, members: dict[int, Member],
-                    recorder: Recorder, settings: RunSettings) -> None:
+def _evaluate_final(
+    grid: Grid,
+    arrays: ArrayRecord,
+    config: ConfigRecord,
+    members: dict[int, Member],
+    recorder: Recorder,
+    settings: RunSettings,
+) -> None:
     """Score the final model on every participant's test split (the only evaluate message)."""
-    messages = [Message(RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config}), dst_node_id=node_id,
-                        message_type=MessageType.EVALUATE) for node_id in members]
+    messages = [
+        Message(
+            RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config}),
+            dst_node_id=node_id,
+            message_type=MessageType.EVALUATE,
+        )
+        for node_id in members
+    ]
     replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
     good = [r for r in replies if not r.has_error()]
     if len(good) < settings.min_nodes:
-        raise RunFailedError(f"final evaluation: {len(good)} node(s) answered, fewer than min-nodes = "
-                             f"{settings.min_nodes}")
+        raise RunFailedError(
+            f"final evaluation: {len(good)} node(s) answered, fewer than min-nodes = {settings.min_nodes}"
+        )
     recorder.on_evaluate(settings.num_rounds, replies, len(members))
 
 
-def _prepare(grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, events: EventLog
-             ) -> tuple[dict[int, Member], Scaler]:
+def _prepare(
+    grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, events: EventLog
+) -> tuple[dict[int, Member], Scaler]:
     """Ask every connected node to check its table, share column sums and run its baseline."""
     node_ids = _wait_for_nodes(grid, max(settings.expected_nodes, settings.min_nodes), settings.node_wait_seconds)
-    config = ConfigRecord({keys.TASK_SPEC: spec.text, keys.SEED: settings.seed,
-                           keys.BASELINE_EPOCHS: settings.baseline_epochs})
-    messages = [Message(RecordDict({keys.CONFIG: config}), dst_node_id=node_id,
-                        message_type=keys.PREPARE_MESSAGE_TYPE) for node_id in node_ids]
+    config = ConfigRecord(
+        {keys.TASK_SPEC: spec.text, keys.SEED: settings.seed, keys.BASELINE_EPOCHS: settings.baseline_epochs}
+    )
+    messages = [
+        Message(RecordDict({keys.CONFIG: config}), dst_node_id=node_id, message_type=keys.PREPARE_MESSAGE_TYPE)
+        for node_id in node_ids
+    ]
     replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
     members: dict[int, Member] = {}
     sums: ColumnSums | None = None
@@ -111,41 +133,64 @@ def _prepare(grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker
         if reply.has_error():
             refusals[f"node-{node_id}"] = reply.error.reason or f"error {reply.error.code}"
             continue
-        node, metrics = reply.content[keys.NODE], reply.content[keys.METRICS]
-        member = Member(
-            node_id=node_id,
-            name=str(node[keys.NODE_NAME]),
-            organisation=str(node[keys.ORGANISATION]),
-            train_rows=int(node[keys.TRAIN_ROWS]),  # type: ignore[arg-type]
-            test_rows=int(node[keys.TEST_ROWS]),  # type: ignore[arg-type]
-            baseline={k.removeprefix(keys.BASELINE_PREFIX): float(v)  # type: ignore[arg-type]
-                      for k, v in metrics.items() if k.startswith(keys.BASELINE_PREFIX)},
-        )
+        member, part = _member(reply)
         members[node_id] = member
-        part = ColumnSums(*(np.asarray(metrics[k], dtype=np.float64)
-                            for k in (keys.COLUMN_COUNT, keys.COLUMN_SUM, keys.COLUMN_SQUARES)))
         sums = part if sums is None else sums + part
     for missing in set(node_ids) - {r.metadata.src_node_id for r in replies}:
         refusals[f"node-{missing}"] = f"no reply within {settings.round_timeout:.0f} s"
     for member in members.values():
-        events.emit("joined", node=member.name, organisation=member.organisation,
-                    train_rows=member.train_rows, test_rows=member.test_rows)
+        events.emit(
+            "joined",
+            node=member.name,
+            organisation=member.organisation,
+            train_rows=member.train_rows,
+            test_rows=member.test_rows,
+        )
     for node, reason in refusals.items():
         logger.warning("%s", reason)
         events.emit("refused", node=node, reason=reason)
-    tracker.log_params({"nodes": ",".join(sorted(m.name for m in members.values())),
-                        "num_nodes": len(members), "refused_nodes": len(refusals)})
+    tracker.log_params(
+        {
+            "nodes": ",".join(sorted(m.name for m in members.values())),
+            "num_nodes": len(members),
+            "refused_nodes": len(refusals),
+        }
+    )
     if refusals:
         tracker.log_text("\n".join(f"{n}: {r}" for n, r in refusals.items()) + "\n", "nodes/refusals.txt")
-    tracker.log_metrics({f"node.{m.name}.baseline.{k}": v for m in members.values()
-                         for k, v in m.baseline.items() if _finite(v)}, step=0)
+    tracker.log_metrics(
+        {f"node.{m.name}.baseline.{k}": v for m in members.values() for k, v in m.baseline.items() if _finite(v)},
+        step=0,
+    )
     if len(members) < settings.min_nodes:
         detail = "; ".join(refusals.values()) or "no node answered"
-        raise RunFailedError(f"{len(members)} node(s) accepted the task, fewer than min-nodes = "
-                             f"{settings.min_nodes}: {detail}")
+        raise RunFailedError(
+            f"{len(members)} node(s) accepted the task, fewer than min-nodes = {settings.min_nodes}: {detail}"
+        )
     if spec.scaling == "none" or sums is None:
         return members, Scaler.identity(len(spec.encoded_names))
     return members, Scaler.from_sums(sums)
+
+
+def _member(reply: Message) -> tuple[Member, ColumnSums]:
+    """A node's answer to the prepare query: who it is, its baseline, its column sums."""
+    node, metrics = config_of(reply, keys.NODE), metrics_of(reply)
+    member = Member(
+        node_id=reply.metadata.src_node_id,
+        name=text(node, keys.NODE_NAME),
+        organisation=text(node, keys.ORGANISATION),
+        train_rows=int(number(node, keys.TRAIN_ROWS)),
+        test_rows=int(number(node, keys.TEST_ROWS)),
+        baseline={
+            k.removeprefix(keys.BASELINE_PREFIX): number(metrics, k)
+            for k in metrics
+            if k.startswith(keys.BASELINE_PREFIX)
+        },
+    )
+    sums = ColumnSums(
+        *(np.asarray(numbers(metrics, k)) for k in (keys.COLUMN_COUNT, keys.COLUMN_SUM, keys.COLUMN_SQUARES))
+    )
+    return member, sums
 
 
 def _wait_for_nodes(grid: Grid, wanted: int, seconds: float) -> list[int]:
@@ -158,14 +203,23 @@ def _wait_for_nodes(grid: Grid, wanted: int, seconds: float) -> list[int]:
 
 def _summary(members: dict[int, Member], spec: TaskSpec) -> dict[str, Any]:
     rows = [
-        {"node": m.name, "organisation": m.organisation, "train_rows": m.train_rows,
-         "test_rows": m.test_rows, "federated": m.final, "local_only": m.baseline}
+        {
+            "node": m.name,
+            "organisation": m.organisation,
+            "train_rows": m.train_rows,
+            "test_rows": m.test_rows,
+            "federated": m.final,
+            "local_only": m.baseline,
+        }
         for m in sorted(members.values(), key=lambda m: m.name)
     ]
     mean: dict[str, float] = {}
     for metric in spec.metrics:
-        for label, key in (("federated", "federated"), ("local_only", "local_only")):
-            values = [r[key][metric] for r in rows if _finite(r[key].get(metric))]
+        for label, scores in (
+            ("federated", [m.final for m in members.values()]),
+            ("local_only", [m.baseline for m in members.values()]),
+        ):
+            values = [s[metric] for s in scores if _finite(s.get(metric))]
             mean[f"{label}.{metric}"] = float(np.mean(values)) if values else float("nan")
     return {"nodes": rows, "mean": mean}
 

@@ -99,7 +99,9 @@ class RunSettings:
                 raise LabError(f"run setting {name.replace('_', '-')} = {getattr(self, name)!r}; give 1 or more")
         for name in ("learning_rate", "server_learning_rate"):
             if getattr(self, name) <= 0:
-                raise LabError(f"run setting {name.replace('_', '-')} = {getattr(self, name)!r}; give a positive number")
+                raise LabError(
+                    f"run setting {name.replace('_', '-')} = {getattr(self, name)!r}; give a positive number"
+                )
 
     def as_params(self) -> dict[str, Any]:
         """The settings worth recording as MLflow params (not the spec text itself)."""

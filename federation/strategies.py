@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from federation import keys
-from federation.settings import RunSettings
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
+
+from federation import keys
+from federation.settings import RunSettings
 from lab.errors import RunFailedError
 
 __all__ = ["RoundObserver", "make_strategy"]
@@ -34,18 +35,21 @@ class _Reporting:
     observer: RoundObserver
     min_nodes: int
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         messages = super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
         return [m for m in messages if m.metadata.dst_node_id in self.participants]
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         messages = super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
         return [m for m in messages if m.metadata.dst_node_id in self.participants]
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         self._require_enough(server_round, replies, "training")
         self.observer.on_train(server_round, replies, len(self.participants))

@@ -41,8 +41,7 @@ def load_node_data(name: str, path: str, spec: TaskSpec) -> NodeData:
     """Load and split the node's table; a table that does not fit the spec raises DataError."""
     if not path:
         raise DataError(
-            f"node {name!r} has no data-path; start the SuperNode with "
-            "--node-config 'data-path=\"/path/to/table.csv\"'"
+            f"node {name!r} has no data-path; start the SuperNode with --node-config 'data-path=\"/path/to/table.csv\"'"
         )
     table = load_table(path, spec, node=name)
     train, test = split_table(table, spec)
@@ -114,13 +113,14 @@ def local_baseline(spec: TaskSpec, data: NodeData, *, epochs: int, seed: int) ->
 
     This is the local-only reference an organisation compares the federated model with.
     """
-    scaler = Scaler.fit(encode(data.train.features, spec)) if spec.scaling != "none" else Scaler.identity(
-        len(spec.encoded_names)
+    scaler = (
+        Scaler.fit(encode(data.train.features, spec))
+        if spec.scaling != "none"
+        else Scaler.identity(len(spec.encoded_names))
     )
     predictor = Predictor(spec, scaler, build_model(spec, seed=seed))
     steps = epochs * int(np.ceil(len(data.train) / 4))
-    train_locally(predictor, data.train, steps=steps, batch_size=4, learning_rate=0.001, seed=seed,
-                  optimizer="adam")
+    train_locally(predictor, data.train, steps=steps, batch_size=4, learning_rate=0.001, seed=seed, optimizer="adam")
     return evaluate(predictor, data.test)
 
 

@@ -21,8 +21,12 @@ from lab.settings import PRIVATE_ENV, TRACKING_URI, WORKSPACE, project_root
 
 os.environ.update(PRIVATE_ENV)  # before MLflow or Flower is imported by any command
 
-app = typer.Typer(help="A federated data science lab on Flower and MLflow.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="A federated data science lab on Flower and MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 console = Console()
 err = Console(stderr=True)
 
@@ -34,10 +38,12 @@ DEMO_NODES = {
     "va": "processed.va.data",
 }
 
-Workspace = Annotated[Path, typer.Option(help="Folder for everything the lab starts (logs, MLflow store).",
-                                         envvar=WORKSPACE.name)]
-TrackingUri = Annotated[str, typer.Option(help="MLflow tracking URI (default: the workspace's SQLite store).",
-                                          envvar=TRACKING_URI.name)]
+Workspace = Annotated[
+    Path, typer.Option(help="Folder for everything the lab starts (logs, MLflow store).", envvar=WORKSPACE.name)
+]
+TrackingUri = Annotated[
+    str, typer.Option(help="MLflow tracking URI (default: the workspace's SQLite store).", envvar=TRACKING_URI.name)
+]
 Node = Annotated[str | None, typer.Option(help="Read the table in this node's format from the spec.")]
 
 
@@ -55,8 +61,13 @@ def demo(
     """Run the demo federation: four hospitals, the real Flower runtime, MLflow tracking."""
     data = project_root() / "data" / "heart-disease"
     nodes = {name: data / file for name, file in DEMO_NODES.items()}
-    _federate(data / "task.toml", nodes, workspace=workspace, settings={"num-rounds": rounds, "strategy": strategy},
-              tracking_uri=tracking_uri_for(workspace))
+    _federate(
+        data / "task.toml",
+        nodes,
+        workspace=workspace,
+        settings={"num-rounds": rounds, "strategy": strategy},
+        tracking_uri=tracking_uri_for(workspace),
+    )
 
 
 @app.command()
@@ -79,8 +90,9 @@ def run(
         nodes[name] = Path(path)
     settings: dict[str, Any] = {"num-rounds": rounds, "strategy": strategy, "min-nodes": min_nodes}
     settings.update(_parse_settings(setting or []))
-    _federate(spec, nodes, workspace=workspace, settings=settings,
-              tracking_uri=tracking_uri_for(workspace, tracking_uri))
+    _federate(
+        spec, nodes, workspace=workspace, settings=settings, tracking_uri=tracking_uri_for(workspace, tracking_uri)
+    )
 
 
 @app.command()
@@ -120,7 +132,7 @@ def evaluate(
     if as_json:
         print(json.dumps({"metrics": result.metrics, "rows": result.rows, "split": result.split}))
         return
-    table = RichTable(title=f"{model} on {data.name} ({result.split} split, {result.rows} rows)")
+    table = RichTable(title=f"{data.name}: {result.split} split, {result.rows} rows")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in result.metrics.items():
@@ -142,8 +154,10 @@ def ui(
 
     uri = tracking_uri_for(workspace, tracking_uri)
     console.print(f"MLflow UI on http://127.0.0.1:{port} for {uri} (Ctrl-C to stop)")
-    proc = subprocess.Popen([executable("mlflow"), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                             "--port", str(port)], env=private_environ())
+    proc = subprocess.Popen(
+        [executable("mlflow"), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
+        env=private_environ(),
+    )
     try:
         proc.wait()
     except KeyboardInterrupt:
@@ -166,9 +180,11 @@ def _parse_settings(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _federate(spec_path: Path, nodes: dict[str, Path], *, workspace: Path, settings: dict[str, Any],
-              tracking_uri: str) -> None:
+def _federate(
+    spec_path: Path, nodes: dict[str, Path], *, workspace: Path, settings: dict[str, Any], tracking_uri: str
+) -> None:
     """Start the federation, run the task, print progress and the per-organisation table."""
+    from federation.settings import RunSettings
     from lab.launch import submit_run
     from lab.runtime import LocalFederation, NodeSpec
     from lab.spec import load_spec
@@ -188,55 +204,76 @@ def _federate(spec_path: Path, nodes: dict[str, Path], *, workspace: Path, setti
     unknown = sorted(set(settings) - _known_settings())
     if unknown:
         raise LabError(f"unknown run setting {unknown[0]!r}; known: {sorted(_known_settings())!r}")
+    RunSettings.from_run_config(run_config)  # refuse bad settings before starting any process
     rounds = int(settings.get("num-rounds", 5))
     started = time.monotonic()
-    console.print(f"[bold]{spec.name}[/]: {len(nodes)} nodes, {rounds} rounds of {settings.get('strategy')}; "
-                  f"workspace {workspace}")
+    console.print(
+        f"[bold]{spec.name}[/]: {len(nodes)} nodes, {rounds} rounds of {settings.get('strategy')}; "
+        f"workspace {workspace}"
+    )
     with LocalFederation(workspace, [NodeSpec(n, p) for n, p in nodes.items()]) as federation, _progress() as bar:
         task = bar.add_task("preparing nodes", total=rounds)
-        outcome = submit_run(federation, app_dir=project_root(), run_config=run_config,
-                             on_event=lambda e: _show(bar, task, e, rounds, spec.metrics[0]))
+        outcome = submit_run(
+            federation,
+            app_dir=project_root(),
+            run_config=run_config,
+            on_event=lambda e: _show(bar, task, e, rounds, spec.metrics[0]),
+        )
     _summary_table(outcome.final, spec.metrics, time.monotonic() - started)
 
 
 def _known_settings() -> set[str]:
+    """Settings a user may --set (the lab fills in the spec, the lock and where to record)."""
     from dataclasses import fields
 
     from federation.settings import RunSettings
 
-    return {f.name.replace("_", "-") for f in fields(RunSettings)}
+    filled_in = {"task-spec", "tracking-uri", "events-file", "environment-lock", "expected-nodes"}
+    return {f.name.replace("_", "-") for f in fields(RunSettings)} - filled_in
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False)
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 def _show(bar: Progress, task: Any, event: dict[str, Any], rounds: int, metric: str) -> None:
     kind = event["event"]
     if kind == "joined":
-        bar.console.print(f"  [green]joined[/] {event['node']} ({event['organisation']}): "
-                          f"{event['train_rows']} train / {event['test_rows']} test rows")
+        bar.console.print(
+            f"  [green]joined[/] {event['node']} ({event['organisation']}): "
+            f"{event['train_rows']} train / {event['test_rows']} test rows"
+        )
     elif kind == "refused":
         bar.console.print(f"  [red]refused[/] {event['reason']}")
     elif kind == "train":
         # Nodes score the model they received, i.e. the previous round's global model.
         value = (event.get("mean") or {}).get(metric)
         shown = f", mean {metric} {_fmt(value)} after round {event['round'] - 1}" if event["round"] > 1 else ""
-        bar.update(task, completed=event["round"],
-                   description=f"round {event['round']}/{rounds}: {event['answered']}/{event['asked']} "
-                               f"nodes answered{shown}")
+        bar.update(
+            task,
+            completed=event["round"],
+            description=f"round {event['round']}/{rounds}: {event['answered']}/{event['asked']} nodes answered{shown}",
+        )
     elif kind == "evaluate":
         value = (event.get("mean") or {}).get(metric)
-        bar.update(task, completed=event["round"],
-                   description=f"final model: {event['answered']}/{event['asked']} nodes, mean {metric} "
-                               f"{_fmt(value)}")
+        bar.update(
+            task,
+            completed=event["round"],
+            description=f"final model: {event['answered']}/{event['asked']} nodes, mean {metric} {_fmt(value)}",
+        )
     for node, reason in (event.get("errors") or {}).items():
         bar.console.print(f"  [red]{node}[/]: {reason}")
 
 
 def _summary_table(final: dict[str, Any], metrics: tuple[str, ...], seconds: float) -> None:
-    shown = [m for m in ("accuracy", "auc", "rmse", "r2") if m in metrics] or list(metrics[:2])
+    shown: list[str] = [m for m in ("accuracy", "auc", "rmse", "r2") if m in metrics] or list(metrics[:2])
     table = RichTable(title="Federated model vs. each organisation's local-only model (own test split)")
     table.add_column("node")
     table.add_column("test rows", justify="right")
@@ -249,7 +286,9 @@ def _summary_table(final: dict[str, Any], metrics: tuple[str, ...], seconds: flo
             cells += [_fmt(row["federated"].get(metric)), _fmt(row["local_only"].get(metric))]
         table.add_row(*cells)
     mean = final["mean"]
-    table.add_row("[bold]mean[/]", "", *[_fmt(mean.get(f"{k}.{m}")) for m in shown for k in ("federated", "local_only")])
+    table.add_row(
+        "[bold]mean[/]", "", *[_fmt(mean.get(f"{k}.{m}")) for m in shown for k in ("federated", "local_only")]
+    )
     console.print(table)
     if final.get("registered"):
         console.print(f"registered [bold]models:/{final['registered']}@champion[/] (version {final['version']})")

@@ -52,9 +52,7 @@ def read_raw(path: str | Path, file_format: FileFormat) -> tuple[pd.DataFrame, i
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(
-            f"{str(path)!r} does not exist or is not a file; check the node's data-path setting"
-        )
+        raise DataError(f"{str(path)!r} does not exist or is not a file; check the path (on a node: its data-path setting)")
     fmt = file_format.format
     if path.suffix.lower() in (".parquet", ".pq"):
         fmt = "parquet"
@@ -73,15 +71,12 @@ def read_raw(path: str | Path, file_format: FileFormat) -> tuple[pd.DataFrame, i
     except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(
-            f"{str(path)!r} cannot be read as {fmt.upper()}: {reason}; "
-            "check the file and the spec's [data] format"
+            f"{str(path)!r} cannot be read as {fmt.upper()}: {reason}; check the file and the spec's [data] format"
         ) from None
     return frame, 2 if file_format.header else 1
 
 
-def load_table(
-    path: str | Path, spec: TaskSpec, *, node: str | None = None, require_target: bool = True
-) -> Table:
+def load_table(path: str | Path, spec: TaskSpec, *, node: str | None = None, require_target: bool = True) -> Table:
     """Read ``path`` in the format the spec gives for ``node`` and check every column.
 
     Rows with a missing value in a ``drop-row`` column are dropped (and counted); any
@@ -90,8 +85,9 @@ def load_table(
     """
     file_format = spec.format_for(node)
     frame, offset = read_raw(path, file_format)
-    return check_frame(frame, spec, source=str(path), file_format=file_format, offset=offset,
-                       require_target=require_target)
+    return check_frame(
+        frame, spec, source=str(path), file_format=file_format, offset=offset, require_target=require_target
+    )
 
 
 def check_frame(
@@ -136,7 +132,7 @@ def check_frame(
         raise DataError(
             f"{source!r} has no rows left after dropping rows with missing values "
             f"({len(frame)} read; column {worst!r} is missing in {int(missing[worst].sum())}); "
-            f"set missing = \"impute\" for that feature in the spec, or supply complete rows"
+            f'set missing = "impute" for that feature in the spec, or supply complete rows'
         )
     if dropped:
         logger.info("%s: dropped %d of %d rows with missing values", source, dropped, len(frame))

@@ -62,8 +62,12 @@ def submit_run(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [executable("flwr"), "run", str(app_dir), "lab", "--run-config", str(config_path), "--stream"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=federation.env(),
-            cwd=federation.workspace, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=federation.env(),
+            cwd=federation.workspace,
+            start_new_session=True,
         )
         try:
             final = follow_events(events_path, proc, on_event, timeout=timeout, log_path=log_path)
@@ -109,7 +113,9 @@ def follow_events(
             exited_at = exited_at or time.monotonic()
             if time.monotonic() - exited_at > 5:  # give the last events time to land
                 tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-                raise RunFailedError(f"`flwr run` ended (status {proc.returncode}) before the run reported "
-                                     f"its end; its output ends with:\n{tail}")
+                raise RunFailedError(
+                    f"`flwr run` ended (status {proc.returncode}) before the run reported "
+                    f"its end; its output ends with:\n{tail}"
+                )
         time.sleep(0.25)
     raise RunFailedError(f"the run did not finish within {timeout:.0f} s; see {str(log_path)!r}")

@@ -12,9 +12,11 @@ __all__ = ["compute_metrics", "predictions"]
 def predictions(scores: np.ndarray, spec: TaskSpec) -> np.ndarray:
     """Hard predictions: class codes (threshold 0.5 for binary) or values."""
     if spec.target.kind == "binary":
-        return (scores >= 0.5).astype(np.float64)
+        hard: np.ndarray = (scores >= 0.5).astype(np.float64)
+        return hard
     if spec.target.kind == "multiclass":
-        return scores.argmax(axis=1).astype(np.float64)
+        classes: np.ndarray = scores.argmax(axis=1).astype(np.float64)
+        return classes
     return scores
 
 

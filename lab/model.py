@@ -87,7 +87,8 @@ class Predictor:
                 out = torch.softmax(out, dim=1)
             else:
                 out = out.reshape(-1)
-        return out.numpy().astype(np.float64)
+        scores: np.ndarray = out.numpy().astype(np.float64)
+        return scores
 
     def loss(self, features: pd.DataFrame, y: np.ndarray) -> float:
         """Mean training loss on these rows."""

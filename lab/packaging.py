@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
+from mlflow.pyfunc.model import PythonModel
 from mlflow.types import ColSpec, Schema
 
 from lab.data import check_frame
@@ -82,7 +82,7 @@ def signature(spec: TaskSpec) -> ModelSignature:
     inputs = Schema([ColSpec(_input_type(spec, f.name), f.name) for f in spec.features])
     example = output_frame(np.full((1, spec.target.num_outputs) if spec.target.kind == "multiclass" else 1, 0.5), spec)
     kinds = {"int64": "long", "float64": "double", "object": "string"}
-    outputs = Schema([ColSpec(kinds[str(example[c].dtype)], c) for c in example.columns])  # type: ignore[arg-type]
+    outputs = Schema([ColSpec(kinds[str(example[c].dtype)], c) for c in example.columns])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -102,7 +102,7 @@ def input_example(spec: TaskSpec, scaler: Scaler) -> pd.DataFrame:
     return pd.DataFrame([row])
 
 
-class FederatedModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+class FederatedModel(PythonModel):
     """The registered model: checks raw rows against the spec, encodes, scales and predicts."""
 
     predictor: Predictor
@@ -110,23 +110,23 @@ class FederatedModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
     def load_context(self, context: Any) -> None:
         self.predictor = load_bundle(context.artifacts["bundle"])
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
-                ) -> pd.DataFrame:
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame):
             raise ModelError("the model takes a pandas DataFrame with the spec's columns")
         spec = self.predictor.spec
-        return predict_frame(self.predictor, model_input, source="model input", file_format=spec.file_format,
-                             offset=0)
+        return predict_frame(self.predictor, model_input, source="model input", file_format=spec.file_format, offset=0)
 
 
-def predict_frame(predictor: Predictor, frame: pd.DataFrame, *, source: str, file_format: FileFormat,
-                  offset: int) -> pd.DataFrame:
+def predict_frame(
+    predictor: Predictor, frame: pd.DataFrame, *, source: str, file_format: FileFormat, offset: int
+) -> pd.DataFrame:
     """Predictions for every row of a raw frame, checked against the spec.
 
     A row the spec cannot score (a missing value in a ``drop-row`` column) gets empty
     predictions, so the output lines up with the input row for row.
     """
-    table = check_frame(frame, predictor.spec, source=source, file_format=file_format, offset=offset,
-                        require_target=False)
+    table = check_frame(
+        frame, predictor.spec, source=source, file_format=file_format, offset=offset, require_target=False
+    )
     out = output_frame(predictor.scores(table.features), predictor.spec)
     return out.set_index(pd.Index(table.line - offset)).reindex(range(len(frame)))

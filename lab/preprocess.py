@@ -81,7 +81,8 @@ class Scaler:
     def transform(self, matrix: np.ndarray) -> np.ndarray:
         """Scaled float32 matrix, missing entries set to the mean (0)."""
         scaled = (matrix - self.mean) / self.std
-        return np.nan_to_num(scaled, nan=0.0).astype(np.float32)
+        out: np.ndarray = np.nan_to_num(scaled, nan=0.0).astype(np.float32)
+        return out
 
     def to_lists(self) -> tuple[list[float], list[float]]:
         """Plain lists, for a ConfigRecord or JSON."""

@@ -50,8 +50,7 @@ class Evaluation:
     split: Split
 
 
-def evaluate_table(model: FederatedModel, data: Path, *, node: str | None = None, split: Split = "test"
-                   ) -> Evaluation:
+def evaluate_table(model: FederatedModel, data: Path, *, node: str | None = None, split: Split = "test") -> Evaluation:
     """The spec's metrics on ``data`` (its test split by default, split as the nodes split it)."""
     predictor = model.predictor
     table = load_table(data, predictor.spec, node=node)

@@ -95,8 +95,9 @@ class LocalFederation:
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def start(self) -> None:
@@ -107,9 +108,15 @@ class LocalFederation:
         self._write_connection()
         link = self._spawn(
             "superlink",
-            [executable("flower-superlink"), "--insecure", "--port", str(self.port),
-             "--database", str(self.workspace / "superlink.db"),
-             "--disable-runtime-dependency-installation"],
+            [
+                executable("flower-superlink"),
+                "--insecure",
+                "--port",
+                str(self.port),
+                "--database",
+                str(self.workspace / "superlink.db"),
+                "--disable-runtime-dependency-installation",
+            ],
             self.env(),
         )
         self._wait_listening(link, self.port)
@@ -119,8 +126,16 @@ class LocalFederation:
             config = f'node-name="{node.name}" data-path="{node.data_path.resolve()}"'
             self._spawn(
                 f"node-{node.name}",
-                [executable("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
-                 "--port", str(free_port()), "--node-config", config],
+                [
+                    executable("flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{self.port}",
+                    "--port",
+                    str(free_port()),
+                    "--node-config",
+                    config,
+                ],
                 self.env(home),
             )
         time.sleep(0.5)
@@ -161,8 +176,7 @@ class LocalFederation:
     def _write_connection(self) -> None:
         """The `flwr` CLI's connection to this SuperLink, never the detached default one."""
         (self.flwr_home / "config.toml").write_text(
-            '[superlink]\ndefault = "lab"\n\n'
-            f'[superlink.lab]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n',
+            f'[superlink]\ndefault = "lab"\n\n[superlink.lab]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n',
             encoding="utf-8",
         )
 
@@ -170,8 +184,15 @@ class LocalFederation:
         log_path = self.logs / f"{name}.log"
         log_file = log_path.open("ab")
         logger.info("starting %s: %s", name, " ".join(argv))
-        popen = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=env, cwd=self.workspace, start_new_session=True)
+        popen = subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=self.workspace,
+            start_new_session=True,
+        )
         proc = _Process(name, popen, log_path, log_file)
         self.processes.append(proc)
         return proc
@@ -189,5 +210,6 @@ class LocalFederation:
                 if sock.connect_ex(("127.0.0.1", port)) == 0:
                     return
             time.sleep(0.2)
-        raise RuntimeStartError(f"{proc.name} did not listen on port {port} within {START_TIMEOUT:.0f} s; "
-                                f"see {str(proc.log_path)!r}")
+        raise RuntimeStartError(
+            f"{proc.name} did not listen on port {port} within {START_TIMEOUT:.0f} s; see {str(proc.log_path)!r}"
+        )

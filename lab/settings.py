@@ -30,11 +30,13 @@ class Setting:
 
 
 WORKSPACE = Setting(
-    "LAB_WORKSPACE", "workspace",
+    "LAB_WORKSPACE",
+    "workspace",
     "Folder holding everything the lab starts: Flower's home, logs, the MLflow store.",
 )
 TRACKING_URI = Setting(
-    "MLFLOW_TRACKING_URI", "",
+    "MLFLOW_TRACKING_URI",
+    "",
     "MLflow tracking URI; empty means the SQLite store inside the workspace.",
 )
 

@@ -175,9 +175,7 @@ def parse_spec(text: str, *, source: str = "<spec>") -> TaskSpec:
     if duplicates:
         raise SpecError(f"{source}: features {duplicates!r} are listed twice; keep one entry each")
     if target.column in names:
-        raise SpecError(
-            f"{source}: target.column {target.column!r} is also a feature; remove it from [[features]]"
-        )
+        raise SpecError(f"{source}: target.column {target.column!r} is also a feature; remove it from [[features]]")
     prep = r.table("preprocessing", required=False)
     model = r.table("model", required=False)
     family = r.choice(model, "family", _FAMILIES, default="linear", where="model")
@@ -195,9 +193,7 @@ def parse_spec(text: str, *, source: str = "<spec>") -> TaskSpec:
         )
     test_fraction = r.get(prep, "test-fraction", float, default=0.25, where="preprocessing")
     if not 0.0 < test_fraction < 1.0:
-        raise SpecError(
-            f"{source}: preprocessing.test-fraction = {test_fraction!r}; give a fraction between 0 and 1"
-        )
+        raise SpecError(f"{source}: preprocessing.test-fraction = {test_fraction!r}; give a fraction between 0 and 1")
     file_format = _parse_format(r, r.table("data"), "data", FileFormat())
     nodes = {
         name: NodeEntry(
@@ -210,9 +206,7 @@ def parse_spec(text: str, *, source: str = "<spec>") -> TaskSpec:
     }
     for fmt in [file_format] + [n.file_format for n in nodes.values()]:
         if fmt.format == "csv" and not fmt.header and not fmt.columns:
-            raise SpecError(
-                f"{source}: a CSV without a header row needs data.columns, the column names in file order"
-            )
+            raise SpecError(f"{source}: a CSV without a header row needs data.columns, the column names in file order")
     return TaskSpec(
         name=r.get(task, "name", str, where="task"),
         description=r.get(task, "description", str, default="", where="task"),
@@ -248,7 +242,7 @@ def _parse_target(r: _Reader, t: dict[str, Any]) -> Target:
         if len(classes) < 3 or len(set(classes)) != len(classes):
             raise SpecError(
                 f"{r.source}: target.classes = {list(classes)!r}; a multiclass target needs 3 or more "
-                "distinct values (use kind = \"binary\" for two)"
+                'distinct values (use kind = "binary" for two)'
             )
         return Target(column=column, kind=kind, classes=classes)
     return Target(column=column, kind=kind)
@@ -263,9 +257,7 @@ def _parse_feature(r: _Reader, index: int, t: dict[str, Any]) -> Feature:
     if ftype == "categorical":
         levels = tuple(r.get(t, "levels", list, where=where))
         if len(levels) < 2 or len(set(levels)) != len(levels):
-            raise SpecError(
-                f"{r.source}: {where}.levels = {list(levels)!r}; list two or more distinct levels"
-            )
+            raise SpecError(f"{r.source}: {where}.levels = {list(levels)!r}; list two or more distinct levels")
     return Feature(
         name=name,
         type=ftype,
@@ -318,16 +310,13 @@ class _Reader:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise SpecError(
-                f"{self.source}: {where}.{key} = {value!r} should be a {kind.__name__}; fix its value"
-            )
+            raise SpecError(f"{self.source}: {where}.{key} = {value!r} should be a {kind.__name__}; fix its value")
         return value
 
-    def choice(self, t: dict[str, Any], key: str, options: tuple[str, ...], *, default: Any = _MISSING,
-               where: str) -> Any:
+    def choice(
+        self, t: dict[str, Any], key: str, options: tuple[str, ...], *, default: Any = _MISSING, where: str
+    ) -> Any:
         value = self.get(t, key, str, default=default, where=where)
         if value not in options:
-            raise SpecError(
-                f"{self.source}: {where}.{key} = {value!r} is not one of {list(options)!r}; pick one"
-            )
+            raise SpecError(f"{self.source}: {where}.{key} = {value!r} is not one of {list(options)!r}; pick one")
         return value

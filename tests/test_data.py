@@ -44,7 +44,7 @@ def _heart_rows(n: int = 6) -> list[str]:
 
 
 def test_missing_file_names_the_path_and_the_setting(tmp_path: Path, heart_spec: TaskSpec) -> None:
-    with pytest.raises(DataError, match=r"nowhere\.csv' does not exist.*data-path"):
+    with pytest.raises(DataError, match=r"nowhere\.csv' does not exist.*check the path"):
         load_table(tmp_path / "nowhere.csv", heart_spec)
 
 
@@ -71,8 +71,11 @@ def test_unknown_category_names_the_allowed_levels(tmp_path: Path, heart_spec: T
 
 
 def test_missing_column_names_the_column_and_what_the_file_has(tmp_path: Path) -> None:
-    spec = parse_spec(HEART.joinpath("task.toml").read_text().replace("[data]\nformat = \"csv\"\nheader = false",
-                                                                      "[data]\nformat = \"csv\"\nheader = true"))
+    spec = parse_spec(
+        HEART.joinpath("task.toml")
+        .read_text()
+        .replace('[data]\nformat = "csv"\nheader = false', '[data]\nformat = "csv"\nheader = true')
+    )
     path = tmp_path / "with-header.csv"
     path.write_text("age,sex\n63,1\n")
     with pytest.raises(DataError, match=r"has no column 'cp'.*rename the column or fix the spec"):
@@ -93,8 +96,11 @@ def test_unreadable_file_is_a_clear_error(tmp_path: Path, heart_spec: TaskSpec) 
 
 
 def test_parquet_with_impute_policy_keeps_rows_with_gaps(tmp_path: Path, heart_spec: TaskSpec) -> None:
-    spec = parse_spec(heart_spec.text.replace('name = "chol"\ntype = "numeric"',
-                                              'name = "chol"\ntype = "numeric"\nmissing = "impute"'))
+    spec = parse_spec(
+        heart_spec.text.replace(
+            'name = "chol"\ntype = "numeric"', 'name = "chol"\ntype = "numeric"\nmissing = "impute"'
+        )
+    )
     frame = pd.read_csv(SILOS["hungary"], header=None, names=list(spec.file_format.columns), na_values="?")
     path = tmp_path / "hungary.parquet"
     frame.to_parquet(path)

@@ -35,8 +35,15 @@ class LabRun:
 
 
 def run_lab(*args: str, workspace: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*lab_command(), *args], cwd=ROOT, env=private_environ(LAB_WORKSPACE=str(workspace),
-                          COLUMNS="200"), capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [*lab_command(), *args],
+        cwd=ROOT,
+        env=private_environ(LAB_WORKSPACE=str(workspace), COLUMNS="200"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def leftover_processes(workspace: Path) -> list[str]:
@@ -68,9 +75,20 @@ def federated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabRun]:
     tmp = tmp_path_factory.mktemp("federation")
     broken = broken_silo(tmp)
     result = run_lab(
-        "run", "--spec", str(HEART / "task.toml"), "--rounds", "2", "--min-nodes", "2",
-        "--node", f"cleveland={SILOS['cleveland']}", "--node", f"hungary={SILOS['hungary']}",
-        "--node", f"va={broken}", workspace=tmp / "workspace",
+        "run",
+        "--spec",
+        str(HEART / "task.toml"),
+        "--rounds",
+        "2",
+        "--min-nodes",
+        "2",
+        "--node",
+        f"cleveland={SILOS['cleveland']}",
+        "--node",
+        f"hungary={SILOS['hungary']}",
+        "--node",
+        f"va={broken}",
+        workspace=tmp / "workspace",
     )
     yield LabRun(tmp / "workspace", result, broken)
 
@@ -114,8 +132,15 @@ def test_evaluate_in_house_matches_the_federation_to_1e6(federated: LabRun) -> N
     run_id = client.get_model_version_by_alias("heart-disease", "champion").run_id
     logged = client.get_run(run_id).data.metrics
     for node in ("cleveland", "hungary"):
-        result = run_lab("evaluate", "--model", "models:/heart-disease@champion", "--data", str(SILOS[node]),
-                         "--json", workspace=federated.workspace)
+        result = run_lab(
+            "evaluate",
+            "--model",
+            "models:/heart-disease@champion",
+            "--data",
+            str(SILOS[node]),
+            "--json",
+            workspace=federated.workspace,
+        )
         assert result.returncode == 0, result.stderr
         metrics = json.loads(result.stdout)["metrics"]
         for name in ("accuracy", "auc", "loss"):
@@ -124,8 +149,16 @@ def test_evaluate_in_house_matches_the_federation_to_1e6(federated: LabRun) -> N
 
 def test_predict_writes_predictions_for_a_raw_silo(federated: LabRun, tmp_path: Path) -> None:
     out = tmp_path / "predictions.csv"
-    result = run_lab("predict", "--model", "models:/heart-disease@champion", "--data", str(SILOS["switzerland"]),
-                     "--out", str(out), workspace=federated.workspace)
+    result = run_lab(
+        "predict",
+        "--model",
+        "models:/heart-disease@champion",
+        "--data",
+        str(SILOS["switzerland"]),
+        "--out",
+        str(out),
+        workspace=federated.workspace,
+    )
     assert result.returncode == 0, result.stderr
     frame = pd.read_csv(out)
     assert len(frame) == 123  # every raw row, in order
@@ -144,8 +177,14 @@ def test_registered_model_loads_with_plain_mlflow_in_a_new_process(federated: La
         "rows = pd.DataFrame([[63,1,1,145,233,1,2,150,0,2.3],[67,1,4,160,286,0,2,108,1,1.5]], columns=cols)\n"
         "print(m.predict(rows.astype(float)).to_json())\n"
     )
-    result = subprocess.run([str(Path(os.sys.executable)), "-c", code], capture_output=True, text=True,
-                            env=private_environ(), timeout=300, check=False)
+    result = subprocess.run(
+        [str(Path(os.sys.executable)), "-c", code],
+        capture_output=True,
+        text=True,
+        env=private_environ(),
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(out) == {"prediction", "probability"}
@@ -154,9 +193,20 @@ def test_registered_model_loads_with_plain_mlflow_in_a_new_process(federated: La
 
 def test_run_fails_clearly_when_too_few_nodes_remain(tmp_path: Path) -> None:
     workspace = tmp_path / "workspace"
-    result = run_lab("run", "--spec", str(HEART / "task.toml"), "--rounds", "1", "--min-nodes", "2",
-                     "--node", f"cleveland={SILOS['cleveland']}", "--node", f"va={broken_silo(tmp_path)}",
-                     workspace=workspace)
+    result = run_lab(
+        "run",
+        "--spec",
+        str(HEART / "task.toml"),
+        "--rounds",
+        "1",
+        "--min-nodes",
+        "2",
+        "--node",
+        f"cleveland={SILOS['cleveland']}",
+        "--node",
+        f"va={broken_silo(tmp_path)}",
+        workspace=workspace,
+    )
     assert result.returncode == 2
     assert "fewer than min-nodes = 2" in result.stderr.replace("\n", "")
     assert "Traceback" not in result.stdout + result.stderr
@@ -169,9 +219,14 @@ def test_run_fails_clearly_when_too_few_nodes_remain(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     workspace = tmp_path / "workspace"
-    proc = subprocess.Popen([*lab_command(), "demo", "--rounds", "3"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            env=private_environ(LAB_WORKSPACE=str(workspace)))
+    proc = subprocess.Popen(
+        [*lab_command(), "demo", "--rounds", "3"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=private_environ(LAB_WORKSPACE=str(workspace)),
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(leftover_processes(workspace)) < 5:
         time.sleep(0.5)
@@ -190,8 +245,9 @@ def test_rerun_notebook_matches_the_federation(federated: LabRun) -> None:
     notebook = nbformat.read(ROOT / "notebooks" / "rerun-in-house.ipynb", as_version=4)
     os.environ["LAB_WORKSPACE"] = str(federated.workspace)
     try:
-        NotebookClient(notebook, timeout=300, kernel_name="python3",
-                       resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+        NotebookClient(
+            notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+        ).execute()
     finally:
         del os.environ["LAB_WORKSPACE"]
     printed = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)

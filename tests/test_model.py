@@ -20,8 +20,10 @@ from .conftest import SILOS
 
 
 def test_pooled_column_sums_give_the_scaler_of_the_concatenated_tables(heart_spec: TaskSpec) -> None:
-    parts = [encode(split_table(load_table(SILOS[n], heart_spec), heart_spec)[0].features, heart_spec)
-             for n in ("cleveland", "va")]
+    parts = [
+        encode(split_table(load_table(SILOS[n], heart_spec), heart_spec)[0].features, heart_spec)
+        for n in ("cleveland", "va")
+    ]
     pooled = Scaler.from_sums(ColumnSums.of(parts[0]) + ColumnSums.of(parts[1]))
     direct = Scaler.fit(np.concatenate(parts))
     np.testing.assert_allclose(pooled.mean, direct.mean)
@@ -68,8 +70,10 @@ def test_roc_auc_against_hand_computed_values() -> None:
 
 
 def test_regression_metrics() -> None:
-    spec = parse_spec('[task]\nname = "los"\n[target]\ncolumn = "days"\nkind = "regression"\n'
-                      '[[features]]\nname = "age"\ntype = "numeric"\n[data]\nheader = true\n')
+    spec = parse_spec(
+        '[task]\nname = "los"\n[target]\ncolumn = "days"\nkind = "regression"\n'
+        '[[features]]\nname = "age"\ntype = "numeric"\n[data]\nheader = true\n'
+    )
     out = compute_metrics(np.array([1.0, 2.0, 4.0]), np.array([1.0, 3.0, 5.0]), spec, loss=0.0)
     assert out["mae"] == pytest.approx(2 / 3)
     assert out["rmse"] == pytest.approx(np.sqrt(2 / 3))
@@ -78,8 +82,9 @@ def test_regression_metrics() -> None:
 
 def test_bundle_round_trip_predicts_the_same_scores(tmp_path: Path, heart_spec: TaskSpec) -> None:
     data = load_node_data("hungary", str(SILOS["hungary"]), heart_spec)
-    predictor = Predictor(heart_spec, Scaler.fit(encode(data.train.features, heart_spec)),
-                          build_model(heart_spec, seed=5))
+    predictor = Predictor(
+        heart_spec, Scaler.fit(encode(data.train.features, heart_spec)), build_model(heart_spec, seed=5)
+    )
     train_locally(predictor, data.train, steps=50, batch_size=4, learning_rate=0.05, seed=5)
     loaded = load_bundle(save_bundle(predictor, tmp_path / "bundle"))
     np.testing.assert_array_equal(loaded.scores(data.test.features), predictor.scores(data.test.features))

@@ -69,7 +69,7 @@ def test_missing_spec_file_names_the_path(tmp_path: Path) -> None:
     [
         (lambda t: t.replace('kind = "binary"', 'kind = "ordinal"'), r"target\.kind = 'ordinal' is not one of"),
         (lambda t: t.replace('levels = ["a", "b", "c"]', 'levels = ["a"]'), r"levels = \['a'\]; list two or more"),
-        (lambda t: t.replace('type = "numeric"', 'type = 3'), r"type = 3 should be a str"),
+        (lambda t: t.replace('type = "numeric"', "type = 3"), r"type = 3 should be a str"),
         (lambda t: t.replace("header = true", "header = false"), "needs data.columns"),
         (lambda t: t.replace('[task]\nname = "readmission"', "[task]"), r"missing key task\.name"),
         (lambda t: t.replace('negative = ["no"]', 'negative = ["yes"]'), "non-empty and disjoint"),
@@ -87,8 +87,12 @@ def test_invalid_spec_is_refused_with_the_key_and_the_fix(edit, message: str, tm
 
 
 def test_multiclass_and_regression_targets_are_specs_too() -> None:
-    multi = parse_spec(MINIMAL.replace('kind = "binary"\npositive = ["yes"]\nnegative = ["no"]',
-                                       'kind = "multiclass"\nclasses = ["none", "mild", "severe"]'))
+    multi = parse_spec(
+        MINIMAL.replace(
+            'kind = "binary"\npositive = ["yes"]\nnegative = ["no"]',
+            'kind = "multiclass"\nclasses = ["none", "mild", "severe"]',
+        )
+    )
     assert multi.target.num_outputs == 3
     assert multi.metrics == ("accuracy", "loss")
     reg = parse_spec(MINIMAL.replace('kind = "binary"\npositive = ["yes"]\nnegative = ["no"]', 'kind = "regression"'))

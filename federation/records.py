@@ -1,0 +1,51 @@
+"""Typed access to the records inside a Flower message, with errors that name the missing key."""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+
+from federation import keys
+from lab.errors import LabError
+
+__all__ = ["arrays_of", "config_of", "metrics_of", "number", "numbers", "text"]
+
+Record = ConfigRecord | MetricRecord
+
+
+def config_of(msg: Message, key: str = keys.CONFIG) -> ConfigRecord:
+    """The message's ConfigRecord under ``key``."""
+    return msg.content.config_records[key]
+
+
+def metrics_of(msg: Message) -> MetricRecord:
+    """The message's MetricRecord."""
+    return msg.content.metric_records[keys.METRICS]
+
+
+def arrays_of(msg: Message) -> ArrayRecord:
+    """The message's ArrayRecord (the model's parameters)."""
+    return msg.content.array_records[keys.ARRAYS]
+
+
+def number(record: Record, key: str) -> float:
+    """A numeric value; LabError when it is missing or not a number."""
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LabError(f"message record has no number under {key!r} (got {value!r})")
+    return float(value)
+
+
+def numbers(record: Record, key: str) -> list[float]:
+    """A list of numbers."""
+    value = record.get(key)
+    if not isinstance(value, list):
+        raise LabError(f"message record has no list of numbers under {key!r} (got {type(value).__name__})")
+    return [float(v) for v in value]
+
+
+def text(record: ConfigRecord, key: str) -> str:
+    """A string value."""
+    value = record.get(key)
+    if not isinstance(value, str):
+        raise LabError(f"message record has no text under {key!r} (got {type(value).__name__})")
+    return value
