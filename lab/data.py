@@ -52,7 +52,9 @@ def read_raw(path: str | Path, file_format: FileFormat) -> tuple[pd.DataFrame, i
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{str(path)!r} does not exist or is not a file; check the path (on a node: its data-path setting)")
+        raise DataError(
+            f"{str(path)!r} does not exist or is not a file; check the path (on a node: its data-path setting)"
+        )
     fmt = file_format.format
     if path.suffix.lower() in (".parquet", ".pq"):
         fmt = "parquet"
