@@ -211,14 +211,24 @@ def _federate(
         f"[bold]{spec.name}[/]: {len(nodes)} nodes, {rounds} rounds of {settings.get('strategy')}; "
         f"workspace {workspace}"
     )
-    with LocalFederation(workspace, [NodeSpec(n, p) for n, p in nodes.items()]) as federation, _progress() as bar:
-        task = bar.add_task("preparing nodes", total=rounds)
-        outcome = submit_run(
-            federation,
-            app_dir=project_root(),
-            run_config=run_config,
-            on_event=lambda e: _show(bar, task, e, rounds, spec.metrics[0]),
-        )
+    mlflow_runs: list[str] = []
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["event"] == "started" and event.get("mlflow_run_id"):
+            mlflow_runs.append(event["mlflow_run_id"])
+        _show(bar, task, event, rounds, spec.metrics[0])
+
+    try:
+        with LocalFederation(workspace, [NodeSpec(n, p) for n, p in nodes.items()]) as federation, _progress() as bar:
+            task = bar.add_task("preparing nodes", total=rounds)
+            outcome = submit_run(federation, app_dir=project_root(), run_config=run_config, on_event=on_event)
+    except BaseException as exc:
+        # The coordinator was stopped before it could close its MLflow run: close it here.
+        from lab.tracking import close_unfinished
+
+        for run_id in mlflow_runs:
+            close_unfinished(tracking_uri, run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
     _summary_table(outcome.final, spec.metrics, time.monotonic() - started)
 
 

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from lab.model import Predictor
 from lab.packaging import input_example, save_bundle, signature
 
-__all__ = ["CHAMPION", "LoggedModel", "Tracker", "lock_requirements"]
+__all__ = ["CHAMPION", "LoggedModel", "Tracker", "close_unfinished", "lock_requirements"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,19 @@ def lock_requirements(lock_text: str) -> list[str]:
             continue
         pins.append(line)
     return pins
+
+
+def close_unfinished(tracking_uri: str, run_id: str, status: str) -> None:
+    """Mark a run ``status`` after its coordinator was stopped.
+
+    A run still RUNNING gets ``status``; a user's interrupt (KILLED) also replaces the FAILED
+    the coordinator may have recorded as it was stopped.
+    """
+    client = MlflowClient(tracking_uri=tracking_uri)
+    current = client.get_run(run_id).info.status
+    if current == "RUNNING" or (status == "KILLED" and current == "FAILED"):
+        client.set_terminated(run_id, status)
+        logger.info("marked MLflow run %s %s", run_id, status)
 
 
 class Tracker:
