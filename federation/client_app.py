@@ -25,6 +25,7 @@ from flwr.clientapp import ClientApp
 from federation import keys
 from federation.records import arrays_of, config_of, number, numbers, text
 from federation.task import (
+    NodeData,
     evaluate,
     load_node_data,
     local_baseline,
@@ -61,8 +62,12 @@ def _node_name(context: Context) -> str:
     return str(context.node_config.get(keys.NODE_NAME, f"node-{context.node_id}"))
 
 
-def _spec(msg: Message) -> TaskSpec:
-    return parse_spec(text(config_of(msg), keys.TASK_SPEC), source="the run's task spec")
+def _inputs(msg: Message, context: Context) -> tuple[TaskSpec, ConfigRecord, str, NodeData]:
+    """The run's task spec and config, this node's name, and its rows checked against the spec."""
+    config = config_of(msg)
+    spec = parse_spec(text(config, keys.TASK_SPEC), source="the run's task spec")
+    name = _node_name(context)
+    return spec, config, name, load_node_data(name, str(context.node_config.get(keys.DATA_PATH, "")), spec)
 
 
 def _scaler(config: ConfigRecord) -> Scaler:
@@ -73,10 +78,7 @@ def _scaler(config: ConfigRecord) -> Scaler:
 @_refusing_on_lab_errors
 def prepare(msg: Message, context: Context) -> Message:
     """Check the table, share column sums for scaling, and run the local-only baseline."""
-    spec = _spec(msg)
-    config = config_of(msg)
-    name = _node_name(context)
-    data = load_node_data(name, str(context.node_config.get(keys.DATA_PATH, "")), spec)
+    spec, config, name, data = _inputs(msg, context)
     sums = ColumnSums.of(encode(data.train.features, spec))
     seed = node_seed(int(number(config, keys.SEED)), name, 0)
     baseline = local_baseline(spec, data, epochs=int(number(config, keys.BASELINE_EPOCHS)), seed=seed)
@@ -105,10 +107,7 @@ def prepare(msg: Message, context: Context) -> Message:
 @_refusing_on_lab_errors
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's training rows."""
-    spec = _spec(msg)
-    config = config_of(msg)
-    name = _node_name(context)
-    data = load_node_data(name, str(context.node_config.get(keys.DATA_PATH, "")), spec)
+    spec, config, name, data = _inputs(msg, context)
     predictor = predictor_from(spec, _scaler(config), arrays_of(msg))
     metrics: dict[str, int | float] = {}
     if config.get(keys.EVALUATE_FIRST, False):
@@ -136,9 +135,7 @@ def train(msg: Message, context: Context) -> Message:
 @_refusing_on_lab_errors
 def evaluate_model(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this node's test rows."""
-    spec = _spec(msg)
-    config = config_of(msg)
-    data = load_node_data(_node_name(context), str(context.node_config.get(keys.DATA_PATH, "")), spec)
+    spec, config, _, data = _inputs(msg, context)
     predictor = predictor_from(spec, _scaler(config), arrays_of(msg))
     metrics = MetricRecord({**evaluate(predictor, data.test), keys.NUM_EXAMPLES: len(data.test)})
     return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)

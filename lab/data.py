@@ -180,27 +180,38 @@ def _column(
     raw: pd.Series, feature: Feature, file_format: FileFormat, source: str, lines: np.ndarray
 ) -> tuple[pd.Series, pd.Series]:
     blank = _is_blank(raw, file_format)
+    where = f"{source!r}, line {{line}}, column {feature.name!r}"
     if feature.type == "numeric":
-        values = pd.to_numeric(raw.where(~blank), errors="coerce").astype(float)
-        bad = values.isna() & ~blank
-        if bad.any():
-            pos = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(
-                f"{source!r}, line {lines[pos]}, column {feature.name!r}: {raw.iloc[pos]!r} is not a "
-                f"number ({int(bad.sum())} such rows); fix the value, or mark it missing with "
-                f"{file_format.missing_token or 'an empty field'!r}"
-            )
-        return values, blank
-    values = _as_levels(raw.where(~blank), feature.levels)
+        return _numbers(raw, blank, where, lines, file_format), blank
+    fix = f"the spec allows {list(feature.levels)!r}: add the level to the spec or correct the value"
+    return _levels(raw, blank, feature.levels, where, lines, "unknown category", fix), blank
+
+
+def _numbers(raw: pd.Series, blank: pd.Series, where: str, lines: np.ndarray, file_format: FileFormat) -> pd.Series:
+    """Numeric values; text that is neither a number nor the missing token is an error."""
+    values = pd.to_numeric(raw.where(~blank), errors="coerce").astype(float)
+    bad = values.isna() & ~blank
+    if bad.any():
+        pos = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(
+            f"{where.format(line=lines[pos])}: {raw.iloc[pos]!r} is not a number ({int(bad.sum())} such rows); "
+            f"fix the value, or mark it missing with {file_format.missing_token or 'an empty field'!r}"
+        )
+    return values
+
+
+def _levels(
+    raw: pd.Series, blank: pd.Series, levels: tuple[Level, ...], where: str, lines: np.ndarray, what: str, fix: str
+) -> pd.Series:
+    """Values mapped onto the spec's levels; a value the spec does not list is an error."""
+    values = _as_levels(raw.where(~blank), levels)
     unknown = values.isna() & ~blank
     if unknown.any():
         pos = int(np.flatnonzero(unknown.to_numpy())[0])
         raise DataError(
-            f"{source!r}, line {lines[pos]}, column {feature.name!r}: unknown category "
-            f"{raw.iloc[pos]!r} ({int(unknown.sum())} such rows); the spec allows "
-            f"{list(feature.levels)!r}: add the level to the spec or correct the value"
+            f"{where.format(line=lines[pos])}: {what} {raw.iloc[pos]!r} ({int(unknown.sum())} such rows); {fix}"
         )
-    return values, blank
+    return values
 
 
 def _as_levels(raw: pd.Series, levels: tuple[Level, ...]) -> pd.Series:
@@ -218,31 +229,17 @@ def _target(
 ) -> tuple[np.ndarray, pd.Series]:
     target = spec.target
     blank = _is_blank(raw, file_format)
+    where = f"{source!r}, line {{line}}, target column {target.column!r}"
     if target.kind == "regression":
-        values = pd.to_numeric(raw.where(~blank), errors="coerce").astype(float)
-        bad = values.isna() & ~blank
-        if bad.any():
-            pos = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(
-                f"{source!r}, line {lines[pos]}, target column {target.column!r}: {raw.iloc[pos]!r} "
-                "is not a number; fix the value or mark it missing"
-            )
-        return values.fillna(0.0).to_numpy(dtype=np.float32), blank
+        return _numbers(raw, blank, where, lines, file_format).fillna(0.0).to_numpy(dtype=np.float32), blank
     if target.kind == "binary":
         levels: tuple[Level, ...] = target.negative + target.positive
         codes = [0.0] * len(target.negative) + [1.0] * len(target.positive)
     else:
         levels = target.classes
         codes = [float(i) for i in range(len(levels))]
-    values = _as_levels(raw.where(~blank), levels)
-    unknown = values.isna() & ~blank
-    if unknown.any():
-        pos = int(np.flatnonzero(unknown.to_numpy())[0])
-        raise DataError(
-            f"{source!r}, line {lines[pos]}, target column {target.column!r}: unknown value "
-            f"{raw.iloc[pos]!r}; the spec maps {list(levels)!r}: add it to the spec's target or "
-            "correct the value"
-        )
+    fix = f"the spec maps {list(levels)!r}: add it to the spec's target or correct the value"
+    values = _levels(raw, blank, levels, where, lines, "unknown value", fix)
     code_of = dict(zip(levels, codes, strict=True))
     encoded = values.map(lambda v: code_of.get(v, 0.0) if v is not None else 0.0)
     return encoded.to_numpy(dtype=np.float32), blank
