@@ -13,8 +13,9 @@ export MLFLOW_DISABLE_TELEMETRY := true
 $(BIN)/.installed: $(LOCK) pyproject.toml
 	@echo "Installing the pinned environment from $(LOCK) into $(VENV) (a few minutes the first time)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -qq --no-warn-script-location -r $(LOCK)
-	$(BIN)/python -m pip install -qq --no-deps -e .
+	$(BIN)/python -m pip install -qq --require-hashes --no-warn-script-location -r $(LOCK)
+	$(BIN)/python -m pip install -qq --no-deps --no-build-isolation -e .
+	$(BIN)/lab env verify
 	touch $@
 
 setup: $(BIN)/.installed
@@ -33,14 +34,19 @@ lint: setup
 ui: setup
 	$(BIN)/lab ui
 
-# Re-resolve environments/requirements.in into the lock, in a scratch environment.
+# Re-resolve environments/requirements.in into the hashed lock, in a scratch environment.
+PIP_TOOLS := pip-tools==7.6.2
 lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/python -m pip install -qq -r environments/requirements.in
-	{ sed -n '1,3p' $(LOCK); .lock-venv/bin/python -m pip freeze --exclude-editable; } > $(LOCK).new
+	.lock-venv/bin/python -m pip install -qq $(PIP_TOOLS)
+	.lock-venv/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-header \
+	    --no-emit-index-url --no-emit-find-links --output-file $(LOCK).body environments/requirements.in
+	{ sed -n '1,3p' $(LOCK); \
+	  .lock-venv/bin/python -c 'import sys, sysconfig; print(f"# environment: python {sys.version_info[0]}.{sys.version_info[1]} {sysconfig.get_platform()}")'; \
+	  echo "#"; cat $(LOCK).body; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
-	rm -rf .lock-venv
+	rm -rf .lock-venv $(LOCK).body
 
 clean:
 	rm -rf $(VENV) workspace

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from federation import keys
+from federation.provenance import check_environment, node_record
 from federation.records import arrays_of, config_of, number, numbers, text
 from federation.task import (
     NodeData,
@@ -33,6 +35,7 @@ from federation.task import (
     predictor_from,
     train_locally,
 )
+from lab.environment import EnvDiff, Environment
 from lab.errors import LabError
 from lab.preprocess import ColumnSums, Scaler, encode
 from lab.spec import TaskSpec, parse_spec
@@ -62,12 +65,21 @@ def _node_name(context: Context) -> str:
     return str(context.node_config.get(keys.NODE_NAME, f"node-{context.node_id}"))
 
 
-def _inputs(msg: Message, context: Context) -> tuple[TaskSpec, ConfigRecord, str, NodeData]:
-    """The run's task spec and config, this node's name, and its rows checked against the spec."""
+def _inputs(msg: Message, context: Context) -> tuple[TaskSpec, ConfigRecord, str, Environment, EnvDiff, NodeData]:
+    """The run's spec and config, this node's name and environment (checked against the lock
+    before any data is read), and its rows checked against the spec."""
     config = config_of(msg)
     spec = parse_spec(text(config, keys.TASK_SPEC), source="the run's task spec")
     name = _node_name(context)
-    return spec, config, name, load_node_data(name, str(context.node_config.get(keys.DATA_PATH, "")), spec)
+    env, drift = check_environment(config, name)
+    data = load_node_data(name, str(context.node_config.get(keys.DATA_PATH, "")), spec)
+    return spec, config, name, env, drift, data
+
+
+def _reply(msg: Message, spec: TaskSpec, name: str, env: Environment, data: NodeData, **records: Any) -> Message:
+    """A reply whose NODE record carries this node's environment, data and spec fingerprints."""
+    node = node_record(name, spec, env, data.train.fingerprint, len(data.train))
+    return Message(RecordDict({**records, keys.NODE: node}), reply_to=msg)
 
 
 def _scaler(config: ConfigRecord) -> Scaler:
@@ -78,7 +90,7 @@ def _scaler(config: ConfigRecord) -> Scaler:
 @_refusing_on_lab_errors
 def prepare(msg: Message, context: Context) -> Message:
     """Check the table, share column sums for scaling, and run the local-only baseline."""
-    spec, config, name, data = _inputs(msg, context)
+    spec, config, name, env, drift, data = _inputs(msg, context)
     sums = ColumnSums.of(encode(data.train.features, spec))
     seed = node_seed(int(number(config, keys.SEED)), name, 0)
     baseline = local_baseline(spec, data, epochs=int(number(config, keys.BASELINE_EPOCHS)), seed=seed)
@@ -91,14 +103,18 @@ def prepare(msg: Message, context: Context) -> Message:
             **{keys.BASELINE_PREFIX + k: v for k, v in baseline.items()},
         }
     )
-    node = ConfigRecord(
+    node = node_record(
+        name,
+        spec,
+        env,
+        data.train.fingerprint,
+        len(data.train),
         {
-            keys.NODE_NAME: name,
-            keys.ORGANISATION: spec.organisation(name),
-            keys.TRAIN_ROWS: len(data.train),
             keys.TEST_ROWS: len(data.test),
             keys.DROPPED_ROWS: data.dropped,
-        }
+            keys.ENV_PINS: env.pins,
+            keys.ENV_DRIFT: drift.summary(),
+        },
     )
     return Message(RecordDict({keys.METRICS: metrics, keys.NODE: node}), reply_to=msg)
 
@@ -107,7 +123,7 @@ def prepare(msg: Message, context: Context) -> Message:
 @_refusing_on_lab_errors
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's training rows."""
-    spec, config, name, data = _inputs(msg, context)
+    spec, config, name, env, _, data = _inputs(msg, context)
     predictor = predictor_from(spec, _scaler(config), arrays_of(msg))
     metrics: dict[str, int | float] = {}
     if config.get(keys.EVALUATE_FIRST, False):
@@ -122,20 +138,24 @@ def train(msg: Message, context: Context) -> Message:
         seed=node_seed(int(number(config, keys.SEED)), name, int(number(config, keys.SERVER_ROUND))),
         proximal_mu=number(config, keys.PROXIMAL_MU) if keys.PROXIMAL_MU in config else 0.0,
     )
-    content = RecordDict(
-        {
+    return _reply(
+        msg,
+        spec,
+        name,
+        env,
+        data,
+        **{
             keys.ARRAYS: ArrayRecord(predictor.model.state_dict()),
             keys.METRICS: MetricRecord({**metrics, keys.TRAIN_LOSS: loss, keys.NUM_EXAMPLES: len(data.train)}),
-        }
+        },
     )
-    return Message(content, reply_to=msg)
 
 
 @app.evaluate()
 @_refusing_on_lab_errors
 def evaluate_model(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this node's test rows."""
-    spec, config, _, data = _inputs(msg, context)
+    spec, config, name, env, _, data = _inputs(msg, context)
     predictor = predictor_from(spec, _scaler(config), arrays_of(msg))
     metrics = MetricRecord({**evaluate(predictor, data.test), keys.NUM_EXAMPLES: len(data.test)})
-    return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)
+    return _reply(msg, spec, name, env, data, **{keys.METRICS: metrics})

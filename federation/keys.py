@@ -44,5 +44,18 @@ DROPPED_ROWS = "dropped-rows"
 PREPARE = "prepare"
 PREPARE_MESSAGE_TYPE = "query.prepare"
 
+# Fingerprints every node reply carries (NODE record), and the federation's pinned environment
+ENV_FINGERPRINT = "env-fingerprint"
+ENV_PYTHON = "env-python"
+ENV_PLATFORM = "env-platform"
+ENV_PINS = "env-pins"  # the node's name==version list (prepare reply only)
+ENV_DRIFT = "env-drift"  # readable differences from the lock, empty when none
+DATA_FINGERPRINT = "data-sha256"  # hash of the node's training rows after loading
+SPEC_FINGERPRINT = "spec-sha256"  # hash of the task spec the node received
+ENV_POLICY = "environment-policy"  # config: strict | warn
+LOCK_PINS = "lock-pins"
+LOCK_PYTHON = "lock-python"
+LOCK_PLATFORM = "lock-platform"
+
 # Error code of a node's refusal (the reason says why)
 REFUSED = 4001

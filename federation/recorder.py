@@ -50,6 +50,10 @@ class Member:
     train_rows: int
     test_rows: int
     baseline: dict[str, float]
+    env_fingerprint: str = ""
+    data_fingerprint: str = ""
+    env_pins: list[str] | None = None
+    warning: str | None = None
     final: dict[str, float] = field(default_factory=dict)
 
 
@@ -68,7 +72,7 @@ class Recorder:
         member = self.members.get(node_id)
         return member.name if member else f"node-{node_id}"
 
-    def on_train(self, server_round: int, replies: list[Message], asked: int) -> None:
+    def on_train(self, server_round: int, replies: list[Message], asked: int, excluded: dict[str, str]) -> None:
         """Log the training loss at this round, and the scores of the model the nodes received
         (the global model after the previous round) at the previous round's step."""
         good = [r for r in replies if not r.has_error()]
@@ -87,7 +91,7 @@ class Recorder:
             asked=asked,
             train_loss=metrics.get("train_loss"),
             mean=mean,
-            errors=self._errors(replies),
+            errors={**self._errors(replies), **excluded},
         )
 
     def on_evaluate(self, server_round: int, replies: list[Message], asked: int) -> None:

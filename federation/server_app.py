@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from typing import Any
 
 import numpy as np
@@ -12,16 +11,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 
 from federation import keys
+from federation.preparation import Guard, prepare
 from federation.recorder import EventLog, Member, Recorder
-from federation.records import config_of, metrics_of, number, numbers, text
 from federation.settings import RunSettings
 from federation.strategies import make_strategy
 from federation.task import predictor_from
+from lab.environment import Environment
 from lab.errors import LabError, RunFailedError
 from lab.model import build_model
-from lab.preprocess import ColumnSums, Scaler
 from lab.spec import TaskSpec, parse_spec
-from lab.tracking import Tracker, lock_requirements
+from lab.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -35,18 +34,25 @@ def main(grid: Grid, context: Context) -> None:
     spec = parse_spec(settings.task_spec, source="the run's task spec")
     events = EventLog(settings.events_file)
     tracker = Tracker(settings.tracking_uri, settings.experiment or spec.name)
-    tags = {"flwr.run_id": str(context.run_id), "lab.spec": spec.name, "lab.spec_sha256": spec.sha256}
+    fab_hash = grid.run.fab_hash  # the app's code, as the SuperLink received it
+    tags = {
+        "flwr.run_id": str(context.run_id),
+        "lab.spec": spec.name,
+        "lab.spec_sha256": spec.sha256,
+        "lab.code.fab_hash": fab_hash,
+        "lab.code.version": settings.code_version or "unknown",
+    }
     try:
         with tracker.run(
             run_name=f"{spec.name}-{settings.strategy}-{context.run_id}",
-            params={**settings.as_params(), "spec": spec.name, "spec_sha256": spec.sha256},
+            params={**settings.as_params(), "spec": spec.name, "spec_sha256": spec.sha256, "code.fab_hash": fab_hash},
             tags=tags,
         ):
             events.emit("started", rounds=settings.num_rounds, strategy=settings.strategy, mlflow_run_id=tracker.run_id)
             tracker.log_text(spec.text, "task/spec.toml")
             if settings.environment_lock:
                 tracker.log_text(settings.environment_lock, "environment/requirements.lock")
-            summary = _run(grid, spec, settings, tracker, events)
+            summary = _run(grid, spec, settings, tracker, events, fab_hash)
             events.emit("done", **summary)
     except Exception as exc:
         reason = str(exc) if isinstance(exc, LabError) else f"{type(exc).__name__}: {exc}"
@@ -54,10 +60,13 @@ def main(grid: Grid, context: Context) -> None:
         raise
 
 
-def _run(grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, events: EventLog) -> dict[str, Any]:
-    members, scaler = _prepare(grid, spec, settings, tracker, events)
+def _run(
+    grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, events: EventLog, fab_hash: str
+) -> dict[str, Any]:
+    guard = _guard(spec, settings)
+    members, scaler = prepare(grid, spec, settings, guard, tracker, events)
     recorder = Recorder(members, tracker, events, spec.metrics)
-    strategy = make_strategy(settings, set(members), recorder)
+    strategy = make_strategy(settings, set(members), recorder, guard)
     mean, std = scaler.to_lists()
     shared: dict[str, Any] = {keys.TASK_SPEC: spec.text, keys.SCALER_MEAN: mean, keys.SCALER_STD: std}
     train_config = ConfigRecord(
@@ -78,12 +87,36 @@ def _run(grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, ev
     predictor = predictor_from(spec, scaler, result.arrays)
     summary = _summary(members, spec)
     tracker.log_metrics({f"final.{k}": v for k, v in summary["mean"].items() if _finite(v)}, step=settings.num_rounds)
+    provenance = {
+        "environment_fingerprint": guard.lock.fingerprint if guard.lock else "",
+        "environment_policy": settings.environment_policy,
+        "spec_sha256": spec.sha256,
+        "code_version": settings.code_version or "unknown",
+        "fab_hash": fab_hash,
+        "nodes": {
+            m.name: {"environment": m.env_fingerprint, "data_sha256": m.data_fingerprint, "train_rows": m.train_rows}
+            for m in members.values()
+        },
+    }
     logged = tracker.log_model(
-        predictor, requirements=lock_requirements(settings.environment_lock), register=settings.register
+        predictor, lock_text=settings.environment_lock, provenance=provenance, register=settings.register
     )
     if logged is not None:
         summary.update(model_uri=logged.model_uri, registered=logged.registered_name, version=logged.version)
     return summary
+
+
+def _guard(spec: TaskSpec, settings: RunSettings) -> Guard:
+    """The environment policy against the run's lock (strict needs a lock)."""
+    if not settings.environment_lock:
+        if settings.environment_policy == "strict":
+            raise RunFailedError(
+                "the strict environment policy needs the lock; `lab run` sends "
+                'environments/requirements.lock, or set environment-policy = "warn"'
+            )
+        return Guard(None, settings.environment_policy, spec.sha256)
+    lock = Environment.from_lock(settings.environment_lock, source="the run's environment lock")
+    return Guard(lock, settings.environment_policy, spec.sha256)
 
 
 def _evaluate_final(
@@ -110,95 +143,6 @@ def _evaluate_final(
             f"final evaluation: {len(good)} node(s) answered, fewer than min-nodes = {settings.min_nodes}"
         )
     recorder.on_evaluate(settings.num_rounds, replies, len(members))
-
-
-def _prepare(
-    grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, events: EventLog
-) -> tuple[dict[int, Member], Scaler]:
-    """Ask every connected node to check its table, share column sums and run its baseline."""
-    node_ids = _wait_for_nodes(grid, max(settings.expected_nodes, settings.min_nodes), settings.node_wait_seconds)
-    config = ConfigRecord(
-        {keys.TASK_SPEC: spec.text, keys.SEED: settings.seed, keys.BASELINE_EPOCHS: settings.baseline_epochs}
-    )
-    messages = [
-        Message(RecordDict({keys.CONFIG: config}), dst_node_id=node_id, message_type=keys.PREPARE_MESSAGE_TYPE)
-        for node_id in node_ids
-    ]
-    replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
-    members: dict[int, Member] = {}
-    sums: ColumnSums | None = None
-    refusals: dict[str, str] = {}
-    for reply in replies:
-        node_id = reply.metadata.src_node_id
-        if reply.has_error():
-            refusals[f"node-{node_id}"] = reply.error.reason or f"error {reply.error.code}"
-            continue
-        member, part = _member(reply)
-        members[node_id] = member
-        sums = part if sums is None else sums + part
-    for missing in set(node_ids) - {r.metadata.src_node_id for r in replies}:
-        refusals[f"node-{missing}"] = f"no reply within {settings.round_timeout:.0f} s"
-    for member in members.values():
-        events.emit(
-            "joined",
-            node=member.name,
-            organisation=member.organisation,
-            train_rows=member.train_rows,
-            test_rows=member.test_rows,
-        )
-    for node, reason in refusals.items():
-        logger.warning("%s", reason)
-        events.emit("refused", node=node, reason=reason)
-    tracker.log_params(
-        {
-            "nodes": ",".join(sorted(m.name for m in members.values())),
-            "num_nodes": len(members),
-            "refused_nodes": len(refusals),
-        }
-    )
-    if refusals:
-        tracker.log_text("\n".join(f"{n}: {r}" for n, r in refusals.items()) + "\n", "nodes/refusals.txt")
-    tracker.log_metrics(
-        {f"node.{m.name}.baseline.{k}": v for m in members.values() for k, v in m.baseline.items() if _finite(v)},
-        step=0,
-    )
-    if len(members) < settings.min_nodes:
-        detail = "; ".join(refusals.values()) or "no node answered"
-        raise RunFailedError(
-            f"{len(members)} node(s) accepted the task, fewer than min-nodes = {settings.min_nodes}: {detail}"
-        )
-    if spec.scaling == "none" or sums is None:
-        return members, Scaler.identity(len(spec.encoded_names))
-    return members, Scaler.from_sums(sums)
-
-
-def _member(reply: Message) -> tuple[Member, ColumnSums]:
-    """A node's answer to the prepare query: who it is, its baseline, its column sums."""
-    node, metrics = config_of(reply, keys.NODE), metrics_of(reply)
-    member = Member(
-        node_id=reply.metadata.src_node_id,
-        name=text(node, keys.NODE_NAME),
-        organisation=text(node, keys.ORGANISATION),
-        train_rows=int(number(node, keys.TRAIN_ROWS)),
-        test_rows=int(number(node, keys.TEST_ROWS)),
-        baseline={
-            k.removeprefix(keys.BASELINE_PREFIX): number(metrics, k)
-            for k in metrics
-            if k.startswith(keys.BASELINE_PREFIX)
-        },
-    )
-    sums = ColumnSums(
-        *(np.asarray(numbers(metrics, k)) for k in (keys.COLUMN_COUNT, keys.COLUMN_SUM, keys.COLUMN_SQUARES))
-    )
-    return member, sums
-
-
-def _wait_for_nodes(grid: Grid, wanted: int, seconds: float) -> list[int]:
-    deadline = time.monotonic() + seconds
-    while len(node_ids := list(grid.get_node_ids())) < wanted and time.monotonic() < deadline:
-        time.sleep(0.5)
-    logger.info("%d node(s) connected (waited for %d)", len(node_ids), wanted)
-    return sorted(node_ids)
 
 
 def _summary(members: dict[int, Member], spec: TaskSpec) -> dict[str, Any]:

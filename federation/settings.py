@@ -46,6 +46,11 @@ class RunSettings:
         The pinned environment's lock text, logged with the run and the model.
     round_timeout : float (default: 600)
         Seconds to wait for the nodes' replies in one round.
+    environment_policy : str (default: "strict")
+        ``strict``: a node whose environment differs from the lock is not aggregated and is told
+        why; ``warn``: it is aggregated and the run is flagged.
+    code_version : str (default: "")
+        The project's git commit, recorded with the run (`lab run` fills it in).
     register : bool (default: True)
     """
 
@@ -67,6 +72,8 @@ class RunSettings:
     events_file: str = ""
     environment_lock: str = ""
     round_timeout: float = 600.0
+    environment_policy: str = "strict"
+    code_version: str = ""
     register: bool = True
 
     @classmethod
@@ -90,6 +97,8 @@ class RunSettings:
 
     def check(self) -> None:
         """Raise LabError naming the first setting out of range."""
+        if self.environment_policy not in ("strict", "warn"):
+            raise LabError(f"run setting environment-policy = {self.environment_policy!r}; choose strict or warn")
         if self.strategy not in STRATEGIES:
             raise LabError(f"run setting strategy = {self.strategy!r}; choose one of {list(STRATEGIES)!r}")
         if not self.task_spec.strip():

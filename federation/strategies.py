@@ -10,6 +10,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
 
 from federation import keys
+from federation.preparation import Guard
 from federation.settings import RunSettings
 from lab.errors import RunFailedError
 
@@ -19,7 +20,7 @@ __all__ = ["RoundObserver", "make_strategy"]
 class RoundObserver(Protocol):
     """Receives every round's replies (the coordinator's recorder)."""
 
-    def on_train(self, server_round: int, replies: list[Message], asked: int) -> None: ...
+    def on_train(self, server_round: int, replies: list[Message], asked: int, excluded: dict[str, str]) -> None: ...
 
     def on_evaluate(self, server_round: int, replies: list[Message], asked: int) -> None: ...
 
@@ -34,6 +35,7 @@ class _Reporting:
     participants: set[int]
     observer: RoundObserver
     min_nodes: int
+    guard: Guard
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -50,23 +52,38 @@ class _Reporting:
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        self._require_enough(server_round, replies, "training")
-        self.observer.on_train(server_round, replies, len(self.participants))
-        return super().aggregate_train(server_round, replies)  # type: ignore[misc, no-any-return]
+        kept, excluded = self._screen(list(replies))
+        self._require_enough(server_round, kept, "training", excluded)
+        self.observer.on_train(server_round, kept, len(self.participants), excluded)
+        return super().aggregate_train(server_round, kept)  # type: ignore[misc, no-any-return]
+
+    def _screen(self, replies: list[Message]) -> tuple[list[Message], dict[str, str]]:
+        """Replies the guard admits, and why the others are not aggregated (by node name)."""
+        kept: list[Message] = []
+        excluded: dict[str, str] = {}
+        for reply in replies:
+            node = reply.content.config_records.get(keys.NODE) if not reply.has_error() else None
+            refusal = self.guard.screen(node)[0] if node is not None else None
+            if refusal is None:
+                kept.append(reply)
+            else:
+                name = str(node.get(keys.NODE_NAME)) if node is not None else "?"
+                excluded[name] = f"node {name!r} not aggregated: {refusal}"
+        return kept, excluded
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
         if not replies and self.fraction_evaluate == 0.0:  # type: ignore[attr-defined]
             return None  # nodes score the global model inside the next train message instead
-        self._require_enough(server_round, replies, "evaluation")
+        self._require_enough(server_round, replies, "evaluation", {})
         self.observer.on_evaluate(server_round, replies, len(self.participants))
         return super().aggregate_evaluate(server_round, replies)  # type: ignore[misc, no-any-return]
 
-    def _require_enough(self, server_round: int, replies: list[Message], stage: str) -> None:
+    def _require_enough(self, server_round: int, replies: list[Message], stage: str, excluded: dict[str, str]) -> None:
         good = [r for r in replies if not r.has_error()]
         if len(good) < self.min_nodes:
-            reasons = "; ".join(r.error.reason or f"error {r.error.code}" for r in replies if r.has_error())
+            errors = [r.error.reason or f"error {r.error.code}" for r in replies if r.has_error()]
+            reasons = "; ".join(errors + list(excluded.values()))
             raise RunFailedError(
                 f"round {server_round} {stage}: {len(good)} node(s) answered, fewer than min-nodes = "
                 f"{self.min_nodes}" + (f" ({reasons})" if reasons else "")
@@ -76,7 +93,7 @@ class _Reporting:
 _BASES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi}
 
 
-def make_strategy(settings: RunSettings, participants: set[int], observer: RoundObserver) -> FedAvg:
+def make_strategy(settings: RunSettings, participants: set[int], observer: RoundObserver, guard: Guard) -> FedAvg:
     """The run's strategy from ``flwr.serverapp.strategy``, with reporting mixed in."""
     base = _BASES[settings.strategy]
     kwargs: dict[str, Any] = {
@@ -100,4 +117,5 @@ def make_strategy(settings: RunSettings, participants: set[int], observer: Round
     strategy.participants = set(participants)
     strategy.observer = observer
     strategy.min_nodes = settings.min_nodes
+    strategy.guard = guard
     return strategy  # type: ignore[no-any-return]

@@ -38,6 +38,9 @@ DEMO_NODES = {
     "va": "processed.va.data",
 }
 
+env_app = typer.Typer(help="The pinned environment: its fingerprint, and drift from the lock.", no_args_is_help=True)
+app.add_typer(env_app, name="env")
+
 Workspace = Annotated[
     Path, typer.Option(help="Folder for everything the lab starts (logs, MLflow store).", envvar=WORKSPACE.name)
 ]
@@ -45,6 +48,10 @@ TrackingUri = Annotated[
     str, typer.Option(help="MLflow tracking URI (default: the workspace's SQLite store).", envvar=TRACKING_URI.name)
 ]
 Node = Annotated[str | None, typer.Option(help="Read the table in this node's format from the spec.")]
+AllowDrift = Annotated[
+    bool,
+    typer.Option("--allow-env-drift", help="Run even if this environment differs from the model's (recorded)."),
+]
 
 
 def tracking_uri_for(workspace: Path, uri: str = "") -> str:
@@ -77,6 +84,9 @@ def run(
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 5,
     strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedadam or fedyogi.")] = "fedavg",
     min_nodes: Annotated[int, typer.Option(help="Fail unless this many nodes take part.")] = 2,
+    environment_policy: Annotated[
+        str, typer.Option(help="strict: leave out nodes whose environment differs from the lock; warn: flag them.")
+    ] = "strict",
     setting: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE run setting (TOML value).")] = None,
     workspace: Workspace = Path(WORKSPACE.default),
     tracking_uri: TrackingUri = "",
@@ -88,7 +98,12 @@ def run(
         if not sep or not name or not path:
             raise LabError(f"--node {item!r} should be NAME=PATH, e.g. --node cleveland=data/cleveland.csv")
         nodes[name] = Path(path)
-    settings: dict[str, Any] = {"num-rounds": rounds, "strategy": strategy, "min-nodes": min_nodes}
+    settings: dict[str, Any] = {
+        "num-rounds": rounds,
+        "strategy": strategy,
+        "min-nodes": min_nodes,
+        "environment-policy": environment_policy,
+    }
     settings.update(_parse_settings(setting or []))
     _federate(
         spec, nodes, workspace=workspace, settings=settings, tracking_uri=tracking_uri_for(workspace, tracking_uri)
@@ -101,14 +116,25 @@ def predict(
     data: Annotated[Path, typer.Option(help="Your raw table (CSV or Parquet).")],
     out: Annotated[Path, typer.Option(help="Where to write the table with predictions (.csv or .parquet).")],
     node: Node = None,
+    allow_env_drift: AllowDrift = False,
     workspace: Workspace = Path(WORKSPACE.default),
     tracking_uri: TrackingUri = "",
 ) -> None:
-    """Apply a registered model to a raw table, in-house."""
-    from lab.rerun import load_model, predict_table
+    """Apply a registered model to a raw table, in-house.
+
+    Next to --out, a .provenance.json file records the model, both environments and any drift.
+    """
+    from lab.rerun import check_environment, load_model, predict_table, provenance
 
     loaded = load_model(model, tracking_uri_for(workspace, tracking_uri))
+    drift = check_environment(loaded, allow_drift=allow_env_drift)
+    _warn_drift(drift.lines())
     scored, empty = predict_table(loaded, data, out, node=node)
+    record = out.with_name(out.name + ".provenance.json")
+    record.write_text(
+        json.dumps({**provenance(loaded, model, drift), "rows_scored": scored, "rows_empty": empty}, indent=2),
+        encoding="utf-8",
+    )
     console.print(f"wrote {out} ({scored} rows scored" + (f", {empty} left empty: missing values)" if empty else ")"))
 
 
@@ -119,18 +145,22 @@ def evaluate(
     split: Annotated[str, typer.Option(help="test (as the federation split it), train or all.")] = "test",
     node: Node = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    allow_env_drift: AllowDrift = False,
     workspace: Workspace = Path(WORKSPACE.default),
     tracking_uri: TrackingUri = "",
 ) -> None:
     """Evaluate a registered model on a raw table, in-house."""
-    from lab.rerun import evaluate_table, load_model
+    from lab.rerun import check_environment, evaluate_table, load_model, provenance
 
     if split not in ("test", "train", "all"):
         raise LabError(f"--split {split!r}: choose test, train or all")
     loaded = load_model(model, tracking_uri_for(workspace, tracking_uri))
+    drift = check_environment(loaded, allow_drift=allow_env_drift)
+    _warn_drift(drift.lines())
     result = evaluate_table(loaded, data, node=node, split=split)  # type: ignore[arg-type]
     if as_json:
-        print(json.dumps({"metrics": result.metrics, "rows": result.rows, "split": result.split}))
+        out = {"metrics": result.metrics, "rows": result.rows, "split": result.split}
+        print(json.dumps({**out, "provenance": provenance(loaded, model, drift)}))
         return
     table = RichTable(title=f"{data.name}: {result.split} split, {result.rows} rows")
     table.add_column("metric")
@@ -165,6 +195,56 @@ def ui(
         proc.wait(timeout=15)
 
 
+Lock = Annotated[Path | None, typer.Option(help="The lock file (default: environments/requirements.lock).")]
+
+
+def lock_path(lock: Path | None = None) -> Path:
+    """The given lock file, or the project's."""
+    return lock or project_root() / "environments" / "requirements.lock"
+
+
+@env_app.command("show")
+def env_show(
+    packages: Annotated[bool, typer.Option("--packages", help="List every package and version.")] = False,
+) -> None:
+    """Print this environment's fingerprint and its parts."""
+    from lab.environment import Environment
+
+    current = Environment.current()
+    console.print(f"fingerprint  {current.fingerprint}")
+    console.print(f"python       {current.python} ({sys.version.split()[0]})")
+    console.print(f"platform     {current.platform}")
+    console.print(f"packages     {len(current.packages)}")
+    if packages:
+        for pin in current.pins:
+            console.print(f"  {pin}", highlight=False)
+
+
+@env_app.command("verify")
+def env_verify(lock: Lock = None) -> None:
+    """Compare this environment with the lock; exit 1 with the differences if they differ."""
+    from lab.environment import Environment
+
+    path = lock_path(lock)
+    current, expected = Environment.current(), Environment.from_lock_file(path)
+    drift = current.diff(expected)
+    if not drift:
+        console.print(f"environment matches {path.name}: fingerprint {current.fingerprint[:16]}")
+        return
+    err.print(f"[red]environment differs from {path}[/] ({len(drift.lines())} differences):", highlight=False)
+    for line in drift.lines():
+        err.print(f"  {line}", highlight=False)
+    err.print("reinstall from the lock: `make clean setup`")
+    raise typer.Exit(1)
+
+
+def _warn_drift(lines: list[str]) -> None:
+    if lines:
+        err.print(f"[yellow]warning:[/] running in an environment that differs from the model's ({len(lines)}):")
+        for line in lines:
+            err.print(f"  {line}", highlight=False)
+
+
 def _parse_settings(items: list[str]) -> dict[str, Any]:
     import tomllib
 
@@ -184,8 +264,7 @@ def _federate(
     spec_path: Path, nodes: dict[str, Path], *, workspace: Path, settings: dict[str, Any], tracking_uri: str
 ) -> None:
     """Start the federation, run the task, print progress and the per-organisation table."""
-    from federation.settings import RunSettings
-    from lab.launch import submit_run
+    from lab.launch import build_run_config, submit_run
     from lab.runtime import LocalFederation, NodeSpec
     from lab.spec import load_spec
 
@@ -193,18 +272,9 @@ def _federate(
     for name, path in nodes.items():
         if not path.is_file():
             raise LabError(f"node {name!r}: {str(path)!r} does not exist; give the path of its table")
-    lock = project_root() / "environments" / "requirements.lock"
-    run_config = {
-        **settings,
-        "task-spec": spec.text,
-        "tracking-uri": tracking_uri,
-        "expected-nodes": len(nodes),
-        "environment-lock": lock.read_text(encoding="utf-8") if lock.is_file() else "",
-    }
-    unknown = sorted(set(settings) - _known_settings())
-    if unknown:
-        raise LabError(f"unknown run setting {unknown[0]!r}; known: {sorted(_known_settings())!r}")
-    RunSettings.from_run_config(run_config)  # refuse bad settings before starting any process
+    run_config = build_run_config(
+        spec, settings, tracking_uri=tracking_uri, expected_nodes=len(nodes), lock=lock_path(), root=project_root()
+    )
     rounds = int(settings.get("num-rounds", 5))
     started = time.monotonic()
     console.print(
@@ -232,16 +302,6 @@ def _federate(
     _summary_table(outcome.final, spec.metrics, time.monotonic() - started)
 
 
-def _known_settings() -> set[str]:
-    """Settings a user may --set (the lab fills in the spec, the lock and where to record)."""
-    from dataclasses import fields
-
-    from federation.settings import RunSettings
-
-    filled_in = {"task-spec", "tracking-uri", "events-file", "environment-lock", "expected-nodes"}
-    return {f.name.replace("_", "-") for f in fields(RunSettings)} - filled_in
-
-
 def _progress() -> Progress:
     return Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -262,6 +322,8 @@ def _show(bar: Progress, task: Any, event: dict[str, Any], rounds: int, metric: 
         )
     elif kind == "refused":
         bar.console.print(f"  [red]refused[/] {event['reason']}")
+    elif kind == "warning":
+        bar.console.print(f"  [yellow]warning[/] {event['reason']}")
     elif kind == "train":
         # Nodes score the model they received, i.e. the previous round's global model.
         value = (event.get("mean") or {}).get(metric)

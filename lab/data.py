@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,14 @@ class Table:
 
     def __len__(self) -> int:
         return len(self.features)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the rows as loaded (typed features and encoded target), in order."""
+        frame = self.features.copy()
+        if self.target is not None:
+            frame["__target__"] = self.target
+        return hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()
 
     def take(self, index: np.ndarray) -> Table:
         """The rows at the given positions."""

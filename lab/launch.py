@@ -7,20 +7,67 @@ import logging
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-from lab.errors import RunFailedError
+from federation.settings import RunSettings
+from lab.errors import LabError, RunFailedError
 from lab.runtime import LocalFederation, executable
+from lab.spec import TaskSpec
 
-__all__ = ["RunOutcome", "follow_events", "submit_run"]
+__all__ = ["RunOutcome", "build_run_config", "code_version", "follow_events", "submit_run", "user_settings"]
 
 logger = logging.getLogger(__name__)
 
 Event = dict[str, Any]
+
+
+def build_run_config(
+    spec: TaskSpec, settings: dict[str, Any], *, tracking_uri: str, expected_nodes: int, lock: Path, root: Path
+) -> dict[str, Any]:
+    """The run config `flwr run` submits: the user's settings, checked, plus what the lab fills in
+    (the spec's text, where to record, the environment lock, the code version).
+
+    Raises LabError for an unknown or invalid setting, before any process starts.
+    """
+    unknown = sorted(set(settings) - user_settings())
+    if unknown:
+        raise LabError(f"unknown run setting {unknown[0]!r}; known: {sorted(user_settings())!r}")
+    run_config = {
+        **settings,
+        "task-spec": spec.text,
+        "tracking-uri": tracking_uri,
+        "expected-nodes": expected_nodes,
+        "environment-lock": lock.read_text(encoding="utf-8") if lock.is_file() else "",
+        "code-version": code_version(root),
+    }
+    RunSettings.from_run_config(run_config)
+    return run_config
+
+
+def user_settings() -> set[str]:
+    """Settings a user may set (the lab fills in the spec, the lock and where to record)."""
+    filled_in = {"task-spec", "tracking-uri", "events-file", "environment-lock", "expected-nodes", "code-version"}
+    return {f.name.replace("_", "-") for f in fields(RunSettings)} - filled_in
+
+
+def code_version(root: Path) -> str:
+    """The checkout's git commit, with ``+dirty`` when tracked files differ ("unknown" outside git)."""
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 @dataclass(frozen=True)

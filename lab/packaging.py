@@ -13,6 +13,7 @@ from mlflow.pyfunc.model import PythonModel
 from mlflow.types import ColSpec, Schema
 
 from lab.data import check_frame
+from lab.environment import Environment
 from lab.errors import ModelError
 from lab.metrics import predictions
 from lab.model import Predictor, build_model, state_from_numpy, state_to_numpy
@@ -32,11 +33,19 @@ __all__ = [
 SPEC_FILE = "spec.toml"
 SCALER_FILE = "scaler.json"
 WEIGHTS_FILE = "weights.npz"
+LOCK_FILE = "requirements.lock"
+PROVENANCE_FILE = "provenance.json"
 
 
-def save_bundle(predictor: Predictor, directory: Path) -> Path:
-    """Write the spec, scaler and weights the pyfunc needs into ``directory``."""
+def save_bundle(
+    predictor: Predictor, directory: Path, *, lock_text: str = "", provenance: dict[str, Any] | None = None
+) -> Path:
+    """Write the spec, scaler and weights the pyfunc needs into ``directory``, with the lock of
+    the environment it was trained in and the run's fingerprints (``provenance``)."""
     directory.mkdir(parents=True, exist_ok=True)
+    if lock_text:
+        (directory / LOCK_FILE).write_text(lock_text, encoding="utf-8")
+    (directory / PROVENANCE_FILE).write_text(json.dumps(provenance or {}, indent=2), encoding="utf-8")
     (directory / SPEC_FILE).write_text(predictor.spec.text, encoding="utf-8")
     mean, std = predictor.scaler.to_lists()
     scaler = {"inputs": predictor.spec.encoded_names, "mean": mean, "std": std}
@@ -106,9 +115,16 @@ class FederatedModel(PythonModel):
     """The registered model: checks raw rows against the spec, encodes, scales and predicts."""
 
     predictor: Predictor
+    environment: Environment | None
+    provenance: dict[str, Any]
 
     def load_context(self, context: Any) -> None:
-        self.predictor = load_bundle(context.artifacts["bundle"])
+        bundle = Path(context.artifacts["bundle"])
+        self.predictor = load_bundle(bundle)
+        lock = bundle / LOCK_FILE
+        self.environment = Environment.from_lock_file(lock) if lock.is_file() else None
+        provenance = bundle / PROVENANCE_FILE
+        self.provenance = json.loads(provenance.read_text(encoding="utf-8")) if provenance.is_file() else {}
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame):

@@ -5,18 +5,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import mlflow
 import mlflow.pyfunc
 import pandas as pd
 
 from lab.data import load_table, read_raw, split_table
+from lab.environment import EnvDiff, Environment
 from lab.errors import DataError, ModelError
 from lab.metrics import compute_metrics
 from lab.packaging import FederatedModel, predict_frame
 
-__all__ = ["Evaluation", "evaluate_table", "load_model", "predict_table"]
+__all__ = ["Evaluation", "check_environment", "evaluate_table", "load_model", "predict_table", "provenance"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ Split = Literal["test", "train", "all"]
 def load_model(model_uri: str, tracking_uri: str) -> FederatedModel:
     """Load a registered model (``models:/name@alias``, ``runs:/...``) as the lab's pyfunc."""
     mlflow.set_tracking_uri(tracking_uri)
+    # The lab compares the whole environment itself (check_environment); MLflow's partial check only repeats it.
+    logging.getLogger("mlflow.utils.requirements_utils").setLevel(logging.ERROR)
     try:
         loaded = mlflow.pyfunc.load_model(model_uri)
     except mlflow.exceptions.MlflowException as exc:
@@ -38,6 +41,38 @@ def load_model(model_uri: str, tracking_uri: str) -> FederatedModel:
     if not isinstance(model, FederatedModel):
         raise ModelError(f"{model_uri!r} is not a model trained by the lab")
     return model
+
+
+def check_environment(model: FederatedModel, *, allow_drift: bool) -> EnvDiff:
+    """Compare this environment with the one the model was trained in (its lock).
+
+    Raises
+    ------
+    ModelError
+        With every difference, unless ``allow_drift``; then the differences are returned.
+    """
+    if model.environment is None:
+        return EnvDiff(other=["the model carries no environment lock to compare with"])
+    drift = Environment.current().diff(model.environment)
+    if drift and not allow_drift:
+        listed = "\n  ".join(drift.lines())
+        raise ModelError(
+            f"this environment differs from the one the model was trained in ({len(drift.lines())} differences):\n"
+            f"  {listed}\ninstall the model's environment (environments/requirements.lock, `make setup`), "
+            "or pass --allow-env-drift to run anyway"
+        )
+    return drift
+
+
+def provenance(model: FederatedModel, model_uri: str, drift: EnvDiff) -> dict[str, Any]:
+    """What a rerun's output records: the model, where it was trained, where it ran, and the drift."""
+    return {
+        "model": model_uri,
+        "model_environment": model.environment.fingerprint if model.environment else None,
+        "run_environment": Environment.current().fingerprint,
+        "environment_drift": drift.lines(),
+        "trained_with": model.provenance,
+    }
 
 
 @dataclass(frozen=True)

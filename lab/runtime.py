@@ -36,6 +36,7 @@ class NodeSpec:
 
     name: str
     data_path: Path
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for this node's processes
 
 
 def free_port() -> int:
@@ -136,7 +137,7 @@ class LocalFederation:
                     "--node-config",
                     config,
                 ],
-                self.env(home),
+                {**self.env(home), **node.env},
             )
         time.sleep(0.5)
         for proc in self.processes:

@@ -101,20 +101,24 @@ class Tracker:
         if self.enabled:
             mlflow.log_text(text, artifact_file)
 
-    def log_model(self, predictor: Predictor, *, requirements: list[str], register: bool) -> LoggedModel | None:
-        """Log the pyfunc model; register it under the spec's name with the alias ``champion``."""
+    def log_model(
+        self, predictor: Predictor, *, lock_text: str, provenance: dict[str, Any], register: bool
+    ) -> LoggedModel | None:
+        """Log the pyfunc model with the lock and fingerprints of the environment it was trained
+        in; register it under the spec's name with the alias ``champion``."""
         if not self.enabled:
             return None
         spec = predictor.spec
         with tempfile.TemporaryDirectory() as tmp:
-            bundle = save_bundle(predictor, Path(tmp) / "bundle")
+            bundle = save_bundle(predictor, Path(tmp) / "bundle", lock_text=lock_text, provenance=provenance)
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
                 artifacts={"bundle": str(bundle)},
                 signature=signature(spec),
                 input_example=input_example(spec, predictor.scaler),
-                pip_requirements=requirements,
+                pip_requirements=lock_requirements(lock_text),
+                metadata={k: v for k, v in provenance.items() if isinstance(v, str)},
                 registered_model_name=spec.name if register else None,
             )
         version = str(info.registered_model_version) if register and info.registered_model_version else None

@@ -1,0 +1,187 @@
+"""The coordinator's first step: every node checks its environment and table, and says who it is."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from federation import keys
+from federation.provenance import lock_config
+from federation.recorder import EventLog, Member
+from federation.records import config_of, metrics_of, number, numbers, text
+from federation.settings import RunSettings
+from lab.environment import Environment
+from lab.errors import RunFailedError
+from lab.preprocess import ColumnSums, Scaler
+from lab.spec import TaskSpec
+from lab.tracking import Tracker
+
+__all__ = ["Guard", "prepare"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Guard:
+    """The coordinator's check of each reply: the spec it used and the environment it ran in.
+
+    Under ``strict`` a node whose environment differs from the lock is not aggregated; under
+    ``warn`` it is, and the run is flagged.
+    """
+
+    lock: Environment | None
+    policy: str
+    spec_sha256: str
+
+    def screen(self, node: ConfigRecord, pins: list[str] | None = None) -> tuple[str | None, str | None]:
+        """(reason to refuse, warning) for a reply's NODE record."""
+        if text(node, keys.SPEC_FINGERPRINT) != self.spec_sha256:
+            return "it used a different task spec than the run's", None
+        if self.lock is None or text(node, keys.ENV_FINGERPRINT) == self.lock.fingerprint:
+            return None, None
+        if pins is not None:
+            here = Environment.from_pins(text(node, keys.ENV_PYTHON), text(node, keys.ENV_PLATFORM), pins)
+            detail = here.diff(self.lock).summary()
+        else:
+            detail = f"fingerprint {text(node, keys.ENV_FINGERPRINT)[:12]}, lock {self.lock.fingerprint[:12]}"
+        message = f"its environment differs from the lock ({detail})"
+        return (message, None) if self.policy == "strict" else (None, message)
+
+
+def prepare(
+    grid: Grid, spec: TaskSpec, settings: RunSettings, guard: Guard, tracker: Tracker, events: EventLog
+) -> tuple[dict[int, Member], Scaler]:
+    """Ask every connected node to check its environment and table, share column sums and run
+    its local-only baseline; returns the nodes that take part and the federated scaler."""
+    node_ids = _wait_for_nodes(grid, max(settings.expected_nodes, settings.min_nodes), settings.node_wait_seconds)
+    config = ConfigRecord(
+        {
+            keys.TASK_SPEC: spec.text,
+            keys.SEED: settings.seed,
+            keys.BASELINE_EPOCHS: settings.baseline_epochs,
+            **(lock_config(guard.lock, guard.policy) if guard.lock else {}),
+        }
+    )
+    messages = [
+        Message(RecordDict({keys.CONFIG: config}), dst_node_id=node_id, message_type=keys.PREPARE_MESSAGE_TYPE)
+        for node_id in node_ids
+    ]
+    replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
+    members: dict[int, Member] = {}
+    sums: ColumnSums | None = None
+    refusals: dict[str, str] = {}
+    for reply in replies:
+        node_id = reply.metadata.src_node_id
+        if reply.has_error():
+            refusals[f"node-{node_id}"] = reply.error.reason or f"error {reply.error.code}"
+            continue
+        member, part = _member(reply)
+        refusal, warning = guard.screen(config_of(reply, keys.NODE), member.env_pins)
+        if refusal:
+            refusals[member.name] = f"node {member.name!r} not admitted by the coordinator: {refusal}"
+            continue
+        member.warning = warning or member.warning
+        members[node_id] = member
+        sums = part if sums is None else sums + part
+    for missing in set(node_ids) - {r.metadata.src_node_id for r in replies}:
+        refusals[f"node-{missing}"] = f"node-{missing}: no reply within {settings.round_timeout:.0f} s"
+    _record(members, refusals, tracker, events)
+    if len(members) < settings.min_nodes:
+        detail = "; ".join(refusals.values()) or "no node answered"
+        raise RunFailedError(
+            f"{len(members)} node(s) accepted the task, fewer than min-nodes = {settings.min_nodes}: {detail}"
+        )
+    if spec.scaling == "none" or sums is None:
+        return members, Scaler.identity(len(spec.encoded_names))
+    return members, Scaler.from_sums(sums)
+
+
+def _member(reply: Message) -> tuple[Member, ColumnSums]:
+    """A node's answer to the prepare query: who it is, its fingerprints, baseline and column sums."""
+    node, metrics = config_of(reply, keys.NODE), metrics_of(reply)
+    pins = node.get(keys.ENV_PINS)
+    member = Member(
+        node_id=reply.metadata.src_node_id,
+        name=text(node, keys.NODE_NAME),
+        organisation=text(node, keys.ORGANISATION),
+        train_rows=int(number(node, keys.TRAIN_ROWS)),
+        test_rows=int(number(node, keys.TEST_ROWS)),
+        baseline={
+            k.removeprefix(keys.BASELINE_PREFIX): number(metrics, k)
+            for k in metrics
+            if k.startswith(keys.BASELINE_PREFIX)
+        },
+        env_fingerprint=text(node, keys.ENV_FINGERPRINT),
+        data_fingerprint=text(node, keys.DATA_FINGERPRINT),
+        env_pins=[str(p) for p in pins] if isinstance(pins, list) else None,
+        warning=(
+            f"its environment differs from the lock ({text(node, keys.ENV_DRIFT)})"
+            if text(node, keys.ENV_DRIFT)
+            else None
+        ),
+    )
+    sums = ColumnSums(
+        *(np.asarray(numbers(metrics, k)) for k in (keys.COLUMN_COUNT, keys.COLUMN_SUM, keys.COLUMN_SQUARES))
+    )
+    return member, sums
+
+
+def _record(members: dict[int, Member], refusals: dict[str, str], tracker: Tracker, events: EventLog) -> None:
+    """Who joined, who was refused and why, and every node's fingerprints, to MLflow and the CLI."""
+    for member in members.values():
+        events.emit(
+            "joined",
+            node=member.name,
+            organisation=member.organisation,
+            train_rows=member.train_rows,
+            test_rows=member.test_rows,
+        )
+        if member.warning:
+            events.emit("warning", node=member.name, reason=f"node {member.name!r}: {member.warning}")
+    for node, reason in refusals.items():
+        logger.warning("%s", reason)
+        events.emit("refused", node=node, reason=reason)
+    names = sorted(m.name for m in members.values())
+    tracker.log_params({"nodes": ",".join(names), "num_nodes": len(members), "refused_nodes": len(refusals)})
+    for m in members.values():
+        tracker.log_params(
+            {
+                f"node.{m.name}.env_fingerprint": m.env_fingerprint,
+                f"node.{m.name}.data_sha256": m.data_fingerprint,
+                f"node.{m.name}.train_rows": m.train_rows,
+            }
+        )
+    drifted = sorted(m.name for m in members.values() if m.warning)
+    if drifted:
+        tracker.set_tags({"lab.environment_drift": ",".join(drifted)})
+    fingerprints = {
+        m.name: {
+            "organisation": m.organisation,
+            "environment": m.env_fingerprint,
+            "data_sha256": m.data_fingerprint,
+            "train_rows": m.train_rows,
+            "test_rows": m.test_rows,
+            "warning": m.warning,
+        }
+        for m in members.values()
+    }
+    tracker.log_text(json.dumps({"members": fingerprints, "refused": refusals}, indent=2), "nodes/fingerprints.json")
+    tracker.log_metrics(
+        {f"node.{m.name}.baseline.{k}": v for m in members.values() for k, v in m.baseline.items() if math.isfinite(v)},
+        step=0,
+    )
+
+
+def _wait_for_nodes(grid: Grid, wanted: int, seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while len(node_ids := list(grid.get_node_ids())) < wanted and time.monotonic() < deadline:
+        time.sleep(0.5)
+    logger.info("%d node(s) connected (waited for %d)", len(node_ids), wanted)
+    return sorted(node_ids)
