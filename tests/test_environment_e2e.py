@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import mlflow
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
