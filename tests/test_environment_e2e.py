@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -44,9 +43,10 @@ class Federation:
         return run
 
     def weights(self) -> dict[str, np.ndarray]:
-        mlflow.set_tracking_uri(self.tracking_uri)  # models:/ URIs resolve through the global registry URI
-        mlflow.set_registry_uri(self.tracking_uri)
-        path = download_artifacts("models:/heart-disease@champion")
+        client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        version = client.get_model_version_by_alias("heart-disease", "champion")
+        location = client.get_model_version_download_uri("heart-disease", version.version)
+        path = download_artifacts(artifact_uri=location)
         with np.load(Path(path) / "artifacts" / "bundle" / "weights.npz") as npz:
             return {k: npz[k] for k in npz.files}
 

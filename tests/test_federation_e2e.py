@@ -35,10 +35,13 @@ class LabRun:
 
 
 def run_lab(*args: str, workspace: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`lab ARGS` in a new process, recording to the workspace's own MLflow store."""
+    env = private_environ(LAB_WORKSPACE=str(workspace), COLUMNS="200")
+    env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(
         [*lab_command(), *args],
         cwd=ROOT,
-        env=private_environ(LAB_WORKSPACE=str(workspace), COLUMNS="200"),
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
