@@ -10,20 +10,22 @@ Three messages reach it:
 
 Scoring inside the train message saves a message, and so a ClientApp process, per round.
 
-A node whose table does not fit the spec refuses with an error reply that says why.
+Every message is checked against the node's data-use agreement before any data is read, and
+every reply before it leaves (federation.governance); a refusal, or a table that does not fit
+the spec, becomes an error reply that says why, and the node's audit log records each decision.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from federation import keys
+from federation.governance import governed
 from federation.provenance import check_environment, node_record
 from federation.records import arrays_of, config_of, number, numbers, text
 from federation.task import (
@@ -36,29 +38,12 @@ from federation.task import (
     train_locally,
 )
 from lab.environment import EnvDiff, Environment
-from lab.errors import LabError
 from lab.preprocess import ColumnSums, Scaler, encode
 from lab.spec import TaskSpec, parse_spec
 
 logger = logging.getLogger(__name__)
 
 app = ClientApp()
-
-Handler = Callable[[Message, Context], Message]
-
-
-def _refusing_on_lab_errors(handler: Handler) -> Handler:
-    """Turn a LabError (the node's data does not fit, say) into an error reply naming the node."""
-
-    def wrapped(msg: Message, context: Context) -> Message:
-        try:
-            return handler(msg, context)
-        except LabError as exc:
-            name = _node_name(context)
-            logger.error("node %s refused the %s message: %s", name, msg.metadata.message_type, exc)
-            return Message(Error(code=keys.REFUSED, reason=f"node {name!r} refused: {exc}"), reply_to=msg)
-
-    return wrapped
 
 
 def _node_name(context: Context) -> str:
@@ -87,7 +72,7 @@ def _scaler(config: ConfigRecord) -> Scaler:
 
 
 @app.query(keys.PREPARE)
-@_refusing_on_lab_errors
+@governed
 def prepare(msg: Message, context: Context) -> Message:
     """Check the table, share column sums for scaling, and run the local-only baseline."""
     spec, config, name, env, drift, data = _inputs(msg, context)
@@ -120,7 +105,7 @@ def prepare(msg: Message, context: Context) -> Message:
 
 
 @app.train()
-@_refusing_on_lab_errors
+@governed
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's training rows."""
     spec, config, name, env, _, data = _inputs(msg, context)
@@ -152,7 +137,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
-@_refusing_on_lab_errors
+@governed
 def evaluate_model(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this node's test rows."""
     spec, config, name, env, _, data = _inputs(msg, context)

@@ -57,5 +57,11 @@ LOCK_PINS = "lock-pins"
 LOCK_PYTHON = "lock-python"
 LOCK_PLATFORM = "lock-platform"
 
+# Governance: node_config paths, and what the run tells nodes about itself
+AGREEMENT = "agreement"  # node_config: path of the node's data-use agreement
+AUDIT_LOG = "audit-log"  # node_config: path of the node's audit log
+STRATEGY = "strategy"
+DIFFERENTIAL_PRIVACY = "differential-privacy"
+
 # Error code of a node's refusal (the reason says why)
 REFUSED = 4001

@@ -15,7 +15,7 @@ from flwr.serverapp import Grid
 from federation import keys
 from federation.provenance import lock_config
 from federation.recorder import EventLog, Member
-from federation.records import config_of, metrics_of, number, numbers, text
+from federation.records import config_of, error_reason, metrics_of, number, numbers, text
 from federation.settings import RunSettings
 from lab.environment import Environment
 from lab.errors import RunFailedError
@@ -66,6 +66,8 @@ def prepare(
             keys.TASK_SPEC: spec.text,
             keys.SEED: settings.seed,
             keys.BASELINE_EPOCHS: settings.baseline_epochs,
+            keys.STRATEGY: settings.strategy,
+            keys.DIFFERENTIAL_PRIVACY: False,
             **(lock_config(guard.lock, guard.policy) if guard.lock else {}),
         }
     )
@@ -80,7 +82,7 @@ def prepare(
     for reply in replies:
         node_id = reply.metadata.src_node_id
         if reply.has_error():
-            refusals[f"node-{node_id}"] = reply.error.reason or f"error {reply.error.code}"
+            refusals[f"node-{node_id}"] = error_reason(reply)
             continue
         member, part = _member(reply)
         refusal, warning = guard.screen(config_of(reply, keys.NODE), member.env_pins)

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from flwr.app import Message
 
 from federation import keys
-from federation.records import metrics_of, number
+from federation.records import error_reason, metrics_of, number
 
 __all__ = ["EventLog", "Member", "MetricSink", "Recorder"]
 
@@ -124,9 +124,7 @@ class Recorder:
         return {m: metrics.get(f"mean.{m}") for m in self.metric_names}
 
     def _errors(self, replies: list[Message]) -> dict[str, str]:
-        return {
-            self.name_of(r.metadata.src_node_id): r.error.reason or str(r.error.code) for r in replies if r.has_error()
-        }
+        return {self.name_of(r.metadata.src_node_id): error_reason(r) for r in replies if r.has_error()}
 
 
 def _weighted_mean(replies: list[Message], key: str) -> float:

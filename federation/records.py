@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from federation import keys
 from lab.errors import LabError
 
-__all__ = ["arrays_of", "config_of", "metrics_of", "number", "numbers", "text"]
+__all__ = ["arrays_of", "config_of", "error_reason", "metrics_of", "number", "numbers", "text"]
 
 Record = ConfigRecord | MetricRecord
 
@@ -49,3 +51,10 @@ def text(record: ConfigRecord, key: str) -> str:
     if not isinstance(value, str):
         raise LabError(f"message record has no text under {key!r} (got {type(value).__name__})")
     return value
+
+
+def error_reason(reply: Message) -> str:
+    """An error reply's reason, without the exception-class wrapper Flower puts around it."""
+    reason = reply.error.reason or f"error {reply.error.code}"
+    wrapped = re.fullmatch(r"<class '[\w.]+'>:<'(.*)'>", reason, flags=re.DOTALL)
+    return wrapped.group(1) if wrapped else reason

@@ -68,7 +68,13 @@ def _run(
     recorder = Recorder(members, tracker, events, spec.metrics)
     strategy = make_strategy(settings, set(members), recorder, guard)
     mean, std = scaler.to_lists()
-    shared: dict[str, Any] = {keys.TASK_SPEC: spec.text, keys.SCALER_MEAN: mean, keys.SCALER_STD: std}
+    shared: dict[str, Any] = {
+        keys.TASK_SPEC: spec.text,
+        keys.SCALER_MEAN: mean,
+        keys.SCALER_STD: std,
+        keys.STRATEGY: settings.strategy,
+        keys.DIFFERENTIAL_PRIVACY: False,
+    }
     train_config = ConfigRecord(
         {
             **shared,

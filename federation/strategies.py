@@ -11,6 +11,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
 
 from federation import keys
 from federation.preparation import Guard
+from federation.records import error_reason
 from federation.settings import RunSettings
 from lab.errors import RunFailedError
 
@@ -82,7 +83,7 @@ class _Reporting:
     def _require_enough(self, server_round: int, replies: list[Message], stage: str, excluded: dict[str, str]) -> None:
         good = [r for r in replies if not r.has_error()]
         if len(good) < self.min_nodes:
-            errors = [r.error.reason or f"error {r.error.code}" for r in replies if r.has_error()]
+            errors = [error_reason(r) for r in replies if r.has_error()]
             reasons = "; ".join(errors + list(excluded.values()))
             raise RunFailedError(
                 f"round {server_round} {stage}: {len(good)} node(s) answered, fewer than min-nodes = "

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table as RichTable
 
 from lab.errors import LabError
+from lab.governance_cli import agreement_app, app_app, node_app
 from lab.settings import PRIVATE_ENV, TRACKING_URI, WORKSPACE, project_root
 
 os.environ.update(PRIVATE_ENV)  # before MLflow or Flower is imported by any command
@@ -40,6 +41,20 @@ DEMO_NODES = {
 
 env_app = typer.Typer(help="The pinned environment: its fingerprint, and drift from the lock.", no_args_is_help=True)
 app.add_typer(env_app, name="env")
+spec_app = typer.Typer(help="Task specs.", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+app.add_typer(agreement_app, name="agreement")
+app.add_typer(app_app, name="app")
+app.add_typer(node_app, name="node")
+
+
+@spec_app.command("hash")
+def spec_hash(path: Annotated[Path, typer.Argument(help="The task spec (TOML).")]) -> None:
+    """Print the spec's sha256, as agreements name it in [[tasks]]."""
+    from lab.spec import load_spec
+
+    print(load_spec(path).sha256)
+
 
 Workspace = Annotated[
     Path, typer.Option(help="Folder for everything the lab starts (logs, MLflow store).", envvar=WORKSPACE.name)
@@ -65,8 +80,22 @@ def demo(
     strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedadam or fedyogi.")] = "fedavg",
     workspace: Workspace = Path(WORKSPACE.default),
 ) -> None:
-    """Run the demo federation: four hospitals, the real Flower runtime, MLflow tracking."""
+    """Run the demo federation: four hospitals, the real Flower runtime, MLflow tracking.
+
+    Each hospital gets a data-use agreement approving this task and this app (its FAB hash).
+    """
+    from lab.governance_cli import app_hash, demo_agreement
+    from lab.spec import load_spec
+
     data = project_root() / "data" / "heart-disease"
+    spec = load_spec(data / "task.toml")
+    fab_hash = app_hash()
+    agreements = {}
+    for name in DEMO_NODES:
+        path = workspace / "nodes" / name / "agreement.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(demo_agreement(spec.name, spec.sha256, fab_hash, spec.organisation(name)), encoding="utf-8")
+        agreements[name] = path
     nodes = {name: data / file for name, file in DEMO_NODES.items()}
     _federate(
         data / "task.toml",
@@ -74,6 +103,7 @@ def demo(
         workspace=workspace,
         settings={"num-rounds": rounds, "strategy": strategy},
         tracking_uri=tracking_uri_for(workspace),
+        agreements=agreements,
     )
 
 
@@ -81,6 +111,9 @@ def demo(
 def run(
     spec: Annotated[Path, typer.Option(help="The task spec (TOML).")],
     node: Annotated[list[str], typer.Option(help="NAME=PATH of one node's table; repeat per node.")],
+    agreement: Annotated[
+        list[str] | None, typer.Option(help="NAME=PATH of a node's data-use agreement, which it then enforces.")
+    ] = None,
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 5,
     strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedadam or fedyogi.")] = "fedavg",
     min_nodes: Annotated[int, typer.Option(help="Fail unless this many nodes take part.")] = 2,
@@ -92,12 +125,10 @@ def run(
     tracking_uri: TrackingUri = "",
 ) -> None:
     """Run a federation of local nodes, one per --node, on the task in --spec."""
-    nodes: dict[str, Path] = {}
-    for item in node:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise LabError(f"--node {item!r} should be NAME=PATH, e.g. --node cleveland=data/cleveland.csv")
-        nodes[name] = Path(path)
+    nodes = _named_paths(node, "--node", "cleveland=data/cleveland.csv")
+    agreements = _named_paths(agreement or [], "--agreement", "cleveland=cleveland-agreement.toml")
+    if set(agreements) - set(nodes):
+        raise LabError(f"--agreement names {sorted(set(agreements) - set(nodes))!r}, which no --node names")
     settings: dict[str, Any] = {
         "num-rounds": rounds,
         "strategy": strategy,
@@ -106,7 +137,12 @@ def run(
     }
     settings.update(_parse_settings(setting or []))
     _federate(
-        spec, nodes, workspace=workspace, settings=settings, tracking_uri=tracking_uri_for(workspace, tracking_uri)
+        spec,
+        nodes,
+        workspace=workspace,
+        settings=settings,
+        tracking_uri=tracking_uri_for(workspace, tracking_uri),
+        agreements=agreements,
     )
 
 
@@ -245,6 +281,16 @@ def _warn_drift(lines: list[str]) -> None:
             err.print(f"  {line}", highlight=False)
 
 
+def _named_paths(items: list[str], option: str, example: str) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise LabError(f"{option} {item!r} should be NAME=PATH, e.g. {option} {example}")
+        out[name] = Path(path)
+    return out
+
+
 def _parse_settings(items: list[str]) -> dict[str, Any]:
     import tomllib
 
@@ -261,7 +307,13 @@ def _parse_settings(items: list[str]) -> dict[str, Any]:
 
 
 def _federate(
-    spec_path: Path, nodes: dict[str, Path], *, workspace: Path, settings: dict[str, Any], tracking_uri: str
+    spec_path: Path,
+    nodes: dict[str, Path],
+    *,
+    workspace: Path,
+    settings: dict[str, Any],
+    tracking_uri: str,
+    agreements: dict[str, Path] | None = None,
 ) -> None:
     """Start the federation, run the task, print progress and the per-organisation table."""
     from lab.launch import build_run_config, submit_run
@@ -289,7 +341,12 @@ def _federate(
         _show(bar, task, event, rounds, spec.metrics[0])
 
     try:
-        with LocalFederation(workspace, [NodeSpec(n, p) for n, p in nodes.items()]) as federation, _progress() as bar:
+        with (
+            LocalFederation(
+                workspace, [NodeSpec(n, p, agreement=(agreements or {}).get(n)) for n, p in nodes.items()]
+            ) as federation,
+            _progress() as bar,
+        ):
             task = bar.add_task("preparing nodes", total=rounds)
             outcome = submit_run(federation, app_dir=project_root(), run_config=run_config, on_event=on_event)
     except BaseException as exc:

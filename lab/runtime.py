@@ -21,6 +21,7 @@ from typing import IO
 import psutil
 
 from lab.errors import RuntimeStartError
+from lab.node_guard import AGREEMENT_ENV, AUDIT_ENV, write_shim
 from lab.settings import private_environ
 
 __all__ = ["LocalFederation", "NodeSpec", "executable", "free_port"]
@@ -37,6 +38,7 @@ class NodeSpec:
     name: str
     data_path: Path
     env: dict[str, str] = field(default_factory=dict)  # extra environment for this node's processes
+    agreement: Path | None = None  # the node's data-use agreement; None: no agreement is enforced
 
 
 def free_port() -> int:
@@ -122,23 +124,7 @@ class LocalFederation:
         )
         self._wait_listening(link, self.port)
         for node in self.nodes:
-            home = self.workspace / "nodes" / node.name
-            home.mkdir(parents=True, exist_ok=True)
-            config = f'node-name="{node.name}" data-path="{node.data_path.resolve()}"'
-            self._spawn(
-                f"node-{node.name}",
-                [
-                    executable("flower-supernode"),
-                    "--insecure",
-                    "--superlink",
-                    f"127.0.0.1:{self.port}",
-                    "--port",
-                    str(free_port()),
-                    "--node-config",
-                    config,
-                ],
-                {**self.env(home), **node.env},
-            )
+            self._start_node(node)
         time.sleep(0.5)
         for proc in self.processes:
             if proc.popen.poll() is not None:
@@ -173,6 +159,34 @@ class LocalFederation:
             proc.popen.wait()
             proc.log_file.close()
         self.processes.clear()
+
+    def _start_node(self, node: NodeSpec) -> None:
+        """A SuperNode with its own Flower home, audit log and, in front of every app it runs,
+        the lab's gate that admits only apps its agreement allows (lab.node_guard)."""
+        home = self.workspace / "nodes" / node.name
+        home.mkdir(parents=True, exist_ok=True)
+        audit = home / "audit.jsonl"
+        config = f'node-name="{node.name}" data-path="{node.data_path.resolve()}" audit-log="{audit}"'
+        env = {**self.env(home), **node.env, AUDIT_ENV: str(audit)}
+        if node.agreement is not None:
+            config += f' agreement="{node.agreement.resolve()}"'
+            env[AGREEMENT_ENV] = str(node.agreement.resolve())
+        gate = write_shim(home / "bin")
+        env["PATH"] = os.pathsep.join([str(gate.parent), env["PATH"]])
+        self._spawn(
+            f"node-{node.name}",
+            [
+                executable("flower-supernode"),
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{self.port}",
+                "--port",
+                str(free_port()),
+                "--node-config",
+                config,
+            ],
+            env,
+        )
 
     def _write_connection(self) -> None:
         """The `flwr` CLI's connection to this SuperLink, never the detached default one."""

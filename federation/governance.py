@@ -1,0 +1,140 @@
+"""The node's side of its agreement: what each message asks for, what each reply lets out, and the audit."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+from flwr.app import Context, Error, Message, MessageType, RecordDict
+
+from federation import keys
+from federation.records import config_of, text
+from lab.agreement import Agreement, Refusal, Request, load_agreement
+from lab.audit import AuditLog
+from lab.errors import LabError
+from lab.node_guard import APP_HASH_ENV
+from lab.spec import parse_spec
+
+__all__ = ["governed"]
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[Message, Context], Message]
+
+#: Metric keys that are not results computed on rows: the row count and the scaler's column sums.
+_NOT_METRICS = {keys.NUM_EXAMPLES, keys.COLUMN_COUNT, keys.COLUMN_SUM, keys.COLUMN_SQUARES}
+
+
+def governed(handler: Handler) -> Handler:
+    """Check a message against the node's agreement before any data is read, check the reply
+    before it leaves, audit the decision, and turn a refusal into an error reply naming the clause."""
+
+    def wrapped(msg: Message, context: Context) -> Message:
+        name = str(context.node_config.get(keys.NODE_NAME, f"node-{context.node_id}"))
+        audit_path = str(context.node_config.get(keys.AUDIT_LOG, ""))
+        try:
+            agreement = _agreement(context)
+            if agreement is not None:
+                agreement.check(_asked(msg, agreement))
+            reply = handler(msg, context)
+            if agreement is not None and not reply.has_error():
+                agreement.check(_released(msg, reply))
+        except LabError as exc:
+            clause = exc.clause if isinstance(exc, Refusal) else None
+            logger.error("node %s refused the %s message: %s", name, msg.metadata.message_type, exc)
+            _audit(audit_path, msg, "refused", clause=clause, reason=str(exc))
+            return Message(Error(code=keys.REFUSED, reason=f"node {name!r} refused: {exc}"), reply_to=msg)
+        _audit(audit_path, msg, "accepted", reply=reply)
+        return reply
+
+    return wrapped
+
+
+def _agreement(context: Context) -> Agreement | None:
+    path = str(context.node_config.get(keys.AGREEMENT, ""))
+    return load_agreement(path) if path else None
+
+
+def _asked(msg: Message, agreement: Agreement) -> Request:
+    """What the message will make leave the node, known before any data is read."""
+    config = config_of(msg)
+    spec = parse_spec(text(config, keys.TASK_SPEC), source="the run's task spec")
+    kind = msg.metadata.message_type
+    outputs = {"metrics"}
+    metrics = set(spec.metrics)
+    if kind == MessageType.TRAIN:
+        outputs.add("model-updates")
+        metrics.add(keys.TRAIN_LOSS)
+    elif kind == keys.PREPARE_MESSAGE_TYPE and spec.scaling == "federated":
+        outputs.add("statistics")
+    return Request(
+        task=spec.name,
+        task_sha256=spec.sha256,
+        strategy=str(config.get(keys.STRATEGY, "")),
+        outputs=frozenset(outputs),
+        metrics=frozenset(metrics),
+        rows=agreement.min_rows,  # the row count is checked on the reply, once the rows are loaded
+        differential_privacy=bool(config.get(keys.DIFFERENTIAL_PRIVACY, False)),
+    )
+
+
+def _released(msg: Message, reply: Message) -> Request:
+    """What the reply actually carries out of the node."""
+    config = config_of(msg)
+    spec = parse_spec(text(config, keys.TASK_SPEC), source="the run's task spec")
+    content = reply.content
+    outputs, metrics, rows = set(), set(), 0
+    if content.array_records:
+        outputs.add("model-updates")
+    for record in content.metric_records.values():
+        rows = int(record.get(keys.NUM_EXAMPLES, 0))  # type: ignore[arg-type]
+        names = {k.removeprefix(keys.EVAL_PREFIX).removeprefix(keys.BASELINE_PREFIX) for k in record} - _NOT_METRICS
+        metrics |= names
+        if names:
+            outputs.add("metrics")
+        if keys.COLUMN_SUM in record:
+            outputs.add("statistics")
+    return Request(
+        spec.name,
+        spec.sha256,
+        str(config.get(keys.STRATEGY, "")),
+        frozenset(outputs),
+        frozenset(metrics),
+        rows,
+        bool(config.get(keys.DIFFERENTIAL_PRIVACY, False)),
+    )
+
+
+def _audit(
+    path: str,
+    msg: Message,
+    decision: str,
+    *,
+    clause: str | None = None,
+    reason: str | None = None,
+    reply: Message | None = None,
+) -> None:
+    if not path:
+        return
+    AuditLog(path).append(
+        run_id=msg.metadata.run_id,
+        app_hash=os.environ.get(APP_HASH_ENV, "unchecked"),
+        message_type=msg.metadata.message_type,
+        decision=decision,
+        clause=clause,
+        reason=reason,
+        left_node=_left_node(reply.content) if reply is not None else [],
+    )
+
+
+def _left_node(content: RecordDict) -> list[dict[str, object]]:
+    """Record names and sizes, and metric names: what a reply carries out of the node."""
+    out: list[dict[str, object]] = []
+    for key, record in content.array_records.items():
+        out.append({"record": key, "kind": "arrays", "bytes": record.count_bytes()})
+    for key, metrics in content.metric_records.items():
+        out.append({"record": key, "kind": "metrics", "names": sorted(metrics)})
+    for key, config in content.config_records.items():
+        out.append({"record": key, "kind": "config", "names": sorted(config)})
+    return out

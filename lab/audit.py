@@ -1,0 +1,92 @@
+"""A node's audit log: append-only JSON lines, each holding the hash of the one before."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["GENESIS", "AuditLog", "Problem"]
+
+GENESIS = "0" * 64
+
+
+def _digest(entry: dict[str, Any]) -> str:
+    body = {k: v for k, v in entry.items() if k != "hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Where the chain breaks, and how."""
+
+    line: int
+    reason: str
+
+
+class AuditLog:
+    """Every decision a node takes on a message, and what left the node, chained by sha256.
+
+    Editing an entry breaks its own hash; removing or reordering entries breaks the link to
+    the previous hash. (Cutting entries off the end leaves a valid shorter chain: keep a copy
+    of the last hash elsewhere to detect that.)
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def append(self, **fields: Any) -> dict[str, Any]:
+        """Add one entry (time and chain fields are filled in); safe across processes."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a+", encoding="utf-8") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.seek(0)
+            last = GENESIS
+            for line in fh:
+                if line.strip():
+                    last = json.loads(line).get("hash", GENESIS)
+            entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields, "prev": last}
+            entry["hash"] = _digest(entry)
+            fh.seek(0, 2)
+            fh.write(json.dumps(entry, sort_keys=True) + "\n")
+            fh.flush()
+        return entry
+
+    def entries(self) -> list[dict[str, Any]]:
+        """All entries, oldest first (an unreadable line is returned as ``{"unreadable": text}``)."""
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                out.append({"unreadable": line})
+        return out
+
+    def verify(self) -> list[Problem]:
+        """Every break in the chain: an edited entry, or one removed or moved."""
+        problems = []
+        previous = GENESIS
+        for number, entry in enumerate(self.entries(), start=1):
+            if "unreadable" in entry:
+                problems.append(Problem(number, "not valid JSON: the line was edited"))
+                previous = ""
+                continue
+            if entry.get("hash") != _digest(entry):
+                problems.append(Problem(number, "its content does not match its hash: the entry was edited"))
+            if entry.get("prev") != previous:
+                problems.append(
+                    Problem(
+                        number,
+                        "it does not follow the entry before it: an entry was removed or the entries were reordered",
+                    )
+                )
+            previous = str(entry.get("hash", ""))
+        return problems

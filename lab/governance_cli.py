@@ -1,0 +1,141 @@
+"""`lab agreement`, `lab app` and `lab node`: an organisation's controls over what runs on its data."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from lab.agreement import load_agreement
+from lab.audit import AuditLog
+from lab.errors import LabError
+from lab.settings import project_root
+
+__all__ = ["agreement_app", "app_app", "app_hash", "node_app"]
+
+console = Console()
+err = Console(stderr=True)
+
+agreement_app = typer.Typer(help="Data-use agreements: what a node allows.", no_args_is_help=True)
+app_app = typer.Typer(help="The Flower app a coordinator sends, as organisations approve it.", no_args_is_help=True)
+node_app = typer.Typer(help="A node's own records.", no_args_is_help=True)
+
+
+def app_hash(app_dir: Path | None = None) -> str:
+    """sha256 of the FAB `flwr run` builds from ``app_dir``: the hash a node's allow-list names."""
+    from flwr.cli.build import build_fab_from_disk
+
+    return hashlib.sha256(build_fab_from_disk(app_dir or project_root())).hexdigest()
+
+
+@app_app.command("hash")
+def app_hash_command(
+    app_dir: Annotated[Path | None, typer.Argument(help="The app's folder (default: this project).")] = None,
+) -> None:
+    """Print the FAB hash of the app a coordinator will send; put it in allow.apps to approve it."""
+    print(app_hash(app_dir))
+
+
+@agreement_app.command("check")
+def agreement_check(
+    path: Annotated[Path, typer.Argument(help="The agreement file (TOML).")],
+    spec: Annotated[Path | None, typer.Option(help="Also check that this task spec is covered.")] = None,
+) -> None:
+    """Validate an agreement and explain each field."""
+    from lab.spec import load_spec
+
+    agreement = load_agreement(path)
+    table = RichTable(title=f"{path.name}: valid")
+    for column in ("field", "value", "meaning"):
+        table.add_column(column)
+    for name, value, meaning in agreement.explain():
+        table.add_row(name, value, meaning)
+    console.print(table)
+    days = (agreement.expires - dt.date.today()).days
+    if days < 0:
+        err.print(f"[red]expired {-days} days ago[/]: the node refuses every message until it is renewed")
+        raise typer.Exit(1)
+    console.print(f"in force for {days} more days")
+    if spec is not None:
+        task = load_spec(spec)
+        if agreement.tasks.get(task.name) != task.sha256:
+            raise LabError(
+                f"task {task.name!r} (sha256 {task.sha256}) is not covered by {str(path)!r}; add it to "
+                f"[[tasks]] with that sha256"
+            )
+        console.print(f"covers task {task.name!r} (sha256 {task.sha256})")
+
+
+@node_app.command("audit")
+def node_audit(
+    log: Annotated[Path, typer.Argument(help="The node's audit log (JSON lines).")],
+    verify: Annotated[bool, typer.Option("--verify", help="Check the hash chain; exit 1 where it breaks.")] = False,
+) -> None:
+    """Print a node's audit log, or verify that no entry was edited, removed or reordered."""
+    audit = AuditLog(log)
+    if not log.is_file():
+        raise LabError(f"audit log {str(log)!r} does not exist; a node writes it at nodes/NAME/audit.jsonl")
+    if verify:
+        problems = audit.verify()
+        if problems:
+            for problem in problems:
+                err.print(f"[red]line {problem.line}[/]: {problem.reason}", highlight=False)
+            raise typer.Exit(1)
+        console.print(f"{len(audit.entries())} entries, chain intact")
+        return
+    table = RichTable(title=str(log))
+    for column in ("time", "run", "message", "decision", "clause", "left the node"):
+        table.add_column(column)
+    for entry in audit.entries():
+        left = "; ".join(
+            f"{r['record']}: " + (f"{r['bytes']} bytes" if "bytes" in r else ", ".join(r["names"]))
+            for r in entry.get("left_node", [])
+        )
+        table.add_row(
+            str(entry.get("time")),
+            str(entry.get("run_id")),
+            str(entry.get("message_type")),
+            str(entry.get("decision")),
+            str(entry.get("clause") or ""),
+            left or "nothing",
+        )
+    console.print(table)
+
+
+def _left(record: dict[str, Any]) -> str:
+    if record.get("kind") == "arrays":
+        return f"{record['record']}: {record['bytes']} bytes of parameters"
+    if record.get("kind") == "metrics":
+        return f"{record['record']}: " + ", ".join(record["names"])
+    return f"{record['record']}: identity and fingerprints"
+
+
+def demo_agreement(
+    spec_name: str, spec_sha256: str, fab_hash: str, organisation: str, expires: dt.date | None = None
+) -> str:
+    """An agreement approving one task and one app for a demo node (TOML text)."""
+    expires = expires or dt.date.today() + dt.timedelta(days=365)
+    return f'''# Data-use agreement of {organisation} for the demo federation (written by `lab demo`).
+[agreement]
+parties = [{json.dumps(organisation)}, "Demo federation coordinator"]
+purpose = "Develop and evaluate a shared heart disease model without pooling patient records"
+expires = {expires.isoformat()}
+
+[[tasks]]
+name = "{spec_name}"
+sha256 = "{spec_sha256}"
+
+[allow]
+strategies = ["fedavg", "fedprox", "fedadam", "fedyogi"]
+apps = ["{fab_hash}"]
+outputs = ["model-updates", "metrics", "statistics"]
+metrics = ["accuracy", "auc", "loss", "train-loss"]
+min-rows = 10
+differential-privacy = false
+'''

@@ -1,0 +1,129 @@
+"""Data-use agreements and the audit log: pure logic, before the runtime tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from lab.agreement import Refusal, Request, parse_agreement
+from lab.audit import AuditLog
+from lab.errors import LabError
+from lab.governance_cli import demo_agreement
+from lab.spec import TaskSpec
+
+FAB = "ab" * 32
+
+
+def agreement_text(spec: TaskSpec, **changes: str) -> str:
+    text = demo_agreement(spec.name, spec.sha256, FAB, "Cleveland Clinic Foundation", dt.date(2030, 1, 1))
+    for old, new in changes.items():
+        text = text.replace(old.replace("_", "-"), new)
+    return text
+
+
+def request(spec: TaskSpec, **overrides: object) -> Request:
+    values: dict[str, object] = {
+        "task": spec.name,
+        "task_sha256": spec.sha256,
+        "strategy": "fedavg",
+        "outputs": frozenset({"model-updates", "metrics"}),
+        "metrics": frozenset({"accuracy", "train-loss"}),
+        "rows": 199,
+    }
+    values.update(overrides)
+    return Request(**values)  # type: ignore[arg-type]
+
+
+def test_demo_agreement_allows_the_demo_task(heart_spec: TaskSpec) -> None:
+    agreement = parse_agreement(agreement_text(heart_spec))
+    agreement.check(request(heart_spec), today=dt.date(2029, 1, 1))
+    agreement.check_app(FAB)
+    assert [field for field, _, _ in agreement.explain()][:3] == [
+        "agreement.parties",
+        "agreement.purpose",
+        "agreement.expires",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "clause", "detail"),
+    [
+        ({"task_sha256": "0" * 64}, "tasks", "has sha256 000000000000"),
+        ({"task": "other-task"}, "tasks", "'other-task' is not covered"),
+        ({"strategy": "krum"}, "allow.strategies", "'krum' is not allowed"),
+        ({"outputs": frozenset({"analytics"})}, "allow.outputs", "analytics may not leave"),
+        ({"metrics": frozenset({"f1"})}, "allow.metrics", "'f1' may not leave"),
+        ({"rows": 9}, "allow.min-rows", "9 rows are fewer than the minimum of 10"),
+    ],
+)
+def test_each_clause_refuses_what_it_does_not_allow(
+    heart_spec: TaskSpec, overrides: dict[str, object], clause: str, detail: str
+) -> None:
+    agreement = parse_agreement(agreement_text(heart_spec))
+    with pytest.raises(Refusal, match=detail) as info:
+        agreement.check(request(heart_spec, **overrides), today=dt.date(2029, 1, 1))
+    assert info.value.clause == clause
+
+
+def test_expired_agreement_refuses_everything(heart_spec: TaskSpec) -> None:
+    agreement = parse_agreement(agreement_text(heart_spec))
+    with pytest.raises(Refusal, match="expired on 2030-01-01") as info:
+        agreement.check(request(heart_spec), today=dt.date(2030, 1, 2))
+    assert info.value.clause == "agreement.expires"
+
+
+def test_required_differential_privacy_refuses_runs_without_it(heart_spec: TaskSpec) -> None:
+    agreement = parse_agreement(
+        agreement_text(heart_spec).replace("differential-privacy = false", "differential-privacy = true")
+    )
+    with pytest.raises(Refusal) as info:
+        agreement.check(request(heart_spec), today=dt.date(2029, 1, 1))
+    assert info.value.clause == "allow.differential-privacy"
+
+
+def test_app_not_on_the_allow_list_is_refused(heart_spec: TaskSpec) -> None:
+    with pytest.raises(Refusal, match="not on the node's allow-list") as info:
+        parse_agreement(agreement_text(heart_spec)).check_app("cd" * 32)
+    assert info.value.clause == "allow.apps"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("expires = 2030-01-01", 'expires = "soon"', "give a date like 2027-06-30"),
+        ('outputs = ["model-updates", "metrics", "statistics"]', 'outputs = ["rows"]', r"allow.outputs has \['rows'\]"),
+        ("min-rows = 10", "min-rows = 0", "1 or more"),
+        ("[allow]", "[permit]", r"missing table \[allow\]"),
+    ],
+)
+def test_invalid_agreement_names_the_field_and_the_fix(heart_spec: TaskSpec, old: str, new: str, message: str) -> None:
+    with pytest.raises(LabError, match=message):
+        parse_agreement(agreement_text(heart_spec).replace(old, new), source="cleveland.toml")
+
+
+def test_audit_chain_verifies_and_detects_an_edit(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    for i in range(4):
+        log.append(run_id=i, message_type="train", decision="accepted", clause=None, left_node=[])
+    assert log.verify() == []
+    lines = log.path.read_text().splitlines()
+    entry = json.loads(lines[1])
+    entry["decision"] = "refused"
+    lines[1] = json.dumps(entry, sort_keys=True)
+    log.path.write_text("\n".join(lines) + "\n")
+    problems = log.verify()
+    assert [(p.line, "edited" in p.reason) for p in problems] == [(2, True)]
+
+
+def test_audit_chain_detects_a_removed_and_a_reordered_entry(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    for i in range(4):
+        log.append(run_id=i, decision="accepted")
+    lines = log.path.read_text().splitlines()
+    log.path.write_text("\n".join([lines[0], lines[2], lines[3]]) + "\n")
+    assert [p.line for p in log.verify()] == [2]
+    log.path.write_text("\n".join([lines[0], lines[2], lines[1], lines[3]]) + "\n")
+    assert {p.line for p in log.verify()} == {2, 3, 4}

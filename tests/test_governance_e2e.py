@@ -1,0 +1,155 @@
+"""Governance on the real runtime: each node enforces its own agreement, and audits every decision."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab.audit import AuditLog
+from lab.governance_cli import app_hash, demo_agreement
+from lab.launch import build_run_config, submit_run
+from lab.runtime import LocalFederation, NodeSpec
+from lab.settings import private_environ
+from lab.spec import load_spec
+
+from .conftest import HEART, ROOT, SILOS, lab_command
+
+pytestmark = pytest.mark.e2e
+
+SPEC = load_spec(HEART / "task.toml")
+
+
+@dataclass(frozen=True)
+class Governed:
+    workspace: Path
+    final: dict[str, Any]
+    refused: dict[str, str]
+
+    def audit(self, node: str) -> AuditLog:
+        return AuditLog(self.workspace / "nodes" / node / "audit.jsonl")
+
+
+def write_agreement(
+    folder: Path, node: str, *, fab_hash: str, expires: dt.date | None = None, replace: tuple[str, str] | None = None
+) -> Path:
+    text = demo_agreement(SPEC.name, SPEC.sha256, fab_hash, SPEC.organisation(node), expires)
+    if replace:
+        text = text.replace(*replace)
+    path = folder / f"{node}.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def governed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Governed]:
+    """Cleveland's agreement allows the run. Hungary's lets no AUC leave, VA approved another app,
+    and Switzerland's agreement expired yesterday."""
+    tmp = tmp_path_factory.mktemp("governed")
+    fab = app_hash(ROOT)
+    agreements = {
+        "cleveland": write_agreement(tmp, "cleveland", fab_hash=fab),
+        "hungary": write_agreement(
+            tmp,
+            "hungary",
+            fab_hash=fab,
+            replace=('metrics = ["accuracy", "auc", "loss"', 'metrics = ["accuracy", "loss"'),
+        ),
+        "va": write_agreement(tmp, "va", fab_hash="0" * 64),
+        "switzerland": write_agreement(
+            tmp, "switzerland", fab_hash=fab, expires=dt.date.today() - dt.timedelta(days=1)
+        ),
+    }
+    nodes = [NodeSpec(name, SILOS[name], agreement=path) for name, path in agreements.items()]
+    workspace = tmp / "workspace"
+    config = build_run_config(
+        SPEC,
+        {"num-rounds": 1, "min-nodes": 1, "baseline-epochs": 5},
+        tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}",
+        expected_nodes=len(nodes),
+        lock=ROOT / "environments" / "requirements.lock",
+        root=ROOT,
+    )
+    events: list[dict[str, Any]] = []
+    with LocalFederation(workspace, nodes) as federation:
+        outcome = submit_run(federation, app_dir=ROOT, run_config=config, on_event=events.append)
+    refused = {}
+    for event in events:
+        if event["event"] == "refused":
+            name = event["reason"].split("'")[1]
+            refused[name] = event["reason"]
+    yield Governed(workspace, outcome.final, refused)
+
+
+def test_only_the_node_whose_agreement_allows_the_run_takes_part(governed: Governed) -> None:
+    assert [n["node"] for n in governed.final["nodes"]] == ["cleveland"]
+    assert set(governed.refused) == {"hungary", "va", "switzerland"}
+
+
+def test_a_message_outside_the_agreement_is_refused_and_audited(governed: Governed) -> None:
+    assert "agreement clause allow.metrics: metric 'auc' may not leave the node" in governed.refused["hungary"]
+    (entry,) = governed.audit("hungary").entries()
+    assert entry["decision"] == "refused" and entry["clause"] == "allow.metrics"
+    assert entry["message_type"] == "query.prepare"
+    assert entry["left_node"] == []  # nothing left the node
+    assert len(entry["app_hash"]) == 64  # the gate had checked the app before it ran
+
+
+def test_an_app_not_on_the_allow_list_is_refused_before_its_code_runs(governed: Governed) -> None:
+    assert "agreement clause allow.apps" in governed.refused["va"]
+    (entry,) = governed.audit("va").entries()
+    assert (entry["decision"], entry["clause"]) == ("refused", "allow.apps")
+    # The FAB was never installed on the node, so none of its code could be imported.
+    assert not list((governed.workspace / "nodes" / "va").glob("apps/**/*.py"))
+    assert list((governed.workspace / "nodes" / "cleveland").glob("apps/**/client_app.py"))
+
+
+def test_an_expired_agreement_refuses_everything(governed: Governed) -> None:
+    assert "agreement clause agreement.expires" in governed.refused["switzerland"]
+    entries = governed.audit("switzerland").entries()
+    assert entries and all(e["decision"] == "refused" for e in entries)
+    assert {e["clause"] for e in entries} == {"agreement.expires"}
+
+
+def test_accepted_messages_record_what_left_the_node(governed: Governed) -> None:
+    entries = governed.audit("cleveland").entries()
+    assert [e["message_type"] for e in entries] == ["query.prepare", "train", "evaluate"]
+    assert all(e["decision"] == "accepted" for e in entries)
+    train = entries[1]["left_node"]
+    arrays = next(r for r in train if r["kind"] == "arrays")
+    assert arrays["bytes"] > 0
+    metrics = next(r for r in train if r["kind"] == "metrics")
+    assert "train-loss" in metrics["names"]
+
+
+def test_audit_verify_detects_an_edited_entry(governed: Governed, tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    log.write_text(governed.audit("cleveland").path.read_text())
+    ok = subprocess.run(
+        [*lab_command(), "node", "audit", str(log), "--verify"],
+        capture_output=True,
+        text=True,
+        env=private_environ(),
+        check=False,
+    )
+    assert ok.returncode == 0 and "chain intact" in ok.stdout
+    lines = log.read_text().splitlines()
+    entry = json.loads(lines[1])
+    entry["left_node"] = []  # hide what left the node
+    lines[1] = json.dumps(entry, sort_keys=True)
+    log.write_text("\n".join(lines) + "\n")
+    broken = subprocess.run(
+        [*lab_command(), "node", "audit", str(log), "--verify"],
+        capture_output=True,
+        text=True,
+        env=private_environ(),
+        check=False,
+    )
+    assert broken.returncode == 1
+    assert "line 2" in broken.stderr and "edited" in broken.stderr
