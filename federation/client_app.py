@@ -17,7 +17,9 @@ the spec, becomes an error reply that says why, and the node's audit log records
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,8 @@ from federation.task import (
     predictor_from,
     train_locally,
 )
+from lab.agreement import load_agreement
+from lab.catalog import build_catalog, preflight
 from lab.environment import EnvDiff, Environment
 from lab.preprocess import ColumnSums, Scaler, encode
 from lab.spec import TaskSpec, parse_spec
@@ -144,3 +148,25 @@ def evaluate_model(msg: Message, context: Context) -> Message:
     predictor = predictor_from(spec, _scaler(config), arrays_of(msg))
     metrics = MetricRecord({**evaluate(predictor, data.test), keys.NUM_EXAMPLES: len(data.test)})
     return _reply(msg, spec, name, env, data, **{keys.METRICS: metrics})
+
+
+@app.query(keys.CATALOG)
+@governed
+def catalog(msg: Message, context: Context) -> Message:
+    """Describe this node's table without its rows, and check it against the spec (pre-flight)."""
+    config = config_of(msg)
+    spec = parse_spec(text(config, keys.TASK_SPEC), source="the run's task spec")
+    name = _node_name(context)
+    path = str(context.node_config.get(keys.DATA_PATH, ""))
+    agreement_path = str(context.node_config.get(keys.AGREEMENT, ""))
+    min_rows = load_agreement(agreement_path).min_rows if agreement_path else 10
+    described = build_catalog(path, spec, node=name, min_rows=min_rows) if Path(path).is_file() else {}
+    node = ConfigRecord(
+        {
+            keys.NODE_NAME: name,
+            keys.ORGANISATION: spec.organisation(name),
+            keys.CATALOG_JSON: json.dumps(described),
+            keys.PREFLIGHT_JSON: json.dumps(preflight(path, spec, node=name)),
+        }
+    )
+    return Message(RecordDict({keys.NODE: node}), reply_to=msg)

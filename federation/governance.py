@@ -39,7 +39,7 @@ def governed(handler: Handler) -> Handler:
                 agreement.check(_asked(msg, agreement))
             reply = handler(msg, context)
             if agreement is not None and not reply.has_error():
-                agreement.check(_released(msg, reply))
+                agreement.check(_released(msg, reply, agreement))
         except LabError as exc:
             clause = exc.clause if isinstance(exc, Refusal) else None
             logger.error("node %s refused the %s message: %s", name, msg.metadata.message_type, exc)
@@ -61,6 +61,8 @@ def _asked(msg: Message, agreement: Agreement) -> Request:
     config = config_of(msg)
     spec = parse_spec(text(config, keys.TASK_SPEC), source="the run's task spec")
     kind = msg.metadata.message_type
+    if kind == keys.CATALOG_MESSAGE_TYPE:
+        return Request(spec.name, spec.sha256, None, frozenset({"catalog"}), frozenset(), agreement.min_rows)
     outputs = {"metrics"}
     metrics = set(spec.metrics)
     if kind == MessageType.TRAIN:
@@ -79,11 +81,13 @@ def _asked(msg: Message, agreement: Agreement) -> Request:
     )
 
 
-def _released(msg: Message, reply: Message) -> Request:
+def _released(msg: Message, reply: Message, agreement: Agreement) -> Request:
     """What the reply actually carries out of the node."""
     config = config_of(msg)
     spec = parse_spec(text(config, keys.TASK_SPEC), source="the run's task spec")
     content = reply.content
+    if msg.metadata.message_type == keys.CATALOG_MESSAGE_TYPE:  # counts under min-rows are already hidden
+        return Request(spec.name, spec.sha256, None, frozenset({"catalog"}), frozenset(), agreement.min_rows)
     outputs, metrics, rows = set(), set(), 0
     if content.array_records:
         outputs.add("model-updates")

@@ -43,6 +43,10 @@ DROPPED_ROWS = "dropped-rows"
 # Message types: the prepare query is "query.prepare"
 PREPARE = "prepare"
 PREPARE_MESSAGE_TYPE = "query.prepare"
+CATALOG = "catalog"
+CATALOG_MESSAGE_TYPE = "query.catalog"
+CATALOG_JSON = "catalog-json"  # in the NODE record of a catalog reply
+PREFLIGHT_JSON = "preflight-json"
 
 # Fingerprints every node reply carries (NODE record), and the federation's pinned environment
 ENV_FINGERPRINT = "env-fingerprint"

@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -23,7 +24,7 @@ from lab.preprocess import ColumnSums, Scaler
 from lab.spec import TaskSpec
 from lab.tracking import Tracker
 
-__all__ = ["Guard", "prepare"]
+__all__ = ["Guard", "preflight", "prepare"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,30 @@ def prepare(
     if spec.scaling == "none" or sums is None:
         return members, Scaler.identity(len(spec.encoded_names))
     return members, Scaler.from_sums(sums)
+
+
+def preflight(grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker) -> dict[str, Any]:
+    """Ask every node for its catalog and its table's problems against the spec; train nothing."""
+    node_ids = _wait_for_nodes(grid, max(settings.expected_nodes, settings.min_nodes), settings.node_wait_seconds)
+    config = ConfigRecord({keys.TASK_SPEC: spec.text})
+    messages = [
+        Message(RecordDict({keys.CONFIG: config}), dst_node_id=node_id, message_type=keys.CATALOG_MESSAGE_TYPE)
+        for node_id in node_ids
+    ]
+    nodes: dict[str, dict[str, Any]] = {}
+    for reply in grid.send_and_receive(messages, timeout=settings.round_timeout):
+        if reply.has_error():
+            nodes[f"node-{reply.metadata.src_node_id}"] = {"refused": error_reason(reply)}
+            continue
+        node = config_of(reply, keys.NODE)
+        nodes[text(node, keys.NODE_NAME)] = {
+            "organisation": text(node, keys.ORGANISATION),
+            "catalog": json.loads(text(node, keys.CATALOG_JSON)),
+            "problems": json.loads(text(node, keys.PREFLIGHT_JSON)),
+        }
+    tracker.log_text(json.dumps(nodes, indent=2), "nodes/preflight.json")
+    tracker.log_params({"mode": "check", "num_nodes": len(nodes)})
+    return {"preflight": nodes}
 
 
 def _member(reply: Message) -> tuple[Member, ColumnSums]:

@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 
 from federation import keys
-from federation.preparation import Guard, prepare
+from federation.preparation import Guard, prepare, preflight
 from federation.recorder import EventLog, Member, Recorder
 from federation.settings import RunSettings
 from federation.strategies import make_strategy
@@ -44,7 +44,7 @@ def main(grid: Grid, context: Context) -> None:
     }
     try:
         with tracker.run(
-            run_name=f"{spec.name}-{settings.strategy}-{context.run_id}",
+            run_name=f"{spec.name}-{settings.strategy if settings.mode == 'train' else 'check'}-{context.run_id}",
             params={**settings.as_params(), "spec": spec.name, "spec_sha256": spec.sha256, "code.fab_hash": fab_hash},
             tags=tags,
         ):
@@ -52,7 +52,10 @@ def main(grid: Grid, context: Context) -> None:
             tracker.log_text(spec.text, "task/spec.toml")
             if settings.environment_lock:
                 tracker.log_text(settings.environment_lock, "environment/requirements.lock")
-            summary = _run(grid, spec, settings, tracker, events, fab_hash)
+            if settings.mode == "check":
+                summary = preflight(grid, spec, settings, tracker)
+            else:
+                summary = _run(grid, spec, settings, tracker, events, fab_hash)
             events.emit("done", **summary)
     except Exception as exc:
         reason = str(exc) if isinstance(exc, LabError) else f"{type(exc).__name__}: {exc}"

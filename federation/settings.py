@@ -49,6 +49,9 @@ class RunSettings:
     environment_policy : str (default: "strict")
         ``strict``: a node whose environment differs from the lock is not aggregated and is told
         why; ``warn``: it is aggregated and the run is flagged.
+    mode : str (default: "train")
+        ``train`` runs the federation; ``check`` only asks every node for its catalog and checks
+        its table against the spec (`lab check`).
     code_version : str (default: "")
         The project's git commit, recorded with the run (`lab run` fills it in).
     register : bool (default: True)
@@ -73,6 +76,7 @@ class RunSettings:
     environment_lock: str = ""
     round_timeout: float = 600.0
     environment_policy: str = "strict"
+    mode: str = "train"
     code_version: str = ""
     register: bool = True
 
@@ -99,6 +103,8 @@ class RunSettings:
         """Raise LabError naming the first setting out of range."""
         if self.environment_policy not in ("strict", "warn"):
             raise LabError(f"run setting environment-policy = {self.environment_policy!r}; choose strict or warn")
+        if self.mode not in ("train", "check"):
+            raise LabError(f"run setting mode = {self.mode!r}; choose train or check")
         if self.strategy not in STRATEGIES:
             raise LabError(f"run setting strategy = {self.strategy!r}; choose one of {list(STRATEGIES)!r}")
         if not self.task_spec.strip():

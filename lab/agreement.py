@@ -50,7 +50,7 @@ class Request:
 
     task: str
     task_sha256: str
-    strategy: str
+    strategy: str | None  # None: the message is not part of training (a catalog query)
     outputs: frozenset[str]
     metrics: frozenset[str]
     rows: int
@@ -91,7 +91,7 @@ class Agreement:
             wanted = self.tasks.get(request.task)
             why = "is not covered" if wanted is None else f"has sha256 {request.task_sha256[:12]}…, not {wanted[:12]}…"
             raise Refusal("tasks", f"task {request.task!r} {why}")
-        if request.strategy not in self.strategies:
+        if request.strategy is not None and request.strategy not in self.strategies:
             raise Refusal("allow.strategies", f"strategy {request.strategy!r} is not allowed")
         for output in sorted(request.outputs - self.outputs):
             raise Refusal("allow.outputs", f"{output} may not leave the node")

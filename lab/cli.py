@@ -147,6 +147,27 @@ def run(
 
 
 @app.command()
+def check(
+    spec: Annotated[Path, typer.Option(help="The task spec (TOML).")],
+    node: Annotated[list[str], typer.Option(help="NAME=PATH of one node's table; repeat per node.")],
+    agreement: Annotated[list[str] | None, typer.Option(help="NAME=PATH of a node's data-use agreement.")] = None,
+    workspace: Workspace = Path(WORKSPACE.default),
+    tracking_uri: TrackingUri = "",
+) -> None:
+    """Pre-flight: ask every node, through the federation, to check its table against the spec."""
+    nodes = _named_paths(node, "--node", "cleveland=data/cleveland.csv")
+    agreements = _named_paths(agreement or [], "--agreement", "cleveland=cleveland-agreement.toml")
+    _federate(
+        spec,
+        nodes,
+        workspace=workspace,
+        settings={"mode": "check", "min-nodes": 1},
+        tracking_uri=tracking_uri_for(workspace, tracking_uri),
+        agreements=agreements,
+    )
+
+
+@app.command()
 def predict(
     model: Annotated[str, typer.Option(help="Model URI, e.g. models:/heart-disease@champion.")],
     data: Annotated[Path, typer.Option(help="Your raw table (CSV or Parquet).")],
@@ -322,17 +343,15 @@ def _federate(
 
     spec = load_spec(spec_path)
     for name, path in nodes.items():
-        if not path.is_file():
+        if not path.is_file() and settings.get("mode") != "check":  # a pre-flight lets the node report it
             raise LabError(f"node {name!r}: {str(path)!r} does not exist; give the path of its table")
     run_config = build_run_config(
         spec, settings, tracking_uri=tracking_uri, expected_nodes=len(nodes), lock=lock_path(), root=project_root()
     )
     rounds = int(settings.get("num-rounds", 5))
     started = time.monotonic()
-    console.print(
-        f"[bold]{spec.name}[/]: {len(nodes)} nodes, {rounds} rounds of {settings.get('strategy')}; "
-        f"workspace {workspace}"
-    )
+    what = "pre-flight check" if settings.get("mode") == "check" else f"{rounds} rounds of {settings.get('strategy')}"
+    console.print(f"[bold]{spec.name}[/]: {len(nodes)} nodes, {what}; workspace {workspace}")
     mlflow_runs: list[str] = []
 
     def on_event(event: dict[str, Any]) -> None:
@@ -356,7 +375,10 @@ def _federate(
         for run_id in mlflow_runs:
             close_unfinished(tracking_uri, run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
-    _summary_table(outcome.final, spec.metrics, time.monotonic() - started)
+    if settings.get("mode") == "check":
+        _preflight_table(outcome.final["preflight"])
+    else:
+        _summary_table(outcome.final, spec.metrics, time.monotonic() - started)
 
 
 def _progress() -> Progress:
@@ -399,6 +421,29 @@ def _show(bar: Progress, task: Any, event: dict[str, Any], rounds: int, metric: 
         )
     for node, reason in (event.get("errors") or {}).items():
         bar.console.print(f"  [red]{node}[/]: {reason}")
+
+
+def _preflight_table(nodes: dict[str, Any]) -> None:
+    """One table: which node fails which column, and why."""
+    table = RichTable(title="Pre-flight: every node's table against the task spec")
+    for column in ("node", "rows", "column", "problem"):
+        table.add_column(column)
+    failing = 0
+    for name, result in sorted(nodes.items()):
+        if "refused" in result:
+            table.add_row(name, "", "", f"[red]refused[/]: {result['refused']}")
+            failing += 1
+            continue
+        rows = str(result["catalog"].get("rows", "?"))
+        if not result["problems"]:
+            table.add_row(name, rows, "", "[green]fits the spec[/]")
+        for problem in result["problems"]:
+            table.add_row(name, rows, problem["column"], problem["problem"])
+        failing += bool(result["problems"])
+    console.print(table)
+    if failing:
+        err.print(f"{failing} of {len(nodes)} nodes do not fit the spec")
+        raise typer.Exit(1)
 
 
 def _summary_table(final: dict[str, Any], metrics: tuple[str, ...], seconds: float) -> None:

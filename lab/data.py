@@ -13,7 +13,7 @@ import pandas as pd
 from lab.errors import DataError
 from lab.spec import Feature, FileFormat, Level, TaskSpec
 
-__all__ = ["Table", "check_frame", "load_table", "read_raw", "split_table"]
+__all__ = ["Table", "check_column", "check_frame", "is_blank", "load_table", "read_raw", "split_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def check_frame(
     missing = pd.DataFrame(index=frame.index)
     columns: dict[str, pd.Series] = {}
     for feature in spec.features:
-        values, is_missing = _column(frame[feature.name], feature, file_format, source, lines)
+        values, is_missing = check_column(frame[feature.name], feature, file_format, source, lines)
         columns[feature.name] = values
         missing[feature.name] = is_missing
     features = pd.DataFrame(columns, index=frame.index)
@@ -177,7 +177,7 @@ def split_table(table: Table, spec: TaskSpec) -> tuple[Table, Table]:
     return table.take(np.asarray(train_idx)), table.take(np.asarray(test_idx))
 
 
-def _is_blank(raw: pd.Series, file_format: FileFormat) -> pd.Series:
+def is_blank(raw: pd.Series, file_format: FileFormat) -> pd.Series:
     if raw.dtype == object or pd.api.types.is_string_dtype(raw):
         text = raw.astype(str).str.strip()
         blank = raw.isna() | (text == "") | (text == file_format.missing_token)
@@ -185,10 +185,11 @@ def _is_blank(raw: pd.Series, file_format: FileFormat) -> pd.Series:
     return raw.isna()
 
 
-def _column(
+def check_column(
     raw: pd.Series, feature: Feature, file_format: FileFormat, source: str, lines: np.ndarray
 ) -> tuple[pd.Series, pd.Series]:
-    blank = _is_blank(raw, file_format)
+    """One feature column's values as the spec types them, and where they are missing."""
+    blank = is_blank(raw, file_format)
     where = f"{source!r}, line {{line}}, column {feature.name!r}"
     if feature.type == "numeric":
         return _numbers(raw, blank, where, lines, file_format), blank
@@ -237,7 +238,7 @@ def _target(
     raw: pd.Series, spec: TaskSpec, file_format: FileFormat, source: str, lines: np.ndarray
 ) -> tuple[np.ndarray, pd.Series]:
     target = spec.target
-    blank = _is_blank(raw, file_format)
+    blank = is_blank(raw, file_format)
     where = f"{source!r}, line {{line}}, target column {target.column!r}"
     if target.kind == "regression":
         return _numbers(raw, blank, where, lines, file_format).fillna(0.0).to_numpy(dtype=np.float32), blank

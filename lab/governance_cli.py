@@ -108,6 +108,33 @@ def node_audit(
     console.print(table)
 
 
+@node_app.command("catalog")
+def node_catalog(
+    data: Annotated[Path, typer.Option(help="The node's table.")],
+    spec: Annotated[Path, typer.Option(help="The task spec (TOML).")],
+    node: Annotated[str | None, typer.Option(help="Read the table in this node's format from the spec.")] = None,
+    agreement: Annotated[Path | None, typer.Option(help="Hide counts under this agreement's min-rows.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the catalog as JSON.")] = False,
+) -> None:
+    """What the node holds, without rows: columns, types, missing counts, ranges, category counts."""
+    from lab.catalog import build_catalog
+    from lab.spec import load_spec
+
+    min_rows = load_agreement(agreement).min_rows if agreement else 10
+    described = build_catalog(data, load_spec(spec), node=node, min_rows=min_rows)
+    if as_json:
+        print(json.dumps(described))
+        return
+    table = RichTable(title=f"{data.name}: {described['rows']} rows (counts under {min_rows} hidden)")
+    for column in ("column", "role", "type", "missing", "range", "levels"):
+        table.add_column(column)
+    for c in described["columns"]:
+        levels = ", ".join(f"{k}: {v}" for k, v in c.get("levels", {}).items())
+        span = "" if "range" not in c else f"{c['range'][0]:g} to {c['range'][1]:g}"
+        table.add_row(c["column"], c["role"], c["type"], str(c["missing"]), span, levels)
+    console.print(table)
+
+
 def _left(record: dict[str, Any]) -> str:
     if record.get("kind") == "arrays":
         return f"{record['record']}: {record['bytes']} bytes of parameters"
@@ -134,7 +161,7 @@ sha256 = "{spec_sha256}"
 [allow]
 strategies = ["fedavg", "fedprox", "fedadam", "fedyogi"]
 apps = ["{fab_hash}"]
-outputs = ["model-updates", "metrics", "statistics"]
+outputs = ["model-updates", "metrics", "statistics", "catalog"]
 metrics = ["accuracy", "auc", "loss", "train-loss"]
 min-rows = 10
 differential-privacy = false

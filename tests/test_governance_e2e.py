@@ -153,3 +153,38 @@ def test_audit_verify_detects_an_edited_entry(governed: Governed, tmp_path: Path
     )
     assert broken.returncode == 1
     assert "line 2" in broken.stderr and "edited" in broken.stderr
+
+
+def test_preflight_table_names_the_node_with_a_bad_column(tmp_path: Path) -> None:
+    lines = SILOS["va"].read_text().splitlines()
+    fields = lines[4].split(",")
+    fields[2] = "7"  # an unknown chest-pain category
+    lines[4] = ",".join(fields)
+    broken = tmp_path / "va.data"
+    broken.write_text("\n".join(lines) + "\n")
+    env = private_environ(LAB_WORKSPACE=str(tmp_path / "workspace"), COLUMNS="250")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(
+        [
+            *lab_command(),
+            "check",
+            "--spec",
+            str(HEART / "task.toml"),
+            "--node",
+            f"cleveland={SILOS['cleveland']}",
+            "--node",
+            f"va={broken}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("│")]
+    va = [row for row in rows if row.split("│")[1].strip() == "va"]
+    assert va and "cp" in va[0].split("│")[3] and "unknown category '7'" in va[0]
+    assert any(row.split("│")[1].strip() == "cleveland" and "fits the spec" in row for row in rows)
+    assert "1 of 2 nodes do not fit the spec" in result.stderr
