@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 
 from federation import keys
-from federation.preparation import Guard, prepare, preflight
+from federation.preparation import Guard, preflight, prepare
 from federation.recorder import EventLog, Member, Recorder
 from federation.settings import RunSettings
 from federation.strategies import make_strategy
