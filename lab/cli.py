@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table as RichTable
 
 from lab.errors import LabError
-from lab.governance_cli import agreement_app, app_app, node_app
+from lab.governance_cli import agreement_app, app_app, coordinator_app, node_app
 from lab.settings import PRIVATE_ENV, TRACKING_URI, WORKSPACE, project_root
 
 os.environ.update(PRIVATE_ENV)  # before MLflow or Flower is imported by any command
@@ -46,6 +46,7 @@ app.add_typer(spec_app, name="spec")
 app.add_typer(agreement_app, name="agreement")
 app.add_typer(app_app, name="app")
 app.add_typer(node_app, name="node")
+app.add_typer(coordinator_app, name="coordinator")
 
 
 @spec_app.command("hash")
@@ -78,6 +79,7 @@ def tracking_uri_for(workspace: Path, uri: str = "") -> str:
 def demo(
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 5,
     strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedadam or fedyogi.")] = "fedavg",
+    secure: Annotated[bool, typer.Option("--secure", help="TLS and node authentication on loopback.")] = False,
     workspace: Workspace = Path(WORKSPACE.default),
 ) -> None:
     """Run the demo federation: four hospitals, the real Flower runtime, MLflow tracking.
@@ -104,6 +106,7 @@ def demo(
         settings={"num-rounds": rounds, "strategy": strategy},
         tracking_uri=tracking_uri_for(workspace),
         agreements=agreements,
+        secure=secure,
     )
 
 
@@ -117,6 +120,7 @@ def run(
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 5,
     strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedadam or fedyogi.")] = "fedavg",
     min_nodes: Annotated[int, typer.Option(help="Fail unless this many nodes take part.")] = 2,
+    secure: Annotated[bool, typer.Option("--secure", help="TLS and node authentication on loopback.")] = False,
     environment_policy: Annotated[
         str, typer.Option(help="strict: leave out nodes whose environment differs from the lock; warn: flag them.")
     ] = "strict",
@@ -143,6 +147,7 @@ def run(
         settings=settings,
         tracking_uri=tracking_uri_for(workspace, tracking_uri),
         agreements=agreements,
+        secure=secure,
     )
 
 
@@ -335,6 +340,7 @@ def _federate(
     settings: dict[str, Any],
     tracking_uri: str,
     agreements: dict[str, Path] | None = None,
+    secure: bool = False,
 ) -> None:
     """Start the federation, run the task, print progress and the per-organisation table."""
     from lab.launch import build_run_config, submit_run
@@ -362,7 +368,9 @@ def _federate(
     try:
         with (
             LocalFederation(
-                workspace, [NodeSpec(n, p, agreement=(agreements or {}).get(n)) for n, p in nodes.items()]
+                workspace,
+                [NodeSpec(n, p, agreement=(agreements or {}).get(n)) for n, p in nodes.items()],
+                secure=secure,
             ) as federation,
             _progress() as bar,
         ):

@@ -22,6 +22,7 @@ import psutil
 
 from lab.errors import RuntimeStartError
 from lab.node_guard import AGREEMENT_ENV, AUDIT_ENV, write_shim
+from lab.security import CoordinatorCerts, enroll_node, init_coordinator
 from lab.settings import private_environ
 
 __all__ = ["LocalFederation", "NodeSpec", "executable", "free_port"]
@@ -75,8 +76,11 @@ class LocalFederation:
 
     workspace: Path
     nodes: list[NodeSpec]
+    secure: bool = False  # TLS with the federation's own CA, and only registered node keys may join
     processes: list[_Process] = field(default_factory=list)
     port: int = 0
+
+    certs: CoordinatorCerts = field(init=False)
 
     def __post_init__(self) -> None:
         self.workspace = self.workspace.resolve()
@@ -108,12 +112,24 @@ class LocalFederation:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        transport = ["--insecure"]
+        if self.secure:
+            self.certs = init_coordinator(self.workspace / "certs")
+            transport = [
+                "--ssl-certfile",
+                str(self.certs.server_cert),
+                "--ssl-keyfile",
+                str(self.certs.server_key),
+                "--ssl-ca-certfile",
+                str(self.certs.ca_cert),
+                "--enable-supernode-auth",
+            ]
         self._write_connection()
         link = self._spawn(
             "superlink",
             [
                 executable("flower-superlink"),
-                "--insecure",
+                *transport,
                 "--port",
                 str(self.port),
                 "--database",
@@ -173,11 +189,21 @@ class LocalFederation:
             env[AGREEMENT_ENV] = str(node.agreement.resolve())
         gate = write_shim(home / "bin")
         env["PATH"] = os.pathsep.join([str(gate.parent), env["PATH"]])
+        transport = ["--insecure"]
+        if self.secure:
+            keys = enroll_node(self.workspace / "keys", node.name)
+            self.register(keys.public_key)
+            transport = [
+                "--root-certificates",
+                str(self.certs.ca_cert),
+                "--auth-supernode-private-key",
+                str(keys.private_key),
+            ]
         self._spawn(
             f"node-{node.name}",
             [
                 executable("flower-supernode"),
-                "--insecure",
+                *transport,
                 "--superlink",
                 f"127.0.0.1:{self.port}",
                 "--port",
@@ -188,10 +214,27 @@ class LocalFederation:
             env,
         )
 
+    def register(self, public_key: Path) -> None:
+        """Register a node's public key with the SuperLink (`flwr supernode register`)."""
+        result = subprocess.run(
+            [executable("flwr"), "supernode", "register", str(public_key), "lab"],
+            env=self.env(),
+            cwd=self.workspace,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise RuntimeStartError(
+                f"registering {public_key.name} with the SuperLink failed: "
+                f"{(result.stdout + result.stderr).strip()[-500:]}"
+            )
+
     def _write_connection(self) -> None:
         """The `flwr` CLI's connection to this SuperLink, never the detached default one."""
+        transport = f'root-certificates = "{self.certs.ca_cert}"' if self.secure else "insecure = true"
         (self.flwr_home / "config.toml").write_text(
-            f'[superlink]\ndefault = "lab"\n\n[superlink.lab]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n',
+            f'[superlink]\ndefault = "lab"\n\n[superlink.lab]\naddress = "127.0.0.1:{self.port}"\n{transport}\n',
             encoding="utf-8",
         )
 

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from lab.audit import AuditLog
 from lab.governance_cli import app_hash, demo_agreement
 from lab.launch import build_run_config, submit_run
-from lab.runtime import LocalFederation, NodeSpec
+from lab.runtime import LocalFederation, NodeSpec, free_port
+from lab.security import enroll_node
 from lab.settings import private_environ
 from lab.spec import load_spec
 
@@ -188,3 +192,73 @@ def test_preflight_table_names_the_node_with_a_bad_column(tmp_path: Path) -> Non
     assert va and "cp" in va[0].split("│")[3] and "unknown category '7'" in va[0]
     assert any(row.split("│")[1].strip() == "cleveland" and "fits the spec" in row for row in rows)
     assert "1 of 2 nodes do not fit the spec" in result.stderr
+
+
+def _supernode(args: list[str], home: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """A SuperNode the lab did not start (it gives up after two retries); its output goes to a log."""
+    home.mkdir(parents=True)
+    env = private_environ(FLWR_HOME=str(home))
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    log = home / "supernode.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "flower-supernode"), *args, "--max-retries", "2"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return proc, log
+
+
+def _wait_and_clean(proc: subprocess.Popen[bytes], log: Path) -> str:
+    """Wait for the SuperNode to give up, then stop the SuperExec it detached (found by its --parent-pid)."""
+    try:
+        proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for other in psutil.process_iter(["pid", "cmdline"]):
+            cmdline = other.info["cmdline"] or []
+            if "--parent-pid" in cmdline and cmdline[cmdline.index("--parent-pid") + 1] == str(proc.pid):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    other.kill()
+    return log.read_text(errors="replace")
+
+
+def test_secure_federation_admits_only_registered_nodes_over_tls(tmp_path: Path) -> None:
+    nodes = [NodeSpec("cleveland", SILOS["cleveland"]), NodeSpec("va", SILOS["va"])]
+    workspace = tmp_path / "workspace"
+    config = build_run_config(
+        SPEC,
+        {"num-rounds": 1, "baseline-epochs": 5},
+        tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}",
+        expected_nodes=len(nodes),
+        lock=ROOT / "environments" / "requirements.lock",
+        root=ROOT,
+    )
+    with LocalFederation(workspace, nodes, secure=True) as federation:
+        address = f"127.0.0.1:{federation.port}"
+        stranger = enroll_node(tmp_path / "stranger-keys", "stranger")  # a key the SuperLink never registered
+        unregistered, unregistered_log = _supernode(
+            [
+                "--root-certificates",
+                str(federation.certs.ca_cert),
+                "--auth-supernode-private-key",
+                str(stranger.private_key),
+                "--superlink",
+                address,
+                "--port",
+                str(free_port()),
+            ],
+            tmp_path / "stranger",
+        )
+        plain, plain_log = _supernode(
+            ["--insecure", "--superlink", address, "--port", str(free_port())], tmp_path / "plain"
+        )
+        outcome = submit_run(federation, app_dir=ROOT, run_config=config)
+        refused, refused_plain = _wait_and_clean(unregistered, unregistered_log), _wait_and_clean(plain, plain_log)
+    assert [n["node"] for n in outcome.final["nodes"]] == ["cleveland", "va"]
+    assert unregistered.returncode != 0 and "Failed to activate SuperNode" in refused
+    assert plain.returncode != 0 and "Failed to initialize the connection to the SuperLink" in refused_plain
+    assert "root-certificates" in (workspace / "flwr-home" / "config.toml").read_text()
