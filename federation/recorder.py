@@ -67,6 +67,7 @@ class Recorder:
         self.sink = sink
         self.events = events
         self.metric_names = metric_names
+        self.refusals: list[dict[str, object]] = []  # refusals during the rounds, after preparation
 
     def name_of(self, node_id: int) -> str:
         member = self.members.get(node_id)
@@ -91,7 +92,7 @@ class Recorder:
             asked=asked,
             train_loss=metrics.get("train_loss"),
             mean=mean,
-            errors={**self._errors(replies), **excluded},
+            errors=self._refusals(server_round, "train", {**self._errors(replies), **excluded}),
         )
 
     def on_evaluate(self, server_round: int, replies: list[Message], asked: int) -> None:
@@ -99,7 +100,12 @@ class Recorder:
         good = [r for r in replies if not r.has_error()]
         mean = self._log_scores(server_round, good, prefix="")
         self.events.emit(
-            "evaluate", round=server_round, answered=len(good), asked=asked, mean=mean, errors=self._errors(replies)
+            "evaluate",
+            round=server_round,
+            answered=len(good),
+            asked=asked,
+            mean=mean,
+            errors=self._refusals(server_round, "evaluate", self._errors(replies)),
         )
 
     def _log_scores(self, step: int, good: list[Message], *, prefix: str) -> dict[str, float | None]:
@@ -122,6 +128,15 @@ class Recorder:
                 metrics[f"mean.{metric}"] = sum(present) / len(present)
         self.sink.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)}, step=step)
         return {m: metrics.get(f"mean.{m}") for m in self.metric_names}
+
+    def _refusals(self, server_round: int, stage: str, errors: dict[str, str]) -> dict[str, str]:
+        """Keep and count the nodes that refused or were left out in this round (for MLflow)."""
+        if errors:
+            self.refusals.extend(
+                {"round": server_round, "stage": stage, "node": n, "reason": r} for n, r in errors.items()
+            )
+            self.sink.log_metrics({"refused_nodes": float(len(errors))}, step=server_round)
+        return errors
 
     def _errors(self, replies: list[Message]) -> dict[str, str]:
         return {self.name_of(r.metadata.src_node_id): error_reason(r) for r in replies if r.has_error()}

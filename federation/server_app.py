@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from typing import Any
@@ -93,6 +94,8 @@ def _run(
         grid, initial, num_rounds=settings.num_rounds, timeout=settings.round_timeout, train_config=train_config
     )
     _evaluate_final(grid, result.arrays, ConfigRecord(shared), members, recorder, settings)
+    if recorder.refusals:
+        tracker.log_text(json.dumps(recorder.refusals, indent=2), "nodes/refusals-in-rounds.json")
     predictor = predictor_from(spec, scaler, result.arrays)
     summary = _summary(members, spec)
     tracker.log_metrics({f"final.{k}": v for k, v in summary["mean"].items() if _finite(v)}, step=settings.num_rounds)

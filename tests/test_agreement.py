@@ -94,7 +94,7 @@ def test_app_not_on_the_allow_list_is_refused(heart_spec: TaskSpec) -> None:
     ("old", "new", "message"),
     [
         ("expires = 2030-01-01", 'expires = "soon"', "give a date like 2027-06-30"),
-        ('outputs = ["model-updates", "metrics", "statistics"]', 'outputs = ["rows"]', r"allow.outputs has \['rows'\]"),
+        ('"statistics", "catalog"]', '"statistics", "rows"]', r"allow.outputs has \['rows'\]"),
         ("min-rows = 10", "min-rows = 0", "1 or more"),
         ("[allow]", "[permit]", r"missing table \[allow\]"),
     ],
