@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import signal
 import sys
@@ -18,7 +16,18 @@ from rich.table import Table as RichTable
 
 from lab.errors import LabError
 from lab.governance_cli import agreement_app, app_app, coordinator_app, node_app
-from lab.settings import PRIVATE_ENV, TRACKING_URI, WORKSPACE, project_root
+from lab.inhouse_cli import (
+    TrackingUri,
+    Workspace,
+    env_app,
+    evaluate,
+    fmt,
+    lock_path,
+    predict,
+    spec_app,
+    tracking_uri_for,
+)
+from lab.settings import PRIVATE_ENV, WORKSPACE, project_root
 
 os.environ.update(PRIVATE_ENV)  # before MLflow or Flower is imported by any command
 
@@ -39,40 +48,12 @@ DEMO_NODES = {
     "va": "processed.va.data",
 }
 
-env_app = typer.Typer(help="The pinned environment: its fingerprint, and drift from the lock.", no_args_is_help=True)
 app.add_typer(env_app, name="env")
-spec_app = typer.Typer(help="Task specs.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
 app.add_typer(agreement_app, name="agreement")
 app.add_typer(app_app, name="app")
 app.add_typer(node_app, name="node")
 app.add_typer(coordinator_app, name="coordinator")
-
-
-@spec_app.command("hash")
-def spec_hash(path: Annotated[Path, typer.Argument(help="The task spec (TOML).")]) -> None:
-    """Print the spec's sha256, as agreements name it in [[tasks]]."""
-    from lab.spec import load_spec
-
-    print(load_spec(path).sha256)
-
-
-Workspace = Annotated[
-    Path, typer.Option(help="Folder for everything the lab starts (logs, MLflow store).", envvar=WORKSPACE.name)
-]
-TrackingUri = Annotated[
-    str, typer.Option(help="MLflow tracking URI (default: the workspace's SQLite store).", envvar=TRACKING_URI.name)
-]
-Node = Annotated[str | None, typer.Option(help="Read the table in this node's format from the spec.")]
-AllowDrift = Annotated[
-    bool,
-    typer.Option("--allow-env-drift", help="Run even if this environment differs from the model's (recorded)."),
-]
-
-
-def tracking_uri_for(workspace: Path, uri: str = "") -> str:
-    """The given URI, or the embedded SQLite store inside the workspace."""
-    return uri or f"sqlite:///{(workspace / 'mlflow.db').resolve()}"
 
 
 @app.command()
@@ -172,64 +153,8 @@ def check(
     )
 
 
-@app.command()
-def predict(
-    model: Annotated[str, typer.Option(help="Model URI, e.g. models:/heart-disease@champion.")],
-    data: Annotated[Path, typer.Option(help="Your raw table (CSV or Parquet).")],
-    out: Annotated[Path, typer.Option(help="Where to write the table with predictions (.csv or .parquet).")],
-    node: Node = None,
-    allow_env_drift: AllowDrift = False,
-    workspace: Workspace = Path(WORKSPACE.default),
-    tracking_uri: TrackingUri = "",
-) -> None:
-    """Apply a registered model to a raw table, in-house.
-
-    Next to --out, a .provenance.json file records the model, both environments and any drift.
-    """
-    from lab.rerun import check_environment, load_model, predict_table, provenance
-
-    loaded = load_model(model, tracking_uri_for(workspace, tracking_uri))
-    drift = check_environment(loaded, allow_drift=allow_env_drift)
-    _warn_drift(drift.lines())
-    scored, empty = predict_table(loaded, data, out, node=node)
-    record = out.with_name(out.name + ".provenance.json")
-    record.write_text(
-        json.dumps({**provenance(loaded, model, drift), "rows_scored": scored, "rows_empty": empty}, indent=2),
-        encoding="utf-8",
-    )
-    console.print(f"wrote {out} ({scored} rows scored" + (f", {empty} left empty: missing values)" if empty else ")"))
-
-
-@app.command()
-def evaluate(
-    model: Annotated[str, typer.Option(help="Model URI, e.g. models:/heart-disease@champion.")],
-    data: Annotated[Path, typer.Option(help="Your raw table, with the target column.")],
-    split: Annotated[str, typer.Option(help="test (as the federation split it), train or all.")] = "test",
-    node: Node = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
-    allow_env_drift: AllowDrift = False,
-    workspace: Workspace = Path(WORKSPACE.default),
-    tracking_uri: TrackingUri = "",
-) -> None:
-    """Evaluate a registered model on a raw table, in-house."""
-    from lab.rerun import check_environment, evaluate_table, load_model, provenance
-
-    if split not in ("test", "train", "all"):
-        raise LabError(f"--split {split!r}: choose test, train or all")
-    loaded = load_model(model, tracking_uri_for(workspace, tracking_uri))
-    drift = check_environment(loaded, allow_drift=allow_env_drift)
-    _warn_drift(drift.lines())
-    result = evaluate_table(loaded, data, node=node, split=split)  # type: ignore[arg-type]
-    if as_json:
-        out = {"metrics": result.metrics, "rows": result.rows, "split": result.split}
-        print(json.dumps({**out, "provenance": provenance(loaded, model, drift)}))
-        return
-    table = RichTable(title=f"{data.name}: {result.split} split, {result.rows} rows")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in result.metrics.items():
-        table.add_row(name, _fmt(value, 6))
-    console.print(table)
+app.command()(predict)
+app.command()(evaluate)
 
 
 @app.command()
@@ -255,56 +180,6 @@ def ui(
     except KeyboardInterrupt:
         proc.terminate()
         proc.wait(timeout=15)
-
-
-Lock = Annotated[Path | None, typer.Option(help="The lock file (default: environments/requirements.lock).")]
-
-
-def lock_path(lock: Path | None = None) -> Path:
-    """The given lock file, or the project's."""
-    return lock or project_root() / "environments" / "requirements.lock"
-
-
-@env_app.command("show")
-def env_show(
-    packages: Annotated[bool, typer.Option("--packages", help="List every package and version.")] = False,
-) -> None:
-    """Print this environment's fingerprint and its parts."""
-    from lab.environment import Environment
-
-    current = Environment.current()
-    console.print(f"fingerprint  {current.fingerprint}")
-    console.print(f"python       {current.python} ({sys.version.split()[0]})")
-    console.print(f"platform     {current.platform}")
-    console.print(f"packages     {len(current.packages)}")
-    if packages:
-        for pin in current.pins:
-            console.print(f"  {pin}", highlight=False)
-
-
-@env_app.command("verify")
-def env_verify(lock: Lock = None) -> None:
-    """Compare this environment with the lock; exit 1 with the differences if they differ."""
-    from lab.environment import Environment
-
-    path = lock_path(lock)
-    current, expected = Environment.current(), Environment.from_lock_file(path)
-    drift = current.diff(expected)
-    if not drift:
-        console.print(f"environment matches {path.name}: fingerprint {current.fingerprint[:16]}")
-        return
-    err.print(f"[red]environment differs from {path}[/] ({len(drift.lines())} differences):", highlight=False)
-    for line in drift.lines():
-        err.print(f"  {line}", highlight=False)
-    err.print("reinstall from the lock: `make clean setup`")
-    raise typer.Exit(1)
-
-
-def _warn_drift(lines: list[str]) -> None:
-    if lines:
-        err.print(f"[yellow]warning:[/] running in an environment that differs from the model's ({len(lines)}):")
-        for line in lines:
-            err.print(f"  {line}", highlight=False)
 
 
 def _named_paths(items: list[str], option: str, example: str) -> dict[str, Path]:
@@ -414,7 +289,7 @@ def _show(bar: Progress, task: Any, event: dict[str, Any], rounds: int, metric: 
     elif kind == "train":
         # Nodes score the model they received, i.e. the previous round's global model.
         value = (event.get("mean") or {}).get(metric)
-        shown = f", mean {metric} {_fmt(value)} after round {event['round'] - 1}" if event["round"] > 1 else ""
+        shown = f", mean {metric} {fmt(value)} after round {event['round'] - 1}" if event["round"] > 1 else ""
         bar.update(
             task,
             completed=event["round"],
@@ -425,7 +300,7 @@ def _show(bar: Progress, task: Any, event: dict[str, Any], rounds: int, metric: 
         bar.update(
             task,
             completed=event["round"],
-            description=f"final model: {event['answered']}/{event['asked']} nodes, mean {metric} {_fmt(value)}",
+            description=f"final model: {event['answered']}/{event['asked']} nodes, mean {metric} {fmt(value)}",
         )
     for node, reason in (event.get("errors") or {}).items():
         bar.console.print(f"  [red]{node}[/]: {reason}")
@@ -465,22 +340,14 @@ def _summary_table(final: dict[str, Any], metrics: tuple[str, ...], seconds: flo
     for row in final["nodes"]:
         cells = [row["node"], str(row["test_rows"])]
         for metric in shown:
-            cells += [_fmt(row["federated"].get(metric)), _fmt(row["local_only"].get(metric))]
+            cells += [fmt(row["federated"].get(metric)), fmt(row["local_only"].get(metric))]
         table.add_row(*cells)
     mean = final["mean"]
-    table.add_row(
-        "[bold]mean[/]", "", *[_fmt(mean.get(f"{k}.{m}")) for m in shown for k in ("federated", "local_only")]
-    )
+    table.add_row("[bold]mean[/]", "", *[fmt(mean.get(f"{k}.{m}")) for m in shown for k in ("federated", "local_only")])
     console.print(table)
     if final.get("registered"):
         console.print(f"registered [bold]models:/{final['registered']}@champion[/] (version {final['version']})")
     console.print(f"wall time {seconds:.0f} s")
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"
 
 
 def _interrupt(signum: int, frame: Any) -> None:
