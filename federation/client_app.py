@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from federation import keys
-from federation.governance import governed
+from federation.analytics import DEFAULT_MIN_COUNT, StatsRequest, node_summary, stats_frame
+from federation.governance import governed, node_agreement
 from federation.provenance import check_environment, node_record
 from federation.records import arrays_of, config_of, number, numbers, text
 from federation.task import (
@@ -39,9 +41,10 @@ from federation.task import (
     predictor_from,
     train_locally,
 )
-from lab.agreement import load_agreement
 from lab.catalog import build_catalog, preflight
+from lab.data import load_table
 from lab.environment import EnvDiff, Environment
+from lab.errors import DataError
 from lab.preprocess import ColumnSums, Scaler, encode
 from lab.spec import TaskSpec, parse_spec
 
@@ -52,6 +55,12 @@ app = ClientApp()
 
 def _node_name(context: Context) -> str:
     return str(context.node_config.get(keys.NODE_NAME, f"node-{context.node_id}"))
+
+
+def _min_count(context: Context, asked: int = DEFAULT_MIN_COUNT) -> int:
+    """Fewest rows behind anything this node releases: 5, or more if the agreement or the request says so."""
+    agreement = node_agreement(context)
+    return max(DEFAULT_MIN_COUNT, asked, agreement.min_rows if agreement else 0)
 
 
 def _inputs(msg: Message, context: Context) -> tuple[TaskSpec, ConfigRecord, str, Environment, EnvDiff, NodeData]:
@@ -158,8 +167,8 @@ def catalog(msg: Message, context: Context) -> Message:
     spec = parse_spec(text(config, keys.TASK_SPEC), source="the run's task spec")
     name = _node_name(context)
     path = str(context.node_config.get(keys.DATA_PATH, ""))
-    agreement_path = str(context.node_config.get(keys.AGREEMENT, ""))
-    min_rows = load_agreement(agreement_path).min_rows if agreement_path else 10
+    agreement = node_agreement(context)
+    min_rows = agreement.min_rows if agreement else 10
     described = build_catalog(path, spec, node=name, min_rows=min_rows) if Path(path).is_file() else {}
     node = ConfigRecord(
         {
@@ -167,6 +176,34 @@ def catalog(msg: Message, context: Context) -> Message:
             keys.ORGANISATION: spec.organisation(name),
             keys.CATALOG_JSON: json.dumps(described),
             keys.PREFLIGHT_JSON: json.dumps(preflight(path, spec, node=name)),
+        }
+    )
+    return Message(RecordDict({keys.NODE: node}), reply_to=msg)
+
+
+@app.query(keys.STATS)
+@governed
+def stats(msg: Message, context: Context) -> Message:
+    """Summarise this node's table for a federated analytics query; small counts never leave."""
+    config = config_of(msg)
+    spec = parse_spec(text(config, keys.TASK_SPEC), source="the run's task spec")
+    request = StatsRequest.from_json(text(config, keys.STATS_REQUEST))
+    request.check(spec)
+    name = _node_name(context)
+    path = str(context.node_config.get(keys.DATA_PATH, ""))
+    if not path:
+        raise DataError(f"node {name!r} has no data-path; start the SuperNode with --node-config 'data-path=\"...\"'")
+    agreement = node_agreement(context)
+    minimum = _min_count(context, request.min_count)
+    request = replace(request, min_count=minimum)
+    summary = node_summary(stats_frame(load_table(path, spec, node=name), spec), spec, request)
+    node = ConfigRecord(
+        {
+            keys.NODE_NAME: name,
+            keys.ORGANISATION: spec.organisation(name),
+            keys.STATS_JSON: json.dumps(summary),
+            keys.PUBLISH_NODE_FIGURES: bool(agreement and agreement.node_figures),
+            keys.SUPPRESSED: "; ".join(summary["notes"]),
         }
     )
     return Message(RecordDict({keys.NODE: node}), reply_to=msg)

@@ -16,7 +16,7 @@ from lab.errors import LabError
 from lab.node_guard import APP_HASH_ENV
 from lab.spec import parse_spec
 
-__all__ = ["governed"]
+__all__ = ["governed", "node_agreement"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def governed(handler: Handler) -> Handler:
         name = str(context.node_config.get(keys.NODE_NAME, f"node-{context.node_id}"))
         audit_path = str(context.node_config.get(keys.AUDIT_LOG, ""))
         try:
-            agreement = _agreement(context)
+            agreement = node_agreement(context)
             if agreement is not None:
                 agreement.check(_asked(msg, agreement))
             reply = handler(msg, context)
@@ -51,7 +51,8 @@ def governed(handler: Handler) -> Handler:
     return wrapped
 
 
-def _agreement(context: Context) -> Agreement | None:
+def node_agreement(context: Context) -> Agreement | None:
+    """The node's data-use agreement, when its SuperNode was given one."""
     path = str(context.node_config.get(keys.AGREEMENT, ""))
     return load_agreement(path) if path else None
 
@@ -63,6 +64,8 @@ def _asked(msg: Message, agreement: Agreement) -> Request:
     kind = msg.metadata.message_type
     if kind == keys.CATALOG_MESSAGE_TYPE:
         return Request(spec.name, spec.sha256, None, frozenset({"catalog"}), frozenset(), agreement.min_rows)
+    if kind == keys.STATS_MESSAGE_TYPE:  # every count under min-rows is suppressed by the node itself
+        return Request(spec.name, spec.sha256, None, frozenset({"analytics"}), frozenset(), agreement.min_rows)
     outputs = {"metrics"}
     metrics = set(spec.metrics)
     if kind == MessageType.TRAIN:
@@ -86,8 +89,8 @@ def _released(msg: Message, reply: Message, agreement: Agreement) -> Request:
     config = config_of(msg)
     spec = parse_spec(text(config, keys.TASK_SPEC), source="the run's task spec")
     content = reply.content
-    if msg.metadata.message_type == keys.CATALOG_MESSAGE_TYPE:  # counts under min-rows are already hidden
-        return Request(spec.name, spec.sha256, None, frozenset({"catalog"}), frozenset(), agreement.min_rows)
+    if msg.metadata.message_type in (keys.CATALOG_MESSAGE_TYPE, keys.STATS_MESSAGE_TYPE):
+        return _asked(msg, agreement)  # counts under min-rows are already hidden
     outputs, metrics, rows = set(), set(), 0
     if content.array_records:
         outputs.add("model-updates")
@@ -129,7 +132,14 @@ def _audit(
         clause=clause,
         reason=reason,
         left_node=_left_node(reply.content) if reply is not None else [],
+        suppressed=_suppressed(reply.content) if reply is not None else "",
     )
+
+
+def _suppressed(content: RecordDict) -> str:
+    """What the node held back under its minimum cell count, as its reply says."""
+    node = content.config_records.get(keys.NODE)
+    return str(node.get(keys.SUPPRESSED, "")) if node is not None else ""
 
 
 def _left_node(content: RecordDict) -> list[dict[str, object]]:

@@ -47,6 +47,12 @@ CATALOG = "catalog"
 CATALOG_MESSAGE_TYPE = "query.catalog"
 CATALOG_JSON = "catalog-json"  # in the NODE record of a catalog reply
 PREFLIGHT_JSON = "preflight-json"
+STATS = "stats"
+STATS_MESSAGE_TYPE = "query.stats"
+STATS_REQUEST = "stats-request"  # config: the analytics query (JSON)
+STATS_JSON = "stats-json"  # in the NODE record of a stats reply: the node's suppressed summary
+PUBLISH_NODE_FIGURES = "publish-node-figures"  # NODE record: may the coordinator show this node's own figures
+SUPPRESSED = "suppressed"  # NODE record: what the node held back under the minimum cell count, and why
 
 # Fingerprints every node reply carries (NODE record), and the federation's pinned environment
 ENV_FINGERPRINT = "env-fingerprint"

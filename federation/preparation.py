@@ -24,7 +24,7 @@ from lab.preprocess import ColumnSums, Scaler
 from lab.spec import TaskSpec
 from lab.tracking import Tracker
 
-__all__ = ["Guard", "preflight", "prepare"]
+__all__ = ["Guard", "preflight", "prepare", "wait_for_nodes"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def prepare(
 ) -> tuple[dict[int, Member], Scaler]:
     """Ask every connected node to check its environment and table, share column sums and run
     its local-only baseline; returns the nodes that take part and the federated scaler."""
-    node_ids = _wait_for_nodes(grid, max(settings.expected_nodes, settings.min_nodes), settings.node_wait_seconds)
+    node_ids = wait_for_nodes(grid, max(settings.expected_nodes, settings.min_nodes), settings.node_wait_seconds)
     config = ConfigRecord(
         {
             keys.TASK_SPEC: spec.text,
@@ -108,7 +108,7 @@ def prepare(
 
 def preflight(grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker) -> dict[str, Any]:
     """Ask every node for its catalog and its table's problems against the spec; train nothing."""
-    node_ids = _wait_for_nodes(grid, max(settings.expected_nodes, settings.min_nodes), settings.node_wait_seconds)
+    node_ids = wait_for_nodes(grid, max(settings.expected_nodes, settings.min_nodes), settings.node_wait_seconds)
     config = ConfigRecord({keys.TASK_SPEC: spec.text})
     messages = [
         Message(RecordDict({keys.CONFIG: config}), dst_node_id=node_id, message_type=keys.CATALOG_MESSAGE_TYPE)
@@ -206,7 +206,7 @@ def _record(members: dict[int, Member], refusals: dict[str, str], tracker: Track
     )
 
 
-def _wait_for_nodes(grid: Grid, wanted: int, seconds: float) -> list[int]:
+def wait_for_nodes(grid: Grid, wanted: int, seconds: float) -> list[int]:
     deadline = time.monotonic() + seconds
     while len(node_ids := list(grid.get_node_ids())) < wanted and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -12,6 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 
 from federation import keys
+from federation.analytics_run import federated_stats
 from federation.preparation import Guard, preflight, prepare
 from federation.recorder import EventLog, Member, Recorder
 from federation.settings import RunSettings
@@ -45,7 +46,7 @@ def main(grid: Grid, context: Context) -> None:
     }
     try:
         with tracker.run(
-            run_name=f"{spec.name}-{settings.strategy if settings.mode == 'train' else 'check'}-{context.run_id}",
+            run_name=f"{spec.name}-{settings.strategy if settings.mode == 'train' else settings.mode}-{context.run_id}",
             params={**settings.as_params(), "spec": spec.name, "spec_sha256": spec.sha256, "code.fab_hash": fab_hash},
             tags=tags,
         ):
@@ -55,6 +56,8 @@ def main(grid: Grid, context: Context) -> None:
                 tracker.log_text(settings.environment_lock, "environment/requirements.lock")
             if settings.mode == "check":
                 summary = preflight(grid, spec, settings, tracker)
+            elif settings.mode == "stats":
+                summary = federated_stats(grid, spec, settings, tracker, events)
             else:
                 summary = _run(grid, spec, settings, tracker, events, fab_hash)
             events.emit("done", **summary)

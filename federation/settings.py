@@ -51,7 +51,10 @@ class RunSettings:
         why; ``warn``: it is aggregated and the run is flagged.
     mode : str (default: "train")
         ``train`` runs the federation; ``check`` only asks every node for its catalog and checks
-        its table against the spec (`lab check`).
+        its table against the spec (`lab check`); ``stats`` runs the federated analytics query in
+        ``stats_request`` (`lab stats`).
+    stats_request : str (default: "")
+        The analytics query as JSON (federation.analytics.StatsRequest), for ``mode = "stats"``.
     code_version : str (default: "")
         The project's git commit, recorded with the run (`lab run` fills it in).
     register : bool (default: True)
@@ -77,6 +80,7 @@ class RunSettings:
     round_timeout: float = 600.0
     environment_policy: str = "strict"
     mode: str = "train"
+    stats_request: str = ""
     code_version: str = ""
     register: bool = True
 
@@ -103,8 +107,10 @@ class RunSettings:
         """Raise LabError naming the first setting out of range."""
         if self.environment_policy not in ("strict", "warn"):
             raise LabError(f"run setting environment-policy = {self.environment_policy!r}; choose strict or warn")
-        if self.mode not in ("train", "check"):
-            raise LabError(f"run setting mode = {self.mode!r}; choose train or check")
+        if self.mode not in ("train", "check", "stats"):
+            raise LabError(f"run setting mode = {self.mode!r}; choose train, check or stats")
+        if self.mode == "stats" and not self.stats_request:
+            raise LabError("run setting stats-request is empty; `lab stats` fills it in")
         if self.strategy not in STRATEGIES:
             raise LabError(f"run setting strategy = {self.strategy!r}; choose one of {list(STRATEGIES)!r}")
         if not self.task_spec.strip():
@@ -120,5 +126,5 @@ class RunSettings:
 
     def as_params(self) -> dict[str, Any]:
         """The settings worth recording as MLflow params (not the spec text itself)."""
-        hidden = {"task_spec", "tracking_uri", "events_file", "environment_lock"}
+        hidden = {"task_spec", "tracking_uri", "events_file", "environment_lock", "stats_request"}
         return {k: v for k, v in asdict(self).items() if k not in hidden}

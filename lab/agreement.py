@@ -33,6 +33,7 @@ FIELDS = {
     "allow.metrics": "metric names that may leave the node",
     "allow.min-rows": "fewest rows behind anything that leaves the node",
     "allow.differential-privacy": "whether training must use differential privacy",
+    "allow.node-figures": "whether the coordinator may show this node's own analytics figures, not only pooled ones",
 }
 
 
@@ -71,6 +72,7 @@ class Agreement:
     metrics: frozenset[str]
     min_rows: int
     differential_privacy: bool
+    node_figures: bool = False
     source: str = "<agreement>"
 
     def check_in_force(self, today: dt.date | None = None) -> None:
@@ -115,6 +117,7 @@ class Agreement:
             "allow.metrics": ", ".join(sorted(self.metrics)),
             "allow.min-rows": str(self.min_rows),
             "allow.differential-privacy": "required" if self.differential_privacy else "not required",
+            "allow.node-figures": "shown" if self.node_figures else "pooled figures only",
         }
         return [(name, values[name], meaning) for name, meaning in FIELDS.items()]
 
@@ -157,9 +160,10 @@ def parse_agreement(text: str, *, source: str = "<agreement>") -> Agreement:
     min_rows = allow.get("min-rows", 10)
     if not isinstance(min_rows, int) or isinstance(min_rows, bool) or min_rows < 1:
         raise LabError(f"{source}: allow.min-rows = {min_rows!r}; give a whole number of rows, 1 or more")
-    dp = allow.get("differential-privacy", False)
-    if not isinstance(dp, bool):
-        raise LabError(f"{source}: allow.differential-privacy = {dp!r}; give true or false")
+    dp, node_figures = allow.get("differential-privacy", False), allow.get("node-figures", False)
+    for key, value in (("differential-privacy", dp), ("node-figures", node_figures)):
+        if not isinstance(value, bool):
+            raise LabError(f"{source}: allow.{key} = {value!r}; give true or false")
     return Agreement(
         parties=tuple(_strings(head, "parties", source, ordered=True)),
         purpose=str(head.get("purpose", "")),
@@ -171,6 +175,7 @@ def parse_agreement(text: str, *, source: str = "<agreement>") -> Agreement:
         metrics=frozenset(_strings(allow, "metrics", source)),
         min_rows=min_rows,
         differential_privacy=dp,
+        node_figures=node_figures,
         source=source,
     )
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
 from lab.errors import LabError
+from lab.federate import federate
 from lab.governance_cli import agreement_app, app_app, coordinator_app, node_app
 from lab.inhouse_cli import (
     TrackingUri,
@@ -22,12 +21,12 @@ from lab.inhouse_cli import (
     env_app,
     evaluate,
     fmt,
-    lock_path,
     predict,
     spec_app,
     tracking_uri_for,
 )
 from lab.settings import PRIVATE_ENV, WORKSPACE, project_root
+from lab.spec import load_spec
 
 os.environ.update(PRIVATE_ENV)  # before MLflow or Flower is imported by any command
 
@@ -68,7 +67,6 @@ def demo(
     Each hospital gets a data-use agreement approving this task and this app (its FAB hash).
     """
     from lab.governance_cli import app_hash, demo_agreement
-    from lab.spec import load_spec
 
     data = project_root() / "data" / "heart-disease"
     spec = load_spec(data / "task.toml")
@@ -80,7 +78,7 @@ def demo(
         path.write_text(demo_agreement(spec.name, spec.sha256, fab_hash, spec.organisation(name)), encoding="utf-8")
         agreements[name] = path
     nodes = {name: data / file for name, file in DEMO_NODES.items()}
-    _federate(
+    final = federate(
         data / "task.toml",
         nodes,
         workspace=workspace,
@@ -89,6 +87,7 @@ def demo(
         agreements=agreements,
         secure=secure,
     )
+    _summary_table(final, spec.metrics)
 
 
 @app.command()
@@ -121,7 +120,7 @@ def run(
         "environment-policy": environment_policy,
     }
     settings.update(_parse_settings(setting or []))
-    _federate(
+    final = federate(
         spec,
         nodes,
         workspace=workspace,
@@ -130,6 +129,7 @@ def run(
         agreements=agreements,
         secure=secure,
     )
+    _summary_table(final, load_spec(spec).metrics)
 
 
 @app.command()
@@ -143,7 +143,7 @@ def check(
     """Pre-flight: ask every node, through the federation, to check its table against the spec."""
     nodes = _named_paths(node, "--node", "cleveland=data/cleveland.csv")
     agreements = _named_paths(agreement or [], "--agreement", "cleveland=cleveland-agreement.toml")
-    _federate(
+    final = federate(
         spec,
         nodes,
         workspace=workspace,
@@ -151,6 +151,56 @@ def check(
         tracking_uri=tracking_uri_for(workspace, tracking_uri),
         agreements=agreements,
     )
+    _preflight_table(final["preflight"])
+
+
+@app.command()
+def stats(
+    columns: Annotated[list[str], typer.Argument(help="Columns to summarise, e.g. age chol.")],
+    spec: Annotated[Path, typer.Option(help="The task spec (TOML).")],
+    node: Annotated[list[str], typer.Option(help="NAME=PATH of one node's table; repeat per node.")],
+    by: Annotated[str | None, typer.Option(help="Group every figure by this column.")] = None,
+    crosstab: Annotated[str | None, typer.Option(help="A,B: counts of two categorical columns.")] = None,
+    correlation: Annotated[bool, typer.Option("--correlation", help="Correlation matrix of the columns.")] = False,
+    bins: Annotated[
+        list[str] | None, typer.Option(help="COLUMN=LOW:HIGH:WIDTH histogram bins (default: from pooled mean and sd).")
+    ] = None,
+    min_count: Annotated[int, typer.Option(help="Smallest count a node releases (5 at least).")] = 5,
+    agreement: Annotated[list[str] | None, typer.Option(help="NAME=PATH of a node's data-use agreement.")] = None,
+    workspace: Workspace = Path(WORKSPACE.default),
+    tracking_uri: TrackingUri = "",
+) -> None:
+    """Federated analytics: counts, means, sds, quantiles, histograms, crosstabs and correlations
+    pooled over every node's table, small counts suppressed at each node."""
+    from lab.stats import federated_stats, parse_bins, stats_tables
+
+    pair = None
+    if crosstab:
+        a, sep, b = crosstab.partition(",")
+        if not sep or not a or not b:
+            raise LabError(f"--crosstab {crosstab!r} should be two columns, e.g. --crosstab cp,sex")
+        pair = (a.strip(), b.strip())
+    result = federated_stats(
+        spec,
+        dict(_named_paths(node, "--node", "cleveland=data/cleveland.csv")),
+        columns,
+        by=by,
+        crosstab=pair,
+        correlation=correlation,
+        bins=parse_bins(bins or []),
+        min_count=min_count,
+        agreements=dict(_named_paths(agreement or [], "--agreement", "cleveland=cleveland-agreement.toml")),
+        workspace=workspace,
+        tracking_uri=tracking_uri,
+    )
+    for table in stats_tables(result):
+        console.print(table)
+    for name, notes in sorted(result["notes"].items()):
+        console.print(f"  [yellow]{name} suppressed[/]: " + "; ".join(notes))
+    if result.get("node_figures"):
+        shown = ", ".join(result["node_figures"])
+        console.print(f"per-node figures allowed by agreement: {shown} (MLflow artifact analytics/nodes.json)")
+    console.print(f"recorded in MLflow run {result.get('mlflow_run_id', '?')}; wall time {result['seconds']:.0f} s")
 
 
 app.command()(predict)
@@ -207,105 +257,6 @@ def _parse_settings(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _federate(
-    spec_path: Path,
-    nodes: dict[str, Path],
-    *,
-    workspace: Path,
-    settings: dict[str, Any],
-    tracking_uri: str,
-    agreements: dict[str, Path] | None = None,
-    secure: bool = False,
-) -> None:
-    """Start the federation, run the task, print progress and the per-organisation table."""
-    from lab.launch import build_run_config, submit_run
-    from lab.runtime import LocalFederation, NodeSpec
-    from lab.spec import load_spec
-
-    spec = load_spec(spec_path)
-    for name, path in nodes.items():
-        if not path.is_file() and settings.get("mode") != "check":  # a pre-flight lets the node report it
-            raise LabError(f"node {name!r}: {str(path)!r} does not exist; give the path of its table")
-    run_config = build_run_config(
-        spec, settings, tracking_uri=tracking_uri, expected_nodes=len(nodes), lock=lock_path(), root=project_root()
-    )
-    rounds = int(settings.get("num-rounds", 5))
-    started = time.monotonic()
-    what = "pre-flight check" if settings.get("mode") == "check" else f"{rounds} rounds of {settings.get('strategy')}"
-    console.print(f"[bold]{spec.name}[/]: {len(nodes)} nodes, {what}; workspace {workspace}")
-    mlflow_runs: list[str] = []
-
-    def on_event(event: dict[str, Any]) -> None:
-        if event["event"] == "started" and event.get("mlflow_run_id"):
-            mlflow_runs.append(event["mlflow_run_id"])
-        _show(bar, task, event, rounds, spec.metrics[0])
-
-    try:
-        with (
-            LocalFederation(
-                workspace,
-                [NodeSpec(n, p, agreement=(agreements or {}).get(n)) for n, p in nodes.items()],
-                secure=secure,
-            ) as federation,
-            _progress() as bar,
-        ):
-            task = bar.add_task("preparing nodes", total=rounds)
-            outcome = submit_run(federation, app_dir=project_root(), run_config=run_config, on_event=on_event)
-    except BaseException as exc:
-        # The coordinator was stopped before it could close its MLflow run: close it here.
-        from lab.tracking import close_unfinished
-
-        for run_id in mlflow_runs:
-            close_unfinished(tracking_uri, run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
-    if settings.get("mode") == "check":
-        _preflight_table(outcome.final["preflight"])
-    else:
-        _summary_table(outcome.final, spec.metrics, time.monotonic() - started)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
-
-
-def _show(bar: Progress, task: Any, event: dict[str, Any], rounds: int, metric: str) -> None:
-    kind = event["event"]
-    if kind == "joined":
-        bar.console.print(
-            f"  [green]joined[/] {event['node']} ({event['organisation']}): "
-            f"{event['train_rows']} train / {event['test_rows']} test rows"
-        )
-    elif kind == "refused":
-        bar.console.print(f"  [red]refused[/] {event['reason']}")
-    elif kind == "warning":
-        bar.console.print(f"  [yellow]warning[/] {event['reason']}")
-    elif kind == "train":
-        # Nodes score the model they received, i.e. the previous round's global model.
-        value = (event.get("mean") or {}).get(metric)
-        shown = f", mean {metric} {fmt(value)} after round {event['round'] - 1}" if event["round"] > 1 else ""
-        bar.update(
-            task,
-            completed=event["round"],
-            description=f"round {event['round']}/{rounds}: {event['answered']}/{event['asked']} nodes answered{shown}",
-        )
-    elif kind == "evaluate":
-        value = (event.get("mean") or {}).get(metric)
-        bar.update(
-            task,
-            completed=event["round"],
-            description=f"final model: {event['answered']}/{event['asked']} nodes, mean {metric} {fmt(value)}",
-        )
-    for node, reason in (event.get("errors") or {}).items():
-        bar.console.print(f"  [red]{node}[/]: {reason}")
-
-
 def _preflight_table(nodes: dict[str, Any]) -> None:
     """One table: which node fails which column, and why."""
     table = RichTable(title="Pre-flight: every node's table against the task spec")
@@ -329,7 +280,7 @@ def _preflight_table(nodes: dict[str, Any]) -> None:
         raise typer.Exit(1)
 
 
-def _summary_table(final: dict[str, Any], metrics: tuple[str, ...], seconds: float) -> None:
+def _summary_table(final: dict[str, Any], metrics: tuple[str, ...]) -> None:
     shown: list[str] = [m for m in ("accuracy", "auc", "rmse", "r2") if m in metrics] or list(metrics[:2])
     table = RichTable(title="Federated model vs. each organisation's local-only model (own test split)")
     table.add_column("node")
@@ -347,7 +298,7 @@ def _summary_table(final: dict[str, Any], metrics: tuple[str, ...], seconds: flo
     console.print(table)
     if final.get("registered"):
         console.print(f"registered [bold]models:/{final['registered']}@champion[/] (version {final['version']})")
-    console.print(f"wall time {seconds:.0f} s")
+    console.print(f"wall time {final['seconds']:.0f} s")
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -212,8 +212,9 @@ sha256 = "{spec_sha256}"
 [allow]
 strategies = ["fedavg", "fedprox", "fedadam", "fedyogi"]
 apps = ["{fab_hash}"]
-outputs = ["model-updates", "metrics", "statistics", "catalog"]
+outputs = ["model-updates", "metrics", "statistics", "catalog", "analytics"]
 metrics = ["accuracy", "auc", "loss", "train-loss"]
 min-rows = 10
 differential-privacy = false
+node-figures = false
 '''

@@ -101,6 +101,10 @@ class Tracker:
         if self.enabled:
             mlflow.log_text(text, artifact_file)
 
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        if self.enabled:
+            mlflow.log_figure(figure, artifact_file)
+
     def log_model(
         self, predictor: Predictor, *, lock_text: str, provenance: dict[str, Any], register: bool
     ) -> LoggedModel | None:

@@ -1,0 +1,430 @@
+"""Federated analytics: each node summarises its own table, the coordinator pools the summaries.
+
+Nothing here sees a row it does not own. A node answers with sums and counts only, and every
+count under the minimum cell count is suppressed *at the node*, together with enough other cells
+that it cannot be recomputed by subtracting the released ones from a released total
+(``protect``). The coordinator pools what the nodes sent: counts add, and means, variances and
+correlations are computed from the pooled sums, so they equal those of the concatenated tables
+exactly whenever nothing was suppressed.
+
+Quantiles cannot be pooled exactly from sums; they are interpolated from the pooled histogram and
+labelled as such (their error is at most one bin width).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lab.data import Table
+from lab.errors import LabError
+from lab.spec import TaskSpec
+
+__all__ = [
+    "DEFAULT_MIN_COUNT",
+    "StatsRequest",
+    "default_edges",
+    "node_summary",
+    "pool",
+    "protect",
+    "stats_frame",
+]
+
+#: Fewest rows behind any released count, when no agreement asks for more.
+DEFAULT_MIN_COUNT = 5
+#: Quantiles reported for numeric columns.
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+#: Inner bins of a default histogram (plus two open-ended outer bins).
+DEFAULT_BINS = 10
+
+
+@dataclass(frozen=True)
+class StatsRequest:
+    """What the coordinator asks every node to summarise.
+
+    ``edges`` gives each numeric column's inner bin edges; values below the first edge and from
+    the last edge up fall into two open-ended outer bins, so no bin reveals an extreme value.
+    ``moments_only`` asks for counts, sums and sums of squares only (the first of two passes,
+    from which default edges are set).
+    """
+
+    columns: tuple[str, ...]
+    by: str | None = None
+    crosstab: tuple[str, str] | None = None
+    correlation: bool = False
+    edges: dict[str, list[float]] = field(default_factory=dict)
+    min_count: int = DEFAULT_MIN_COUNT
+    moments_only: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> StatsRequest:
+        raw = json.loads(text)
+        return cls(
+            columns=tuple(raw["columns"]),
+            by=raw.get("by"),
+            crosstab=(str(raw["crosstab"][0]), str(raw["crosstab"][1])) if raw.get("crosstab") else None,
+            correlation=bool(raw.get("correlation")),
+            edges={k: [float(e) for e in v] for k, v in raw.get("edges", {}).items()},
+            min_count=int(raw.get("min_count", DEFAULT_MIN_COUNT)),
+            moments_only=bool(raw.get("moments_only")),
+        )
+
+    def check(self, spec: TaskSpec) -> None:
+        """Raise LabError naming a column the spec does not have, or a bad edge list."""
+        known = [f.name for f in spec.features] + [spec.target.column]
+        wanted = list(self.columns) + ([self.by] if self.by else []) + list(self.crosstab or ())
+        for column in wanted:
+            if column not in known:
+                raise LabError(f"column {column!r} is not in task {spec.name!r}; choose from {known!r}")
+        if not self.columns and not self.crosstab:
+            raise LabError("name at least one column, e.g. `lab stats age chol --by sex`")
+        for column, edges in self.edges.items():
+            if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+                raise LabError(f"bins for {column!r} = {edges!r}; give increasing edges, e.g. {column}=30:80:10")
+        if self.min_count < DEFAULT_MIN_COUNT:
+            raise LabError(f"min-count {self.min_count} is below the floor of {DEFAULT_MIN_COUNT}")
+
+
+def stats_frame(table: Table, spec: TaskSpec) -> pd.DataFrame:
+    """The node's rows as analytics sees them: the spec's features and the (encoded) target."""
+    frame = table.features.copy()
+    if table.target is not None:
+        frame[spec.target.column] = table.target
+    return frame
+
+
+def _is_categorical(column: str, spec: TaskSpec) -> bool:
+    for feature in spec.features:
+        if feature.name == column:
+            return feature.type == "categorical"
+    return spec.target.column == column and spec.target.kind != "regression"
+
+
+def _levels(column: str, frame: pd.DataFrame, spec: TaskSpec) -> list[str]:
+    """A categorical column's levels: the spec's, so that every node reports the same cells."""
+    for feature in spec.features:
+        if feature.name == column and feature.levels:
+            return [_label(level) for level in feature.levels]
+    if column == spec.target.column and spec.target.kind == "binary":
+        return ["0", "1"]
+    if column == spec.target.column and spec.target.kind == "multiclass":
+        return [str(i) for i in range(len(spec.target.classes))]
+    return sorted({_label(v) for v in frame[column].dropna()}, key=_sort_key)
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _sort_key(label: str) -> tuple[int, float | str]:
+    try:
+        return (0, float(label))
+    except ValueError:
+        return (1, label)
+
+
+def _with_margins(cells: np.ndarray) -> np.ndarray:
+    """An R x C table with its row totals, column totals and grand total added: (R+1) x (C+1)."""
+    rows, cols = cells.shape
+    full = np.zeros((rows + 1, cols + 1))
+    full[:rows, :cols] = cells
+    full[:rows, cols] = cells.sum(axis=1)
+    full[rows, :cols] = cells.sum(axis=0)
+    full[rows, cols] = cells.sum()
+    return full
+
+
+def protect(cells: np.ndarray, min_count: int, *, margins: bool = True) -> np.ndarray:
+    """Which cells of a count table to suppress: a mask of the table *with its margins*.
+
+    ``cells`` is R x C. The returned mask is (R+1) x (C+1): row totals in the last column, column
+    totals in the last row, the grand total in the corner. A count from 1 to ``min_count - 1`` is
+    suppressed (primary; an empty cell describes nobody and is shown); then, while any row or
+    column (margin included) has exactly one suppressed cell, its smallest released non-empty cell
+    is suppressed too (complementary), so no suppressed count equals a released total minus
+    released cells. With ``margins=False`` (one
+    row, no column totals), only the row and its total are a constraint.
+    """
+    cells = np.atleast_2d(np.asarray(cells, dtype=float))
+    rows, cols = cells.shape
+    full = _with_margins(cells)
+    hidden = (full > 0) & (full < min_count)  # an empty cell describes nobody; 1 to min_count - 1 can
+    if not margins:
+        hidden[rows, :] = False  # no column totals are released: a single row
+    lines: list[tuple[int | slice, int | slice]] = [(i, slice(None)) for i in range(rows + (1 if margins else 0))]
+    if margins:
+        lines += [(slice(None), j) for j in range(cols + 1)]
+    changed = True
+    while changed:
+        changed = False
+        for line in lines:
+            mask = hidden[line]
+            if mask.sum() != 1 or mask.size <= 1:
+                continue
+            # The smallest released non-empty cell (an empty one only if there is no other).
+            candidates = np.where(mask, np.inf, np.where(full[line] > 0, full[line], np.inf))
+            if not np.isfinite(candidates).any():
+                candidates = np.where(mask, np.inf, full[line])
+            pick = int(np.argmin(candidates))
+            hidden[line][pick] = True  # a basic-indexing view: writes through
+            changed = True
+    if not margins:
+        hidden[rows, :] = True  # nothing of the absent margin row is released
+    return np.asarray(hidden)
+
+
+def _released(full: np.ndarray, hidden: np.ndarray) -> list[list[float | None]]:
+    return [[None if h else float(v) for v, h in zip(r, hr, strict=True)] for r, hr in zip(full, hidden, strict=True)]
+
+
+def _count_table(counts: np.ndarray, min_count: int, *, margins: bool = True) -> dict[str, Any]:
+    """Counts with margins, suppressed cells as None, and how many were suppressed."""
+    counts = np.atleast_2d(counts)
+    rows = counts.shape[0]
+    full = _with_margins(counts)
+    hidden = protect(counts, min_count, margins=margins)
+    kept = rows + (1 if margins else 0)  # without margins the column-total row is not released at all
+    primary = int(((full[:kept] > 0) & (full[:kept] < min_count)).sum())
+    return {"cells": _released(full, hidden), "suppressed": int(hidden[:kept].sum()), "primary": primary}
+
+
+def _bin_index(values: np.ndarray, edges: list[float]) -> np.ndarray:
+    """Bin of each value: 0 below the first edge, len(edges) from the last edge up."""
+    return np.searchsorted(np.asarray(edges), values, side="right")
+
+
+def node_summary(frame: pd.DataFrame, spec: TaskSpec, request: StatsRequest) -> dict[str, Any]:
+    """This node's summary for ``request``, small cells already suppressed.
+
+    For each column and each group of ``request.by`` (one group when None): the count, sum and
+    sum of squares (numeric), a histogram over the request's edges (numeric) or level counts
+    (categorical); then the crosstab and the correlation sums if asked. A group's sums are
+    released only with its count. ``notes`` says what was suppressed and why.
+    """
+    m = request.min_count
+    notes: list[str] = []
+    groups = _levels(request.by, frame, spec) if request.by else ["all"]
+    group_of = frame[request.by].map(_label_or_none) if request.by else None
+    out: dict[str, Any] = {"groups": groups, "columns": {}, "notes": notes}
+    for column in request.columns:
+        values = frame[column]
+        present = values.notna() & values.map(lambda v: v is not None)
+        categorical = _is_categorical(column, spec)
+        cats = _levels(column, frame, spec) if categorical else []
+        n_bins = len(request.edges.get(column, [])) + 1 if not categorical else len(cats)
+        counts = np.zeros((len(groups), n_bins))
+        sums = np.zeros(len(groups))
+        squares = np.zeros(len(groups))
+        for g, group in enumerate(groups):
+            rows = present if group_of is None else present & (group_of == group)
+            selected = values[rows]
+            if categorical:
+                labels = selected.map(_label)
+                counts[g] = [float((labels == c).sum()) for c in cats]
+            else:
+                x = selected.to_numpy(dtype=float)
+                sums[g], squares[g] = float(x.sum()), float((x**2).sum())
+                if column in request.edges:
+                    counts[g] = np.bincount(_bin_index(x, request.edges[column]), minlength=n_bins)[:n_bins]
+                else:
+                    counts[g, 0] = len(x)
+        # One count table per column (groups x bins or levels, with margins): the group sizes are
+        # its row totals, so hiding a small group and hiding a small cell follow the same rule.
+        table = _count_table(counts, m, margins=request.by is not None)
+        cells = table["cells"]
+        grand = cells[len(groups)][-1] if request.by else cells[0][-1]
+        sizes = [cells[g][-1] for g in range(len(groups))] + [grand]
+        entry: dict[str, Any] = {"kind": "categorical" if categorical else "numeric", "n": sizes}
+        if not categorical:
+            entry["sum"] = [None if sizes[g] is None else sums[g] for g in range(len(groups))]
+            entry["squares"] = [None if sizes[g] is None else squares[g] for g in range(len(groups))]
+            entry["total_sum"] = float(sums.sum()) if grand is not None else None
+            entry["total_squares"] = float(squares.sum()) if grand is not None else None
+        if categorical or (column in request.edges and not request.moments_only):
+            entry["counts"] = cells
+            entry["bins"] = cats if categorical else request.edges[column]
+        if table["suppressed"]:
+            notes.append(
+                f"{column}: {table['primary']} count(s) under {m} suppressed, and "
+                f"{table['suppressed'] - table['primary']} more so they cannot be recomputed from totals"
+            )
+        out["columns"][column] = entry
+    if request.crosstab and not request.moments_only:
+        a, b = request.crosstab
+        la, lb = _levels(a, frame, spec), _levels(b, frame, spec)
+        xa, xb = frame[a].map(_label_or_none), frame[b].map(_label_or_none)
+        cells = np.array([[float(((xa == i) & (xb == j)).sum()) for j in lb] for i in la])
+        table = _count_table(cells, m)
+        out["crosstab"] = {"rows": la, "columns": lb, "cells": table["cells"]}
+        if table["suppressed"]:
+            notes.append(f"crosstab {a} x {b}: {table['suppressed']} cell(s) suppressed ({table['primary']} under {m})")
+    if request.correlation and not request.moments_only:
+        numeric = [c for c in request.columns if not _is_categorical(c, spec)]
+        complete = frame[numeric].astype(float).dropna()
+        if len(complete) >= m and numeric:
+            x = complete.to_numpy()
+            out["correlation"] = {
+                "columns": numeric,
+                "n": len(x),
+                "sum": x.sum(axis=0).tolist(),
+                "products": (x.T @ x).tolist(),
+            }
+        else:
+            notes.append(f"correlation: {len(complete)} complete rows, under {m}; not released")
+    return out
+
+
+def _nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _label_or_none(value: Any) -> str | None:
+    return None if value is None or _nan(value) else _label(value)
+
+
+def default_edges(moments: dict[str, dict[str, float]], bins: int = DEFAULT_BINS) -> dict[str, list[float]]:
+    """Inner bin edges from pooled means and standard deviations: ``bins`` bins of a round width
+    spanning about mean +- 2.5 sd. They come from pooled figures, never from one person's value."""
+    edges: dict[str, list[float]] = {}
+    for column, m in moments.items():
+        mean, sd = m.get("mean"), m.get("sd")
+        if mean is None or sd is None or not math.isfinite(mean) or not math.isfinite(sd) or sd <= 0:
+            continue
+        width = _nice(5 * sd / bins)
+        start = math.floor((mean - 2.5 * sd) / width) * width
+        edges[column] = [round(start + i * width, 10) for i in range(bins + 1)]
+    return edges
+
+
+def _nice(x: float) -> float:
+    """1, 2, 2.5 or 5 times a power of ten, at least ``x``."""
+    power = 10.0 ** math.floor(math.log10(x))
+    for step in (1.0, 2.0, 2.5, 5.0):
+        if step * power >= x:
+            return step * power
+    return 10.0 * power
+
+
+def _add(cells: list[list[float | None]], into: np.ndarray, incomplete: np.ndarray) -> None:
+    for i, row in enumerate(cells):
+        for j, v in enumerate(row):
+            if v is None:
+                incomplete[i, j] = True
+            else:
+                into[i, j] += v
+
+
+def pool(replies: dict[str, dict[str, Any]], request: StatsRequest) -> dict[str, Any]:
+    """Federation-wide figures from the nodes' summaries.
+
+    Counts add; a pooled cell to which some node contributed a suppressed count is flagged
+    incomplete (its value is then a lower bound). Means and variances come from pooled sums over
+    the nodes that released them: the exact figures of the concatenated tables when no node
+    suppressed anything.
+    """
+    first = next(iter(replies.values()))
+    groups = first["groups"]
+    result: dict[str, Any] = {"groups": groups, "nodes": sorted(replies), "columns": {}}
+    for column in request.columns:
+        entries = [r["columns"][column] for r in replies.values()]
+        kind = entries[0]["kind"]
+        col: dict[str, Any] = {"kind": kind, "groups": {}}
+        for g, group in enumerate([*groups, "all"] if request.by else ["all"]):
+            index = g if group != "all" or not request.by else len(groups)
+            ns = [e["n"][index] for e in entries]
+            released = [i for i, n in enumerate(ns) if n is not None]
+            n = float(sum(ns[i] for i in released))
+            figures: dict[str, Any] = {"n": n, "nodes": len(released), "incomplete": len(released) < len(entries)}
+            if kind == "numeric":
+                if group == "all":
+                    s = sum(entries[i]["total_sum"] for i in released)
+                    q = sum(entries[i]["total_squares"] for i in released)
+                else:
+                    s = sum(entries[i]["sum"][index] for i in released)
+                    q = sum(entries[i]["squares"][index] for i in released)
+                figures["mean"] = s / n if n else None
+                figures["sd"] = math.sqrt(max(q - s * s / n, 0.0) / (n - 1)) if n > 1 else None
+            col["groups"][group] = figures
+        if "counts" in entries[0]:
+            shape = np.array(entries[0]["counts"], dtype=object).shape
+            total = np.zeros(shape)
+            incomplete = np.zeros(shape, dtype=bool)
+            for e in entries:
+                _add(e["counts"], total, incomplete)
+            col["bins"] = entries[0]["bins"]
+            col["counts"] = total.tolist()
+            col["incomplete"] = incomplete.tolist()
+            # Over all groups: the column totals, or the only row when there are no groups.
+            margin = total[-1] if request.by else total[0]
+            gaps = incomplete[-1] if request.by else incomplete[0]
+            col["histogram"] = margin[:-1].tolist()
+            col["histogram_incomplete"] = gaps[:-1].tolist()
+            if kind == "numeric":
+                col["quantiles"] = _quantiles(margin[:-1], gaps[:-1], col["bins"])
+        result["columns"][column] = col
+    crosstabs = [r["crosstab"] for r in replies.values() if "crosstab" in r]
+    if crosstabs:
+        shape = np.array(crosstabs[0]["cells"], dtype=object).shape
+        total, incomplete = np.zeros(shape), np.zeros(shape, dtype=bool)
+        for c in crosstabs:
+            _add(c["cells"], total, incomplete)
+        result["crosstab"] = {
+            "rows": crosstabs[0]["rows"],
+            "columns": crosstabs[0]["columns"],
+            "counts": total.tolist(),
+            "incomplete": incomplete.tolist(),
+        }
+    parts = [r["correlation"] for r in replies.values() if "correlation" in r]
+    if parts:
+        n = float(sum(p["n"] for p in parts))
+        s = np.sum([p["sum"] for p in parts], axis=0)
+        xx = np.sum([p["products"] for p in parts], axis=0)
+        cov = (xx - np.outer(s, s) / n) / (n - 1)
+        sd = np.sqrt(np.diag(cov))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = cov / np.outer(sd, sd)
+        result["correlation"] = {
+            "columns": parts[0]["columns"],
+            "n": n,
+            "nodes": len(parts),
+            "matrix": corr.tolist(),
+        }
+    return result
+
+
+def _quantiles(counts: np.ndarray, incomplete: np.ndarray, edges: list[float]) -> dict[str, Any]:
+    """Quantiles interpolated linearly inside the pooled histogram's bins.
+
+    Bin 0 is below ``edges[0]`` and the last bin from ``edges[-1]`` up; a quantile that falls in
+    an open-ended bin is reported as a bound. Approximate: the error is at most one bin width,
+    more when cells were suppressed (then ``incomplete`` is true).
+    """
+    total = counts.sum()
+    out: dict[str, Any] = {"approximate": True, "incomplete": bool(incomplete.any()), "values": {}}
+    if total <= 0:
+        return out
+    cumulative = np.cumsum(counts)
+    for q in QUANTILES:
+        target = q * total
+        b = int(np.searchsorted(cumulative, target, side="left"))
+        if b == 0:
+            value: float | str = f"< {edges[0]:g}"
+        elif b >= len(edges):
+            value = f">= {edges[-1]:g}"
+        else:
+            before = cumulative[b - 1]
+            inside = counts[b]
+            lo, hi = edges[b - 1], edges[b]
+            value = lo + (hi - lo) * ((target - before) / inside if inside else 0.0)
+        out["values"][f"q{int(q * 100):02d}"] = value
+    return out

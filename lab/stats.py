@@ -1,0 +1,154 @@
+"""Federated analytics for analysts: `lab stats` and the same from a notebook.
+
+>>> from lab.stats import federated_stats
+>>> result = federated_stats("data/heart-disease/task.toml", {"cleveland": "...", "va": "..."},
+...                          columns=["age", "chol"], by="sex")
+
+Each node answers from its own table with counts and sums only, small counts suppressed at the
+node; the coordinator pools them into federation-wide figures and records them in MLflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table as RichTable
+
+from federation.analytics import DEFAULT_MIN_COUNT, StatsRequest
+from lab.errors import LabError
+from lab.federate import federate
+from lab.inhouse_cli import fmt, tracking_uri_for
+from lab.settings import WORKSPACE
+from lab.spec import load_spec
+
+__all__ = ["federated_stats", "parse_bins", "stats_tables"]
+
+
+def parse_bins(items: list[str]) -> dict[str, list[float]]:
+    """``col=lo:hi:width`` (or ``col=e1,e2,e3``) into inner bin edges per column."""
+    edges: dict[str, list[float]] = {}
+    for item in items:
+        column, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            if ":" in value:
+                lo, hi, width = (float(v) for v in value.split(":"))
+                if width <= 0 or hi <= lo:
+                    raise ValueError
+                count = round((hi - lo) / width)
+                edges[column] = [lo + i * width for i in range(count + 1)]
+            else:
+                edges[column] = [float(v) for v in value.split(",")]
+        except ValueError:
+            raise LabError(
+                f"--bins {item!r}: give COLUMN=LOW:HIGH:WIDTH (e.g. age=30:80:10) or COLUMN=E1,E2,..."
+            ) from None
+    return edges
+
+
+def federated_stats(
+    spec: str | Path,
+    nodes: dict[str, str | Path],
+    columns: list[str],
+    *,
+    by: str | None = None,
+    crosstab: tuple[str, str] | None = None,
+    correlation: bool = False,
+    bins: dict[str, list[float]] | None = None,
+    min_count: int = DEFAULT_MIN_COUNT,
+    agreements: dict[str, str | Path] | None = None,
+    workspace: str | Path = WORKSPACE.default,
+    tracking_uri: str = "",
+) -> dict[str, Any]:
+    """Run one analytics query over a local federation, one node per entry of ``nodes``.
+
+    Returns the pooled figures (``stats``), what each node suppressed (``notes``), the figures of
+    nodes whose agreement lets them be shown (``node_figures``) and the MLflow run id. Means,
+    standard deviations and correlations equal those of the concatenated tables; quantiles are
+    interpolated from the pooled histogram (``approximate``).
+    """
+    spec_path = Path(spec)
+    request = StatsRequest(
+        columns=tuple(columns),
+        by=by,
+        crosstab=crosstab,
+        correlation=correlation,
+        edges=bins or {},
+        min_count=min_count,
+    )
+    request.check(load_spec(spec_path))  # a wrong column name fails here, before any process starts
+    return federate(
+        spec_path,
+        {name: Path(path) for name, path in nodes.items()},
+        workspace=Path(workspace),
+        settings={"mode": "stats", "stats-request": request.to_json(), "min-nodes": 1},
+        tracking_uri=tracking_uri_for(Path(workspace), tracking_uri),
+        agreements={name: Path(path) for name, path in (agreements or {}).items()},
+    )
+
+
+def _cell(value: float | None, incomplete: bool) -> str:
+    shown = fmt(value) if isinstance(value, float) and not float(value).is_integer() else str(int(value or 0))
+    return f"{shown}+" if incomplete else shown
+
+
+def stats_tables(result: dict[str, Any]) -> list[RichTable]:
+    """The pooled figures as tables: moments per column and group, histograms and level counts,
+    the crosstab and the correlation matrix. A ``+`` marks a pooled count that some node held
+    back a small count from (a lower bound)."""
+    stats = result["stats"]
+    tables: list[RichTable] = []
+    moments = RichTable(title=f"Pooled over {len(stats['nodes'])} nodes: {', '.join(stats['nodes'])}")
+    for header in ("column", "group", "n", "mean", "sd", "median (approx.)", "nodes"):
+        moments.add_column(header, justify="left" if header in ("column", "group") else "right")
+    for column, figures in stats["columns"].items():
+        median = figures.get("quantiles", {}).get("values", {}).get("q50")
+        median_text = "" if median is None else median if isinstance(median, str) else fmt(median)
+        for group, values in figures["groups"].items():
+            moments.add_row(
+                column,
+                group,
+                _cell(values["n"], values["incomplete"]),
+                fmt(values.get("mean")),
+                fmt(values.get("sd")),
+                median_text if group == "all" else "",
+                str(values["nodes"]),
+            )
+    tables.append(moments)
+    for column, figures in stats["columns"].items():
+        if "histogram" not in figures:
+            continue
+        edges = figures["bins"]
+        if figures["kind"] == "numeric":
+            labels = [f"< {edges[0]:g}"] + [f"{a:g} to {b:g}" for a, b in zip(edges, edges[1:], strict=False)]
+            labels.append(f">= {edges[-1]:g}")
+        else:
+            labels = [str(level) for level in edges]
+        table = RichTable(title=f"{column}: {'histogram' if figures['kind'] == 'numeric' else 'levels'}, all nodes")
+        table.add_column("bin" if figures["kind"] == "numeric" else "level")
+        table.add_column("rows", justify="right")
+        for label, count, gap in zip(labels, figures["histogram"], figures["histogram_incomplete"], strict=True):
+            table.add_row(label, _cell(count, gap))
+        tables.append(table)
+    if "crosstab" in stats:
+        cross = stats["crosstab"]
+        a, b = result["request"]["crosstab"]
+        table = RichTable(title=f"Crosstab {a} (rows) x {b} (columns), all nodes")
+        table.add_column(a)
+        for level in [*cross["columns"], "total"]:
+            table.add_column(str(level), justify="right")
+        for level, row, gaps in zip([*cross["rows"], "total"], cross["counts"], cross["incomplete"], strict=True):
+            table.add_row(str(level), *[_cell(v, g) for v, g in zip(row, gaps, strict=True)])
+        tables.append(table)
+    if "correlation" in stats:
+        corr = stats["correlation"]
+        table = RichTable(title=f"Correlation over {int(corr['n'])} complete rows, {corr['nodes']} nodes")
+        table.add_column("")
+        for column in corr["columns"]:
+            table.add_column(column, justify="right")
+        for column, row in zip(corr["columns"], corr["matrix"], strict=True):
+            table.add_row(column, *[fmt(v) for v in row])
+        tables.append(table)
+    return tables
