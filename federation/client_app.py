@@ -30,6 +30,7 @@ from flwr.clientapp import ClientApp
 from federation import keys
 from federation.analytics import DEFAULT_MIN_COUNT, StatsRequest, node_summary, stats_frame
 from federation.governance import governed, node_agreement
+from federation.privacy import DPPlan, Ledger, check_budget, plan_from_config
 from federation.provenance import check_environment, node_record
 from federation.records import arrays_of, config_of, number, numbers, text
 from federation.task import (
@@ -40,11 +41,13 @@ from federation.task import (
     node_seed,
     predictor_from,
     train_locally,
+    train_privately,
 )
+from lab.agreement import Refusal
 from lab.catalog import build_catalog, preflight
 from lab.data import load_table
 from lab.environment import EnvDiff, Environment
-from lab.errors import DataError
+from lab.errors import DataError, LabError
 from lab.preprocess import ColumnSums, Scaler, encode
 from lab.spec import TaskSpec, parse_spec
 
@@ -80,6 +83,44 @@ def _reply(msg: Message, spec: TaskSpec, name: str, env: Environment, data: Node
     return Message(RecordDict({**records, keys.NODE: node}), reply_to=msg)
 
 
+def _check_rows(context: Context, data: NodeData) -> int:
+    """The node's minimum count; a node with fewer training rows refuses to train."""
+    minimum = _min_count(context)
+    if len(data.train) < minimum:
+        raise Refusal(
+            "allow.min-rows",
+            f"{len(data.train)} training rows are fewer than the minimum of {minimum}: a model update "
+            "from so few rows can reveal them",
+        )
+    return minimum
+
+
+def _suppressed_metrics(data: NodeData, minimum: int) -> str:
+    if len(data.test) >= minimum:
+        return ""
+    return f"metrics on the test split withheld: {len(data.test)} rows, fewer than the minimum of {minimum}"
+
+
+def _ledger(context: Context, name: str) -> Ledger:
+    path = str(context.node_config.get(keys.PRIVACY_LEDGER, ""))
+    if not path:
+        raise DataError(
+            f"node {name!r} has no privacy ledger for a differentially private run; start the SuperNode "
+            "with --node-config 'privacy-ledger=\"/path/to/privacy.jsonl\"'"
+        )
+    return Ledger(path)
+
+
+def _private_plan(msg: Message, context: Context, config: ConfigRecord, data: NodeData) -> DPPlan | None:
+    """The node's DP plan for this run, checked against its agreement's epsilon budget."""
+    plan = plan_from_config(config, len(data.train))
+    if plan is not None:
+        agreement = node_agreement(context)
+        budget = agreement.epsilon_budget if agreement else None
+        check_budget(_ledger(context, data.name), budget, msg.metadata.run_id, plan)
+    return plan
+
+
 def _scaler(config: ConfigRecord) -> Scaler:
     return Scaler(np.asarray(numbers(config, keys.SCALER_MEAN)), np.asarray(numbers(config, keys.SCALER_STD)))
 
@@ -89,9 +130,13 @@ def _scaler(config: ConfigRecord) -> Scaler:
 def prepare(msg: Message, context: Context) -> Message:
     """Check the table, share column sums for scaling, and run the local-only baseline."""
     spec, config, name, env, drift, data = _inputs(msg, context)
+    minimum = _check_rows(context, data)
+    plan = _private_plan(msg, context, config, data)
     sums = ColumnSums.of(encode(data.train.features, spec))
     seed = node_seed(int(number(config, keys.SEED)), name, 0)
-    baseline = local_baseline(spec, data, epochs=int(number(config, keys.BASELINE_EPOCHS)), seed=seed)
+    baseline: dict[str, float] = {}
+    if len(data.test) >= minimum:  # metrics on fewer rows than the minimum do not leave
+        baseline = local_baseline(spec, data, epochs=int(number(config, keys.BASELINE_EPOCHS)), seed=seed)
     metrics = MetricRecord(
         {
             keys.NUM_EXAMPLES: len(data.train),
@@ -112,6 +157,12 @@ def prepare(msg: Message, context: Context) -> Message:
             keys.DROPPED_ROWS: data.dropped,
             keys.ENV_PINS: env.pins,
             keys.ENV_DRIFT: drift.summary(),
+            keys.SUPPRESSED: _suppressed_metrics(data, minimum),
+            **(
+                {keys.DP_PLANNED_EPSILON: plan.planned_epsilon, keys.DP_NOISE_USED: plan.noise_multiplier}
+                if plan
+                else {}
+            ),
         },
     )
     return Message(RecordDict({keys.METRICS: metrics, keys.NODE: node}), reply_to=msg)
@@ -122,20 +173,44 @@ def prepare(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's training rows."""
     spec, config, name, env, _, data = _inputs(msg, context)
+    minimum = _check_rows(context, data)
+    plan = _private_plan(msg, context, config, data)  # refuses a run over the budget, before training
     predictor = predictor_from(spec, _scaler(config), arrays_of(msg))
     metrics: dict[str, int | float] = {}
-    if config.get(keys.EVALUATE_FIRST, False):
+    if config.get(keys.EVALUATE_FIRST, False) and len(data.test) >= minimum:
         # One message per round: the global model is scored here instead of in an extra message.
         metrics = {keys.EVAL_PREFIX + k: v for k, v in evaluate(predictor, data.test).items()}
-    loss = train_locally(
-        predictor,
-        data.train,
-        steps=int(number(config, keys.LOCAL_STEPS)),
-        batch_size=int(number(config, keys.BATCH_SIZE)),
-        learning_rate=number(config, keys.LEARNING_RATE),
-        seed=node_seed(int(number(config, keys.SEED)), name, int(number(config, keys.SERVER_ROUND))),
-        proximal_mu=number(config, keys.PROXIMAL_MU) if keys.PROXIMAL_MU in config else 0.0,
-    )
+    server_round = int(number(config, keys.SERVER_ROUND))
+    seed = node_seed(int(number(config, keys.SEED)), name, server_round)
+    steps, batch_size = int(number(config, keys.LOCAL_STEPS)), int(number(config, keys.BATCH_SIZE))
+    learning_rate = number(config, keys.LEARNING_RATE)
+    if plan is None:
+        loss = train_locally(
+            predictor,
+            data.train,
+            steps=steps,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+            proximal_mu=number(config, keys.PROXIMAL_MU) if keys.PROXIMAL_MU in config else 0.0,
+        )
+    else:
+        loss, sample_rate = train_privately(
+            predictor,
+            data.train,
+            steps=steps,
+            noise_multiplier=plan.noise_multiplier,
+            clipping_norm=plan.clipping_norm,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+        )
+        if abs(sample_rate - plan.sample_rate) > 1e-12:
+            raise LabError(f"DP-SGD sampled at {sample_rate}, the ledger would record {plan.sample_rate}")
+        entry = _ledger(context, name).record(
+            run_id=msg.metadata.run_id, server_round=server_round, plan=plan, task=spec.name
+        )
+        metrics[keys.DP_EPSILON] = entry["epsilon"]
     return _reply(
         msg,
         spec,
@@ -154,7 +229,13 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_model(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this node's test rows."""
     spec, config, name, env, _, data = _inputs(msg, context)
+    minimum = _check_rows(context, data)
     predictor = predictor_from(spec, _scaler(config), arrays_of(msg))
+    if len(data.test) < minimum:  # neither the scores nor the small row count leave
+        metrics = MetricRecord()
+        withheld = {keys.SUPPRESSED: _suppressed_metrics(data, minimum)}
+        node = node_record(name, spec, env, data.train.fingerprint, len(data.train), withheld)
+        return Message(RecordDict({keys.METRICS: metrics, keys.NODE: node}), reply_to=msg)
     metrics = MetricRecord({**evaluate(predictor, data.test), keys.NUM_EXAMPLES: len(data.test)})
     return _reply(msg, spec, name, env, data, **{keys.METRICS: metrics})
 

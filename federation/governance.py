@@ -22,8 +22,9 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[Message, Context], Message]
 
-#: Metric keys that are not results computed on rows: the row count and the scaler's column sums.
-_NOT_METRICS = {keys.NUM_EXAMPLES, keys.COLUMN_COUNT, keys.COLUMN_SUM, keys.COLUMN_SQUARES}
+#: Metric keys checked by other clauses than allow.metrics: the row count (min-rows), the
+#: scaler's column sums (statistics) and the privacy spent (the node's own accounting).
+_NOT_METRICS = {keys.NUM_EXAMPLES, keys.COLUMN_COUNT, keys.COLUMN_SUM, keys.COLUMN_SQUARES, keys.DP_EPSILON}
 
 
 def governed(handler: Handler) -> Handler:
@@ -102,6 +103,8 @@ def _released(msg: Message, reply: Message, agreement: Agreement) -> Request:
             outputs.add("metrics")
         if keys.COLUMN_SUM in record:
             outputs.add("statistics")
+    if not outputs:  # nothing computed on rows leaves (scores withheld): no row count to check
+        rows = agreement.min_rows
     return Request(
         spec.name,
         spec.sha256,

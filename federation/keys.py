@@ -73,5 +73,16 @@ AUDIT_LOG = "audit-log"  # node_config: path of the node's audit log
 STRATEGY = "strategy"
 DIFFERENTIAL_PRIVACY = "differential-privacy"
 
+# Differential privacy: config sent to nodes, and what a node reports
+NUM_ROUNDS = "num-rounds"
+DP_NOISE_MULTIPLIER = "dp-noise-multiplier"
+DP_TARGET_EPSILON = "dp-target-epsilon"
+DP_CLIPPING_NORM = "dp-clipping-norm"
+DP_DELTA = "dp-delta"
+DP_EPSILON = "dp-epsilon"  # metric: epsilon this run has spent at the node so far (train reply)
+DP_PLANNED_EPSILON = "dp-planned-epsilon"  # NODE record of the prepare reply: the whole run's epsilon
+DP_NOISE_USED = "dp-noise-used"  # NODE record: the noise multiplier the node trains with
+PRIVACY_LEDGER = "privacy-ledger"  # node_config: path of the node's privacy ledger
+
 # Error code of a node's refusal (the reason says why)
 REFUSED = 4001

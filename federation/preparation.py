@@ -14,6 +14,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from federation import keys
+from federation.privacy import dp_config
 from federation.provenance import lock_config
 from federation.recorder import EventLog, Member
 from federation.records import config_of, error_reason, metrics_of, number, numbers, text
@@ -68,7 +69,7 @@ def prepare(
             keys.SEED: settings.seed,
             keys.BASELINE_EPOCHS: settings.baseline_epochs,
             keys.STRATEGY: settings.strategy,
-            keys.DIFFERENTIAL_PRIVACY: False,
+            **dp_config(settings),
             **(lock_config(guard.lock, guard.policy) if guard.lock else {}),
         }
     )
@@ -153,6 +154,15 @@ def _member(reply: Message) -> tuple[Member, ColumnSums]:
             if text(node, keys.ENV_DRIFT)
             else None
         ),
+        privacy={
+            name: number(node, key)
+            for name, key in (
+                ("dp_noise_multiplier", keys.DP_NOISE_USED),
+                ("dp_planned_epsilon", keys.DP_PLANNED_EPSILON),
+            )
+            if key in node
+        },
+        suppressed=str(node.get(keys.SUPPRESSED, "")),
     )
     sums = ColumnSums(
         *(np.asarray(numbers(metrics, k)) for k in (keys.COLUMN_COUNT, keys.COLUMN_SUM, keys.COLUMN_SQUARES))
@@ -172,6 +182,8 @@ def _record(members: dict[int, Member], refusals: dict[str, str], tracker: Track
         )
         if member.warning:
             events.emit("warning", node=member.name, reason=f"node {member.name!r}: {member.warning}")
+        if member.suppressed:
+            events.emit("warning", node=member.name, reason=f"node {member.name!r}: {member.suppressed}")
     for node, reason in refusals.items():
         logger.warning("%s", reason)
         events.emit("refused", node=node, reason=reason)
@@ -183,6 +195,7 @@ def _record(members: dict[int, Member], refusals: dict[str, str], tracker: Track
                 f"node.{m.name}.env_fingerprint": m.env_fingerprint,
                 f"node.{m.name}.data_sha256": m.data_fingerprint,
                 f"node.{m.name}.train_rows": m.train_rows,
+                **{f"node.{m.name}.{k}": v for k, v in m.privacy.items()},
             }
         )
     drifted = sorted(m.name for m in members.values() if m.warning)
@@ -196,6 +209,8 @@ def _record(members: dict[int, Member], refusals: dict[str, str], tracker: Track
             "train_rows": m.train_rows,
             "test_rows": m.test_rows,
             "warning": m.warning,
+            "suppressed": m.suppressed,
+            **m.privacy,
         }
         for m in members.values()
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from flwr.app import ConfigRecord
 
@@ -59,7 +60,7 @@ def node_record(
     env: Environment,
     data_fingerprint: str,
     rows: int,
-    extra: dict[str, str | int | list[str]] | None = None,
+    extra: Mapping[str, str | int | float | list[str]] | None = None,
 ) -> ConfigRecord:
     """The NODE record of a reply: who answered, and the fingerprints of what it used."""
     return ConfigRecord(

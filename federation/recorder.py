@@ -55,6 +55,9 @@ class Member:
     env_pins: list[str] | None = None
     warning: str | None = None
     final: dict[str, float] = field(default_factory=dict)
+    epsilon: float | None = None  # differential privacy spent at the node by this run so far
+    privacy: dict[str, float] = field(default_factory=dict)  # the node's DP plan (noise, planned epsilon)
+    suppressed: str = ""  # what the node withheld under its minimum count
 
 
 class Recorder:
@@ -79,8 +82,13 @@ class Recorder:
         good = [r for r in replies if not r.has_error()]
         metrics: dict[str, float] = {}
         for reply in good:
-            loss = number(metrics_of(reply), keys.TRAIN_LOSS)
-            metrics[f"node.{self.name_of(reply.metadata.src_node_id)}.train_loss"] = loss
+            record, name = metrics_of(reply), self.name_of(reply.metadata.src_node_id)
+            metrics[f"node.{name}.train_loss"] = number(record, keys.TRAIN_LOSS)
+            if keys.DP_EPSILON in record:  # the node's own accountant: this run's epsilon so far
+                metrics[f"node.{name}.epsilon"] = number(record, keys.DP_EPSILON)
+                member = self.members.get(reply.metadata.src_node_id)
+                if member is not None:
+                    member.epsilon = metrics[f"node.{name}.epsilon"]
         if good:
             metrics["train_loss"] = _weighted_mean(good, keys.TRAIN_LOSS)
         self.sink.log_metrics(metrics, step=server_round)

@@ -14,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from federation import keys
 from federation.analytics_run import federated_stats
 from federation.preparation import Guard, preflight, prepare
+from federation.privacy import dp_config
 from federation.recorder import EventLog, Member, Recorder
 from federation.settings import RunSettings
 from federation.strategies import make_strategy
@@ -80,14 +81,12 @@ def _run(
         keys.SCALER_MEAN: mean,
         keys.SCALER_STD: std,
         keys.STRATEGY: settings.strategy,
-        keys.DIFFERENTIAL_PRIVACY: False,
+        **dp_config(settings),
     }
     train_config = ConfigRecord(
         {
             **shared,
             keys.LEARNING_RATE: settings.learning_rate,
-            keys.LOCAL_STEPS: settings.local_steps,
-            keys.BATCH_SIZE: settings.batch_size,
             keys.SEED: settings.seed,
             keys.EVALUATE_FIRST: True,
         }
@@ -169,6 +168,7 @@ def _summary(members: dict[int, Member], spec: TaskSpec) -> dict[str, Any]:
             "test_rows": m.test_rows,
             "federated": m.final,
             "local_only": m.baseline,
+            "epsilon": m.epsilon,
         }
         for m in sorted(members.values(), key=lambda m: m.name)
     ]

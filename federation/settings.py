@@ -58,6 +58,16 @@ class RunSettings:
     code_version : str (default: "")
         The project's git commit, recorded with the run (`lab run` fills it in).
     register : bool (default: True)
+    dp_noise_multiplier : float (default: 0)
+        Differential privacy: each node trains with DP-SGD (Opacus) at this noise multiplier;
+        0 with ``dp_target_epsilon`` 0 trains without DP.
+    dp_target_epsilon : float (default: 0)
+        Instead of a noise multiplier: each node picks the least noise that keeps the whole run
+        within this epsilon at its own sampling rate.
+    dp_clipping_norm : float (default: 1.0)
+        Each record's gradient is clipped to this L2 norm.
+    dp_delta : float (default: 1e-5)
+        The delta at which each node's epsilon is reported and budgeted.
     """
 
     task_spec: str
@@ -83,6 +93,15 @@ class RunSettings:
     stats_request: str = ""
     code_version: str = ""
     register: bool = True
+    dp_noise_multiplier: float = 0.0
+    dp_target_epsilon: float = 0.0
+    dp_clipping_norm: float = 1.0
+    dp_delta: float = 1e-5
+
+    @property
+    def differential_privacy(self) -> bool:
+        """Whether nodes train with DP-SGD."""
+        return self.dp_noise_multiplier > 0 or self.dp_target_epsilon > 0
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
@@ -123,6 +142,21 @@ class RunSettings:
                 raise LabError(
                     f"run setting {name.replace('_', '-')} = {getattr(self, name)!r}; give a positive number"
                 )
+        self._check_privacy()
+
+    def _check_privacy(self) -> None:
+        for name in ("dp_noise_multiplier", "dp_target_epsilon"):
+            if getattr(self, name) < 0:
+                raise LabError(f"run setting {name.replace('_', '-')} = {getattr(self, name)!r}; give 0 (off) or more")
+        if self.dp_clipping_norm <= 0:
+            raise LabError(f"run setting dp-clipping-norm = {self.dp_clipping_norm!r}; give a positive norm")
+        if not 0 < self.dp_delta < 1:
+            raise LabError(f"run setting dp-delta = {self.dp_delta!r}; give a probability like 1e-5")
+        if self.differential_privacy and self.strategy == "fedprox":
+            raise LabError(
+                "run setting strategy = 'fedprox' with differential privacy: the proximal term is not "
+                "clipped per record; choose fedavg, fedadam or fedyogi"
+            )
 
     def as_params(self) -> dict[str, Any]:
         """The settings worth recording as MLflow params (not the spec text itself)."""

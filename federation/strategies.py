@@ -56,6 +56,13 @@ class _Reporting:
         kept, excluded = self._screen(list(replies))
         self._require_enough(server_round, kept, "training", excluded)
         self.observer.on_train(server_round, kept, len(self.participants), excluded)
+        # The observer has recorded every node's own metrics. Flower averages only metrics all
+        # replies share, and a node may withhold its scores (too few test rows) or add its
+        # epsilon: hand it the loss and the weight, which every train reply carries.
+        for reply in kept:
+            for record in reply.content.metric_records.values():
+                for key in [k for k in record if k not in (keys.NUM_EXAMPLES, keys.TRAIN_LOSS)]:
+                    del record[key]
         return super().aggregate_train(server_round, kept)  # type: ignore[misc, no-any-return]
 
     def _screen(self, replies: list[Message]) -> tuple[list[Message], dict[str, str]]:

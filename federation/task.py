@@ -24,6 +24,7 @@ __all__ = [
     "node_seed",
     "predictor_from",
     "train_locally",
+    "train_privately",
 ]
 
 
@@ -99,6 +100,62 @@ def train_locally(
         opt.step()
         losses.append(loss.item())
     return float(np.mean(losses)) if losses else float("nan")
+
+
+def train_privately(
+    predictor: Predictor,
+    table: Table,
+    *,
+    steps: int,
+    noise_multiplier: float,
+    clipping_norm: float,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+) -> tuple[float, float]:
+    """DP-SGD with Opacus: ``steps`` Poisson-sampled minibatches (rate ``1 / ceil(rows / batch_size)``),
+    each record's gradient clipped to ``clipping_norm``, Gaussian noise of ``noise_multiplier *
+    clipping_norm`` added to each step's sum. Returns (mean training loss, sampling rate used).
+
+    The parameters of ``predictor.model`` are updated in place.
+    """
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)  # Opacus draws its noise from torch's default generator
+    spec, model = predictor.spec, predictor.model
+    assert table.target is not None
+    x = predictor.inputs(table.features)
+    y = targets_tensor(table.target, spec)
+    criterion = loss_fn(spec)
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, generator=generator)
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    model.train()  # Opacus wraps only a model in training mode (scoring it first left it in eval)
+    engine = PrivacyEngine(accountant="rdp")
+    private_model, private_opt, private_loader = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=clipping_norm,
+        poisson_sampling=True,
+    )
+    private_model.train()
+    losses: list[float] = []
+    while len(losses) < steps:
+        for xb, yb in private_loader:
+            # A Poisson batch can be empty; the step still runs (and adds noise), as accounted.
+            private_opt.zero_grad()
+            loss = criterion(private_model(xb), yb)
+            loss.backward()
+            private_opt.step()
+            losses.append(loss.item() if len(xb) else float("nan"))
+            if len(losses) >= steps:
+                break
+    finite = [v for v in losses if not np.isnan(v)]
+    return (float(np.mean(finite)) if finite else float("nan")), float(private_loader.sample_rate)
 
 
 def evaluate(predictor: Predictor, table: Table) -> dict[str, float]:

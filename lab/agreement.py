@@ -33,6 +33,7 @@ FIELDS = {
     "allow.metrics": "metric names that may leave the node",
     "allow.min-rows": "fewest rows behind anything that leaves the node",
     "allow.differential-privacy": "whether training must use differential privacy",
+    "allow.epsilon-budget": "total differential-privacy epsilon all runs together may spend on the node's rows",
     "allow.node-figures": "whether the coordinator may show this node's own analytics figures, not only pooled ones",
 }
 
@@ -73,6 +74,7 @@ class Agreement:
     min_rows: int
     differential_privacy: bool
     node_figures: bool = False
+    epsilon_budget: float | None = None
     source: str = "<agreement>"
 
     def check_in_force(self, today: dt.date | None = None) -> None:
@@ -117,6 +119,7 @@ class Agreement:
             "allow.metrics": ", ".join(sorted(self.metrics)),
             "allow.min-rows": str(self.min_rows),
             "allow.differential-privacy": "required" if self.differential_privacy else "not required",
+            "allow.epsilon-budget": "total differential-privacy epsilon all runs together may spend on the node's rows",
             "allow.node-figures": "shown" if self.node_figures else "pooled figures only",
         }
         return [(name, values[name], meaning) for name, meaning in FIELDS.items()]
@@ -164,6 +167,9 @@ def parse_agreement(text: str, *, source: str = "<agreement>") -> Agreement:
     for key, value in (("differential-privacy", dp), ("node-figures", node_figures)):
         if not isinstance(value, bool):
             raise LabError(f"{source}: allow.{key} = {value!r}; give true or false")
+    budget = allow.get("epsilon-budget")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
+        raise LabError(f"{source}: allow.epsilon-budget = {budget!r}; give a positive number like 10.0, or omit it")
     return Agreement(
         parties=tuple(_strings(head, "parties", source, ordered=True)),
         purpose=str(head.get("purpose", "")),
@@ -176,6 +182,7 @@ def parse_agreement(text: str, *, source: str = "<agreement>") -> Agreement:
         min_rows=min_rows,
         differential_privacy=dp,
         node_figures=node_figures,
+        epsilon_budget=None if budget is None else float(budget),
         source=source,
     )
 

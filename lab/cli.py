@@ -288,13 +288,19 @@ def _summary_table(final: dict[str, Any], metrics: tuple[str, ...]) -> None:
     for metric in shown:
         table.add_column(f"{metric}\nfederated", justify="right")
         table.add_column(f"{metric}\nlocal-only", justify="right")
+    private = any(row.get("epsilon") is not None for row in final["nodes"])
+    if private:
+        table.add_column("epsilon\nspent", justify="right")
     for row in final["nodes"]:
         cells = [row["node"], str(row["test_rows"])]
         for metric in shown:
             cells += [fmt(row["federated"].get(metric)), fmt(row["local_only"].get(metric))]
+        if private:
+            cells.append(fmt(row.get("epsilon"), 2))
         table.add_row(*cells)
     mean = final["mean"]
-    table.add_row("[bold]mean[/]", "", *[fmt(mean.get(f"{k}.{m}")) for m in shown for k in ("federated", "local_only")])
+    means = [fmt(mean.get(f"{k}.{m}")) for m in shown for k in ("federated", "local_only")]
+    table.add_row("[bold]mean[/]", "", *means, *([""] if private else []))
     console.print(table)
     if final.get("registered"):
         console.print(f"registered [bold]models:/{final['registered']}@champion[/] (version {final['version']})")

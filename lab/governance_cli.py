@@ -159,6 +159,41 @@ def node_audit(
     console.print(table)
 
 
+@node_app.command("privacy")
+def node_privacy(
+    ledger: Annotated[Path, typer.Argument(help="The node's privacy ledger (nodes/NAME/privacy.jsonl).")],
+    agreement: Annotated[Path | None, typer.Option(help="The node's agreement, for its epsilon budget.")] = None,
+) -> None:
+    """Print a node's privacy ledger: the epsilon every run spent on its rows, and what remains."""
+    from federation.privacy import Ledger
+
+    if not ledger.is_file():
+        raise LabError(f"privacy ledger {str(ledger)!r} does not exist; a node writes it at nodes/NAME/privacy.jsonl")
+    runs = Ledger(ledger).runs()
+    table = RichTable(title=f"Differential privacy spent on this node's rows ({ledger})")
+    for column in ("run", "task", "last round at", "rounds", "noise", "sample rate", "steps/round", "delta", "epsilon"):
+        table.add_column(column, justify="left" if column in ("run", "task", "last round at") else "right")
+    for run_id, run in runs.items():
+        table.add_row(
+            str(run_id),
+            str(run["task"]),
+            str(run["time"]),
+            str(run["rounds"]),
+            f"{run['noise_multiplier']:.4g}",
+            f"{run['sample_rate']:.4g}",
+            str(run["steps"]),
+            f"{run['delta']:g}",
+            f"{run['epsilon']:.3f}",
+        )
+    console.print(table)
+    spent = sum(r["epsilon"] for r in runs.values())
+    line = f"epsilon spent: {spent:.3f} over {len(runs)} run(s) (runs add up: basic composition)"
+    if agreement is not None:
+        budget = load_agreement(agreement).epsilon_budget
+        line += "; no budget in the agreement" if budget is None else f"; budget {budget:g}, {budget - spent:.3f} left"
+    console.print(line)
+
+
 @node_app.command("catalog")
 def node_catalog(
     data: Annotated[Path, typer.Option(help="The node's table.")],

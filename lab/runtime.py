@@ -177,12 +177,15 @@ class LocalFederation:
         self.processes.clear()
 
     def _start_node(self, node: NodeSpec) -> None:
-        """A SuperNode with its own Flower home, audit log and, in front of every app it runs,
-        the lab's gate that admits only apps its agreement allows (lab.node_guard)."""
+        """A SuperNode with its own Flower home, audit log, privacy ledger and, in front of every
+        app it runs, the lab's gate that admits only apps its agreement allows (lab.node_guard)."""
         home = self.workspace / "nodes" / node.name
         home.mkdir(parents=True, exist_ok=True)
-        audit = home / "audit.jsonl"
-        config = f'node-name="{node.name}" data-path="{node.data_path.resolve()}" audit-log="{audit}"'
+        audit, ledger = home / "audit.jsonl", home / "privacy.jsonl"
+        config = (
+            f'node-name="{node.name}" data-path="{node.data_path.resolve()}" audit-log="{audit}" '
+            f'privacy-ledger="{ledger}"'
+        )
         env = {**self.env(home), **node.env, AUDIT_ENV: str(audit)}
         if node.agreement is not None:
             config += f' agreement="{node.agreement.resolve()}"'

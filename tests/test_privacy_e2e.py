@@ -1,0 +1,134 @@
+"""Differential privacy and disclosure control on the real runtime: every node's epsilon comes
+from its own accountant and ledger, a run over a node's budget is refused before training, and
+metrics on fewer rows than a node's minimum never leave it."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+
+from federation.privacy import Ledger, epsilon_for
+from lab.audit import AuditLog
+from lab.governance_cli import app_hash, demo_agreement
+
+from .conftest import HEART, ROOT, SILOS
+from .test_federation_e2e import run_lab
+
+pytestmark = pytest.mark.e2e
+
+NOISE, STEPS, ROUNDS, DELTA = 1.0, 20, 2, 1e-5
+ROWS = {"cleveland": 199, "switzerland": 30}  # training rows (the published split)
+
+
+@dataclass(frozen=True)
+class PrivateRun:
+    workspace: Path
+    agreements: dict[str, Path]
+    stdout: str
+    tracking_uri: str
+
+    def ledger(self, node: str) -> Ledger:
+        return Ledger(self.workspace / "nodes" / node / "privacy.jsonl")
+
+    def audit(self, node: str) -> AuditLog:
+        return AuditLog(self.workspace / "nodes" / node / "audit.jsonl")
+
+
+def _run(workspace: Path, agreements: dict[str, Path], *nodes: str, min_nodes: int = 2) -> Any:
+    args = ["run", "--spec", str(HEART / "task.toml"), "--rounds", str(ROUNDS), "--min-nodes", str(min_nodes)]
+    for node in nodes:
+        args += ["--node", f"{node}={SILOS[node]}", "--agreement", f"{node}={agreements[node]}"]
+    for setting in (f"dp-noise-multiplier={NOISE}", f"local-steps={STEPS}", "baseline-epochs=2", "register=false"):
+        args += ["--set", setting]
+    return run_lab(*args, workspace=workspace)
+
+
+@pytest.fixture(scope="module")
+def private_run(tmp_path_factory: pytest.TempPathFactory, heart_spec: Any) -> PrivateRun:
+    """Cleveland requires DP and has a budget of 1.5 runs; Hungary's budget is smaller than one
+    run; Switzerland keeps its minimum at 20 rows, more than its 16 test rows."""
+    tmp = tmp_path_factory.mktemp("private")
+    fab = app_hash(ROOT)
+    one_run = epsilon_for(NOISE, 1 / math.ceil(ROWS["cleveland"] / 4), STEPS * ROUNDS, DELTA)
+
+    def agreement(node: str, *replacements: tuple[str, str]) -> Path:
+        text = demo_agreement(heart_spec.name, heart_spec.sha256, fab, heart_spec.organisation(node))
+        for old, new in replacements:
+            assert old in text
+            text = text.replace(old, new)
+        path = tmp / f"{node}.toml"
+        path.write_text(text)
+        return path
+
+    agreements = {
+        "cleveland": agreement(
+            "cleveland",
+            ("differential-privacy = false", f"differential-privacy = true\nepsilon-budget = {1.5 * one_run:.4f}"),
+        ),
+        "hungary": agreement("hungary", ("differential-privacy = false", "epsilon-budget = 0.5")),
+        "switzerland": agreement("switzerland", ("min-rows = 10", "min-rows = 20")),
+    }
+    workspace = tmp / "workspace"
+    result = _run(workspace, agreements, "cleveland", "hungary", "switzerland")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return PrivateRun(workspace, agreements, result.stdout, f"sqlite:///{workspace / 'mlflow.db'}")
+
+
+def _mlflow_run(run: PrivateRun) -> Any:
+    client = MlflowClient(run.tracking_uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "heart-disease"]
+    (found,) = client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'")
+    return client, found
+
+
+def test_each_node_reports_the_epsilon_its_accountant_computes(private_run: PrivateRun) -> None:
+    client, run = _mlflow_run(private_run)
+    for node in ("cleveland", "switzerland"):
+        rate = 1 / math.ceil(ROWS[node] / 4)  # Opacus samples each record with this probability
+        history = client.get_metric_history(run.info.run_id, f"node.{node}.epsilon")
+        assert [m.step for m in history] == [1, 2]
+        for metric in history:
+            assert metric.value == pytest.approx(epsilon_for(NOISE, rate, STEPS * metric.step, DELTA), rel=1e-9)
+        entries = private_run.ledger(node).entries()
+        assert [e["round"] for e in entries] == [1, 2]
+        assert entries[-1]["epsilon"] == history[-1].value and entries[-1]["sample_rate"] == rate
+    planned = float(run.data.params["node.cleveland.dp_planned_epsilon"])  # told at prepare, before training
+    assert planned == pytest.approx(private_run.ledger("cleveland").spent(), rel=1e-9)
+
+
+def test_a_node_over_its_budget_refuses_before_training(private_run: PrivateRun) -> None:
+    assert "agreement clause allow.epsilon-budget" in private_run.stdout
+    (entry,) = private_run.audit("hungary").entries()
+    assert (entry["message_type"], entry["decision"]) == ("query.prepare", "refused")
+    assert entry["clause"] == "allow.epsilon-budget"
+    assert private_run.ledger("hungary").entries() == []  # it never trained
+
+
+def test_the_ledger_carries_over_and_refuses_a_second_run_over_budget(private_run: PrivateRun) -> None:
+    spent = private_run.ledger("cleveland").spent()
+    second = _run(private_run.workspace, private_run.agreements, "cleveland", min_nodes=1)
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert "allow.epsilon-budget" in second.stdout + second.stderr
+    assert f"earlier runs spent {spent:.3f}" in (second.stdout + second.stderr).replace("\n", " ")
+    assert private_run.ledger("cleveland").spent() == spent  # nothing was trained or recorded
+    client = MlflowClient(private_run.tracking_uri)
+    statuses = sorted(r.info.status for e in client.search_experiments() for r in client.search_runs([e.experiment_id]))
+    assert statuses == ["FAILED", "FINISHED"]
+
+
+def test_metrics_on_fewer_rows_than_the_minimum_stay_at_the_node(private_run: PrivateRun) -> None:
+    client, run = _mlflow_run(private_run)
+    metrics = run.data.metrics
+    assert "node.switzerland.train_loss" in metrics  # it trained: 30 training rows >= 20
+    assert not [k for k in metrics if k.startswith("node.switzerland.") and k.endswith(("accuracy", "auc"))]
+    assert "node.cleveland.accuracy" in metrics
+    fingerprints = json.loads(Path(client.download_artifacts(run.info.run_id, "nodes/fingerprints.json")).read_text())
+    assert "16 rows, fewer than the minimum of 20" in fingerprints["members"]["switzerland"]["suppressed"]
+    prepare = next(e for e in private_run.audit("switzerland").entries() if e["message_type"] == "query.prepare")
+    assert "withheld" in prepare["suppressed"]
