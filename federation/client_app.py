@@ -32,6 +32,7 @@ from federation.analytics import DEFAULT_MIN_COUNT, StatsRequest, node_summary, 
 from federation.governance import governed, node_agreement
 from federation.provenance import check_environment, node_record
 from federation.records import arrays_of, config_of, number, numbers, text
+from federation.secure_aggregation import node_mod
 from federation.task import (
     NodeData,
     evaluate,
@@ -117,7 +118,7 @@ def prepare(msg: Message, context: Context) -> Message:
     return Message(RecordDict({keys.METRICS: metrics, keys.NODE: node}), reply_to=msg)
 
 
-@app.train()
+@app.train(mods=[node_mod])  # SecAgg+ rounds only; plain rounds pass through
 @governed
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's training rows."""
