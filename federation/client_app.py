@@ -33,6 +33,7 @@ from federation.governance import governed, node_agreement
 from federation.privacy import DPPlan, Ledger, check_budget, plan_from_config
 from federation.provenance import check_environment, node_record
 from federation.records import arrays_of, config_of, number, numbers, text
+from federation.secure_aggregation import node_mod
 from federation.task import (
     NodeData,
     evaluate,
@@ -168,7 +169,7 @@ def prepare(msg: Message, context: Context) -> Message:
     return Message(RecordDict({keys.METRICS: metrics, keys.NODE: node}), reply_to=msg)
 
 
-@app.train()
+@app.train(mods=[node_mod])  # SecAgg+ rounds only; plain rounds pass through
 @governed
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's training rows."""

@@ -31,6 +31,8 @@ PROXIMAL_MU = "proximal-mu"
 SEED = "seed"
 BASELINE_EPOCHS = "baseline-epochs"
 EVALUATE_FIRST = "evaluate-first"  # evaluate the received model before training on it
+SECURE_AGGREGATION = "secure-aggregation"  # the round runs SecAgg+ (federation.secure_aggregation)
+ARRAY_NAMES = "array-names"  # SecAgg+ rounds: the model's parameter names, in order
 
 # Node identity keys (NODE record) and node_config keys
 NODE_NAME = "node-name"

@@ -16,6 +16,7 @@ from federation.analytics_run import federated_stats
 from federation.preparation import Guard, preflight, prepare
 from federation.privacy import dp_config
 from federation.recorder import EventLog, Member, Recorder
+from federation.secure_aggregation import run_secure_rounds
 from federation.settings import RunSettings
 from federation.strategies import make_strategy
 from federation.task import predictor_from
@@ -92,9 +93,12 @@ def _run(
         }
     )
     initial = ArrayRecord(build_model(spec, seed=settings.seed).state_dict())
-    result = strategy.start(
-        grid, initial, num_rounds=settings.num_rounds, timeout=settings.round_timeout, train_config=train_config
-    )
+    if settings.secure_aggregation:  # the same train config, through SecAgg+
+        result = run_secure_rounds(grid, initial, train_config, members, recorder, guard, settings, tracker)
+    else:
+        result = strategy.start(
+            grid, initial, num_rounds=settings.num_rounds, timeout=settings.round_timeout, train_config=train_config
+        )
     _evaluate_final(grid, result.arrays, ConfigRecord(shared), members, recorder, settings)
     if recorder.refusals:
         tracker.log_text(json.dumps(recorder.refusals, indent=2), "nodes/refusals-in-rounds.json")

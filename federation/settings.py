@@ -22,6 +22,9 @@ class RunSettings:
         The task spec's TOML text.
     strategy : str (default: "fedavg")
         One of ``fedavg``, ``fedprox``, ``fedadam``, ``fedyogi``.
+    secure_aggregation : bool (default: False)
+        Train with Flower's SecAgg+: the coordinator sees only the sum of the nodes' updates,
+        never one node's (federation.secure_aggregation). FedAvg only; needs 2 or more nodes.
     num_rounds : int (default: 5)
         Federated rounds.
     local_steps : int (default: 100)
@@ -72,6 +75,7 @@ class RunSettings:
 
     task_spec: str
     strategy: str = "fedavg"
+    secure_aggregation: bool = False
     num_rounds: int = 5
     local_steps: int = 100
     batch_size: int = 4
@@ -132,6 +136,11 @@ class RunSettings:
             raise LabError("run setting stats-request is empty; `lab stats` fills it in")
         if self.strategy not in STRATEGIES:
             raise LabError(f"run setting strategy = {self.strategy!r}; choose one of {list(STRATEGIES)!r}")
+        if self.secure_aggregation and (self.strategy != "fedavg" or self.min_nodes < 2):
+            raise LabError(
+                "run setting secure-aggregation = true needs strategy = 'fedavg' and min-nodes >= 2 (Flower's "
+                f"SecAgg+ runs on its legacy FedAvg); got strategy = {self.strategy!r}, min-nodes = {self.min_nodes}"
+            )
         if not self.task_spec.strip():
             raise LabError("run setting task-spec is empty; `lab run --spec FILE` fills it in")
         for name in ("num_rounds", "local_steps", "batch_size", "min_nodes"):

@@ -101,6 +101,9 @@ def run(
     strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedadam or fedyogi.")] = "fedavg",
     min_nodes: Annotated[int, typer.Option(help="Fail unless this many nodes take part.")] = 2,
     secure: Annotated[bool, typer.Option("--secure", help="TLS and node authentication on loopback.")] = False,
+    secure_aggregation: Annotated[
+        bool, typer.Option("--secure-aggregation", help="SecAgg+: the coordinator sees only the sum of the updates.")
+    ] = False,
     environment_policy: Annotated[
         str, typer.Option(help="strict: leave out nodes whose environment differs from the lock; warn: flag them.")
     ] = "strict",
@@ -118,6 +121,7 @@ def run(
         "strategy": strategy,
         "min-nodes": min_nodes,
         "environment-policy": environment_policy,
+        "secure-aggregation": secure_aggregation,
     }
     settings.update(_parse_settings(setting or []))
     final = federate(
