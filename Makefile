@@ -27,8 +27,8 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check lab federation tests
-	$(BIN)/ruff format --check lab federation tests
+	$(BIN)/ruff check lab federation tests benchmarks
+	$(BIN)/ruff format --check lab federation tests benchmarks
 	$(BIN)/mypy lab federation
 
 ui: setup

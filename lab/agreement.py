@@ -190,7 +190,8 @@ def parse_agreement(text: str, *, source: str = "<agreement>") -> Agreement:
 def _table(raw: dict[str, Any], key: str, source: str) -> dict[str, Any]:
     value = raw.get(key)
     if not isinstance(value, dict):
-        raise LabError(f"{source}: missing table [{key}]; see data/heart-disease/agreement.example.toml")
+        template = "`lab agreement template --spec task.toml --organisation NAME`"
+        raise LabError(f"{source}: missing table [{key}]; {template} prints a complete agreement")
     return value
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -91,6 +92,18 @@ def app_hash_command(
 ) -> None:
     """Print the FAB hash of the app a coordinator will send; put it in allow.apps to approve it."""
     print(app_hash(app_dir))
+
+
+@agreement_app.command("template")
+def agreement_template(
+    spec: Annotated[Path, typer.Option(help="The task spec the agreement covers.")],
+    organisation: Annotated[str, typer.Option(help="Your organisation's name.")],
+) -> None:
+    """Print a starting agreement covering this task and the app in this checkout (edit, then check)."""
+    from lab.spec import load_spec
+
+    task = load_spec(spec)
+    sys.stdout.write(demo_agreement(task.name, task.sha256, app_hash(), organisation))
 
 
 @agreement_app.command("check")
@@ -234,10 +247,10 @@ def demo_agreement(
 ) -> str:
     """An agreement approving one task and one app for a demo node (TOML text)."""
     expires = expires or dt.date.today() + dt.timedelta(days=365)
-    return f'''# Data-use agreement of {organisation} for the demo federation (written by `lab demo`).
+    return f'''# Data-use agreement of {organisation} (written by `lab demo` or `lab agreement template`).
 [agreement]
-parties = [{json.dumps(organisation)}, "Demo federation coordinator"]
-purpose = "Develop and evaluate a shared heart disease model without pooling patient records"
+parties = [{json.dumps(organisation)}, "Federation coordinator"]
+purpose = "Develop and evaluate a shared {spec_name} model without pooling records"
 expires = {expires.isoformat()}
 
 [[tasks]]
