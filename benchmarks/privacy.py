@@ -120,4 +120,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from lab.errors import LabError
+
+    try:
+        main()
+    except LabError as exc:
+        sys.exit(f"error: {exc}")

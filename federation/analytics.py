@@ -23,6 +23,7 @@ import pandas as pd
 
 from lab.data import Table
 from lab.errors import LabError
+from lab.preprocess import ColumnSums
 from lab.spec import TaskSpec
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "node_summary",
     "pool",
     "protect",
+    "protect_column_sums",
     "stats_frame",
 ]
 
@@ -50,7 +52,13 @@ class StatsRequest:
     ``edges`` gives each numeric column's inner bin edges; values below the first edge and from
     the last edge up fall into two open-ended outer bins, so no bin reveals an extreme value.
     ``moments_only`` asks for counts, sums and sums of squares only (the first of two passes,
-    from which default edges are set).
+    from which default edges are set). ``levels`` gives the groups of a numeric column used in
+    ``by`` or ``crosstab`` (categorical columns use the spec's levels): groups are never taken from
+    a node's data, where they could reveal one person's value.
+
+    Every figure of one reply is computed over the same rows: those with a value in every column
+    the request names (and, for ``by`` and ``crosstab`` columns, one of the levels). Figures over
+    different row sets could be subtracted from each other.
     """
 
     columns: tuple[str, ...]
@@ -60,6 +68,13 @@ class StatsRequest:
     edges: dict[str, list[float]] = field(default_factory=dict)
     min_count: int = DEFAULT_MIN_COUNT
     moments_only: bool = False
+    levels: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def used(self) -> list[str]:
+        """Every column the request names, each once."""
+        names = [*self.columns, *([self.by] if self.by else []), *(self.crosstab or ())]
+        return list(dict.fromkeys(names))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -75,6 +90,7 @@ class StatsRequest:
             edges={k: [float(e) for e in v] for k, v in raw.get("edges", {}).items()},
             min_count=int(raw.get("min_count", DEFAULT_MIN_COUNT)),
             moments_only=bool(raw.get("moments_only")),
+            levels={k: [str(v) for v in vs] for k, vs in raw.get("levels", {}).items()},
         )
 
     def check(self, spec: TaskSpec) -> None:
@@ -91,6 +107,14 @@ class StatsRequest:
                 raise LabError(f"bins for {column!r} = {edges!r}; give increasing edges, e.g. {column}=30:80:10")
         if self.min_count < DEFAULT_MIN_COUNT:
             raise LabError(f"min-count {self.min_count} is below the floor of {DEFAULT_MIN_COUNT}")
+        for column in [*([self.by] if self.by else []), *(self.crosstab or ())]:
+            if not _is_categorical(column, spec) and not self.levels.get(column):
+                raise LabError(
+                    f"column {column!r} is numeric in task {spec.name!r}: give its groups, e.g. --levels {column}=0,1 "
+                    "(groups are never read from a node's data)"
+                )
+        for column in set(self.edges) - set(self.columns):
+            raise LabError(f"--bins names {column!r}, which is not among the columns asked for {list(self.columns)!r}")
 
 
 def stats_frame(table: Table, spec: TaskSpec) -> pd.DataFrame:
@@ -108,8 +132,8 @@ def _is_categorical(column: str, spec: TaskSpec) -> bool:
     return spec.target.column == column and spec.target.kind != "regression"
 
 
-def _levels(column: str, frame: pd.DataFrame, spec: TaskSpec) -> list[str]:
-    """A categorical column's levels: the spec's, so that every node reports the same cells."""
+def _levels(column: str, spec: TaskSpec, given: dict[str, list[str]]) -> list[str]:
+    """A grouping column's levels: the spec's, or the request's; never a node's own values."""
     for feature in spec.features:
         if feature.name == column and feature.levels:
             return [_label(level) for level in feature.levels]
@@ -117,7 +141,9 @@ def _levels(column: str, frame: pd.DataFrame, spec: TaskSpec) -> list[str]:
         return ["0", "1"]
     if column == spec.target.column and spec.target.kind == "multiclass":
         return [str(i) for i in range(len(spec.target.classes))]
-    return sorted({_label(v) for v in frame[column].dropna()}, key=_sort_key)
+    if given.get(column):
+        return list(given[column])
+    raise LabError(f"column {column!r} has no levels in the spec; give them with --levels {column}=A,B")
 
 
 def _label(value: Any) -> str:
@@ -144,43 +170,118 @@ def _with_margins(cells: np.ndarray) -> np.ndarray:
     return full
 
 
-def protect(cells: np.ndarray, min_count: int, *, margins: bool = True) -> np.ndarray:
+def protect(cells: np.ndarray, min_count: int, *, margins: bool = True, public_total: bool = False) -> np.ndarray:
     """Which cells of a count table to suppress: a mask of the table *with its margins*.
 
     ``cells`` is R x C. The returned mask is (R+1) x (C+1): row totals in the last column, column
     totals in the last row, the grand total in the corner. A count from 1 to ``min_count - 1`` is
-    suppressed (primary; an empty cell describes nobody and is shown); then, while any row or
-    column (margin included) has exactly one suppressed cell, its smallest released non-empty cell
-    is suppressed too (complementary), so no suppressed count equals a released total minus
-    released cells. With ``margins=False`` (one
-    row, no column totals), only the row and its total are a constraint.
+    suppressed (primary; an empty cell describes nobody and is shown). Then complementary cells
+    are hidden until (a) every row and column (margins included) with a hidden cell has at least
+    two and, when its total is released, the hidden cells add up to ``min_count`` or more (their
+    sum is the total minus the released cells),
+    and (b) no hidden small count is determined by the released cells through the table's sums,
+    across any number of rows and columns (a rank test on the system of linear equations). Bounds
+    (a hidden count lies between 0 and a total) are not audited. With ``margins=False`` (one row,
+    no column totals released) only the row and its total are a constraint; ``public_total``
+    says that total is known anyway, so it is never chosen as a complementary cell.
     """
     cells = np.atleast_2d(np.asarray(cells, dtype=float))
     rows, cols = cells.shape
     full = _with_margins(cells)
-    hidden = (full > 0) & (full < min_count)  # an empty cell describes nobody; 1 to min_count - 1 can
+    small = (full > 0) & (full < min_count)
     if not margins:
-        hidden[rows, :] = False  # no column totals are released: a single row
-    lines: list[tuple[int | slice, int | slice]] = [(i, slice(None)) for i in range(rows + (1 if margins else 0))]
+        small[rows, :] = False  # the column-total row is not released at all
+    hidden = small.copy()
+    if public_total:
+        hidden[0, cols] = False
+    lines = _lines(rows, cols, margins)
+    fixed = {(0, cols)} if public_total else set()
+    while True:
+        _complete_lines(full, hidden, lines, min_count, fixed)
+        exposed = _determined(hidden, small, lines)
+        if exposed is None:
+            break
+        line = next(line for line in lines if exposed in line)
+        _hide_smallest(full, hidden, line, fixed)
+    if not margins:
+        hidden[rows, :] = True
+    return hidden
+
+
+Line = list[tuple[int, int]]  # positions in the table with margins; the line's total comes last
+
+
+def _lines(rows: int, cols: int, margins: bool) -> list[Line]:
+    """Every additive constraint of the table: cells of a row (or column) sum to its total."""
+    lines = [[(i, j) for j in range(cols + 1)] for i in range(rows + (1 if margins else 0))]
     if margins:
-        lines += [(slice(None), j) for j in range(cols + 1)]
+        lines += [[(i, j) for i in range(rows + 1)] for j in range(cols + 1)]
+    return lines
+
+
+def _hide_smallest(full: np.ndarray, hidden: np.ndarray, line: Line, fixed: set[tuple[int, int]]) -> bool:
+    """Hide the line's smallest released non-empty cell (an empty one if there is no other)."""
+    released = [p for p in line if not hidden[p] and p not in fixed]
+    if not released:
+        return False
+    non_empty = [p for p in released if full[p] > 0] or released
+    hidden[min(non_empty, key=lambda p: full[p])] = True
+    return True
+
+
+def _complete_lines(
+    full: np.ndarray, hidden: np.ndarray, lines: list[Line], min_count: int, fixed: set[tuple[int, int]]
+) -> None:
+    """Until stable: a line with hidden cells has two or more, adding up to ``min_count`` or more."""
     changed = True
     while changed:
         changed = False
         for line in lines:
-            mask = hidden[line]
-            if mask.sum() != 1 or mask.size <= 1:
+            count = sum(bool(hidden[p]) for p in line)
+            if count == 0:
                 continue
-            # The smallest released non-empty cell (an empty one only if there is no other).
-            candidates = np.where(mask, np.inf, np.where(full[line] > 0, full[line], np.inf))
-            if not np.isfinite(candidates).any():
-                candidates = np.where(mask, np.inf, full[line])
-            pick = int(np.argmin(candidates))
-            hidden[line][pick] = True  # a basic-indexing view: writes through
-            changed = True
-    if not margins:
-        hidden[rows, :] = True  # nothing of the absent margin row is released
-    return np.asarray(hidden)
+            # With the total released, the hidden cells' sum is the total minus the released ones.
+            exposed_sum = not hidden[line[-1]] and sum(full[p] for p in line[:-1] if hidden[p]) < min_count
+            if count == 1 or exposed_sum:
+                changed |= _hide_smallest(full, hidden, line, fixed)
+
+
+def _determined(hidden: np.ndarray, small: np.ndarray, lines: list[Line]) -> tuple[int, int] | None:
+    """A hidden small count whose value follows from the released ones, if there is one."""
+    unknowns = [(int(i), int(j)) for i, j in zip(*np.nonzero(hidden & _released_rows(hidden, lines)), strict=True)]
+    if not unknowns:
+        return None
+    index = {p: k for k, p in enumerate(unknowns)}
+    equations = []
+    for line in lines:
+        row = np.zeros(len(unknowns))
+        for p in line[:-1]:
+            if p in index:
+                row[index[p]] += 1.0
+        if line[-1] in index:
+            row[index[line[-1]]] -= 1.0
+        if row.any():
+            equations.append(row)
+    if not equations:
+        return None
+    system = np.array(equations)
+    rank = np.linalg.matrix_rank(system)
+    for p in unknowns:
+        if small[p]:
+            probe = np.zeros(len(unknowns))
+            probe[index[p]] = 1.0
+            if np.linalg.matrix_rank(np.vstack([system, probe])) == rank:
+                return p
+    return None
+
+
+def _released_rows(hidden: np.ndarray, lines: list[Line]) -> np.ndarray:
+    """Positions that take part in some constraint (all but an absent margin row)."""
+    used = np.zeros(hidden.shape, dtype=bool)
+    for line in lines:
+        for p in line:
+            used[p] = True
+    return used
 
 
 def _released(full: np.ndarray, hidden: np.ndarray) -> list[list[float | None]]:
@@ -213,14 +314,15 @@ def node_summary(frame: pd.DataFrame, spec: TaskSpec, request: StatsRequest) -> 
     """
     m = request.min_count
     notes: list[str] = []
-    groups = _levels(request.by, frame, spec) if request.by else ["all"]
+    frame = _common_rows(frame, spec, request)
+    groups = _levels(request.by, spec, request.levels) if request.by else ["all"]
     group_of = frame[request.by].map(_label_or_none) if request.by else None
     out: dict[str, Any] = {"groups": groups, "columns": {}, "notes": notes}
     for column in request.columns:
         values = frame[column]
-        present = values.notna() & values.map(lambda v: v is not None)
+        present = pd.Series(True, index=frame.index)
         categorical = _is_categorical(column, spec)
-        cats = _levels(column, frame, spec) if categorical else []
+        cats = _levels(column, spec, request.levels) if categorical else []
         n_bins = len(request.edges.get(column, [])) + 1 if not categorical else len(cats)
         counts = np.zeros((len(groups), n_bins))
         sums = np.zeros(len(groups))
@@ -261,7 +363,7 @@ def node_summary(frame: pd.DataFrame, spec: TaskSpec, request: StatsRequest) -> 
         out["columns"][column] = entry
     if request.crosstab and not request.moments_only:
         a, b = request.crosstab
-        la, lb = _levels(a, frame, spec), _levels(b, frame, spec)
+        la, lb = _levels(a, spec, request.levels), _levels(b, spec, request.levels)
         xa, xb = frame[a].map(_label_or_none), frame[b].map(_label_or_none)
         cells = np.array([[float(((xa == i) & (xb == j)).sum()) for j in lb] for i in la])
         table = _count_table(cells, m)
@@ -270,7 +372,7 @@ def node_summary(frame: pd.DataFrame, spec: TaskSpec, request: StatsRequest) -> 
             notes.append(f"crosstab {a} x {b}: {table['suppressed']} cell(s) suppressed ({table['primary']} under {m})")
     if request.correlation and not request.moments_only:
         numeric = [c for c in request.columns if not _is_categorical(c, spec)]
-        complete = frame[numeric].astype(float).dropna()
+        complete = frame[numeric].astype(float)  # the common rows: no value is missing
         if len(complete) >= m and numeric:
             x = complete.to_numpy()
             out["correlation"] = {
@@ -282,6 +384,17 @@ def node_summary(frame: pd.DataFrame, spec: TaskSpec, request: StatsRequest) -> 
         else:
             notes.append(f"correlation: {len(complete)} complete rows, under {m}; not released")
     return out
+
+
+def _common_rows(frame: pd.DataFrame, spec: TaskSpec, request: StatsRequest) -> pd.DataFrame:
+    """The rows every figure of the reply is computed over: a value in every named column, and
+    one of the levels in each grouping or crosstab column."""
+    keep = pd.Series(True, index=frame.index)
+    for column in request.used:
+        keep &= frame[column].map(lambda v: v is not None and not _nan(v))
+    for column in [*([request.by] if request.by else []), *(request.crosstab or ())]:
+        keep &= frame[column].map(_label_or_none).isin(_levels(column, spec, request.levels))
+    return frame[keep.to_numpy()]
 
 
 def _nan(value: Any) -> bool:
@@ -428,3 +541,31 @@ def _quantiles(counts: np.ndarray, incomplete: np.ndarray, edges: list[float]) -
             value = lo + (hi - lo) * ((target - before) / inside if inside else 0.0)
         out["values"][f"q{int(q * 100):02d}"] = value
     return out
+
+
+def protect_column_sums(sums: ColumnSums, spec: TaskSpec, rows: int, min_count: int) -> tuple[ColumnSums, list[str]]:
+    """The prepare reply's column sums with small counts held back.
+
+    The sums of an indicator column are a level's count, and a numeric column's count says how
+    many values are missing; with the row count known, each feature is a one-row count table
+    (levels, or present and missing). A column whose count ``protect`` hides is sent as zeros: the
+    node does not contribute to that column of the federated scaler.
+    """
+    count, total, squares = sums.count.copy(), sums.total.copy(), sums.squares.copy()
+    notes: list[str] = []
+    col = 0
+    for feature in spec.features:
+        if feature.type == "numeric":
+            width, cells = 1, np.array([count[col], rows - count[col]])
+        else:
+            kept = feature.levels[1:] if feature.drop_first else feature.levels
+            width = len(kept)
+            cells = np.array([*total[col : col + width], rows - total[col : col + width].sum()])
+        hidden = protect(cells.reshape(1, -1), min_count, margins=False, public_total=True)[0, :width]
+        if hidden.any():
+            for k in np.flatnonzero(hidden):
+                count[col + k] = total[col + k] = squares[col + k] = 0.0
+            held = int(hidden.sum())
+            notes.append(f"scaler sums of {feature.name!r}: {held} column(s) with a count under {min_count} held back")
+        col += width
+    return ColumnSums(count, total, squares), notes

@@ -40,7 +40,7 @@ def federated_stats(
     node_ids = wait_for_nodes(grid, max(settings.expected_nodes, settings.min_nodes), settings.node_wait_seconds)
     numeric = [c for c in request.columns if c not in request.edges and not _categorical(c, spec)]
     if numeric:
-        first = replace(request, columns=tuple(numeric), crosstab=None, correlation=False, moments_only=True)
+        first = replace(request, moments_only=True)  # the same rows as the second pass: nothing new leaves
         answers, _, _ = _ask(grid, node_ids, spec, first, settings)
         pooled = pool(answers, first) if answers else {"columns": {}}
         moments = {c: pooled["columns"][c]["groups"]["all"] for c in numeric if c in pooled["columns"]}

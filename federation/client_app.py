@@ -28,7 +28,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from federation import keys
-from federation.analytics import DEFAULT_MIN_COUNT, StatsRequest, node_summary, stats_frame
+from federation.analytics import (
+    DEFAULT_MIN_COUNT,
+    StatsRequest,
+    node_summary,
+    protect_column_sums,
+    stats_frame,
+)
 from federation.governance import governed, node_agreement
 from federation.privacy import DPPlan, Ledger, check_budget, plan_from_config
 from federation.provenance import check_environment, node_record
@@ -99,7 +105,7 @@ def _check_rows(context: Context, data: NodeData) -> int:
 def _suppressed_metrics(data: NodeData, minimum: int) -> str:
     if len(data.test) >= minimum:
         return ""
-    return f"metrics on the test split withheld: {len(data.test)} rows, fewer than the minimum of {minimum}"
+    return f"metrics on the test split withheld: it has fewer rows than the minimum of {minimum}"
 
 
 def _ledger(context: Context, name: str) -> Ledger:
@@ -133,10 +139,14 @@ def prepare(msg: Message, context: Context) -> Message:
     spec, config, name, env, drift, data = _inputs(msg, context)
     minimum = _check_rows(context, data)
     plan = _private_plan(msg, context, config, data)
-    sums = ColumnSums.of(encode(data.train.features, spec))
+    sums, held_back = protect_column_sums(
+        ColumnSums.of(encode(data.train.features, spec)), spec, len(data.train), minimum
+    )
     seed = node_seed(int(number(config, keys.SEED)), name, 0)
     baseline: dict[str, float] = {}
-    if len(data.test) >= minimum:  # metrics on fewer rows than the minimum do not leave
+    # Metrics on fewer rows than the minimum do not leave; in a DP run nothing trained without
+    # DP does either, so the local-only baseline is skipped.
+    if len(data.test) >= minimum and plan is None:
         baseline = local_baseline(spec, data, epochs=int(number(config, keys.BASELINE_EPOCHS)), seed=seed)
     metrics = MetricRecord(
         {
@@ -154,11 +164,20 @@ def prepare(msg: Message, context: Context) -> Message:
         data.train.fingerprint,
         len(data.train),
         {
-            keys.TEST_ROWS: len(data.test),
-            keys.DROPPED_ROWS: data.dropped,
+            # Counts under the minimum are sent as 0 (the note says they were held back).
+            keys.TEST_ROWS: len(data.test) if len(data.test) >= minimum else 0,
+            keys.DROPPED_ROWS: data.dropped if not 0 < data.dropped < minimum else 0,
             keys.ENV_PINS: env.pins,
             keys.ENV_DRIFT: drift.summary(),
-            keys.SUPPRESSED: _suppressed_metrics(data, minimum),
+            keys.SUPPRESSED: "; ".join(
+                n
+                for n in (
+                    _suppressed_metrics(data, minimum),
+                    *held_back,
+                    f"dropped rows under {minimum} held back" if 0 < data.dropped < minimum else "",
+                )
+                if n
+            ),
             **(
                 {keys.DP_PLANNED_EPSILON: plan.planned_epsilon, keys.DP_NOISE_USED: plan.noise_multiplier}
                 if plan
@@ -182,6 +201,8 @@ def train(msg: Message, context: Context) -> Message:
         # One message per round: the global model is scored here instead of in an extra message.
         metrics = {keys.EVAL_PREFIX + k: v for k, v in evaluate(predictor, data.test).items()}
     server_round = int(number(config, keys.SERVER_ROUND))
+    if plan is not None:
+        _ledger(context, name).check_round(msg.metadata.run_id, server_round, plan)
     seed = node_seed(int(number(config, keys.SEED)), name, server_round)
     steps, batch_size = int(number(config, keys.LOCAL_STEPS)), int(number(config, keys.BATCH_SIZE))
     learning_rate = number(config, keys.LEARNING_RATE)
@@ -204,7 +225,6 @@ def train(msg: Message, context: Context) -> Message:
             clipping_norm=plan.clipping_norm,
             batch_size=batch_size,
             learning_rate=learning_rate,
-            seed=seed,
         )
         if abs(sample_rate - plan.sample_rate) > 1e-12:
             raise LabError(f"DP-SGD sampled at {sample_rate}, the ledger would record {plan.sample_rate}")
@@ -220,7 +240,10 @@ def train(msg: Message, context: Context) -> Message:
         data,
         **{
             keys.ARRAYS: ArrayRecord(predictor.model.state_dict()),
-            keys.METRICS: MetricRecord({**metrics, keys.TRAIN_LOSS: loss, keys.NUM_EXAMPLES: len(data.train)}),
+            # In a DP run the loss on the training rows is not private: it stays at the node.
+            keys.METRICS: MetricRecord(
+                {**metrics, **({keys.TRAIN_LOSS: loss} if plan is None else {}), keys.NUM_EXAMPLES: len(data.train)}
+            ),
         },
     )
 
@@ -250,7 +273,7 @@ def catalog(msg: Message, context: Context) -> Message:
     name = _node_name(context)
     path = str(context.node_config.get(keys.DATA_PATH, ""))
     agreement = node_agreement(context)
-    min_rows = agreement.min_rows if agreement else 10
+    min_rows = max(DEFAULT_MIN_COUNT, agreement.min_rows if agreement else 10)
     described = build_catalog(path, spec, node=name, min_rows=min_rows) if Path(path).is_file() else {}
     node = ConfigRecord(
         {

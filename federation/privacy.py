@@ -136,6 +136,16 @@ class Ledger:
             fh.write(json.dumps(entry, sort_keys=True) + "\n")
         return entry
 
+    def check_round(self, run_id: int, server_round: int, plan: DPPlan) -> None:
+        """Refuse a round the run did not plan for, or one this node has already trained."""
+        if server_round > plan.rounds:
+            raise Refusal(
+                "allow.epsilon-budget",
+                f"round {server_round} is beyond the {plan.rounds} rounds the run's epsilon was checked for",
+            )
+        if any(int(e["run_id"]) == run_id and int(e["round"]) == server_round for e in self.entries()):
+            raise Refusal("allow.epsilon-budget", f"round {server_round} of run {run_id} was already trained here")
+
     def runs(self) -> dict[int, dict[str, Any]]:
         """Per run: the task, rounds trained, last round's entry fields and the epsilon spent."""
         runs: dict[int, dict[str, Any]] = {}

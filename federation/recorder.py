@@ -83,14 +83,15 @@ class Recorder:
         metrics: dict[str, float] = {}
         for reply in good:
             record, name = metrics_of(reply), self.name_of(reply.metadata.src_node_id)
-            metrics[f"node.{name}.train_loss"] = number(record, keys.TRAIN_LOSS)
+            if keys.TRAIN_LOSS in record:  # a node training with DP keeps its loss to itself
+                metrics[f"node.{name}.train_loss"] = number(record, keys.TRAIN_LOSS)
             if keys.DP_EPSILON in record:  # the node's own accountant: this run's epsilon so far
                 metrics[f"node.{name}.epsilon"] = number(record, keys.DP_EPSILON)
                 member = self.members.get(reply.metadata.src_node_id)
                 if member is not None:
                     member.epsilon = metrics[f"node.{name}.epsilon"]
-        if good:
-            metrics["train_loss"] = _weighted_mean(good, keys.TRAIN_LOSS)
+        if good and not math.isnan(loss := _weighted_mean(good, keys.TRAIN_LOSS)):
+            metrics["train_loss"] = loss
         self.sink.log_metrics(metrics, step=server_round)
         mean = self._log_scores(server_round - 1, good, prefix=keys.EVAL_PREFIX)
         self.events.emit(

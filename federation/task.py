@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 import zlib
 from dataclasses import dataclass
 
@@ -111,7 +113,6 @@ def train_privately(
     clipping_norm: float,
     batch_size: int,
     learning_rate: float,
-    seed: int,
 ) -> tuple[float, float]:
     """DP-SGD with Opacus: ``steps`` Poisson-sampled minibatches (rate ``1 / ceil(rows / batch_size)``),
     each record's gradient clipped to ``clipping_norm``, Gaussian noise of ``noise_multiplier *
@@ -123,17 +124,22 @@ def train_privately(
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.set_num_threads(1)
-    torch.manual_seed(seed)  # Opacus draws its noise from torch's default generator
     spec, model = predictor.spec, predictor.model
     assert table.target is not None
     x = predictor.inputs(table.features)
     y = targets_tensor(table.target, spec)
     criterion = loss_fn(spec)
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, generator=generator)
+    # The noise and the Poisson sampling must not be reproducible by anyone who knows the run's
+    # seed (the coordinator chose it): draw both from the operating system's entropy. Opacus'
+    # secure_mode would need torchcsprng, which these machines cannot install.
+    sampling = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+    noise = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, generator=sampling)
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
     model.train()  # Opacus wraps only a model in training mode (scoring it first left it in eval)
-    engine = PrivacyEngine(accountant="rdp")
+    with warnings.catch_warnings():  # about secure_mode, which is answered above
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant="rdp")
     private_model, private_opt, private_loader = engine.make_private(
         module=model,
         optimizer=optimizer,
@@ -141,6 +147,7 @@ def train_privately(
         noise_multiplier=noise_multiplier,
         max_grad_norm=clipping_norm,
         poisson_sampling=True,
+        noise_generator=noise,
     )
     private_model.train()
     losses: list[float] = []

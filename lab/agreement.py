@@ -33,7 +33,7 @@ FIELDS = {
     "allow.metrics": "metric names that may leave the node",
     "allow.min-rows": "fewest rows behind anything that leaves the node",
     "allow.differential-privacy": "whether training must use differential privacy",
-    "allow.epsilon-budget": "total differential-privacy epsilon all runs together may spend on the node's rows",
+    "allow.epsilon-budget": "total epsilon all runs together may spend on the node's rows (implies DP training)",
     "allow.node-figures": "whether the coordinator may show this node's own analytics figures, not only pooled ones",
 }
 
@@ -77,6 +77,11 @@ class Agreement:
     epsilon_budget: float | None = None
     source: str = "<agreement>"
 
+    @property
+    def requires_dp(self) -> bool:
+        """Training must be differentially private: required outright, or implied by a budget."""
+        return self.differential_privacy or self.epsilon_budget is not None
+
     def check_in_force(self, today: dt.date | None = None) -> None:
         """Refuse everything once the agreement has expired."""
         today = today or dt.date.today()
@@ -103,8 +108,10 @@ class Agreement:
             raise Refusal("allow.metrics", f"metric {metric!r} may not leave the node")
         if request.rows < self.min_rows:
             raise Refusal("allow.min-rows", f"{request.rows} rows are fewer than the minimum of {self.min_rows}")
-        if self.differential_privacy and not request.differential_privacy:
-            raise Refusal("allow.differential-privacy", "training must use differential privacy; this run does not")
+        training = request.strategy is not None  # analytics and catalogs are governed by allow.outputs
+        if training and self.requires_dp and not request.differential_privacy:
+            clause = "allow.differential-privacy" if self.differential_privacy else "allow.epsilon-budget"
+            raise Refusal(clause, "training must use differential privacy; this run does not")
 
     def explain(self) -> list[tuple[str, str, str]]:
         """(field, value, meaning) for every field, for `lab agreement check`."""
@@ -119,7 +126,7 @@ class Agreement:
             "allow.metrics": ", ".join(sorted(self.metrics)),
             "allow.min-rows": str(self.min_rows),
             "allow.differential-privacy": "required" if self.differential_privacy else "not required",
-            "allow.epsilon-budget": "total differential-privacy epsilon all runs together may spend on the node's rows",
+            "allow.epsilon-budget": "none" if self.epsilon_budget is None else f"{self.epsilon_budget:g}",
             "allow.node-figures": "shown" if self.node_figures else "pooled figures only",
         }
         return [(name, values[name], meaning) for name, meaning in FIELDS.items()]

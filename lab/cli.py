@@ -169,6 +169,9 @@ def stats(
     bins: Annotated[
         list[str] | None, typer.Option(help="COLUMN=LOW:HIGH:WIDTH histogram bins (default: from pooled mean and sd).")
     ] = None,
+    levels: Annotated[
+        list[str] | None, typer.Option(help="COLUMN=A,B: groups of a numeric --by or --crosstab column, e.g. sex=0,1.")
+    ] = None,
     min_count: Annotated[int, typer.Option(help="Smallest count a node releases (5 at least).")] = 5,
     agreement: Annotated[list[str] | None, typer.Option(help="NAME=PATH of a node's data-use agreement.")] = None,
     workspace: Workspace = Path(WORKSPACE.default),
@@ -176,7 +179,7 @@ def stats(
 ) -> None:
     """Federated analytics: counts, means, sds, quantiles, histograms, crosstabs and correlations
     pooled over every node's table, small counts suppressed at each node."""
-    from lab.stats import federated_stats, parse_bins, stats_tables
+    from lab.stats import federated_stats, parse_bins, parse_levels, stats_tables
 
     pair = None
     if crosstab:
@@ -192,6 +195,7 @@ def stats(
         crosstab=pair,
         correlation=correlation,
         bins=parse_bins(bins or []),
+        levels=parse_levels(levels or []),
         min_count=min_count,
         agreements=dict(_named_paths(agreement or [], "--agreement", "cleveland=cleveland-agreement.toml")),
         workspace=workspace,

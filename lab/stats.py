@@ -2,7 +2,7 @@
 
 >>> from lab.stats import federated_stats
 >>> result = federated_stats("data/heart-disease/task.toml", {"cleveland": "...", "va": "..."},
-...                          columns=["age", "chol"], by="sex")
+...                          columns=["age", "chol"], by="sex", levels={"sex": ["0", "1"]})
 
 Each node answers from its own table with counts and sums only, small counts suppressed at the
 node; the coordinator pools them into federation-wide figures and records them in MLflow.
@@ -22,7 +22,19 @@ from lab.inhouse_cli import fmt, tracking_uri_for
 from lab.settings import WORKSPACE
 from lab.spec import load_spec
 
-__all__ = ["federated_stats", "parse_bins", "stats_tables"]
+__all__ = ["federated_stats", "parse_bins", "parse_levels", "stats_tables"]
+
+
+def parse_levels(items: list[str]) -> dict[str, list[str]]:
+    """``col=a,b,c`` into the groups of a numeric column used in --by or --crosstab."""
+    levels: dict[str, list[str]] = {}
+    for item in items:
+        column, sep, value = item.partition("=")
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        if not sep or not column or not names:
+            raise LabError(f"--levels {item!r}: give COLUMN=LEVEL,LEVEL,..., e.g. --levels sex=0,1")
+        levels[column.strip()] = names
+    return levels
 
 
 def parse_bins(items: list[str]) -> dict[str, list[float]]:
@@ -57,6 +69,7 @@ def federated_stats(
     crosstab: tuple[str, str] | None = None,
     correlation: bool = False,
     bins: dict[str, list[float]] | None = None,
+    levels: dict[str, list[str]] | None = None,
     min_count: int = DEFAULT_MIN_COUNT,
     agreements: dict[str, str | Path] | None = None,
     workspace: str | Path = WORKSPACE.default,
@@ -77,6 +90,7 @@ def federated_stats(
         correlation=correlation,
         edges=bins or {},
         min_count=min_count,
+        levels=levels or {},
     )
     request.check(load_spec(spec_path))  # a wrong column name fails here, before any process starts
     return federate(

@@ -127,3 +127,14 @@ def test_audit_chain_detects_a_removed_and_a_reordered_entry(tmp_path: Path) -> 
     assert [p.line for p in log.verify()] == [2]
     log.path.write_text("\n".join([lines[0], lines[2], lines[1], lines[3]]) + "\n")
     assert {p.line for p in log.verify()} == {2, 3, 4}
+
+
+def test_an_epsilon_budget_implies_private_training_but_not_for_analytics(heart_spec: TaskSpec) -> None:
+    agreement = parse_agreement(agreement_text(heart_spec).replace("node-figures = false", "epsilon-budget = 4.0"))
+    assert agreement.epsilon_budget == 4.0 and agreement.requires_dp
+    with pytest.raises(Refusal, match="must use differential privacy") as info:
+        agreement.check(request(heart_spec), today=dt.date(2029, 1, 1))
+    assert info.value.clause == "allow.epsilon-budget"
+    agreement.check(request(heart_spec, differential_privacy=True), today=dt.date(2029, 1, 1))
+    analytics = request(heart_spec, strategy=None, outputs=frozenset({"analytics"}), metrics=frozenset())
+    agreement.check(analytics, today=dt.date(2029, 1, 1))  # queries are governed by allow.outputs

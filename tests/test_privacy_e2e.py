@@ -136,10 +136,12 @@ def test_the_ledger_carries_over_so_the_same_run_again_is_over_budget(private_ru
 def test_metrics_on_fewer_rows_than_the_minimum_stay_at_the_node(private_run: PrivateRun) -> None:
     client, run = _mlflow_run(private_run)
     metrics = run.data.metrics
-    assert "node.switzerland.train_loss" in metrics  # it trained: 30 training rows >= 20
+    assert "node.switzerland.epsilon" in metrics  # it trained: 30 training rows >= 20
+    assert not [k for k in metrics if k.endswith("train_loss")]  # a loss on training rows is not private
     assert not [k for k in metrics if k.startswith("node.switzerland.") and k.endswith(("accuracy", "auc"))]
     assert "node.cleveland.accuracy" in metrics
     fingerprints = json.loads(Path(client.download_artifacts(run.info.run_id, "nodes/fingerprints.json")).read_text())
-    assert "16 rows, fewer than the minimum of 20" in fingerprints["members"]["switzerland"]["suppressed"]
+    swiss = fingerprints["members"]["switzerland"]
+    assert "fewer rows than the minimum of 20" in swiss["suppressed"] and swiss["test_rows"] == 0
     prepare = next(e for e in private_run.audit("switzerland").entries() if e["message_type"] == "query.prepare")
     assert "withheld" in prepare["suppressed"]
