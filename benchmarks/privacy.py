@@ -102,17 +102,14 @@ def main() -> None:
         "",
         "| target epsilon | largest epsilon a node spent | mean accuracy | mean AUC | "
         + " | ".join(f"{n} acc." for n in DEMO_NODES)
-        + " | wall time (s) |",
-        "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in DEMO_NODES) + " | ---: |",
+        + " |",
+        "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in DEMO_NODES) + " |",
     ]
     for row in rows:
         target = "no DP" if row["epsilon_target"] is None else f"{row['epsilon_target']:g}"
         spent = "" if row["max_epsilon"] is None else f"{row['max_epsilon']:.2f}"
         per_node = " | ".join(f"{row['per_node_accuracy'].get(n) or float('nan'):.3f}" for n in DEMO_NODES)
-        lines.append(
-            f"| {target} | {spent} | {row['mean_accuracy']:.3f} | {row['mean_auc']:.3f} | {per_node} | "
-            f"{row['seconds']:.0f} |"
-        )
+        lines.append(f"| {target} | {spent} | {row['mean_accuracy']:.3f} | {row['mean_auc']:.3f} | {per_node} |")
     lines.append("")
     lines.append(f"Local-only models (no DP, each node alone): mean accuracy {rows[0]['local_only_accuracy']:.3f}.")
     (args.out / "privacy.md").write_text("\n".join(lines) + "\n")

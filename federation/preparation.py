@@ -98,6 +98,12 @@ def prepare(
         refusals[f"node-{missing}"] = f"node-{missing}: no reply within {settings.round_timeout:.0f} s"
     _record(members, refusals, tracker, events)
     if len(members) < settings.min_nodes:
+        wanted = max(settings.expected_nodes, settings.min_nodes)
+        if len(node_ids) < wanted:
+            refusals["connected"] = (
+                f"only {len(node_ids)} of {wanted} node(s) connected within node-wait-seconds = "
+                f"{settings.node_wait_seconds:.0f}; check the nodes' logs"
+            )
         detail = "; ".join(refusals.values()) or "no node answered"
         raise RunFailedError(
             f"{len(members)} node(s) accepted the task, fewer than min-nodes = {settings.min_nodes}: {detail}"

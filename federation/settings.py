@@ -41,7 +41,8 @@ class RunSettings:
         Fewest nodes whose replies are aggregated; fewer and the run fails.
     expected_nodes : int (default: 0)
         Nodes to wait for before starting (0: ``min_nodes``).
-    node_wait_seconds : float (default: 60)
+    node_wait_seconds : float (default: 180)
+        Longest wait for the expected nodes to connect; the run starts as soon as they have.
     baseline_epochs : int (default: 50)
     tracking_uri, experiment, events_file : str (default: "")
         Where the coordinator records the run, and where it writes progress events.
@@ -85,7 +86,7 @@ class RunSettings:
     seed: int = 42
     min_nodes: int = 2
     expected_nodes: int = 0
-    node_wait_seconds: float = 60.0
+    node_wait_seconds: float = 180.0
     baseline_epochs: int = 50
     tracking_uri: str = ""
     experiment: str = ""

@@ -124,7 +124,7 @@ def test_run_records_every_nodes_environment_data_and_code_fingerprints(strict: 
 def test_warn_aggregates_the_drifted_node_and_flags_the_run(tmp_path: Path, overlay: Path) -> None:
     warn = federate(tmp_path / "workspace", overlay, **{"environment-policy": "warn"})
     assert [n["node"] for n in warn.final["nodes"]] == ["cleveland", "hungary", "va"]
-    warnings = [e["reason"] for e in warn.events if e["event"] == "warning"]
+    warnings = [e["reason"] for e in warn.events if e["event"] == "warning" and "environment" in e["reason"]]
     assert len(warnings) == 1 and "'va'" in warnings[0] and DRIFT in warnings[0]
     run = warn.run()
     assert run.data.tags["lab.environment_drift"] == "va"
