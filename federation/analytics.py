@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from lab.data import Table
+from lab.disclosure import protect, with_margins
 from lab.errors import LabError
 from lab.preprocess import ColumnSums
 from lab.spec import TaskSpec
@@ -159,131 +160,6 @@ def _sort_key(label: str) -> tuple[int, float | str]:
         return (1, label)
 
 
-def _with_margins(cells: np.ndarray) -> np.ndarray:
-    """An R x C table with its row totals, column totals and grand total added: (R+1) x (C+1)."""
-    rows, cols = cells.shape
-    full = np.zeros((rows + 1, cols + 1))
-    full[:rows, :cols] = cells
-    full[:rows, cols] = cells.sum(axis=1)
-    full[rows, :cols] = cells.sum(axis=0)
-    full[rows, cols] = cells.sum()
-    return full
-
-
-def protect(cells: np.ndarray, min_count: int, *, margins: bool = True, public_total: bool = False) -> np.ndarray:
-    """Which cells of a count table to suppress: a mask of the table *with its margins*.
-
-    ``cells`` is R x C. The returned mask is (R+1) x (C+1): row totals in the last column, column
-    totals in the last row, the grand total in the corner. A count from 1 to ``min_count - 1`` is
-    suppressed (primary; an empty cell describes nobody and is shown). Then complementary cells
-    are hidden until (a) every row and column (margins included) with a hidden cell has at least
-    two and, when its total is released, the hidden cells add up to ``min_count`` or more (their
-    sum is the total minus the released cells),
-    and (b) no hidden small count is determined by the released cells through the table's sums,
-    across any number of rows and columns (a rank test on the system of linear equations). Bounds
-    (a hidden count lies between 0 and a total) are not audited. With ``margins=False`` (one row,
-    no column totals released) only the row and its total are a constraint; ``public_total``
-    says that total is known anyway, so it is never chosen as a complementary cell.
-    """
-    cells = np.atleast_2d(np.asarray(cells, dtype=float))
-    rows, cols = cells.shape
-    full = _with_margins(cells)
-    small = (full > 0) & (full < min_count)
-    if not margins:
-        small[rows, :] = False  # the column-total row is not released at all
-    hidden = small.copy()
-    if public_total:
-        hidden[0, cols] = False
-    lines = _lines(rows, cols, margins)
-    fixed = {(0, cols)} if public_total else set()
-    while True:
-        _complete_lines(full, hidden, lines, min_count, fixed)
-        exposed = _determined(hidden, small, lines)
-        if exposed is None:
-            break
-        line = next(line for line in lines if exposed in line)
-        _hide_smallest(full, hidden, line, fixed)
-    if not margins:
-        hidden[rows, :] = True
-    return hidden
-
-
-Line = list[tuple[int, int]]  # positions in the table with margins; the line's total comes last
-
-
-def _lines(rows: int, cols: int, margins: bool) -> list[Line]:
-    """Every additive constraint of the table: cells of a row (or column) sum to its total."""
-    lines = [[(i, j) for j in range(cols + 1)] for i in range(rows + (1 if margins else 0))]
-    if margins:
-        lines += [[(i, j) for i in range(rows + 1)] for j in range(cols + 1)]
-    return lines
-
-
-def _hide_smallest(full: np.ndarray, hidden: np.ndarray, line: Line, fixed: set[tuple[int, int]]) -> bool:
-    """Hide the line's smallest released non-empty cell (an empty one if there is no other)."""
-    released = [p for p in line if not hidden[p] and p not in fixed]
-    if not released:
-        return False
-    non_empty = [p for p in released if full[p] > 0] or released
-    hidden[min(non_empty, key=lambda p: full[p])] = True
-    return True
-
-
-def _complete_lines(
-    full: np.ndarray, hidden: np.ndarray, lines: list[Line], min_count: int, fixed: set[tuple[int, int]]
-) -> None:
-    """Until stable: a line with hidden cells has two or more, adding up to ``min_count`` or more."""
-    changed = True
-    while changed:
-        changed = False
-        for line in lines:
-            count = sum(bool(hidden[p]) for p in line)
-            if count == 0:
-                continue
-            # With the total released, the hidden cells' sum is the total minus the released ones.
-            exposed_sum = not hidden[line[-1]] and sum(full[p] for p in line[:-1] if hidden[p]) < min_count
-            if count == 1 or exposed_sum:
-                changed |= _hide_smallest(full, hidden, line, fixed)
-
-
-def _determined(hidden: np.ndarray, small: np.ndarray, lines: list[Line]) -> tuple[int, int] | None:
-    """A hidden small count whose value follows from the released ones, if there is one."""
-    unknowns = [(int(i), int(j)) for i, j in zip(*np.nonzero(hidden & _released_rows(hidden, lines)), strict=True)]
-    if not unknowns:
-        return None
-    index = {p: k for k, p in enumerate(unknowns)}
-    equations = []
-    for line in lines:
-        row = np.zeros(len(unknowns))
-        for p in line[:-1]:
-            if p in index:
-                row[index[p]] += 1.0
-        if line[-1] in index:
-            row[index[line[-1]]] -= 1.0
-        if row.any():
-            equations.append(row)
-    if not equations:
-        return None
-    system = np.array(equations)
-    rank = np.linalg.matrix_rank(system)
-    for p in unknowns:
-        if small[p]:
-            probe = np.zeros(len(unknowns))
-            probe[index[p]] = 1.0
-            if np.linalg.matrix_rank(np.vstack([system, probe])) == rank:
-                return p
-    return None
-
-
-def _released_rows(hidden: np.ndarray, lines: list[Line]) -> np.ndarray:
-    """Positions that take part in some constraint (all but an absent margin row)."""
-    used = np.zeros(hidden.shape, dtype=bool)
-    for line in lines:
-        for p in line:
-            used[p] = True
-    return used
-
-
 def _released(full: np.ndarray, hidden: np.ndarray) -> list[list[float | None]]:
     return [[None if h else float(v) for v, h in zip(r, hr, strict=True)] for r, hr in zip(full, hidden, strict=True)]
 
@@ -292,7 +168,7 @@ def _count_table(counts: np.ndarray, min_count: int, *, margins: bool = True) ->
     """Counts with margins, suppressed cells as None, and how many were suppressed."""
     counts = np.atleast_2d(counts)
     rows = counts.shape[0]
-    full = _with_margins(counts)
+    full = with_margins(counts)
     hidden = protect(counts, min_count, margins=margins)
     kept = rows + (1 if margins else 0)  # without margins the column-total row is not released at all
     primary = int(((full[:kept] > 0) & (full[:kept] < min_count)).sum())

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from lab.data import check_column, check_frame, is_blank, read_raw
+from lab.disclosure import protect_counts
 from lab.errors import DataError
 from lab.spec import TaskSpec
 
@@ -16,18 +17,26 @@ __all__ = ["build_catalog", "preflight"]
 
 
 def _count(n: int, min_rows: int) -> int | str:
-    """A count, or "<min_rows" when it is smaller: small counts can identify people."""
+    """The table's row count, or "<min_rows" when it is smaller: small counts can identify people."""
     return n if n == 0 or n >= min_rows else f"<{min_rows}"
+
+
+def _shown(counts: list[int], total: int, min_rows: int) -> list[int | str]:
+    """Counts adding up to the row count, with small ones and their complements held back."""
+    released = protect_counts(counts, total, min_rows)
+    return ["hidden" if value is None else value for value in released]
 
 
 def build_catalog(path: str | Path, spec: TaskSpec, *, node: str | None = None, min_rows: int = 10) -> dict[str, Any]:
     """Columns of the node's table with their types, missing counts, ranges and level counts.
 
-    Counts under ``min_rows`` are shown as ``<min_rows``; ranges are given only for columns with
-    at least ``min_rows`` values (a minimum or maximum of a few rows is one person's value).
+    Counts under ``min_rows``, and the counts that would let one be recomputed from the row
+    count, are shown as "hidden" (lab.disclosure); ranges are given only for columns with at
+    least ``min_rows`` values (the minimum and maximum are still single values).
     """
     file_format = spec.format_for(node)
     frame, _ = read_raw(path, file_format)
+    rows = len(frame)
     declared = {f.name: f for f in spec.features}
     columns = []
     for name in frame.columns:
@@ -38,16 +47,20 @@ def build_catalog(path: str | Path, spec: TaskSpec, *, node: str | None = None, 
             "column": str(name),
             "role": "target" if name == spec.target.column else ("feature" if name in declared else "unused"),
             "type": declared[name].type if name in declared else "",
-            "missing": _count(int(blank.sum()), min_rows),
         }
+        if name in declared and declared[name].type == "categorical":
+            counts = raw.where(~blank).dropna().astype(str).str.strip().value_counts()
+            levels = sorted(counts.items())
+            shown = _shown([int(n) for _, n in levels] + [rows - present], rows, min_rows)
+            entry["missing"] = shown[-1]
+            entry["levels"] = {level: value for (level, _), value in zip(levels, shown, strict=False)}
+        else:
+            entry["missing"] = _shown([present, rows - present], rows, min_rows)[1]
         numbers = pd.to_numeric(raw.where(~blank), errors="coerce")
         if numbers.notna().sum() == present and present >= min_rows:
             entry["range"] = [float(np.nanmin(numbers)), float(np.nanmax(numbers))]
-        if name in declared and declared[name].type == "categorical":
-            counts = raw.where(~blank).dropna().astype(str).str.strip().value_counts()
-            entry["levels"] = {level: _count(int(n), min_rows) for level, n in sorted(counts.items())}
         columns.append(entry)
-    return {"rows": _count(len(frame), min_rows), "columns": columns}
+    return {"rows": _count(rows, min_rows), "columns": columns}
 
 
 def preflight(path: str | Path, spec: TaskSpec, *, node: str | None = None) -> list[dict[str, str]]:

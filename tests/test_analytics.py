@@ -183,3 +183,15 @@ def test_a_request_naming_an_unknown_column_is_refused(spec):
         StatsRequest(columns=("weight",)).check(spec)
     with pytest.raises(LabError, match="below the floor"):
         StatsRequest(columns=("age",), min_count=2).check(spec)
+
+
+def test_the_catalog_hides_small_level_counts_with_their_complements(spec):
+    from lab.catalog import build_catalog
+
+    catalog = build_catalog(SILOS["switzerland"], spec, node="switzerland", min_rows=10)
+    columns = {c["column"]: c for c in catalog["columns"]}
+    cp = [*columns["cp"]["levels"].values(), columns["cp"]["missing"]]
+    assert cp.count("hidden") >= 2 and 98 in cp  # three small chest-pain levels; 98 of level 4
+    for entry in columns.values():
+        values = [*entry.get("levels", {}).values(), entry["missing"]]
+        assert not any(isinstance(v, int) and 0 < v < 10 for v in values)
