@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,8 @@ def federate(
         # The coordinator was stopped before it could close its MLflow run: close it here.
         from lab.tracking import close_unfinished
 
+        # The progress follower may not have read the coordinator's last events yet.
+        mlflow_runs += [r for r in _started_runs(workspace, started) if r not in mlflow_runs]
         for run_id in mlflow_runs:
             close_unfinished(tracking_uri, run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
@@ -84,6 +88,21 @@ def federate(
     if mlflow_runs:
         final["mlflow_run_id"] = mlflow_runs[0]
     return final
+
+
+def _started_runs(workspace: Path, since: float) -> list[str]:
+    """MLflow runs the coordinators of this workspace opened since ``since`` (monotonic clock)."""
+    wall_since = time.time() - (time.monotonic() - since)
+    found: list[str] = []
+    for events in sorted(workspace.glob("runs/*/events.jsonl")):
+        if events.stat().st_mtime < wall_since:
+            continue
+        for line in events.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                event = json.loads(line)
+                if event.get("event") == "started" and event.get("mlflow_run_id"):
+                    found.append(str(event["mlflow_run_id"]))
+    return found
 
 
 def _progress() -> Progress:

@@ -31,3 +31,17 @@ def heart_spec() -> TaskSpec:
 def lab_command() -> list[str]:
     """The `lab` console command of the environment running the tests."""
     return [str(Path(sys.executable).parent / "lab")]
+
+
+def agreement_file(folder: Path, spec: TaskSpec, node: str, *replacements: tuple[str, str]) -> Path:
+    """A node's agreement approving this checkout's app for ``spec``, with clauses rewritten by
+    (old, new) text replacements (each must match)."""
+    from lab.governance_cli import app_hash, demo_agreement
+
+    text = demo_agreement(spec.name, spec.sha256, app_hash(ROOT), spec.organisation(node))
+    for old, new in replacements:
+        assert old in text, old
+        text = text.replace(old, new)
+    path = folder / f"{node}.toml"
+    path.write_text(text)
+    return path

@@ -15,10 +15,9 @@ from mlflow.tracking import MlflowClient
 from federation.analytics import stats_frame
 from lab.audit import AuditLog
 from lab.data import load_table
-from lab.governance_cli import app_hash, demo_agreement
 from lab.stats import federated_stats
 
-from .conftest import HEART, ROOT, SILOS
+from .conftest import HEART, SILOS, agreement_file
 
 pytestmark = pytest.mark.e2e
 
@@ -30,16 +29,9 @@ def analysed(tmp_path_factory: pytest.TempPathFactory, heart_spec: Any) -> tuple
     """Cleveland lets its own figures be shown; Switzerland does not; Hungary runs without an
     agreement (pooled figures only, minimum count 5); VA's agreement lets no analytics out."""
     tmp = tmp_path_factory.mktemp("analytics")
-    fab = app_hash(ROOT)
 
     def agreement(node: str, *replacements: tuple[str, str]) -> Path:
-        text = demo_agreement(heart_spec.name, heart_spec.sha256, fab, heart_spec.organisation(node))
-        for old, new in replacements:
-            assert old in text
-            text = text.replace(old, new)
-        path = tmp / f"{node}.toml"
-        path.write_text(text)
-        return path
+        return agreement_file(tmp, heart_spec, node, *replacements)
 
     agreements = {
         "cleveland": agreement("cleveland", ("node-figures = false", "node-figures = true")),

@@ -16,9 +16,8 @@ from mlflow import MlflowClient
 from federation.privacy import DPPlan, Ledger, check_budget
 from lab.agreement import Refusal, load_agreement
 from lab.audit import AuditLog
-from lab.governance_cli import app_hash, demo_agreement
 
-from .conftest import HEART, ROOT, SILOS
+from .conftest import HEART, SILOS, agreement_file
 from .test_federation_e2e import run_lab
 
 pytestmark = pytest.mark.e2e
@@ -68,17 +67,10 @@ def private_run(tmp_path_factory: pytest.TempPathFactory, heart_spec: Any) -> Pr
     """Cleveland requires DP and has a budget of 1.5 runs; Hungary's budget is smaller than one
     run; Switzerland keeps its minimum at 20 rows, more than its 16 test rows."""
     tmp = tmp_path_factory.mktemp("private")
-    fab = app_hash(ROOT)
     one_run = accountant_epsilon(1 / math.ceil(ROWS["cleveland"] / 4), STEPS * ROUNDS)
 
     def agreement(node: str, *replacements: tuple[str, str]) -> Path:
-        text = demo_agreement(heart_spec.name, heart_spec.sha256, fab, heart_spec.organisation(node))
-        for old, new in replacements:
-            assert old in text
-            text = text.replace(old, new)
-        path = tmp / f"{node}.toml"
-        path.write_text(text)
-        return path
+        return agreement_file(tmp, heart_spec, node, *replacements)
 
     agreements = {
         "cleveland": agreement(
