@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_MIN_COUNT",
     "StatsRequest",
     "default_edges",
+    "is_categorical",
     "node_summary",
     "pool",
     "protect",
@@ -109,7 +110,7 @@ class StatsRequest:
         if self.min_count < DEFAULT_MIN_COUNT:
             raise LabError(f"min-count {self.min_count} is below the floor of {DEFAULT_MIN_COUNT}")
         for column in [*([self.by] if self.by else []), *(self.crosstab or ())]:
-            if not _is_categorical(column, spec) and not self.levels.get(column):
+            if not is_categorical(column, spec) and not self.levels.get(column):
                 raise LabError(
                     f"column {column!r} is numeric in task {spec.name!r}: give its groups, e.g. --levels {column}=0,1 "
                     "(groups are never read from a node's data)"
@@ -126,7 +127,8 @@ def stats_frame(table: Table, spec: TaskSpec) -> pd.DataFrame:
     return frame
 
 
-def _is_categorical(column: str, spec: TaskSpec) -> bool:
+def is_categorical(column: str, spec: TaskSpec) -> bool:
+    """Whether analytics counts a column by level: a categorical feature, or a class target."""
     for feature in spec.features:
         if feature.name == column:
             return feature.type == "categorical"
@@ -197,7 +199,7 @@ def node_summary(frame: pd.DataFrame, spec: TaskSpec, request: StatsRequest) -> 
     for column in request.columns:
         values = frame[column]
         present = pd.Series(True, index=frame.index)
-        categorical = _is_categorical(column, spec)
+        categorical = is_categorical(column, spec)
         cats = _levels(column, spec, request.levels) if categorical else []
         n_bins = len(request.edges.get(column, [])) + 1 if not categorical else len(cats)
         counts = np.zeros((len(groups), n_bins))
@@ -247,7 +249,7 @@ def node_summary(frame: pd.DataFrame, spec: TaskSpec, request: StatsRequest) -> 
         if table["suppressed"]:
             notes.append(f"crosstab {a} x {b}: {table['suppressed']} cell(s) suppressed ({table['primary']} under {m})")
     if request.correlation and not request.moments_only:
-        numeric = [c for c in request.columns if not _is_categorical(c, spec)]
+        numeric = [c for c in request.columns if not is_categorical(c, spec)]
         complete = frame[numeric].astype(float)  # the common rows: no value is missing
         if len(complete) >= m and numeric:
             x = complete.to_numpy()

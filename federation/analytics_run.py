@@ -12,7 +12,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from federation import keys
-from federation.analytics import StatsRequest, default_edges, pool
+from federation.analytics import StatsRequest, default_edges, is_categorical, pool
 from federation.preparation import wait_for_nodes
 from federation.recorder import EventLog
 from federation.records import config_of, error_reason, text
@@ -38,7 +38,7 @@ def federated_stats(
     request = StatsRequest.from_json(settings.stats_request)
     request.check(spec)
     node_ids = wait_for_nodes(grid, max(settings.expected_nodes, settings.min_nodes), settings.node_wait_seconds)
-    numeric = [c for c in request.columns if c not in request.edges and not _categorical(c, spec)]
+    numeric = [c for c in request.columns if c not in request.edges and not is_categorical(c, spec)]
     if numeric:
         first = replace(request, moments_only=True)  # the same rows as the second pass: nothing new leaves
         answers, _, _ = _ask(grid, node_ids, spec, first, settings)
@@ -56,11 +56,6 @@ def federated_stats(
     shown = {name: answers[name] for name in sorted(published)}
     _record(tracker, request, result, notes, shown, refusals)
     return {"stats": result, "request": json.loads(request.to_json()), "notes": notes, "node_figures": shown}
-
-
-def _categorical(column: str, spec: TaskSpec) -> bool:
-    kinds = {f.name: f.type for f in spec.features}
-    return kinds.get(column) == "categorical" or (column == spec.target.column and spec.target.kind != "regression")
 
 
 def _ask(

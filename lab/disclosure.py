@@ -100,7 +100,7 @@ def _complete_lines(
 
 def _determined(hidden: np.ndarray, small: np.ndarray, lines: list[Line]) -> tuple[int, int] | None:
     """A hidden small count whose value follows from the released ones, if there is one."""
-    unknowns = [(int(i), int(j)) for i, j in zip(*np.nonzero(hidden & _released_rows(hidden, lines)), strict=True)]
+    unknowns = [(int(i), int(j)) for i, j in zip(*np.nonzero(hidden & _constrained(hidden, lines)), strict=True)]
     if not unknowns:
         return None
     index = {p: k for k, p in enumerate(unknowns)}
@@ -127,7 +127,7 @@ def _determined(hidden: np.ndarray, small: np.ndarray, lines: list[Line]) -> tup
     return None
 
 
-def _released_rows(hidden: np.ndarray, lines: list[Line]) -> np.ndarray:
+def _constrained(hidden: np.ndarray, lines: list[Line]) -> np.ndarray:
     """Positions that take part in some constraint (all but an absent margin row)."""
     used = np.zeros(hidden.shape, dtype=bool)
     for line in lines:
