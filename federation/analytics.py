@@ -155,13 +155,6 @@ def _label(value: Any) -> str:
     return str(value)
 
 
-def _sort_key(label: str) -> tuple[int, float | str]:
-    try:
-        return (0, float(label))
-    except ValueError:
-        return (1, label)
-
-
 def _released(full: np.ndarray, hidden: np.ndarray) -> list[list[float | None]]:
     return [[None if h else float(v) for v, h in zip(r, hr, strict=True)] for r, hr in zip(full, hidden, strict=True)]
 
