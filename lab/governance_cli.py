@@ -81,9 +81,15 @@ def node_enroll(
 
 def app_hash(app_dir: Path | None = None) -> str:
     """sha256 of the FAB `flwr run` builds from ``app_dir``: the hash a node's allow-list names."""
+    import tempfile
+
     from flwr.cli.build import build_fab_from_disk
 
-    return hashlib.sha256(build_fab_from_disk(app_dir or project_root())).hexdigest()
+    from lab.launch import stage_app
+
+    with tempfile.TemporaryDirectory(prefix="lab-app-") as staging:
+        staged = stage_app(app_dir or project_root(), Path(staging) / "app")
+        return hashlib.sha256(build_fab_from_disk(staged)).hexdigest()
 
 
 @app_app.command("hash")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,7 +20,15 @@ from lab.errors import LabError, RunFailedError
 from lab.runtime import LocalFederation, executable
 from lab.spec import TaskSpec
 
-__all__ = ["RunOutcome", "build_run_config", "code_version", "follow_events", "submit_run", "user_settings"]
+__all__ = [
+    "RunOutcome",
+    "build_run_config",
+    "code_version",
+    "follow_events",
+    "stage_app",
+    "submit_run",
+    "user_settings",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +89,32 @@ class RunOutcome:
     seconds: float
 
 
+def stage_app(app_dir: Path, dest: Path) -> Path:
+    """Copy the files `flwr run` packs from ``app_dir`` (pyproject.toml and its ``fab-include``
+    patterns) into ``dest``, and return ``dest``; ``app_dir`` itself when it names no patterns.
+
+    Flower looks at every file under the app's folder before it filters them, and this project's
+    folder holds its virtual environment (some 66,000 files, 5 to 15 s a build). The FAB built from
+    the copy has the same files, so the same hash, as one built from ``app_dir``.
+    """
+    pyproject = app_dir / "pyproject.toml"
+    try:
+        patterns = tomllib.loads(pyproject.read_text(encoding="utf-8"))["tool"]["flwr"]["app"]["fab-include"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return app_dir
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    shutil.copy2(pyproject, dest / "pyproject.toml")
+    for pattern in patterns:
+        for path in app_dir.glob(pattern):
+            if path.is_file() and not path.is_symlink():
+                target = dest / path.relative_to(app_dir)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+    return dest
+
+
 def submit_run(
     federation: LocalFederation,
     *,
@@ -105,6 +141,7 @@ def submit_run(
     config_path = run_dir / "run-config.toml"
     config_path.write_text(tomli_w.dumps({**run_config, "events-file": str(events_path)}), encoding="utf-8")
     log_path = run_dir / "flwr-run.log"
+    app_dir = stage_app(app_dir, run_dir / "app")
     started = time.monotonic()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
