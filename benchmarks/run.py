@@ -131,10 +131,13 @@ def _log_to_mlflow(workspace: Path, results: dict[str, Any], files: list[Path]) 
         for r in results["scale"]:
             mlflow.log_metric("scale.seconds_per_round", r["seconds_per_round"], step=r["nodes"])
             mlflow.log_metric("scale.bytes_per_round", r["bytes_per_round"], step=r["nodes"])
-        overhead = results.get("overhead") or {}
-        for key in ("ratio", "ratio_flower_default", "demo_seconds_after_setup"):
-            if isinstance(overhead.get(key), int | float):
-                mlflow.log_metric(f"overhead.{key}", float(overhead[key]))
+        overhead = results.get("overhead")
+        if overhead:
+            mlflow.log_metric("overhead.ratio_vs_bare_train_only", overhead["ratio"]["lab_vs_bare_train_only"])
+            mlflow.log_metric("overhead.ratio_vs_bare_flower_default", overhead["ratio"]["lab_vs_bare_train_evaluate"])
+            mlflow.log_metric("overhead.demo_submit_to_done_seconds", overhead["demo_submit_to_done_seconds"])
+            for variant, seconds in overhead["seconds_per_round"].items():
+                mlflow.log_metric(f"overhead.{variant}.seconds_per_round", seconds)
         for path in files:
             mlflow.log_artifact(str(path))
         return str(run.info.run_id)

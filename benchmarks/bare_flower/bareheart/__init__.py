@@ -1,0 +1,1 @@
+"""bareheart: plain Flower on the UCI heart-disease silos."""
