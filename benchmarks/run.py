@@ -143,6 +143,56 @@ def _log_to_mlflow(workspace: Path, results: dict[str, Any], files: list[Path]) 
         return str(run.info.run_id)
 
 
+def _overhead_md(result: dict[str, Any] | None) -> str:
+    if not result:
+        return "(left out: --skip-overhead)\n"
+    import overhead as overhead_bench
+
+    text = overhead_bench.table(result)
+    # Its own title is this section's.
+    return "\n".join(line for line in text.splitlines() if not line.startswith("## ")) + "\n"
+
+
+def render(results: dict[str, Any]) -> str:
+    """results.md from the results (``--render`` redoes it from results.json)."""
+    q, scale = results["quality"], results["scale"]
+    quality_md, rounds_md = quality_tables(q)
+    return "\n".join(
+        [
+            "# Benchmarks",
+            "",
+            f"`make bench` on {results['machine']}, commit {results['code_version']}, "
+            f"{results['seconds'] / 60:.1f} min in all. Written by benchmarks/run.py; do not edit by hand.",
+            "",
+            f"## 1. Quality: the lab's apps on the {results['quality_runtime']}",
+            "",
+            "Four heart-disease centres, each scored on its own test split; the published figures are "
+            "FLamby's (../shared/datasets/heart-disease/README.md). Every federated row scales features "
+            "with the lab's federated scaler (means and deviations pooled from every node's column sums), "
+            "where the published recipe standardised each centre with its own statistics.",
+            "",
+            quality_md,
+            f"## 2. Rounds to {q['target']} mean client accuracy",
+            "",
+            "Round 0 is the initial model; the accuracy after round k is what every node measured on "
+            "the model it received for round k + 1 (and the final evaluation after the last round).",
+            "",
+            rounds_md,
+            "## 3. Overhead against bare Flower, on the deployment runtime",
+            "",
+            _overhead_md(results.get("overhead")),
+            f"## 4. Scale: the lab's apps on the {results['quality_runtime']}",
+            "",
+            "Node i holds a resample of centre i mod 4's raw rows (as many as the centre has), so every "
+            "node does the same work at every size; FedAvg, the recipe's 100 local steps per round. "
+            "Peak RSS is that of the actor process that served the node (actors serve several nodes "
+            "in turn), the coordinator's that of the process running the ServerApp.",
+            "",
+            scale_table(scale),
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5, help="Seeds per quality row (the published table has 5).")
@@ -152,7 +202,12 @@ def main() -> None:
     parser.add_argument("--skip-overhead", action="store_true", help="Leave out the deployment-runtime part.")
     parser.add_argument("--workspace", type=Path, default=ROOT / "workspace" / "bench")
     parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--render", action="store_true", help="Only rewrite results.md from results.json in --out.")
     args = parser.parse_args()
+    if args.render:
+        saved = json.loads((args.out / "results.json").read_text(encoding="utf-8"))
+        (args.out / "results.md").write_text(render(saved), encoding="utf-8")
+        return
     # `kill` ends the benchmark like Ctrl-C: the Ray cluster and the federations are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
@@ -183,13 +238,11 @@ def main() -> None:
     scale = quality.summarise_scale([r for r in results_by_kind if r["kind"] == "scale"])
 
     overhead: dict[str, Any] | None = None
-    overhead_md = "(left out: --skip-overhead)\n"
     if not args.skip_overhead:
         import overhead as overhead_bench
 
         _say("3. overhead: the lab's demo and a bare Flower app on the deployment runtime")
         overhead = overhead_bench.measure(workspace / "overhead")
-        overhead_md = overhead_bench.table(overhead)
 
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     results = {
@@ -203,41 +256,7 @@ def main() -> None:
         "overhead": overhead,
         "seconds": time.monotonic() - started,
     }
-    quality_md, rounds_md = quality_tables(q)
-    markdown = "\n".join(
-        [
-            "# Benchmarks",
-            "",
-            f"`make bench` on {results['machine']}, commit {results['code_version']}, "
-            f"{results['seconds'] / 60:.1f} min in all. Written by benchmarks/run.py; do not edit by hand.",
-            "",
-            f"## 1. Quality (the lab's apps on the {SIMULATION})",
-            "",
-            "Four heart-disease centres, each scored on its own test split; the published figures are "
-            "FLamby's (../shared/datasets/heart-disease/README.md). Every federated row scales features "
-            "with the lab's federated scaler (means and deviations pooled from every node's column sums), "
-            "where the published recipe standardised each centre with its own statistics.",
-            "",
-            quality_md,
-            f"## 2. Rounds to {q['target']} mean client accuracy",
-            "",
-            "Round 0 is the initial model; the accuracy after round k is what every node measured on "
-            "the model it received for round k + 1 (and the final evaluation after the last round).",
-            "",
-            rounds_md,
-            "## 3. Overhead against bare Flower (deployment runtime)",
-            "",
-            overhead_md,
-            f"## 4. Scale (the lab's apps on the {SIMULATION})",
-            "",
-            "Node i holds a resample of centre i mod 4's raw rows (as many as the centre has), so every "
-            "node does the same work at every size; FedAvg, the recipe's 100 local steps per round. "
-            "Peak RSS is that of the actor process that served the node (actors serve several nodes "
-            "in turn), the coordinator's that of the process running the ServerApp.",
-            "",
-            scale_table(scale),
-        ]
-    )
+    markdown = render(results)
     args.out.mkdir(parents=True, exist_ok=True)
     md_path, json_path = args.out / "results.md", args.out / "results.json"
     md_path.write_text(markdown, encoding="utf-8")
