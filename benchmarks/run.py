@@ -143,6 +143,17 @@ def _log_to_mlflow(workspace: Path, results: dict[str, Any], files: list[Path]) 
         return str(run.info.run_id)
 
 
+def _relative(value: Any) -> Any:
+    """``value`` with this checkout's absolute paths made relative to it (results are committed)."""
+    if isinstance(value, str):
+        return value.replace(f"{ROOT}/", "")
+    if isinstance(value, dict):
+        return {k: _relative(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative(v) for v in value]
+    return value
+
+
 def _overhead_md(result: dict[str, Any] | None) -> str:
     if not result:
         return "(left out: --skip-overhead)\n"
@@ -260,7 +271,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     md_path, json_path = args.out / "results.md", args.out / "results.json"
     md_path.write_text(markdown, encoding="utf-8")
-    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    json_path.write_text(json.dumps(_relative(results), indent=2, default=str) + "\n", encoding="utf-8")
     plots = _plots(args.out, q, scale)
     run_id = _log_to_mlflow(workspace, results, [md_path, json_path, *plots])
     _say("\n" + markdown)
