@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 import shutil
 import subprocess
 import time
-import tomllib
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -89,29 +91,50 @@ class RunOutcome:
     seconds: float
 
 
+def _app_files(app_dir: Path) -> dict[str, Path]:
+    """The files under ``app_dir`` as Flower's ``collect_files`` lists them, without descending
+    into folders whose every file Flower would leave out (its built-in excludes such as
+    ``.venv/``, and the app's .gitignore)."""
+    from flwr.cli.utils import build_pathspec, load_gitignore_patterns
+    from flwr.common.constant import FAB_EXCLUDE_PATTERNS
+
+    gitignore = app_dir / ".gitignore"
+    patterns = list(FAB_EXCLUDE_PATTERNS) + (load_gitignore_patterns(gitignore) if gitignore.is_file() else [])
+    excluded = build_pathspec(patterns)
+    root = app_dir.resolve()
+    files: dict[str, Path] = {}
+    for folder, subfolders, names in os.walk(root, followlinks=False):
+        here = Path(folder).relative_to(root)
+        # A folder is skipped when a file of any name in it would be excluded.
+        subfolders[:] = [d for d in subfolders if not excluded.match_file((here / d / "__any_file__").as_posix())]
+        for name in names:
+            path = Path(folder) / name
+            if not path.is_symlink():
+                files[(here / name).as_posix()] = path
+    return files
+
+
 def stage_app(app_dir: Path, dest: Path) -> Path:
-    """Copy the files `flwr run` packs from ``app_dir`` (pyproject.toml and its ``fab-include``
-    patterns) into ``dest``, and return ``dest``; ``app_dir`` itself when it names no patterns.
+    """Copy exactly the files of the FAB `flwr run` would build from ``app_dir`` into ``dest``.
 
     Flower looks at every file under the app's folder before it filters them, and this project's
-    folder holds its virtual environment (some 66,000 files, 5 to 15 s a build). The FAB built from
-    the copy has the same files, so the same hash, as one built from ``app_dir``.
+    folder holds its virtual environment (some 66,000 files, 5 to 15 s a build). The files are
+    chosen here by Flower's own rules (``build_fab_from_files``: its built-in patterns, the app's
+    ``fab-include``/``fab-exclude`` and .gitignore), so the FAB built from ``dest`` has the same
+    files, and the same hash, as one built from ``app_dir``.
     """
-    pyproject = app_dir / "pyproject.toml"
-    try:
-        patterns = tomllib.loads(pyproject.read_text(encoding="utf-8"))["tool"]["flwr"]["app"]["fab-include"]
-    except (OSError, KeyError, tomllib.TOMLDecodeError):
-        return app_dir
+    from flwr.cli.build import build_fab_from_files
+
+    fab, _ = build_fab_from_files(_app_files(app_dir))
     if dest.exists():
         shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    shutil.copy2(pyproject, dest / "pyproject.toml")
-    for pattern in patterns:
-        for path in app_dir.glob(pattern):
-            if path.is_file() and not path.is_symlink():
-                target = dest / path.relative_to(app_dir)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, target)
+    for name in zipfile.ZipFile(io.BytesIO(fab)).namelist():
+        if name.startswith(".info/"):
+            continue
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(app_dir / name, target)
+    shutil.copy2(app_dir / "pyproject.toml", dest / "pyproject.toml")
     return dest
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import sys
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -19,7 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _quality() -> ModuleType:
     # benchmarks/ is a folder of scripts (a site package is called "benchmarks" too): load by path.
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "quality.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -39,10 +38,19 @@ def test_the_staged_app_builds_the_fab_the_checkout_builds(tmp_path: Path) -> No
     assert hashlib.sha256(build_fab_from_disk(staged)).hexdigest() == from_checkout
 
 
-def test_an_app_without_fab_include_is_submitted_as_it_is(tmp_path: Path) -> None:
-    (tmp_path / "pyproject.toml").write_text('[tool.flwr.app]\npublisher = "someone"\n')
-    assert stage_app(tmp_path, tmp_path / "staged") == tmp_path
-    assert not (tmp_path / "staged").exists()
+def test_staging_follows_flowers_rules_for_any_app(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    shutil.copytree(ROOT / "benchmarks" / "bare_flower", app)
+    (app / ".gitignore").write_text("secret/\n")
+    for name in (".venv/lib/site.py", "secret/key.py", "bareheart/extra.py", "notes.txt"):
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_text("x = 1\n")
+    staged = stage_app(app, tmp_path / "staged")
+    names = {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()}
+    assert "bareheart/extra.py" in names and "bareheart/client_app.py" in names
+    assert not {n for n in names if n.startswith((".venv", "secret")) or n == "notes.txt"}
+    assert hashlib.sha256(build_fab_from_disk(staged)).hexdigest() == app_hash(app)
+    assert app_hash(app) == hashlib.sha256(build_fab_from_disk(app)).hexdigest()
 
 
 def _events(accuracies_received: list[float], final: float) -> list[dict[str, object]]:
