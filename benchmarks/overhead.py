@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -266,13 +267,9 @@ def run_lab(workspace: Path, rounds: int) -> dict[str, Any]:
         try:
             status = proc.wait(timeout=LAB_TIMEOUT)
         except subprocess.TimeoutExpired:
-            proc.terminate()  # the lab stops its processes on SIGTERM, as on Ctrl-C
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
             raise RuntimeError(f"`lab demo` did not finish within {LAB_TIMEOUT:.0f} s; see {log_path}") from None
+        finally:  # on a timeout, an error or Ctrl-C: the lab stops its processes on SIGTERM
+            _stop(proc, grace=60)
         exited = time.time()
     output = ANSI.sub("", log_path.read_text(encoding="utf-8", errors="replace"))
     if status != 0:
@@ -349,6 +346,18 @@ def bare_run_config(rounds: int, fraction_evaluate: float, nodes: int) -> dict[s
     }
 
 
+def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """Stop ``proc`` if it still runs: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def run_bare(federation: LocalFederation, watch: ProcessWatch, name: str, run_config: dict[str, Any]) -> dict[str, Any]:
     """Submit the bare app with `flwr run ... --stream` (as lab.launch.submit_run does) and wait for its end."""
     run_dir = federation.workspace / "runs" / name
@@ -372,12 +381,9 @@ def run_bare(federation: LocalFederation, watch: ProcessWatch, name: str, run_co
         try:
             proc.wait(timeout=BARE_TIMEOUT)
         except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            pass  # reported below: the timings file has no end
+        finally:
+            _stop(proc, grace=10)
         exited = time.time()
     stamps = [json.loads(line) for line in timings.read_text(encoding="utf-8").splitlines()] if timings.exists() else []
     if not stamps or stamps[-1]["event"] != "end":
@@ -523,6 +529,8 @@ def measure(workspace: Path, rounds: int = 5, quiet_wait: float = 0.0) -> dict[s
     CPUs alone first (another test suite on a 2-core machine doubles every figure).
     """
     workspace = workspace.resolve()
+    if workspace.exists():  # counts come from the workspace's logs: start from an empty one
+        shutil.rmtree(workspace)
     began, load_before = time.time(), os.getloadavg()
     waited = [wait_quiet(quiet_wait)] if quiet_wait > 0 else []
     lab = run_lab(workspace / "lab", rounds)
@@ -684,7 +692,8 @@ def table(result: dict[str, Any]) -> str:
         ("clientapp_cpu_seconds", "one ClientApp process, CPU seconds (user + system)"),
         (
             "collect",
-            "last ClientApp process end to the round's end (the grid polls every 3 s; negative: the replies "
+            "last ClientApp process end to the round's end (Flower's grid reads replies every 3 s, the lab's "
+            "every 0.2 s; negative: the replies "
             "had left before the processes exited)",
         ),
     ]

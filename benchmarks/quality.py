@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
+from multiprocessing import active_children, get_context
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,10 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
     run_config = build_run_config(
         spec, settings, tracking_uri=tracking, expected_nodes=len(nodes), lock=lock_path(), root=project_root()
     )
-    result = simulate(run_config, nodes, workdir, ray_address=job["ray_address"])
+    try:
+        result = simulate(run_config, nodes, workdir, ray_address=job["ray_address"])
+    except Exception as exc:
+        raise RuntimeError(f"simulated run {workdir.name} failed: {exc} (its events are in {workdir})") from exc
     return {**job, **result}
 
 
@@ -97,10 +100,17 @@ def _run_on(address: str, jobs: list[dict[str, Any]], workers: int, progress: An
     jobs = [{**job, "ray_address": address, "tracking_uri": tracking} for job in jobs]
     # Flower's simulation runtime runs once per process (a second run in the same process hangs).
     context = get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_setup, max_tasks_per_child=1) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_setup, max_tasks_per_child=1)
+    try:
         for result in pool.map(_job, jobs):
             results.append(result)
             progress(result)
+    except BaseException:  # a failed run, Ctrl-C or kill: stop the other runs now, not after them
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in active_children():
+            worker.terminate()
+        raise
+    pool.shutdown()
     return results
 
 
@@ -230,7 +240,7 @@ def summarise_quality(results: list[dict[str, Any]], pooled_result: dict[str, An
                     "settings": ", ".join(f"{k} {v}" for k, v in settings.items()),
                     "mean": float(np.mean(finals)),
                     "std": float(np.std(finals)),
-                    "published": PUBLISHED.get(strategy),
+                    "published": PUBLISHED.get(strategy) if variant == "recipe" else None,
                     "seeds": len(runs),
                     "rounds_to_target": reached,
                     "auc": float(np.mean([r["final"]["mean"]["federated.auc"] for r in runs])),

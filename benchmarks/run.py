@@ -67,7 +67,7 @@ def quality_tables(q: dict[str, Any]) -> tuple[str, str]:
         reached = row["rounds_to_target"]
         worst = "never" if any(r is None for r in reached) else str(max(reached))
         curves = q["curves"][f"{row['variant']}:{row['method']}"]
-        at = [sum(c[k] for c in curves) / len(curves) for k in (1, 5, 15) if all(len(c) > k for c in curves)]
+        at = [sum(c[k] for c in curves) / len(curves) if all(len(c) > k for c in curves) else None for k in (1, 5, 15)]
         label = row["method"] + (", demo setting" if row["variant"] == "demo" else "")
         rounds += f"| {label} | {', '.join('never' if r is None else str(r) for r in reached)} | {worst} "
         rounds += f"| {' / '.join(_fmt(a) for a in at)} |\n"

@@ -3,7 +3,7 @@
 The benchmarks need dozens of federated runs (strategies x seeds, and up to 64 nodes), which the
 deployment runtime, with a fresh process per message, cannot give in minutes. Flower's simulation
 runtime runs the same apps (``federation.server_app.app``, ``federation.client_app.app``,
-unchanged) with the nodes as Ray actors. Only two things are added around the ClientApp here:
+unchanged), the nodes served by Ray actors. Only two things are added around the ClientApp here:
 
 - each simulated node is given the ``node-name`` and ``data-path`` a real SuperNode gets from its
   ``--node-config`` (the simulation runtime only numbers its nodes);
@@ -25,7 +25,7 @@ from typing import Any
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-RUNTIME = "Flower simulation runtime (Ray backend; each node a Ray actor of 1 CPU)"
+RUNTIME = "Flower simulation runtime (Ray backend; nodes served in turn by a pool of 1-CPU Ray actors)"
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,13 @@ class PromptGrid(Grid):
     """Delegates to Flower's grid; only ``send_and_receive`` pulls every ``PULL_INTERVAL`` seconds.
 
     It pushes and pulls with the wrapped grid's own ``push_messages`` and ``pull_messages``, so
-    the messages, their checks and the timeout are Flower's.
+    the messages and their checks are Flower's; the loop keeps Flower's timeout semantics.
     """
 
     def __init__(self, grid: Grid, pull_interval: float = PULL_INTERVAL) -> None:
         self.grid = grid
-        self.pull_interval = pull_interval
+        # Flower's in-memory grid (the simulation runtime) already pulls every 0.1 s.
+        self.pull_interval = min(pull_interval, float(getattr(grid, "pull_interval", pull_interval)))
 
     def set_run(self, run: Any) -> None:
         self.grid.set_run(run)
