@@ -9,7 +9,7 @@ from typing import Any
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-__all__ = ["PromptGrid"]
+__all__ = ["DelegatingGrid", "PromptGrid"]
 
 #: Seconds between two pulls while replies are outstanding. Flower's deployment grid waits 3 s,
 #: which is most of a round when nodes answer in well under a second; a pull is one small
@@ -17,17 +17,11 @@ __all__ = ["PromptGrid"]
 PULL_INTERVAL = 0.2
 
 
-class PromptGrid(Grid):
-    """Delegates to Flower's grid; only ``send_and_receive`` pulls every ``PULL_INTERVAL`` seconds.
+class DelegatingGrid(Grid):
+    """A Grid that hands every call to the ``grid`` it wraps; subclasses change what they need."""
 
-    It pushes and pulls with the wrapped grid's own ``push_messages`` and ``pull_messages``, so
-    the messages and their checks are Flower's; the loop keeps Flower's timeout semantics.
-    """
-
-    def __init__(self, grid: Grid, pull_interval: float = PULL_INTERVAL) -> None:
+    def __init__(self, grid: Grid) -> None:
         self.grid = grid
-        # Flower's in-memory grid (the simulation runtime) already pulls every 0.1 s.
-        self.pull_interval = min(pull_interval, float(getattr(grid, "pull_interval", pull_interval)))
 
     def set_run(self, run: Any) -> None:
         self.grid.set_run(run)
@@ -49,6 +43,22 @@ class PromptGrid(Grid):
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.grid.send_and_receive(messages, timeout=timeout)
+
+
+class PromptGrid(DelegatingGrid):
+    """Delegates to Flower's grid; only ``send_and_receive`` pulls every ``PULL_INTERVAL`` seconds.
+
+    It pushes and pulls with the wrapped grid's own ``push_messages`` and ``pull_messages``, so
+    the messages and their checks are Flower's; the loop keeps Flower's timeout semantics.
+    """
+
+    def __init__(self, grid: Grid, pull_interval: float = PULL_INTERVAL) -> None:
+        super().__init__(grid)
+        # Flower's in-memory grid (the simulation runtime) already pulls every 0.1 s.
+        self.pull_interval = min(pull_interval, float(getattr(grid, "pull_interval", pull_interval)))
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Push ``messages``, then pull until every one is answered or ``timeout`` seconds pass."""

@@ -58,6 +58,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from federation import keys
+from federation.grid import DelegatingGrid
 from federation.records import error_reason
 from lab.errors import LabError, RunFailedError
 
@@ -112,7 +113,7 @@ class UnmaskedUpdateError(RunFailedError):
 # --------------------------------------------------------------------------------------------
 
 
-class ObservedGrid(Grid):
+class ObservedGrid(DelegatingGrid):
     """The run's Grid as the SecAgg+ workflow sees it: every reply is checked and counted.
 
     No reply may carry model arrays (``UnmaskedUpdateError`` otherwise: the coordinator must
@@ -123,7 +124,7 @@ class ObservedGrid(Grid):
     """
 
     def __init__(self, grid: Grid, guard: Guard, name_of: Callable[[int], str]) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.guard = guard
         self.name_of = name_of
         self.start_round()
@@ -134,28 +135,6 @@ class ObservedGrid(Grid):
         self.excluded: dict[str, str] = {}  # node name -> why it was left out (guard or error)
         self.array_bytes: dict[str, int] = {}  # per node: bytes of model arrays received (must stay 0)
         self.masked_bytes: dict[str, int] = {}  # per node: bytes of masked vectors received
-
-    # Grid's interface, delegated
-    def set_run(self, run: Any) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self.grid.run
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
-    ) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)
