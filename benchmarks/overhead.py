@@ -51,6 +51,7 @@ import tomli_w  # noqa: E402
 
 from federation.settings import RunSettings  # noqa: E402
 from lab.cli import DEMO_NODES  # noqa: E402
+from lab.launch import stop_process  # noqa: E402
 from lab.runtime import LocalFederation, NodeSpec, executable  # noqa: E402
 
 __all__ = ["RUNTIME", "measure", "table"]
@@ -269,7 +270,7 @@ def run_lab(workspace: Path, rounds: int) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"`lab demo` did not finish within {LAB_TIMEOUT:.0f} s; see {log_path}") from None
         finally:  # on a timeout, an error or Ctrl-C: the lab stops its processes on SIGTERM
-            _stop(proc, grace=60)
+            stop_process(proc, grace=60)
         exited = time.time()
     output = ANSI.sub("", log_path.read_text(encoding="utf-8", errors="replace"))
     if status != 0:
@@ -346,18 +347,6 @@ def bare_run_config(rounds: int, fraction_evaluate: float, nodes: int) -> dict[s
     }
 
 
-def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """Stop ``proc`` if it still runs: SIGTERM, then SIGKILL after ``grace`` seconds."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def run_bare(federation: LocalFederation, watch: ProcessWatch, name: str, run_config: dict[str, Any]) -> dict[str, Any]:
     """Submit the bare app with `flwr run ... --stream` (as lab.launch.submit_run does) and wait for its end."""
     run_dir = federation.workspace / "runs" / name
@@ -383,7 +372,7 @@ def run_bare(federation: LocalFederation, watch: ProcessWatch, name: str, run_co
         except subprocess.TimeoutExpired:
             pass  # reported below: the timings file has no end
         finally:
-            _stop(proc, grace=10)
+            stop_process(proc, grace=10)
         exited = time.time()
     stamps = [json.loads(line) for line in timings.read_text(encoding="utf-8").splitlines()] if timings.exists() else []
     if not stamps or stamps[-1]["event"] != "end":

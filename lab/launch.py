@@ -28,6 +28,7 @@ __all__ = [
     "code_version",
     "follow_events",
     "stage_app",
+    "stop_process",
     "submit_run",
     "user_settings",
 ]
@@ -138,6 +139,18 @@ def stage_app(app_dir: Path, dest: Path) -> Path:
     return dest
 
 
+def stop_process(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """Stop ``proc`` if it still runs: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def submit_run(
     federation: LocalFederation,
     *,
@@ -179,13 +192,7 @@ def submit_run(
         try:
             final = follow_events(events_path, proc, on_event, timeout=timeout, log_path=log_path)
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, grace=10)
     outcome = RunOutcome(final=final, run_dir=run_dir, seconds=time.monotonic() - started)
     if final["event"] == "failed":
         raise RunFailedError(f"the run failed: {final.get('reason')} (logs in {str(run_dir)!r})")
