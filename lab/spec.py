@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +83,7 @@ class FileFormat:
     header: bool = True
     missing_token: str = ""
     delimiter: str = ","
+    encoding: str = "utf-8"
     columns: tuple[str, ...] = ()
 
 
@@ -229,16 +232,17 @@ def _parse_target(r: _Reader, t: dict[str, Any]) -> Target:
     kind = r.choice(t, "kind", _TARGET_KINDS, where="target")
     column = r.get(t, "column", str, where="target")
     if kind == "binary":
-        positive = tuple(r.get(t, "positive", list, where="target"))
-        negative = tuple(r.get(t, "negative", list, where="target"))
+        positive = _levels(r, r.get(t, "positive", list, where="target"), "target.positive")
+        negative = _levels(r, r.get(t, "negative", list, where="target"), "target.negative")
         if not positive or not negative or set(positive) & set(negative):
             raise SpecError(
                 f"{r.source}: target.positive and target.negative must be non-empty and disjoint "
                 f"lists of raw values (got {list(positive)!r} and {list(negative)!r})"
             )
+        _levels(r, [*positive, *negative], "target.positive and target.negative together")
         return Target(column=column, kind=kind, positive=positive, negative=negative)
     if kind == "multiclass":
-        classes = tuple(r.get(t, "classes", list, where="target"))
+        classes = _levels(r, r.get(t, "classes", list, where="target"), "target.classes")
         if len(classes) < 3 or len(set(classes)) != len(classes):
             raise SpecError(
                 f"{r.source}: target.classes = {list(classes)!r}; a multiclass target needs 3 or more "
@@ -255,7 +259,7 @@ def _parse_feature(r: _Reader, index: int, t: dict[str, Any]) -> Feature:
     ftype = r.choice(t, "type", _FEATURE_TYPES, where=where)
     levels: tuple[Level, ...] = ()
     if ftype == "categorical":
-        levels = tuple(r.get(t, "levels", list, where=where))
+        levels = _levels(r, r.get(t, "levels", list, where=where), f"{where}.levels")
         if len(levels) < 2 or len(set(levels)) != len(levels):
             raise SpecError(f"{r.source}: {where}.levels = {list(levels)!r}; list two or more distinct levels")
     return Feature(
@@ -267,13 +271,56 @@ def _parse_feature(r: _Reader, index: int, t: dict[str, Any]) -> Feature:
     )
 
 
+def _levels(r: _Reader, values: list[Any], where: str) -> tuple[Level, ...]:
+    """Levels as the spec lists them: all numbers or all text, each distinct, none blank.
+
+    A table's values are matched to them as numbers ("1.0" is 1) or as trimmed text, so a list
+    mixing the two, a boolean, or text with outer spaces could never match as written.
+    """
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise SpecError(
+                f"{r.source}: {where} has {value!r}; a level is a number or text "
+                '(write true/false as 1/0 or as "true"/"false")'
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpecError(f"{r.source}: {where} has {value!r}; a level is a finite number or text")
+        if isinstance(value, str) and (not value.strip() or value != value.strip()):
+            raise SpecError(f"{r.source}: {where} has {value!r}; give the level without blanks around it")
+    numeric = [isinstance(v, (int, float)) for v in values]
+    if any(numeric) and not all(numeric):
+        as_text = [str(v) for v in values]
+        raise SpecError(
+            f"{r.source}: {where} = {values!r} mixes numbers and text; write them all as text ({as_text!r}) "
+            "or all as numbers"
+        )
+    if len({str(v) for v in values} if not any(numeric) else set(values)) != len(values):
+        raise SpecError(f"{r.source}: {where} = {values!r} lists a value twice; keep each once")
+    return tuple(values)
+
+
 def _parse_format(r: _Reader, t: dict[str, Any], where: str, base: FileFormat) -> FileFormat:
+    delimiter = r.get(t, "delimiter", str, default=base.delimiter, where=where)
+    if len(delimiter) != 1 or delimiter in ('"', "\n", "\r"):
+        raise SpecError(f'{r.source}: {where}.delimiter = {delimiter!r}; give one character, e.g. "," or ";" or "\\t"')
+    encoding = r.get(t, "encoding", str, default=base.encoding, where=where)
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise SpecError(
+            f'{r.source}: {where}.encoding = {encoding!r} is not an encoding Python knows; give e.g. "utf-8", '
+            '"cp1252" or "latin-1"'
+        ) from None
+    columns = r.get(t, "columns", list, default=list(base.columns), where=where)
+    if not all(isinstance(c, str) and c for c in columns) or len(set(columns)) != len(columns):
+        raise SpecError(f"{r.source}: {where}.columns = {columns!r}; give the column names in file order, each once")
     return FileFormat(
         format=r.choice(t, "format", _FORMATS, default=base.format, where=where),
         header=r.get(t, "header", bool, default=base.header, where=where),
         missing_token=r.get(t, "missing-token", str, default=base.missing_token, where=where),
-        delimiter=r.get(t, "delimiter", str, default=base.delimiter, where=where),
-        columns=tuple(r.get(t, "columns", list, default=list(base.columns), where=where)),
+        delimiter=delimiter,
+        encoding=encoding,
+        columns=tuple(columns),
     )
 
 

@@ -14,9 +14,9 @@ import mlflow
 from mlflow import MlflowClient
 
 from lab.model import Predictor
-from lab.packaging import input_example, save_bundle, signature
+from lab.packaging import model_arguments
 
-__all__ = ["CHAMPION", "LoggedModel", "Tracker", "close_unfinished", "lock_requirements"]
+__all__ = ["CHAMPION", "LoggedModel", "Tracker", "close_unfinished"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,22 +30,6 @@ class LoggedModel:
     model_uri: str
     registered_name: str | None
     version: str | None
-
-
-def lock_requirements(lock_text: str) -> list[str]:
-    """The exact pins of the environment lock, for the model's requirements.
-
-    Hash lines, comments, options and the lab itself are left out.
-    """
-    pins = []
-    for line in lock_text.splitlines():
-        line = line.split("#", 1)[0].strip().rstrip("\\").strip()
-        if not line or line.startswith("-") or "==" not in line:
-            continue
-        if line.split("==", 1)[0].strip().lower() == "fedlab":
-            continue
-        pins.append(line)
-    return pins
 
 
 def close_unfinished(tracking_uri: str, run_id: str, status: str) -> None:
@@ -114,16 +98,9 @@ class Tracker:
             return None
         spec = predictor.spec
         with tempfile.TemporaryDirectory() as tmp:
-            bundle = save_bundle(predictor, Path(tmp) / "bundle", lock_text=lock_text, provenance=provenance)
+            arguments = model_arguments(predictor, Path(tmp) / "bundle", lock_text=lock_text, provenance=provenance)
             info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
-                artifacts={"bundle": str(bundle)},
-                signature=signature(spec),
-                input_example=input_example(spec, predictor.scaler),
-                pip_requirements=lock_requirements(lock_text),
-                metadata={k: v for k, v in provenance.items() if isinstance(v, str)},
-                registered_model_name=spec.name if register else None,
+                name="model", registered_model_name=spec.name if register else None, **arguments
             )
         version = str(info.registered_model_version) if register and info.registered_model_version else None
         if version is not None:

@@ -7,12 +7,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from federation.task import evaluate, load_node_data, local_baseline, train_locally
-from lab.data import load_table, split_table
+from federation.task import evaluate, load_node_data, local_baseline, target_scaler_of, train_locally
+from lab.data import Table, load_table, split_table
+from lab.errors import ModelError, TrainingError
 from lab.metrics import compute_metrics, roc_auc
 from lab.model import Predictor, build_model
-from lab.packaging import input_example, load_bundle, predict_frame, save_bundle
+from lab.packaging import (
+    check_packaging,
+    input_example,
+    load_bundle,
+    output_frame,
+    predict_frame,
+    save_bundle,
+    signature,
+)
 from lab.preprocess import ColumnSums, Scaler, encode
 from lab.spec import TaskSpec, parse_spec
 
@@ -97,3 +107,84 @@ def test_packaged_model_takes_raw_rows_and_leaves_incomplete_ones_empty(heart_sp
     out = predict_frame(predictor, raw, source="rows", file_format=heart_spec.file_format, offset=0)
     assert list(out.columns) == ["prediction", "probability"]
     assert out["probability"].notna().tolist() == [True, False]
+
+
+def _regression_spec(*, family: str = "linear") -> TaskSpec:
+    return parse_spec(
+        '[task]\nname = "cost"\n[target]\ncolumn = "euros"\nkind = "regression"\n'
+        '[[features]]\nname = "days"\ntype = "numeric"\n[[features]]\nname = "ward"\ntype = "categorical"\n'
+        'levels = ["a", "b"]\n[data]\nheader = true\n'
+        f'[model]\nfamily = "{family}"\nhidden-layers = [8]\n[metrics]\nreport = ["rmse", "r2", "loss"]\n'
+    )
+
+
+def _costs(rows: int, seed: int) -> Table:
+    """Costs in euros: 4,000 a stay plus 900 a day, 2,500 more on ward b, noise of 300."""
+    rng = np.random.default_rng(seed)
+    days = rng.integers(1, 20, rows).astype(float)
+    ward = rng.choice(["a", "b"], rows)
+    euros = 4000 + 900 * days + 2500 * (ward == "b") + rng.normal(0, 300, rows)
+    return Table(pd.DataFrame({"days": days, "ward": ward.astype(object)}), euros, np.arange(rows), 0, "costs")
+
+
+@pytest.mark.parametrize("family", ["linear", "mlp"])
+def test_a_target_in_thousands_trains_with_the_default_settings_once_standardised(family: str) -> None:
+    spec, train, test = _regression_spec(family=family), _costs(300, 1), _costs(100, 2)
+    scaler = Scaler.fit(encode(train.features, spec))
+    predictor = Predictor(spec, scaler, build_model(spec, seed=1), target_scaler_of(spec, train))
+    assert predictor.target_scaler.mean[0] == pytest.approx(train.target.mean())
+    train_locally(predictor, train, steps=300, batch_size=4, learning_rate=0.05, seed=1)
+    metrics = evaluate(predictor, test)
+    assert metrics["r2"] > 0.9  # in euros: the scores are given back in the target's units
+    assert metrics["rmse"] < 1000
+
+
+def test_training_that_diverges_fails_and_says_what_to_change() -> None:
+    spec, train = _regression_spec(), _costs(50, 3)
+    predictor = Predictor(spec, Scaler.identity(3), build_model(spec, seed=1))  # nothing scaled
+    with pytest.raises(TrainingError, match=r"training diverged: the loss became .* lower learning-rate \(now 0.05\)"):
+        train_locally(predictor, train, steps=100, batch_size=4, learning_rate=0.05, seed=1)
+
+
+def test_a_model_with_broken_weights_refuses_to_predict(heart_spec: TaskSpec) -> None:
+    model = build_model(heart_spec, seed=0)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    predictor = Predictor(heart_spec, Scaler.identity(13), model)
+    assert not predictor.is_finite()
+    example = input_example(heart_spec, Scaler.identity(13))
+    with pytest.raises(ModelError, match="no finite prediction for 1 of 1 rows"):
+        predict_frame(predictor, example, source="rows", file_format=heart_spec.file_format, offset=0)
+
+
+def test_a_regression_bundle_keeps_the_target_scaler(tmp_path: Path) -> None:
+    spec, train = _regression_spec(), _costs(60, 4)
+    predictor = Predictor(spec, Scaler.fit(encode(train.features, spec)), build_model(spec, seed=2))
+    predictor.target_scaler = target_scaler_of(spec, train)
+    loaded = load_bundle(save_bundle(predictor, tmp_path / "bundle"))
+    np.testing.assert_array_equal(loaded.scores(train.features), predictor.scores(train.features))
+
+
+CLASSES = {"integer": "[1, 2, 3]", "float": "[0.5, 1.5, 2.5]", "string": '["low", "mid", "high"]'}
+
+
+@pytest.mark.parametrize(("kind", "classes"), CLASSES.items())
+def test_multiclass_predictions_come_as_the_spec_writes_its_classes(kind: str, classes: str) -> None:
+    spec = parse_spec(
+        f'[task]\nname = "triage"\n[target]\ncolumn = "level"\nkind = "multiclass"\nclasses = {classes}\n'
+        '[[features]]\nname = "age"\ntype = "numeric"\n[data]\nheader = true\n'
+    )
+    declared = {c.name: c.type.name for c in signature(spec).outputs.inputs}
+    assert declared == {
+        "prediction": {"integer": "long", "float": "double", "string": "string"}[kind],
+        **{f"probability.{c}": "double" for c in spec.target.classes},
+    }
+    out = output_frame(np.array([[0.1, 0.7, 0.2], [0.8, 0.1, 0.1]]), spec)
+    assert out["prediction"].tolist() == [spec.target.classes[1], spec.target.classes[0]]
+    check_packaging(spec)  # saved, loaded and applied to its example as a run's end will
+
+
+@pytest.mark.parametrize("family", ["linear", "mlp"])
+def test_every_target_kind_packages_before_any_training(family: str, heart_spec: TaskSpec) -> None:
+    check_packaging(_regression_spec(family=family))
+    check_packaging(heart_spec)

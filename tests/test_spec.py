@@ -103,3 +103,23 @@ def test_multiclass_and_regression_targets_are_specs_too() -> None:
 def test_every_demo_silo_is_named_in_the_heart_spec(heart_spec: TaskSpec) -> None:
     assert set(heart_spec.nodes) == {"cleveland", "hungary", "switzerland", "va"}
     assert (HEART / "task.toml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace('positive = ["yes"]', "positive = [true]"), r"a level is a number or text"),
+        (lambda t: t.replace('positive = ["yes"]', "positive = [1]"), r"mixes numbers and text"),
+        (lambda t: t + '\n[[features]]\nname = "unit"\ntype = "categorical"\nlevels = ["a", " b"]\n', "without blanks"),
+        (lambda t: t + '\n[[features]]\nname = "unit"\ntype = "categorical"\nlevels = [1, 1.0]\n', "twice"),
+        (lambda t: t.replace("header = true", 'header = true\nencoding = "utf9"'), "not an encoding Python knows"),
+        (lambda t: t.replace("header = true", 'header = true\ndelimiter = ";;"'), "give one character"),
+    ],
+)
+def test_levels_and_file_formats_that_could_never_match_are_refused_up_front(
+    edit, message: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "task.toml"
+    path.write_text(edit(MINIMAL))
+    with pytest.raises(SpecError, match=message):
+        load_spec(path)
