@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +46,7 @@ from federation.task import (
     local_baseline,
     node_seed,
     predictor_from,
+    target_sums,
     train_locally,
     train_privately,
 )
@@ -55,6 +55,7 @@ from lab.catalog import build_catalog, preflight
 from lab.data import load_table
 from lab.environment import EnvDiff, Environment
 from lab.errors import DataError, LabError
+from lab.model import Predictor
 from lab.preprocess import ColumnSums, Scaler, encode
 from lab.spec import TaskSpec, parse_spec
 
@@ -128,8 +129,13 @@ def _private_plan(msg: Message, context: Context, config: ConfigRecord, data: No
     return plan
 
 
-def _scaler(config: ConfigRecord) -> Scaler:
-    return Scaler(np.asarray(numbers(config, keys.SCALER_MEAN)), np.asarray(numbers(config, keys.SCALER_STD)))
+def _predictor(spec: TaskSpec, config: ConfigRecord, msg: Message) -> Predictor:
+    """The received global model, with the federation's scalers of the features and the target."""
+    scaler = Scaler(np.asarray(numbers(config, keys.SCALER_MEAN)), np.asarray(numbers(config, keys.SCALER_STD)))
+    target = Scaler.identity(1)
+    if keys.TARGET_MEAN in config:
+        target = Scaler(np.asarray([number(config, keys.TARGET_MEAN)]), np.asarray([number(config, keys.TARGET_STD)]))
+    return predictor_from(spec, scaler, arrays_of(msg), target)
 
 
 @app.query(keys.PREPARE)
@@ -142,6 +148,7 @@ def prepare(msg: Message, context: Context) -> Message:
     sums, held_back = protect_column_sums(
         ColumnSums.of(encode(data.train.features, spec)), spec, len(data.train), minimum
     )
+    target = target_sums(data.train)  # over every training row: its count is the row count
     seed = node_seed(int(number(config, keys.SEED)), name, 0)
     baseline: dict[str, float] = {}
     # Metrics on fewer rows than the minimum do not leave; in a DP run nothing trained without
@@ -154,6 +161,15 @@ def prepare(msg: Message, context: Context) -> Message:
             keys.COLUMN_COUNT: sums.count.tolist(),
             keys.COLUMN_SUM: sums.total.tolist(),
             keys.COLUMN_SQUARES: sums.squares.tolist(),
+            **(
+                {
+                    keys.TARGET_COUNT: float(target.count[0]),
+                    keys.TARGET_SUM: float(target.total[0]),
+                    keys.TARGET_SQUARES: float(target.squares[0]),
+                }
+                if spec.target.kind == "regression"
+                else {}
+            ),
             **{keys.BASELINE_PREFIX + k: v for k, v in baseline.items()},
         }
     )
@@ -195,7 +211,7 @@ def train(msg: Message, context: Context) -> Message:
     spec, config, name, env, _, data = _inputs(msg, context)
     minimum = _check_rows(context, data)
     plan = _private_plan(msg, context, config, data)  # refuses a run over the budget, before training
-    predictor = predictor_from(spec, _scaler(config), arrays_of(msg))
+    predictor = _predictor(spec, config, msg)
     metrics: dict[str, int | float] = {}
     if config.get(keys.EVALUATE_FIRST, False) and len(data.test) >= minimum:
         # One message per round: the global model is scored here instead of in an extra message.
@@ -254,7 +270,7 @@ def evaluate_model(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this node's test rows."""
     spec, config, name, env, _, data = _inputs(msg, context)
     minimum = _check_rows(context, data)
-    predictor = predictor_from(spec, _scaler(config), arrays_of(msg))
+    predictor = _predictor(spec, config, msg)
     if len(data.test) < minimum:  # neither the scores nor the small row count leave
         metrics = MetricRecord()
         withheld = {keys.SUPPRESSED: _suppressed_metrics(data, minimum)}
@@ -274,7 +290,10 @@ def catalog(msg: Message, context: Context) -> Message:
     path = str(context.node_config.get(keys.DATA_PATH, ""))
     agreement = node_agreement(context)
     min_rows = max(DEFAULT_MIN_COUNT, agreement.min_rows if agreement else 10)
-    described = build_catalog(path, spec, node=name, min_rows=min_rows) if Path(path).is_file() else {}
+    try:
+        described = build_catalog(path, spec, node=name, min_rows=min_rows)
+    except DataError:  # the pre-flight below says why the table cannot be read
+        described = {}
     node = ConfigRecord(
         {
             keys.NODE_NAME: name,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 from flwr.app import Context, Error, Message, MessageType, RecordDict
 
@@ -23,8 +26,17 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[Message, Context], Message]
 
 #: Metric keys checked by other clauses than allow.metrics: the row count (min-rows), the
-#: scaler's column sums (statistics) and the privacy spent (the node's own accounting).
-_NOT_METRICS = {keys.NUM_EXAMPLES, keys.COLUMN_COUNT, keys.COLUMN_SUM, keys.COLUMN_SQUARES, keys.DP_EPSILON}
+#: scalers' column and target sums (statistics) and the privacy spent (the node's own accounting).
+_NOT_METRICS = {
+    keys.NUM_EXAMPLES,
+    keys.COLUMN_COUNT,
+    keys.COLUMN_SUM,
+    keys.COLUMN_SQUARES,
+    keys.TARGET_COUNT,
+    keys.TARGET_SUM,
+    keys.TARGET_SQUARES,
+    keys.DP_EPSILON,
+}
 
 
 def governed(handler: Handler) -> Handler:
@@ -46,10 +58,28 @@ def governed(handler: Handler) -> Handler:
             logger.error("node %s refused the %s message: %s", name, msg.metadata.message_type, exc)
             _audit(audit_path, msg, "refused", clause=clause, reason=str(exc))
             return Message(Error(code=keys.REFUSED, reason=f"node {name!r} refused: {exc}"), reply_to=msg)
+        except Exception as exc:  # a bug in the lab: one line to the coordinator, the traceback kept here
+            where = _keep_traceback(audit_path, msg)
+            reason = f"internal error (a bug in the lab): {type(exc).__name__}: {exc}; {where}"
+            _audit(audit_path, msg, "failed", reason=reason)
+            return Message(Error(code=keys.FAILED, reason=f"node {name!r} failed: {reason}"), reply_to=msg)
         _audit(audit_path, msg, "accepted", reply=reply)
         return reply
 
     return wrapped
+
+
+def _keep_traceback(audit_path: str, msg: Message) -> str:
+    """Log the exception being handled and write it to the node's home (beside its audit log)."""
+    text = traceback.format_exc()
+    logger.error("%s", text)
+    if not audit_path:
+        return "the traceback is in the node's log"
+    folder = Path(audit_path).parent / "errors"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-run{msg.metadata.run_id}-{msg.metadata.message_type}.txt"
+    path.write_text(text, encoding="utf-8")
+    return f"the traceback is in the node's home, errors/{path.name}"
 
 
 def node_agreement(context: Context) -> Agreement | None:

@@ -16,6 +16,9 @@ TRAIN_LOSS = "train-loss"
 COLUMN_COUNT = "column-count"
 COLUMN_SUM = "column-sum"
 COLUMN_SQUARES = "column-squares"
+TARGET_COUNT = "target-count"  # a regression target's count, sum and sum of squares (its federated scaler)
+TARGET_SUM = "target-sum"
+TARGET_SQUARES = "target-squares"
 BASELINE_PREFIX = "baseline."
 EVAL_PREFIX = "eval."  # in a train reply: the received global model's metrics on the test split
 
@@ -24,6 +27,8 @@ TASK_SPEC = "task-spec"
 SERVER_ROUND = "server-round"
 SCALER_MEAN = "scaler-mean"
 SCALER_STD = "scaler-std"
+TARGET_MEAN = "target-mean"  # a regression target's federated mean and std (one number each)
+TARGET_STD = "target-std"
 LEARNING_RATE = "learning-rate"
 LOCAL_STEPS = "local-steps"
 BATCH_SIZE = "batch-size"
@@ -86,5 +91,6 @@ DP_PLANNED_EPSILON = "dp-planned-epsilon"  # NODE record of the prepare reply: t
 DP_NOISE_USED = "dp-noise-used"  # NODE record: the noise multiplier the node trains with
 PRIVACY_LEDGER = "privacy-ledger"  # node_config: path of the node's privacy ledger
 
-# Error code of a node's refusal (the reason says why)
+# Error codes of a node's reply (the reason says why): a refusal, and a failure of the lab itself
 REFUSED = 4001
+FAILED = 4002

@@ -59,9 +59,10 @@ class Guard:
 
 def prepare(
     grid: Grid, spec: TaskSpec, settings: RunSettings, guard: Guard, tracker: Tracker, events: EventLog
-) -> tuple[dict[int, Member], Scaler]:
+) -> tuple[dict[int, Member], Scaler, Scaler]:
     """Ask every connected node to check its environment and table, share column sums and run
-    its local-only baseline; returns the nodes that take part and the federated scaler."""
+    its local-only baseline; returns the nodes that take part and the federated scalers of the
+    features and of a regression target (identity for other targets)."""
     node_ids = wait_for_nodes(grid, max(settings.expected_nodes, settings.min_nodes), settings.node_wait_seconds)
     config = ConfigRecord(
         {
@@ -80,13 +81,14 @@ def prepare(
     replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
     members: dict[int, Member] = {}
     sums: ColumnSums | None = None
+    target: ColumnSums | None = None
     refusals: dict[str, str] = {}
     for reply in replies:
         node_id = reply.metadata.src_node_id
         if reply.has_error():
             refusals[f"node-{node_id}"] = error_reason(reply)
             continue
-        member, part = _member(reply)
+        member, part, target_part = _member(reply)
         refusal, warning = guard.screen(config_of(reply, keys.NODE), member.env_pins)
         if refusal:
             refusals[member.name] = f"node {member.name!r} not admitted by the coordinator: {refusal}"
@@ -94,6 +96,8 @@ def prepare(
         member.warning = warning or member.warning
         members[node_id] = member
         sums = part if sums is None else sums + part
+        if target_part is not None:
+            target = target_part if target is None else target + target_part
     for missing in set(node_ids) - {r.metadata.src_node_id for r in replies}:
         refusals[f"node-{missing}"] = f"node-{missing}: no reply within {settings.round_timeout:.0f} s"
     _record(members, refusals, tracker, events)
@@ -109,8 +113,8 @@ def prepare(
             f"{len(members)} node(s) accepted the task, fewer than min-nodes = {settings.min_nodes}: {detail}"
         )
     if spec.scaling == "none" or sums is None:
-        return members, Scaler.identity(len(spec.encoded_names))
-    return members, Scaler.from_sums(sums)
+        return members, Scaler.identity(len(spec.encoded_names)), Scaler.identity(1)
+    return members, Scaler.from_sums(sums), Scaler.from_sums(target) if target is not None else Scaler.identity(1)
 
 
 def preflight(grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker) -> dict[str, Any]:
@@ -137,8 +141,9 @@ def preflight(grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracke
     return {"preflight": nodes}
 
 
-def _member(reply: Message) -> tuple[Member, ColumnSums]:
-    """A node's answer to the prepare query: who it is, its fingerprints, baseline and column sums."""
+def _member(reply: Message) -> tuple[Member, ColumnSums, ColumnSums | None]:
+    """A node's answer to the prepare query: who it is, its fingerprints, baseline, column sums and
+    (for a regression target) the target's sums."""
     node, metrics = config_of(reply, keys.NODE), metrics_of(reply)
     pins = node.get(keys.ENV_PINS)
     member = Member(
@@ -173,7 +178,12 @@ def _member(reply: Message) -> tuple[Member, ColumnSums]:
     sums = ColumnSums(
         *(np.asarray(numbers(metrics, k)) for k in (keys.COLUMN_COUNT, keys.COLUMN_SUM, keys.COLUMN_SQUARES))
     )
-    return member, sums
+    target = None
+    if keys.TARGET_SUM in metrics:
+        target = ColumnSums(
+            *(np.asarray([number(metrics, k)]) for k in (keys.TARGET_COUNT, keys.TARGET_SUM, keys.TARGET_SQUARES))
+        )
+    return member, sums, target
 
 
 def _record(members: dict[int, Member], refusals: dict[str, str], tracker: Tracker, events: EventLog) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import traceback
 from typing import Any
 
 import numpy as np
@@ -24,12 +25,15 @@ from federation.task import predictor_from
 from lab.environment import Environment
 from lab.errors import LabError, RunFailedError
 from lab.model import build_model
+from lab.packaging import check_packaging
 from lab.spec import TaskSpec, parse_spec
 from lab.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
 app = ServerApp()
+
+TRACEBACK_FILE = "traceback.txt"
 
 
 @app.main()
@@ -48,34 +52,60 @@ def main(grid: Grid, context: Context) -> None:
         "lab.code.fab_hash": fab_hash,
         "lab.code.version": settings.code_version or "unknown",
     }
+    traceback_at = ""
     try:
         with tracker.run(
             run_name=f"{spec.name}-{settings.strategy if settings.mode == 'train' else settings.mode}-{context.run_id}",
             params={**settings.as_params(), "spec": spec.name, "spec_sha256": spec.sha256, "code.fab_hash": fab_hash},
             tags=tags,
         ):
-            events.emit("started", rounds=settings.num_rounds, strategy=settings.strategy, mlflow_run_id=tracker.run_id)
-            tracker.log_text(spec.text, "task/spec.toml")
-            if settings.environment_lock:
-                tracker.log_text(settings.environment_lock, "environment/requirements.lock")
-            if settings.mode == "check":
-                summary = preflight(grid, spec, settings, tracker)
-            elif settings.mode == "stats":
-                summary = federated_stats(grid, spec, settings, tracker, events)
-            else:
-                summary = _run(grid, spec, settings, tracker, events, fab_hash)
-            events.emit("done", **summary)
+            try:
+                events.emit(
+                    "started", rounds=settings.num_rounds, strategy=settings.strategy, mlflow_run_id=tracker.run_id
+                )
+                tracker.log_text(spec.text, "task/spec.toml")
+                if settings.environment_lock:
+                    tracker.log_text(settings.environment_lock, "environment/requirements.lock")
+                if settings.mode == "check":
+                    summary = preflight(grid, spec, settings, tracker)
+                elif settings.mode == "stats":
+                    summary = federated_stats(grid, spec, settings, tracker, events)
+                else:
+                    summary = _run(grid, spec, settings, tracker, events, fab_hash)
+                events.emit("done", **summary)
+            except Exception as exc:
+                if not isinstance(exc, LabError):  # a bug: keep its traceback with the failed run
+                    traceback_at = _keep_traceback(events, tracker)
+                raise
     except Exception as exc:
-        reason = str(exc) if isinstance(exc, LabError) else f"{type(exc).__name__}: {exc}"
-        events.emit("failed", reason=reason)
+        reason = (
+            str(exc) if isinstance(exc, LabError) else f"internal error (a bug in the lab): {type(exc).__name__}: {exc}"
+        )
+        events.emit("failed", reason=reason + traceback_at)
         raise
+
+
+def _keep_traceback(events: EventLog, tracker: Tracker) -> str:
+    """Write the exception being handled to the run's folder and its MLflow run; where it went."""
+    text = traceback.format_exc()
+    logger.error("%s", text)
+    places = []
+    if events.path is not None:
+        path = events.path.with_name(TRACEBACK_FILE)
+        path.write_text(text, encoding="utf-8")
+        places.append(repr(str(path)))
+    if tracker.run_id is not None:
+        tracker.log_text(text, f"error/{TRACEBACK_FILE}")
+        places.append(f"MLflow run {tracker.run_id} (artifact error/{TRACEBACK_FILE})")
+    return f"; the traceback is in {' and in '.join(places)}" if places else ""
 
 
 def _run(
     grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, events: EventLog, fab_hash: str
 ) -> dict[str, Any]:
     guard = _guard(spec, settings)
-    members, scaler = prepare(grid, spec, settings, guard, tracker, events)
+    check_packaging(spec)  # a task that cannot become a model fails now, not after the last round
+    members, scaler, target_scaler = prepare(grid, spec, settings, guard, tracker, events)
     recorder = Recorder(members, tracker, events, spec.metrics)
     strategy = make_strategy(settings, set(members), recorder, guard)
     mean, std = scaler.to_lists()
@@ -83,6 +113,11 @@ def _run(
         keys.TASK_SPEC: spec.text,
         keys.SCALER_MEAN: mean,
         keys.SCALER_STD: std,
+        **(
+            {keys.TARGET_MEAN: float(target_scaler.mean[0]), keys.TARGET_STD: float(target_scaler.std[0])}
+            if spec.target.kind == "regression"
+            else {}
+        ),
         keys.STRATEGY: settings.strategy,
         **dp_config(settings),
     }
@@ -104,7 +139,12 @@ def _run(
     _evaluate_final(grid, result.arrays, ConfigRecord(shared), members, recorder, settings)
     if recorder.refusals:
         tracker.log_text(json.dumps(recorder.refusals, indent=2), "nodes/refusals-in-rounds.json")
-    predictor = predictor_from(spec, scaler, result.arrays)
+    predictor = predictor_from(spec, scaler, result.arrays, target_scaler)
+    if not predictor.is_finite():
+        raise RunFailedError(
+            "the federated model's weights are not finite numbers (the training diverged); nothing is registered: "
+            "lower learning-rate and check the spec's scaling"
+        )
     summary = _summary(members, spec)
     tracker.log_metrics({f"final.{k}": v for k, v in summary["mean"].items() if _finite(v)}, step=settings.num_rounds)
     provenance = {

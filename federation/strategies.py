@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
@@ -63,7 +64,13 @@ class _Reporting:
             for record in reply.content.metric_records.values():
                 for key in [k for k in record if k not in (keys.NUM_EXAMPLES, keys.TRAIN_LOSS)]:
                     del record[key]
-        return super().aggregate_train(server_round, kept)  # type: ignore[misc, no-any-return]
+        arrays, metrics = super().aggregate_train(server_round, kept)  # type: ignore[misc]
+        if arrays is not None and not all(np.isfinite(a.numpy()).all() for a in arrays.values()):
+            raise RunFailedError(
+                f"round {server_round}: the aggregated model is not finite (NaN or infinite weights); "
+                "lower learning-rate or server-learning-rate and check the spec's scaling"
+            )
+        return arrays, metrics
 
     def _screen(self, replies: list[Message]) -> tuple[list[Message], dict[str, str]]:
         """Replies the guard admits, and why the others are not aggregated (by node name)."""

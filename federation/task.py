@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import warnings
 import zlib
@@ -12,11 +14,13 @@ import torch
 from flwr.app import ArrayRecord
 
 from lab.data import Table, load_table, split_table
-from lab.errors import DataError
+from lab.errors import DataError, TrainingError
 from lab.metrics import compute_metrics
-from lab.model import Predictor, build_model, loss_fn, targets_tensor
-from lab.preprocess import Scaler, encode
+from lab.model import Predictor, build_model, loss_fn
+from lab.preprocess import ColumnSums, Scaler, encode
 from lab.spec import TaskSpec
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "NodeData",
@@ -25,6 +29,8 @@ __all__ = [
     "local_baseline",
     "node_seed",
     "predictor_from",
+    "target_scaler_of",
+    "target_sums",
     "train_locally",
     "train_privately",
 ]
@@ -75,7 +81,7 @@ def train_locally(
     spec, model = predictor.spec, predictor.model
     assert table.target is not None
     x = predictor.inputs(table.features)
-    y = targets_tensor(table.target, spec)
+    y = predictor.targets(table.target)
     criterion = loss_fn(spec)
     params = list(model.parameters())
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
@@ -101,7 +107,18 @@ def train_locally(
         loss.backward()
         opt.step()
         losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise _diverged(f"the loss became {losses[-1]} at local step {len(losses)} of {steps}", learning_rate)
+    if not predictor.is_finite():
+        raise _diverged("the model's weights are no longer finite numbers", learning_rate)
     return float(np.mean(losses)) if losses else float("nan")
+
+
+def _diverged(what: str, learning_rate: float) -> TrainingError:
+    return TrainingError(
+        f"training diverged: {what}; lower learning-rate (now {learning_rate:g}) with --set learning-rate=..., "
+        "and check the features' and target's scaling in the spec"
+    )
 
 
 def train_privately(
@@ -127,7 +144,7 @@ def train_privately(
     spec, model = predictor.spec, predictor.model
     assert table.target is not None
     x = predictor.inputs(table.features)
-    y = targets_tensor(table.target, spec)
+    y = predictor.targets(table.target)
     criterion = loss_fn(spec)
     # The noise and the Poisson sampling must not be reproducible by anyone who knows the run's
     # seed (the coordinator chose it): draw both from the operating system's entropy. Opacus'
@@ -159,8 +176,12 @@ def train_privately(
             loss.backward()
             private_opt.step()
             losses.append(loss.item() if len(xb) else float("nan"))
+            if len(xb) and not math.isfinite(losses[-1]):
+                raise _diverged(f"the loss became {losses[-1]} at local step {len(losses)} of {steps}", learning_rate)
             if len(losses) >= steps:
                 break
+    if not predictor.is_finite():
+        raise _diverged("the model's weights are no longer finite numbers", learning_rate)
     finite = [v for v in losses if not np.isnan(v)]
     return (float(np.mean(finite)) if finite else float("nan")), float(private_loader.sample_rate)
 
@@ -182,14 +203,33 @@ def local_baseline(spec: TaskSpec, data: NodeData, *, epochs: int, seed: int) ->
         if spec.scaling != "none"
         else Scaler.identity(len(spec.encoded_names))
     )
-    predictor = Predictor(spec, scaler, build_model(spec, seed=seed))
+    predictor = Predictor(spec, scaler, build_model(spec, seed=seed), target_scaler_of(spec, data.train))
     steps = epochs * int(np.ceil(len(data.train) / 4))
-    train_locally(predictor, data.train, steps=steps, batch_size=4, learning_rate=0.001, seed=seed, optimizer="adam")
+    try:
+        train_locally(
+            predictor, data.train, steps=steps, batch_size=4, learning_rate=0.001, seed=seed, optimizer="adam"
+        )
+    except TrainingError as exc:  # the reference is missing, the node still takes part
+        logger.warning("node %s: the local-only baseline is left out: %s", data.name, exc)
+        return {}
     return evaluate(predictor, data.test)
 
 
-def predictor_from(spec: TaskSpec, scaler: Scaler, arrays: ArrayRecord) -> Predictor:
+def target_scaler_of(spec: TaskSpec, table: Table) -> Scaler:
+    """The standardisation of a regression target over one table's rows (identity otherwise)."""
+    if spec.target.kind != "regression" or spec.scaling == "none":
+        return Scaler.identity(1)
+    return Scaler.from_sums(target_sums(table))
+
+
+def target_sums(table: Table) -> ColumnSums:
+    """Count, sum and sum of squares of a table's target, as one column."""
+    assert table.target is not None
+    return ColumnSums.of(np.asarray(table.target, dtype=np.float64).reshape(-1, 1))
+
+
+def predictor_from(spec: TaskSpec, scaler: Scaler, arrays: ArrayRecord, target_scaler: Scaler) -> Predictor:
     """A predictor with the parameters of ``arrays`` loaded."""
     model = build_model(spec)
     model.load_state_dict(arrays.to_torch_state_dict())
-    return Predictor(spec, scaler, model)
+    return Predictor(spec, scaler, model, target_scaler)

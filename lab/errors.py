@@ -8,6 +8,7 @@ with status 2 instead of showing a traceback.
     ├── DataError          a node's table is missing, unreadable or does not fit the spec
     ├── RuntimeStartError  a SuperLink or SuperNode did not start
     ├── RunFailedError     a federated run ended without a model
+    ├── TrainingError      local training diverged (the loss or a weight is not finite)
     └── ModelError         a registered model cannot be found or used
 """
 
@@ -20,6 +21,7 @@ __all__ = [
     "RunFailedError",
     "RuntimeStartError",
     "SpecError",
+    "TrainingError",
 ]
 
 
@@ -41,6 +43,10 @@ class RuntimeStartError(LabError):
 
 class RunFailedError(LabError):
     """A federated run ended without producing a model."""
+
+
+class TrainingError(LabError):
+    """Local training diverged: the loss or a weight became NaN or infinite."""
 
 
 class ModelError(LabError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -64,20 +64,29 @@ class Predictor:
     """Raw rows in, scores out: the spec's encoding, the scaler, then the network.
 
     Nodes evaluate with it and the registered model predicts with it, so a rerun
-    in-house computes exactly what the federation recorded.
+    in-house computes exactly what the federation recorded. A regression model learns the
+    target standardised by ``target_scaler`` (one column) and its scores are given back in the
+    target's own units, so a target in euros trains with the settings of one near 1.
     """
 
     spec: TaskSpec
     scaler: Scaler
     model: nn.Module
+    target_scaler: Scaler = field(default_factory=lambda: Scaler.identity(1))
 
     def inputs(self, features: pd.DataFrame) -> torch.Tensor:
         """The scaled input matrix for typed feature columns."""
         return torch.from_numpy(self.scaler.transform(encode(features, self.spec)))
 
+    def targets(self, y: np.ndarray) -> torch.Tensor:
+        """Targets as the network learns them: class codes, or the standardised value."""
+        if self.spec.target.kind == "regression":
+            y = self.target_scaler.transform(np.asarray(y, dtype=np.float64).reshape(-1, 1)).reshape(-1)
+        return targets_tensor(y, self.spec)
+
     def scores(self, features: pd.DataFrame) -> np.ndarray:
         """Probability of the positive class (binary), class probabilities
-        (multiclass, one column per class) or predicted values (regression)."""
+        (multiclass, one column per class) or predicted values in the target's units (regression)."""
         self.model.eval()
         with torch.no_grad():
             out = self.model(self.inputs(features))
@@ -88,10 +97,16 @@ class Predictor:
             else:
                 out = out.reshape(-1)
         scores: np.ndarray = out.numpy().astype(np.float64)
+        if self.spec.target.kind == "regression":
+            scores = scores * float(self.target_scaler.std[0]) + float(self.target_scaler.mean[0])
         return scores
 
     def loss(self, features: pd.DataFrame, y: np.ndarray) -> float:
-        """Mean training loss on these rows."""
+        """Mean training loss on these rows (for regression: on the standardised target)."""
         self.model.eval()
         with torch.no_grad():
-            return float(loss_fn(self.spec)(self.model(self.inputs(features)), targets_tensor(y, self.spec)))
+            return float(loss_fn(self.spec)(self.model(self.inputs(features)), self.targets(y)))
+
+    def is_finite(self) -> bool:
+        """Whether every parameter is a finite number (training that diverged leaves NaN or inf)."""
+        return all(bool(torch.isfinite(p).all()) for p in self.model.state_dict().values())
