@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
+import traceback
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table as RichTable
 
+from lab.data import node_source
 from lab.errors import LabError
 from lab.federate import federate
 from lab.governance_cli import agreement_app, app_app, coordinator_app, node_app
@@ -47,6 +51,15 @@ DEMO_NODES = {
     "va": "processed.va.data",
 }
 
+_NODE_EXAMPLE = "cleveland=data/cleveland.csv"
+NodeOption = Annotated[
+    list[str],
+    typer.Option(
+        help="NAME=TABLE: one node's table, a CSV or Parquet file or a database URL such as "
+        "sqlite:///records.db?table=patients (see the README); repeat per node."
+    ),
+]
+
 app.add_typer(env_app, name="env")
 app.add_typer(spec_app, name="spec")
 app.add_typer(agreement_app, name="agreement")
@@ -77,7 +90,7 @@ def demo(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(demo_agreement(spec.name, spec.sha256, fab_hash, spec.organisation(name)), encoding="utf-8")
         agreements[name] = path
-    nodes = {name: data / file for name, file in DEMO_NODES.items()}
+    nodes = {name: str(data / file) for name, file in DEMO_NODES.items()}
     final = federate(
         data / "task.toml",
         nodes,
@@ -93,7 +106,7 @@ def demo(
 @app.command()
 def run(
     spec: Annotated[Path, typer.Option(help="The task spec (TOML).")],
-    node: Annotated[list[str], typer.Option(help="NAME=PATH of one node's table; repeat per node.")],
+    node: NodeOption,
     agreement: Annotated[
         list[str] | None, typer.Option(help="NAME=PATH of a node's data-use agreement, which it then enforces.")
     ] = None,
@@ -112,7 +125,7 @@ def run(
     tracking_uri: TrackingUri = "",
 ) -> None:
     """Run a federation of local nodes, one per --node, on the task in --spec."""
-    nodes = _named_paths(node, "--node", "cleveland=data/cleveland.csv")
+    nodes = _named_sources(node)
     agreements = _named_paths(agreement or [], "--agreement", "cleveland=cleveland-agreement.toml")
     if set(agreements) - set(nodes):
         raise LabError(f"--agreement names {sorted(set(agreements) - set(nodes))!r}, which no --node names")
@@ -139,13 +152,13 @@ def run(
 @app.command()
 def check(
     spec: Annotated[Path, typer.Option(help="The task spec (TOML).")],
-    node: Annotated[list[str], typer.Option(help="NAME=PATH of one node's table; repeat per node.")],
+    node: NodeOption,
     agreement: Annotated[list[str] | None, typer.Option(help="NAME=PATH of a node's data-use agreement.")] = None,
     workspace: Workspace = Path(WORKSPACE.default),
     tracking_uri: TrackingUri = "",
 ) -> None:
     """Pre-flight: ask every node, through the federation, to check its table against the spec."""
-    nodes = _named_paths(node, "--node", "cleveland=data/cleveland.csv")
+    nodes = _named_sources(node)
     agreements = _named_paths(agreement or [], "--agreement", "cleveland=cleveland-agreement.toml")
     final = federate(
         spec,
@@ -162,7 +175,7 @@ def check(
 def stats(
     columns: Annotated[list[str], typer.Argument(help="Columns to summarise, e.g. age chol.")],
     spec: Annotated[Path, typer.Option(help="The task spec (TOML).")],
-    node: Annotated[list[str], typer.Option(help="NAME=PATH of one node's table; repeat per node.")],
+    node: NodeOption,
     by: Annotated[str | None, typer.Option(help="Group every figure by this column.")] = None,
     crosstab: Annotated[str | None, typer.Option(help="A,B: counts of two categorical columns.")] = None,
     correlation: Annotated[bool, typer.Option("--correlation", help="Correlation matrix of the columns.")] = False,
@@ -189,7 +202,7 @@ def stats(
         pair = (a.strip(), b.strip())
     result = federated_stats(
         spec,
-        dict(_named_paths(node, "--node", "cleveland=data/cleveland.csv")),
+        _named_sources(node),
         columns,
         by=by,
         crosstab=pair,
@@ -204,7 +217,7 @@ def stats(
     for table in stats_tables(result):
         console.print(table)
     for name, notes in sorted(result["notes"].items()):
-        console.print(f"  [yellow]{name} suppressed[/]: " + "; ".join(notes))
+        console.print(f"  [yellow]{escape(name)} suppressed[/]: " + escape("; ".join(notes)))
     if result.get("node_figures"):
         shown = ", ".join(result["node_figures"])
         console.print(f"per-node figures allowed by agreement: {shown} (MLflow artifact analytics/nodes.json)")
@@ -240,6 +253,11 @@ def ui(
         proc.wait(timeout=15)
 
 
+def _named_sources(items: list[str]) -> dict[str, str]:
+    """--node NAME=SOURCE: a table's path (made absolute), or a database URL as given."""
+    return {name: node_source(str(path)) for name, path in _named_paths(items, "--node", _NODE_EXAMPLE).items()}
+
+
 def _named_paths(items: list[str], option: str, example: str) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for item in items:
@@ -273,14 +291,14 @@ def _preflight_table(nodes: dict[str, Any]) -> None:
     failing = 0
     for name, result in sorted(nodes.items()):
         if "refused" in result:
-            table.add_row(name, "", "", f"[red]refused[/]: {result['refused']}")
+            table.add_row(name, "", "", f"[red]refused[/]: {escape(result['refused'])}")
             failing += 1
             continue
         rows = str(result["catalog"].get("rows", "?"))
         if not result["problems"]:
             table.add_row(name, rows, "", "[green]fits the spec[/]")
         for problem in result["problems"]:
-            table.add_row(name, rows, problem["column"], problem["problem"])
+            table.add_row(name, rows, escape(problem["column"]), escape(problem["problem"]))
         failing += bool(result["problems"])
     console.print(table)
     if failing:
@@ -325,9 +343,27 @@ def main() -> NoReturn:
     try:
         app(standalone_mode=True)
     except LabError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted; every process the lab started has been stopped")
         sys.exit(130)
+    except Exception as exc:  # a bug in the lab: one line here, the traceback in the workspace's logs
+        where = _keep_traceback()
+        line = f"internal error (a bug in the lab): {type(exc).__name__}: {exc}; the traceback is in {where}"
+        err.print(f"[red]error:[/] {escape(line)}", highlight=False)
+        sys.exit(1)
     sys.exit(0)
+
+
+def _keep_traceback() -> str:
+    """Write the exception being handled to the workspace's logs; the file's path."""
+    folder = Path(WORKSPACE.get()) / "logs"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"lab-error-{time.strftime('%Y%m%d-%H%M%S')}.txt"
+        path.write_text(traceback.format_exc(), encoding="utf-8")
+    except OSError:
+        traceback.print_exc()
+        return "the output above"
+    return repr(str(path.resolve()))

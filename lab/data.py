@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +14,20 @@ import pandas as pd
 
 from lab.errors import DataError
 from lab.spec import Feature, FileFormat, Level, TaskSpec
+from lab.sql import display_url, is_sql_url, read_sql
 
-__all__ = ["Table", "check_column", "check_frame", "is_blank", "load_table", "read_raw", "split_table"]
+__all__ = [
+    "Table",
+    "check_column",
+    "check_frame",
+    "is_blank",
+    "load_table",
+    "node_source",
+    "read_raw",
+    "source_exists",
+    "source_label",
+    "split_table",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +68,15 @@ class Table:
         )
 
 
-def read_raw(path: str | Path, file_format: FileFormat) -> tuple[pd.DataFrame, int]:
-    """Read a table as strings (CSV) or as stored (Parquet).
+def read_raw(source: str | Path, file_format: FileFormat) -> tuple[pd.DataFrame, int]:
+    """Read a table as strings (CSV), as stored (Parquet, SQL).
 
-    Returns the frame and the offset to add to a row's position to get its line in the file.
+    ``source`` is a file path or a database URL (lab.sql). Returns the frame and the offset to
+    add to a row's position to get its line in the file.
     """
-    path = Path(path)
+    if is_sql_url(source):
+        return read_sql(str(source)), 1
+    path = Path(source)
     if not path.is_file():
         raise DataError(
             f"{str(path)!r} does not exist or is not a file; check the path (on a node: its data-path setting)"
@@ -71,7 +88,7 @@ def read_raw(path: str | Path, file_format: FileFormat) -> tuple[pd.DataFrame, i
         if fmt == "parquet":
             return pd.read_parquet(path), 1
         frame = pd.read_csv(
-            path,
+            io.StringIO(_decoded(path, file_format.encoding)),
             sep=file_format.delimiter,
             header=0 if file_format.header else None,
             names=None if file_format.header else list(file_format.columns),
@@ -79,16 +96,37 @@ def read_raw(path: str | Path, file_format: FileFormat) -> tuple[pd.DataFrame, i
             keep_default_na=False,
             skipinitialspace=True,
         )
-    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(
-            f"{str(path)!r} cannot be read as {fmt.upper()}: {reason}; check the file and the spec's [data] format"
+            f"{str(path)!r} cannot be read as {fmt.upper()}: {reason}; check the file against the format "
+            "the spec gives for this node (format, header, delimiter, columns)"
         ) from None
     return frame, 2 if file_format.header else 1
 
 
+def _decoded(path: Path, encoding: str) -> str:
+    """The file's text in ``encoding`` (a UTF-8 byte-order mark dropped); a byte the encoding cannot
+    read is an error naming the byte, its line and the setting to change."""
+    data = path.read_bytes()
+    codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        start = data.rfind(b"\n", 0, exc.start) + 1
+        context = data[start : exc.start + 1].decode(codec, errors="replace")[-30:]
+        other = "cp1252" if codecs.lookup(encoding).name != "cp1252" else "utf-8"
+        raise DataError(
+            f"{str(path)!r}, line {line}: byte 0x{data[exc.start]:02x} (after {context[:-1]!r}) is not valid "
+            f'{encoding}; set the file\'s encoding in the spec (encoding = {other!r}, or "latin-1", under '
+            "[data] or this node's [nodes.NAME] table), or save the file as UTF-8"
+        ) from None
+
+
 def load_table(path: str | Path, spec: TaskSpec, *, node: str | None = None, require_target: bool = True) -> Table:
-    """Read ``path`` in the format the spec gives for ``node`` and check every column.
+    """Read ``path`` (a file, or a database URL) in the format the spec gives for ``node`` and
+    check every column.
 
     Rows with a missing value in a ``drop-row`` column are dropped (and counted); any
     value that cannot be read, or a category the spec does not list, is an error that
@@ -97,8 +135,24 @@ def load_table(path: str | Path, spec: TaskSpec, *, node: str | None = None, req
     file_format = spec.format_for(node)
     frame, offset = read_raw(path, file_format)
     return check_frame(
-        frame, spec, source=str(path), file_format=file_format, offset=offset, require_target=require_target
+        frame, spec, source=source_label(path), file_format=file_format, offset=offset, require_target=require_target
     )
+
+
+def node_source(text: str) -> str:
+    """A node's data source as it is handed to its SuperNode: a database URL as written, a file's
+    path made absolute (the SuperNode runs in another folder)."""
+    return text if is_sql_url(text) else str(Path(text).expanduser().resolve())
+
+
+def source_exists(source: str) -> bool:
+    """Whether a file source exists (a database URL is only checked when it is read)."""
+    return is_sql_url(source) or Path(source).is_file()
+
+
+def source_label(source: str | Path) -> str:
+    """How messages name a node's data: its path, or its database URL without a password."""
+    return display_url(str(source)) if is_sql_url(source) else str(source)
 
 
 def check_frame(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lab.errors import LabError
@@ -25,7 +26,7 @@ _WHAT = {"check": "pre-flight check", "stats": "federated analytics"}
 
 def federate(
     spec_path: Path,
-    nodes: dict[str, Path],
+    nodes: dict[str, str],
     *,
     workspace: Path,
     settings: dict[str, Any],
@@ -38,15 +39,16 @@ def federate(
     Raises LabError (or RunFailedError) with the reason when the run fails; every process is
     stopped and the MLflow run closed in any case.
     """
+    from lab.data import source_exists
     from lab.launch import build_run_config, submit_run
     from lab.runtime import LocalFederation, NodeSpec
     from lab.spec import load_spec
 
     spec = load_spec(spec_path)
     mode = str(settings.get("mode", "train"))
-    for name, path in nodes.items():
-        if not path.is_file() and mode != "check":  # a pre-flight lets the node report it
-            raise LabError(f"node {name!r}: {str(path)!r} does not exist; give the path of its table")
+    for name, source in nodes.items():
+        if not source_exists(source) and mode != "check":  # a pre-flight lets the node report it
+            raise LabError(f"node {name!r}: {source!r} does not exist; give the path of its table")
     run_config = build_run_config(
         spec, settings, tracking_uri=tracking_uri, expected_nodes=len(nodes), lock=lock_path(), root=project_root()
     )
@@ -124,9 +126,9 @@ def _show(bar: Progress, task: Any, event: dict[str, Any], rounds: int, metric: 
             f"{event['train_rows']} train / {event['test_rows']} test rows"
         )
     elif kind == "refused":
-        bar.console.print(f"  [red]refused[/] {event['reason']}")
+        bar.console.print(f"  [red]refused[/] {escape(event['reason'])}")
     elif kind == "warning":
-        bar.console.print(f"  [yellow]warning[/] {event['reason']}")
+        bar.console.print(f"  [yellow]warning[/] {escape(event['reason'])}")
     elif kind == "train":
         # Nodes score the model they received, i.e. the previous round's global model.
         value = (event.get("mean") or {}).get(metric)
@@ -144,4 +146,4 @@ def _show(bar: Progress, task: Any, event: dict[str, Any], rounds: int, metric: 
             description=f"final model: {event['answered']}/{event['asked']} nodes, mean {metric} {fmt(value)}",
         )
     for node, reason in (event.get("errors") or {}).items():
-        bar.console.print(f"  [red]{node}[/]: {reason}")
+        bar.console.print(f"  [red]{escape(node)}[/]: {escape(reason)}")

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table as RichTable
 
 from lab.agreement import load_agreement
@@ -155,7 +156,7 @@ def node_audit(
         problems = audit.verify()
         if problems:
             for problem in problems:
-                err.print(f"[red]line {problem.line}[/]: {problem.reason}", highlight=False)
+                err.print(f"[red]line {problem.line}[/]: {escape(problem.reason)}", highlight=False)
             raise typer.Exit(1)
         console.print(f"{len(audit.entries())} entries, chain intact")
         return

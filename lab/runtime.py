@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -20,12 +21,13 @@ from typing import IO
 
 import psutil
 
+from lab.data import node_source
 from lab.errors import RuntimeStartError
 from lab.node_guard import AGREEMENT_ENV, AUDIT_ENV, write_shim
 from lab.security import CoordinatorCerts, enroll_node, init_coordinator
 from lab.settings import private_environ
 
-__all__ = ["LocalFederation", "NodeSpec", "executable", "free_port"]
+__all__ = ["LocalFederation", "NodeSpec", "executable", "free_port", "node_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +36,28 @@ START_TIMEOUT = 90.0
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """One organisation's SuperNode: its name and the path of its own table."""
+    """One organisation's SuperNode: its name and its own table (a file's absolute path, or a
+    database URL without a password)."""
 
     name: str
-    data_path: Path
+    data_path: str | Path
     env: dict[str, str] = field(default_factory=dict)  # extra environment for this node's processes
     agreement: Path | None = None  # the node's data-use agreement; None: no agreement is enforced
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_path", node_source(str(self.data_path)))
+
+
+def node_config(values: Mapping[str, object]) -> str:
+    """A SuperNode's ``--node-config`` text: ``key="value"`` pairs, which Flower reads as TOML
+    strings inside double quotes (so a value may hold spaces but no double quote)."""
+    for key, value in values.items():
+        if '"' in str(value) or "\\" in str(value):
+            raise RuntimeStartError(
+                f"node config {key} = {str(value)!r} holds a double quote or a backslash, which Flower's "
+                "--node-config cannot carry; use single quotes in a query, and a path without them"
+            )
+    return " ".join(f'{key}="{value}"' for key, value in values.items())
 
 
 def free_port() -> int:
@@ -182,14 +200,12 @@ class LocalFederation:
         home = self.workspace / "nodes" / node.name
         home.mkdir(parents=True, exist_ok=True)
         audit, ledger = home / "audit.jsonl", home / "privacy.jsonl"
-        config = (
-            f'node-name="{node.name}" data-path="{node.data_path.resolve()}" audit-log="{audit}" '
-            f'privacy-ledger="{ledger}"'
-        )
+        values = {"node-name": node.name, "data-path": node.data_path, "audit-log": audit, "privacy-ledger": ledger}
         env = {**self.env(home), **node.env, AUDIT_ENV: str(audit)}
         if node.agreement is not None:
-            config += f' agreement="{node.agreement.resolve()}"'
+            values["agreement"] = node.agreement.resolve()
             env[AGREEMENT_ENV] = str(node.agreement.resolve())
+        config = node_config(values)
         gate = write_shim(home / "bin")
         env["PATH"] = os.pathsep.join([str(gate.parent), env["PATH"]])
         transport = ["--insecure"]

@@ -10,12 +10,14 @@ node; the coordinator pools them into federation-wide figures and records them i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table as RichTable
 
 from federation.analytics import DEFAULT_MIN_COUNT, StatsRequest
+from lab.data import node_source
 from lab.errors import LabError
 from lab.federate import federate
 from lab.inhouse_cli import fmt, tracking_uri_for
@@ -62,7 +64,7 @@ def parse_bins(items: list[str]) -> dict[str, list[float]]:
 
 def federated_stats(
     spec: str | Path,
-    nodes: dict[str, str | Path],
+    nodes: Mapping[str, str | Path],
     columns: list[str],
     *,
     by: str | None = None,
@@ -95,7 +97,7 @@ def federated_stats(
     request.check(load_spec(spec_path))  # a wrong column name fails here, before any process starts
     return federate(
         spec_path,
-        {name: Path(path) for name, path in nodes.items()},
+        {name: node_source(str(path)) for name, path in nodes.items()},
         workspace=Path(workspace),
         settings={"mode": "stats", "stats-request": request.to_json(), "min-nodes": 1},
         tracking_uri=tracking_uri_for(Path(workspace), tracking_uri),

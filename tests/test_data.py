@@ -91,7 +91,7 @@ def test_table_empty_after_cleaning_says_which_column(tmp_path: Path, heart_spec
 def test_unreadable_file_is_a_clear_error(tmp_path: Path, heart_spec: TaskSpec) -> None:
     path = tmp_path / "binary.data"
     path.write_bytes(b"\xff\xfe\x00garbage\x00\x81")
-    with pytest.raises(DataError, match="cannot be read as CSV"):
+    with pytest.raises(DataError, match=r"line 1: byte 0xff .*is not valid utf-8; set the file's encoding"):
         load_table(path, heart_spec)
 
 
@@ -108,3 +108,106 @@ def test_parquet_with_impute_policy_keeps_rows_with_gaps(tmp_path: Path, heart_s
     dropped = load_table(SILOS["hungary"], heart_spec)
     assert len(imputed) > len(dropped)  # rows missing only chol are kept and imputed
     assert imputed.features["chol"].isna().sum() > 0
+
+
+ANALYTIC = """
+[task]
+name = "visits"
+[target]
+column = "outcome"
+kind = "binary"
+positive = ["yes"]
+negative = ["no"]
+[[features]]
+name = "town"
+type = "categorical"
+levels = ["Montréal", "Zürich", "Köln"]
+[[features]]
+name = "age"
+type = "numeric"
+[data]
+header = true
+delimiter = ";"
+"""
+
+
+def _agency_export(tmp_path: Path, encoding: str, *, bom: bool = False) -> Path:
+    """A semicolon-separated export with accented town names, as an agency's system writes it."""
+    text = "town;age;outcome\nMontréal;41;yes\nZürich;37;no\nKöln;52;no\nMontréal;29;yes\n"
+    path = tmp_path / f"export-{encoding}.csv"
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode(encoding))
+    return path
+
+
+def test_a_cp1252_export_reads_with_its_encoding_and_delimiter_from_the_spec(tmp_path: Path) -> None:
+    spec = parse_spec(ANALYTIC.replace('delimiter = ";"', 'delimiter = ";"\nencoding = "cp1252"'))
+    table = load_table(_agency_export(tmp_path, "cp1252"), spec)
+    assert table.features["town"].tolist() == ["Montréal", "Zürich", "Köln", "Montréal"]
+    assert table.target.tolist() == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_a_cp1252_export_read_as_utf8_names_the_byte_the_line_and_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as info:
+        load_table(_agency_export(tmp_path, "cp1252"), parse_spec(ANALYTIC))
+    message = str(info.value)
+    assert "line 2: byte 0xe9 (after 'Montr') is not valid utf-8" in message
+    assert "encoding = 'cp1252'" in message and "[nodes.NAME]" in message
+
+
+def test_a_utf8_byte_order_mark_does_not_become_part_of_the_first_column(tmp_path: Path) -> None:
+    table = load_table(_agency_export(tmp_path, "utf-8", bom=True), parse_spec(ANALYTIC))
+    assert len(table) == 4 and table.features["town"].iloc[1] == "Zürich"
+
+
+def _sqlite(tmp_path: Path) -> Path:
+    import sqlite3
+
+    path = tmp_path / "records.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE visits (town TEXT, age INTEGER, outcome TEXT, site INTEGER)")
+        db.executemany(
+            "INSERT INTO visits VALUES (?, ?, ?, ?)",
+            [("Montréal", 41, "yes", 1), ("Zürich", 37, "no", 1), ("Köln", None, "no", 2), ("Köln", 60, "yes", 2)],
+        )
+    return path
+
+
+def test_a_node_reads_a_sqlite_table_or_a_read_only_query(tmp_path: Path) -> None:
+    spec = parse_spec(ANALYTIC)
+    db = _sqlite(tmp_path)
+    whole = load_table(f"sqlite:///{db}?table=visits", spec)
+    assert (len(whole), whole.dropped) == (3, 1)  # the row without an age is dropped
+    assert whole.features["age"].tolist() == [41.0, 37.0, 60.0]
+    site = load_table(f"sqlite:///{db}?query=SELECT * FROM visits WHERE site = 1", spec)
+    assert site.features["town"].tolist() == ["Montréal", "Zürich"]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:///{db}?query=DELETE FROM visits", r"should be one SELECT"),
+        ("sqlite:///{db}?query=SELECT 1; DROP TABLE visits", r"should be one SELECT"),
+        ("sqlite:///{db}", r"exactly one of table=NAME or query=SELECT"),
+        ("sqlite:///{db}?table=visits;x", r"is not a table name"),
+        ("sqlite:///{db}?table=nowhere", r"cannot be read: no such table: nowhere"),
+        ("sqlite:///{tmp}/missing.db?table=visits", r"the SQLite file .*missing.db' does not exist"),
+        ("postgresql://lab:hunter2@127.0.0.1:1/agency?table=visits", r"holds a password.*LAB_DATA_PASSWORD"),
+    ],
+)
+def test_a_bad_database_source_is_a_clear_error_that_never_shows_a_password(
+    url: str, message: str, tmp_path: Path
+) -> None:
+    db = _sqlite(tmp_path)
+    with pytest.raises(DataError, match=message) as info:
+        load_table(url.format(db=db, tmp=tmp_path), parse_spec(ANALYTIC))
+    assert "hunter2" not in str(info.value)
+
+
+def test_a_query_cannot_write_to_the_nodes_database(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = _sqlite(tmp_path)
+    sneaky = "WITH x AS (SELECT 1) SELECT * FROM visits"  # a read is fine; the connection is read-only anyway
+    assert len(load_table(f"sqlite:///{db}?query={sneaky}", parse_spec(ANALYTIC))) == 3
+    with sqlite3.connect(db) as check:
+        assert check.execute("SELECT count(*) FROM visits").fetchone() == (4,)
