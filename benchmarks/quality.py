@@ -7,10 +7,6 @@ lab's own training and scoring functions.
 
 from __future__ import annotations
 
-import os
-import sys
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import active_children, get_context
 from pathlib import Path
 from typing import Any
 
@@ -31,87 +27,6 @@ DEMO: dict[str, Any] = {"num-rounds": 5, "local-steps": 100, "batch-size": 4, "l
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
 PUBLISHED = {"pooled": 0.735, "fedavg": 0.685, "fedprox": 0.685, "fedadam": 0.726, "fedyogi": 0.731}
 PUBLISHED_LOCAL = {"cleveland": 0.722, "hungary": 0.629, "switzerland": 0.567, "va": 0.637}
-
-
-def _worker_setup() -> None:
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from lab.settings import PRIVATE_ENV
-
-    os.environ.update(PRIVATE_ENV)
-
-
-def _job(job: dict[str, Any]) -> dict[str, Any]:
-    """One simulated run (in a worker process): its summary, history and measurements."""
-    from simulated import SimulatedNode, simulate
-
-    from lab.inhouse_cli import lock_path
-    from lab.launch import build_run_config
-    from lab.settings import project_root
-    from lab.spec import load_spec
-
-    workdir = Path(job["workdir"])
-    spec = load_spec(Path(job["spec"]))
-    nodes = [SimulatedNode(name, path) for name, path in job["nodes"]]
-    settings = {
-        **job["settings"],
-        "register": False,
-        # Ray puts its own vendored packages (colorama) on its workers' path; a strict node
-        # would refuse that drift. Warn still checks every node and flags the run.
-        "environment-policy": "warn",
-        "min-nodes": len(nodes),
-        "round-timeout": 300.0,  # a node that fails fails the run, not the benchmark's time
-    }
-    tracking = job["tracking_uri"]
-    run_config = build_run_config(
-        spec, settings, tracking_uri=tracking, expected_nodes=len(nodes), lock=lock_path(), root=project_root()
-    )
-    try:
-        result = simulate(run_config, nodes, workdir, ray_address=job["ray_address"])
-    except Exception as exc:
-        raise RuntimeError(f"simulated run {workdir.name} failed: {exc} (its events are in {workdir})") from exc
-    return {**job, **result}
-
-
-def run_jobs(jobs: list[dict[str, Any]], workers: int, progress: Any) -> list[dict[str, Any]]:
-    """Run simulated jobs ``workers`` at a time (each waits on Ray and MLflow more than it computes)
-    on one Ray cluster this process starts and stops."""
-    import ray
-
-    results: list[dict[str, Any]] = []
-    # Flower sizes each run's actor pool to the whole cluster, so runs that share it take turns
-    # for actors: ``workers`` only overlaps one run's start (process, imports) with another's rounds.
-    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, logging_level="error", log_to_driver=False)
-    try:
-        address = ray.get_runtime_context().gcs_address
-        results = _run_on(address, jobs, workers, progress)
-    finally:
-        ray.shutdown()
-    return results
-
-
-def _run_on(address: str, jobs: list[dict[str, Any]], workers: int, progress: Any) -> list[dict[str, Any]]:
-    results: list[dict[str, Any]] = []
-    # One MLflow store for every run, its schema made here once (not in every worker).
-    import mlflow
-
-    tracking = f"sqlite:///{Path(jobs[0]['workdir']).parent.parent.parent / 'mlflow.db'}"
-    mlflow.MlflowClient(tracking).search_experiments()
-    jobs = [{**job, "ray_address": address, "tracking_uri": tracking} for job in jobs]
-    # Flower's simulation runtime runs once per process (a second run in the same process hangs).
-    context = get_context("spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_setup, max_tasks_per_child=1)
-    try:
-        for result in pool.map(_job, jobs):
-            results.append(result)
-            progress(result)
-    except BaseException:  # a failed run, Ctrl-C or kill: stop the other runs now, not after them
-        pool.shutdown(wait=False, cancel_futures=True)
-        for worker in active_children():
-            worker.terminate()
-        raise
-    pool.shutdown()
-    return results
 
 
 def history(result: dict[str, Any]) -> list[float]:
@@ -164,15 +79,29 @@ def quality_jobs(workspace: Path, seeds: list[int]) -> list[dict[str, Any]]:
 def pooled(seeds: list[int]) -> dict[str, Any]:
     """All four centres' training rows in one place (the recipe: Adam, lr 0.001, batch 4, 50 epochs),
     scored on each centre's own test split; the lab's loading, scaling, model and training code."""
-    from federation.task import evaluate, load_node_data, train_locally
     from lab.cli import DEMO_NODES
-    from lab.data import Table
-    from lab.model import Predictor, build_model
-    from lab.preprocess import Scaler, encode
     from lab.spec import load_spec
 
     spec = load_spec(DATA / "task.toml")
-    centres = {name: load_node_data(name, str(DATA / file), spec) for name, file in DEMO_NODES.items()}
+    nodes = {name: str(DATA / file) for name, file in DEMO_NODES.items()}
+    per_seed = [
+        {name: metrics["accuracy"] for name, metrics in pooled_scores(spec, nodes, seed=seed).items()} for seed in seeds
+    ]
+    means = [float(np.mean(list(s.values()))) for s in per_seed]
+    return {"per_seed": per_seed, "mean": float(np.mean(means)), "std": float(np.std(means))}
+
+
+def pooled_scores(spec: Any, nodes: dict[str, str], *, seed: int, epochs: int = 50) -> dict[str, dict[str, float]]:
+    """Every node's training rows in one place, the model trained on them (Adam, lr 0.001, batch 4,
+    ``epochs`` epochs, features and a regression target scaled over the pooled rows), and its
+    metrics on each node's own test split: the reference a federation is held against, computed
+    with the lab's own loading, scaling, model and training code."""
+    from federation.task import evaluate, load_node_data, target_scaler_of, train_locally
+    from lab.data import Table
+    from lab.model import Predictor, build_model
+    from lab.preprocess import Scaler, encode
+
+    centres = {name: load_node_data(name, source, spec) for name, source in nodes.items()}
     trains = [c.train for c in centres.values()]
     train = Table(
         features=pd.concat([t.features for t in trains], ignore_index=True),
@@ -181,14 +110,11 @@ def pooled(seeds: list[int]) -> dict[str, Any]:
         dropped=0,
         source="pooled",
     )
-    per_seed = []
-    for seed in seeds:
-        predictor = Predictor(spec, Scaler.fit(encode(train.features, spec)), build_model(spec, seed=seed))
-        steps = 50 * int(np.ceil(len(train) / 4))
-        train_locally(predictor, train, steps=steps, batch_size=4, learning_rate=0.001, seed=seed, optimizer="adam")
-        per_seed.append({name: evaluate(predictor, c.test)["accuracy"] for name, c in centres.items()})
-    means = [float(np.mean(list(s.values()))) for s in per_seed]
-    return {"per_seed": per_seed, "mean": float(np.mean(means)), "std": float(np.std(means))}
+    scaler = Scaler.fit(encode(train.features, spec))
+    predictor = Predictor(spec, scaler, build_model(spec, seed=seed), target_scaler_of(spec, train))
+    steps = epochs * int(np.ceil(len(train) / 4))
+    train_locally(predictor, train, steps=steps, batch_size=4, learning_rate=0.001, seed=seed, optimizer="adam")
+    return {name: evaluate(predictor, c.test) for name, c in centres.items()}
 
 
 def summarise_quality(results: list[dict[str, Any]], pooled_result: dict[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from lab.settings import PRIVATE_ENV  # noqa: E402
 os.environ.update(PRIVATE_ENV)
 
 import quality  # noqa: E402
+import simulated  # noqa: E402
 from simulated import RUNTIME as SIMULATION  # noqa: E402
 
 
@@ -242,7 +243,9 @@ def main() -> None:
         accuracy = result["final"]["mean"]["federated.accuracy"]
         _say(f"  [{done}/{len(jobs)}] {label}: mean accuracy {accuracy:.3f} ({time.monotonic() - started:.0f} s)")
 
-    results_by_kind = quality.run_jobs(jobs, args.workers, progress)
+    results_by_kind = simulated.run_jobs(
+        jobs, args.workers, progress, tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}"
+    )
     _say("  pooled reference (the lab's model on every centre's training rows in one place)")
     pooled = quality.pooled(seeds)
     q = quality.summarise_quality([r for r in results_by_kind if r["kind"] == "quality"], pooled)

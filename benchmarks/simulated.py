@@ -17,13 +17,19 @@ import json
 import logging
 import os
 import resource
+import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import active_children, get_context
 from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+
+ROOT = Path(__file__).resolve().parent.parent
 
 RUNTIME = "Flower simulation runtime (Ray backend; nodes served in turn by a pool of 1-CPU Ray actors)"
 
@@ -125,3 +131,100 @@ def simulate(
     )
     coordinator_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the ServerApp ran in this process
     return {"final": final, "events": lines, "messages": messages, "coordinator_peak_rss_mb": coordinator_mb}
+
+
+def _worker_setup() -> None:
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from lab.settings import PRIVATE_ENV
+
+    os.environ.update(PRIVATE_ENV)
+
+
+def _job(job: dict[str, Any]) -> dict[str, Any]:
+    """One simulated run (in a worker process): its summary, history and measurements.
+
+    ``job`` holds the spec's path, the nodes as (name, data source) pairs, the run settings and a
+    work folder; the settings below are the defaults a job's own settings override. A failed run
+    raises, or with ``keep_going`` returns the job with its ``error``.
+    """
+    from lab.inhouse_cli import lock_path
+    from lab.launch import build_run_config
+    from lab.spec import load_spec
+
+    workdir = Path(job["workdir"])
+    spec = load_spec(Path(job["spec"]))
+    nodes = [SimulatedNode(name, path) for name, path in job["nodes"]]
+    settings = {
+        "register": False,
+        # Ray puts its own vendored packages (colorama) on its workers' path; a strict node
+        # would refuse that drift. Warn still checks every node and flags the run.
+        "environment-policy": "warn",
+        "min-nodes": len(nodes),
+        "round-timeout": 300.0,  # a node that fails fails the run, not the benchmark's time
+        **job["settings"],
+    }
+    run_config = build_run_config(
+        spec,
+        settings,
+        tracking_uri=job["tracking_uri"],
+        expected_nodes=len(nodes),
+        lock=lock_path(),
+        root=ROOT,
+    )
+    try:
+        result = simulate(run_config, nodes, workdir, ray_address=job["ray_address"])
+    except Exception as exc:
+        failure = f"simulated run {workdir.name} failed: {exc} (its events are in {workdir})"
+        if job.get("keep_going"):  # the caller reports each job's outcome itself
+            return {**job, "error": failure}
+        raise RuntimeError(failure) from exc
+    return {**job, **result}
+
+
+def run_jobs(
+    jobs: list[dict[str, Any]], workers: int, progress: Callable[[dict[str, Any]], None], *, tracking_uri: str
+) -> list[dict[str, Any]]:
+    """Run simulated jobs ``workers`` at a time (each waits on Ray and MLflow more than it computes)
+    on one Ray cluster this process starts and stops, every run recorded at ``tracking_uri``."""
+    import ray
+
+    results: list[dict[str, Any]] = []
+    # Flower sizes each run's actor pool to the whole cluster, so runs that share it take turns
+    # for actors: ``workers`` only overlaps one run's start (process, imports) with another's rounds.
+    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, logging_level="error", log_to_driver=False)
+    try:
+        address = ray.get_runtime_context().gcs_address
+        results = _run_on(address, jobs, workers, progress, tracking_uri)
+    finally:
+        ray.shutdown()
+    return results
+
+
+def _run_on(
+    address: str,
+    jobs: list[dict[str, Any]],
+    workers: int,
+    progress: Callable[[dict[str, Any]], None],
+    tracking_uri: str,
+) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    # One MLflow store for every run, its schema made here once (not in every worker).
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri).search_experiments()
+    jobs = [{**job, "ray_address": address, "tracking_uri": tracking_uri} for job in jobs]
+    # Flower's simulation runtime runs once per process (a second run in the same process hangs).
+    context = get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_setup, max_tasks_per_child=1)
+    try:
+        for result in pool.map(_job, jobs):
+            results.append(result)
+            progress(result)
+    except BaseException:  # a failed run, Ctrl-C or kill: stop the other runs now, not after them
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in active_children():
+            worker.terminate()
+        raise
+    pool.shutdown()
+    return results

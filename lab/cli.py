@@ -15,7 +15,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
-from lab.data import node_source
 from lab.errors import LabError
 from lab.federate import federate
 from lab.governance_cli import agreement_app, app_app, coordinator_app, node_app
@@ -30,6 +29,7 @@ from lab.inhouse_cli import (
     tracking_uri_for,
 )
 from lab.settings import PRIVATE_ENV, WORKSPACE, project_root
+from lab.sources import node_source
 from lab.spec import load_spec
 
 os.environ.update(PRIVATE_ENV)  # before MLflow or Flower is imported by any command
@@ -255,16 +255,20 @@ def ui(
 
 def _named_sources(items: list[str]) -> dict[str, str]:
     """--node NAME=SOURCE: a table's path (made absolute), or a database URL as given."""
-    return {name: node_source(str(path)) for name, path in _named_paths(items, "--node", _NODE_EXAMPLE).items()}
+    return {name: node_source(value) for name, value in _named(items, "--node", _NODE_EXAMPLE).items()}
 
 
 def _named_paths(items: list[str], option: str, example: str) -> dict[str, Path]:
-    out: dict[str, Path] = {}
+    return {name: Path(value) for name, value in _named(items, option, example).items()}
+
+
+def _named(items: list[str], option: str, example: str) -> dict[str, str]:
+    out: dict[str, str] = {}
     for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
             raise LabError(f"{option} {item!r} should be NAME=PATH, e.g. {option} {example}")
-        out[name] = Path(path)
+        out[name] = value
     return out
 
 

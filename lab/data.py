@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 
 from lab.errors import DataError
+from lab.sources import is_sql_url, source_label
 from lab.spec import Feature, FileFormat, Level, TaskSpec
-from lab.sql import display_url, is_sql_url, read_sql
+from lab.sql import read_sql
 
 __all__ = [
     "Table",
@@ -22,10 +23,7 @@ __all__ = [
     "check_frame",
     "is_blank",
     "load_table",
-    "node_source",
     "read_raw",
-    "source_exists",
-    "source_label",
     "split_table",
 ]
 
@@ -137,22 +135,6 @@ def load_table(path: str | Path, spec: TaskSpec, *, node: str | None = None, req
     return check_frame(
         frame, spec, source=source_label(path), file_format=file_format, offset=offset, require_target=require_target
     )
-
-
-def node_source(text: str) -> str:
-    """A node's data source as it is handed to its SuperNode: a database URL as written, a file's
-    path made absolute (the SuperNode runs in another folder)."""
-    return text if is_sql_url(text) else str(Path(text).expanduser().resolve())
-
-
-def source_exists(source: str) -> bool:
-    """Whether a file source exists (a database URL is only checked when it is read)."""
-    return is_sql_url(source) or Path(source).is_file()
-
-
-def source_label(source: str | Path) -> str:
-    """How messages name a node's data: its path, or its database URL without a password."""
-    return display_url(str(source)) if is_sql_url(source) else str(source)
 
 
 def check_frame(

@@ -39,9 +39,9 @@ def federate(
     Raises LabError (or RunFailedError) with the reason when the run fails; every process is
     stopped and the MLflow run closed in any case.
     """
-    from lab.data import source_exists
     from lab.launch import build_run_config, submit_run
     from lab.runtime import LocalFederation, NodeSpec
+    from lab.sources import source_exists
     from lab.spec import load_spec
 
     spec = load_spec(spec_path)

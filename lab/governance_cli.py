@@ -18,6 +18,7 @@ from lab.agreement import load_agreement
 from lab.audit import AuditLog
 from lab.errors import LabError
 from lab.settings import project_root
+from lab.sources import source_label
 
 __all__ = ["agreement_app", "app_app", "app_hash", "coordinator_app", "node_app"]
 
@@ -216,7 +217,7 @@ def node_privacy(
 
 @node_app.command("catalog")
 def node_catalog(
-    data: Annotated[Path, typer.Option(help="The node's table.")],
+    data: Annotated[str, typer.Option(help="The node's table: a CSV or Parquet file, or a database URL.")],
     spec: Annotated[Path, typer.Option(help="The task spec (TOML).")],
     node: Annotated[str | None, typer.Option(help="Read the table in this node's format from the spec.")] = None,
     agreement: Annotated[Path | None, typer.Option(help="Hide counts under this agreement's min-rows.")] = None,
@@ -231,7 +232,8 @@ def node_catalog(
     if as_json:
         print(json.dumps(described))
         return
-    table = RichTable(title=f"{data.name}: {described['rows']} rows (counts under {min_rows} hidden)")
+    title = f"{escape(source_label(data))}: {described['rows']} rows (counts under {min_rows} hidden)"
+    table = RichTable(title=title)
     for column in ("column", "role", "type", "missing", "range", "levels"):
         table.add_column(column)
     for c in described["columns"]:

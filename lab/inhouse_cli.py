@@ -11,10 +11,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table as RichTable
 
 from lab.errors import LabError
 from lab.settings import TRACKING_URI, WORKSPACE, project_root
+from lab.sources import source_label
 
 __all__ = [
     "TrackingUri",
@@ -65,7 +67,7 @@ def tracking_uri_for(workspace: Path, uri: str = "") -> str:
 
 def predict(
     model: Annotated[str, typer.Option(help="Model URI, e.g. models:/heart-disease@champion.")],
-    data: Annotated[Path, typer.Option(help="Your raw table (CSV or Parquet).")],
+    data: Annotated[str, typer.Option(help="Your raw table: a CSV or Parquet file, or a database URL.")],
     out: Annotated[Path, typer.Option(help="Where to write the table with predictions (.csv or .parquet).")],
     node: Node = None,
     allow_env_drift: AllowDrift = False,
@@ -92,7 +94,7 @@ def predict(
 
 def evaluate(
     model: Annotated[str, typer.Option(help="Model URI, e.g. models:/heart-disease@champion.")],
-    data: Annotated[Path, typer.Option(help="Your raw table, with the target column.")],
+    data: Annotated[str, typer.Option(help="Your raw table, with the target column: a file, or a database URL.")],
     split: Annotated[str, typer.Option(help="test (as the federation split it), train or all.")] = "test",
     node: Node = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
@@ -113,7 +115,7 @@ def evaluate(
         out = {"metrics": result.metrics, "rows": result.rows, "split": result.split}
         print(json.dumps({**out, "provenance": provenance(loaded, model, drift)}))
         return
-    table = RichTable(title=f"{data.name}: {result.split} split, {result.rows} rows")
+    table = RichTable(title=f"{escape(source_label(data))}: {result.split} split, {result.rows} rows")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in result.metrics.items():

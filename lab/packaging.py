@@ -252,8 +252,9 @@ def predict_frame(
     ModelError
         If the model gives a value that is not a finite number (its weights are broken).
     """
+    features = frame.drop(columns=[predictor.spec.target.column], errors="ignore")  # not needed to predict
     table = check_frame(
-        frame, predictor.spec, source=source, file_format=file_format, offset=offset, require_target=False
+        features, predictor.spec, source=source, file_format=file_format, offset=offset, require_target=False
     )
     scores = predictor.scores(table.features)
     if not np.isfinite(scores).all():

@@ -16,6 +16,7 @@ from lab.environment import EnvDiff, Environment
 from lab.errors import DataError, ModelError
 from lab.metrics import compute_metrics
 from lab.packaging import FederatedModel, predict_frame
+from lab.sources import source_label
 
 __all__ = ["Evaluation", "check_environment", "evaluate_table", "load_model", "predict_table", "provenance"]
 
@@ -85,7 +86,9 @@ class Evaluation:
     split: Split
 
 
-def evaluate_table(model: FederatedModel, data: Path, *, node: str | None = None, split: Split = "test") -> Evaluation:
+def evaluate_table(
+    model: FederatedModel, data: str | Path, *, node: str | None = None, split: Split = "test"
+) -> Evaluation:
     """The spec's metrics on ``data`` (its test split by default, split as the nodes split it)."""
     predictor = model.predictor
     table = load_table(data, predictor.spec, node=node)
@@ -99,7 +102,7 @@ def evaluate_table(model: FederatedModel, data: Path, *, node: str | None = None
     return Evaluation(metrics=metrics, rows=len(rows), dropped=table.dropped, split=split)
 
 
-def predict_table(model: FederatedModel, data: Path, out: Path, *, node: str | None = None) -> tuple[int, int]:
+def predict_table(model: FederatedModel, data: str | Path, out: Path, *, node: str | None = None) -> tuple[int, int]:
     """Write ``data`` with prediction columns appended to ``out`` (CSV or Parquet by suffix).
 
     Rows the spec cannot score (a missing value under ``drop-row``) get empty predictions.
@@ -107,7 +110,7 @@ def predict_table(model: FederatedModel, data: Path, out: Path, *, node: str | N
     """
     file_format = model.predictor.spec.format_for(node)
     raw, offset = read_raw(data, file_format)
-    scored = predict_frame(model.predictor, raw, source=str(data), file_format=file_format, offset=offset)
+    scored = predict_frame(model.predictor, raw, source=source_label(data), file_format=file_format, offset=offset)
     result = pd.concat([raw.reset_index(drop=True), scored.reset_index(drop=True)], axis=1)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -21,11 +21,11 @@ from typing import IO
 
 import psutil
 
-from lab.data import node_source
 from lab.errors import RuntimeStartError
 from lab.node_guard import AGREEMENT_ENV, AUDIT_ENV, write_shim
 from lab.security import CoordinatorCerts, enroll_node, init_coordinator
 from lab.settings import private_environ
+from lab.sources import node_source
 
 __all__ = ["LocalFederation", "NodeSpec", "executable", "free_port", "node_config"]
 

@@ -24,30 +24,15 @@ from typing import Any
 import pandas as pd
 
 from lab.errors import DataError
+from lab.sources import display_url
 
-__all__ = ["PASSWORD_ENV", "display_url", "is_sql_url", "read_sql"]
+__all__ = ["PASSWORD_ENV", "read_sql"]
 
 PASSWORD_ENV = "LAB_DATA_PASSWORD"
 
-_SCHEME = re.compile(r"^[a-z][a-z0-9+]*://", re.IGNORECASE)
 _LAB_PARAMS = ("table", "query", "password-file")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 _EXAMPLE = "sqlite:///path/to/records.db?table=patients"
-
-
-def is_sql_url(source: str | Path) -> bool:
-    """Whether a node's data source is a database URL rather than a file path."""
-    return isinstance(source, str) and bool(_SCHEME.match(source))
-
-
-def display_url(source: str) -> str:
-    """The URL as errors and logs may show it: no password, the lab's parameters kept."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(source).render_as_string(hide_password=True)
-    except Exception:  # an unparsable URL is shown up to its credentials
-        return re.sub(r"//[^@/]*@", "//***@", source)
 
 
 def read_sql(source: str) -> pd.DataFrame:
@@ -77,6 +62,8 @@ def read_sql(source: str) -> pd.DataFrame:
         )
     password = _password(shown, lab.get("password-file"))
     url = url.set(query=params, password=password)
+    if url.drivername == "postgresql":  # the pinned environment's driver (SQLAlchemy 2.1 would pick psycopg 3)
+        url = url.set(drivername="postgresql+psycopg2")
     if url.get_backend_name() == "sqlite":
         database = url.database or ""
         if database in ("", ":memory:") or not Path(database).is_file():

@@ -17,11 +17,11 @@ from typing import Any
 from rich.table import Table as RichTable
 
 from federation.analytics import DEFAULT_MIN_COUNT, StatsRequest
-from lab.data import node_source
 from lab.errors import LabError
 from lab.federate import federate
 from lab.inhouse_cli import fmt, tracking_uri_for
 from lab.settings import WORKSPACE
+from lab.sources import node_source
 from lab.spec import load_spec
 
 __all__ = ["federated_stats", "parse_bins", "parse_levels", "stats_tables"]

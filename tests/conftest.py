@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
-from lab.settings import PRIVATE_ENV
+from lab.settings import PRIVATE_ENV, private_environ
 from lab.spec import TaskSpec, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +23,15 @@ SILOS = {
 }
 
 os.environ.update(PRIVATE_ENV)
+
+
+@pytest.fixture
+def identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower stamps new messages with the process's task identity, which the runtime sets."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attribute in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attribute, 1)
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +56,30 @@ def agreement_file(folder: Path, spec: TaskSpec, node: str, *replacements: tuple
     path = folder / f"{node}.toml"
     path.write_text(text)
     return path
+
+
+def run_lab(*args: str, workspace: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`lab ARGS` in a new process, recording to the workspace's own MLflow store."""
+    env = private_environ(LAB_WORKSPACE=str(workspace), COLUMNS="200")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [*lab_command(), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def leftover_processes(workspace: Path) -> list[str]:
+    """Processes whose FLWR_HOME lies in the workspace: everything the lab started there."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if proc.environ().get("FLWR_HOME", "").startswith(str(workspace)):
+                found.append(f"{proc.pid}: {' '.join(proc.info['cmdline'] or [])}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found

@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pytest
 from mlflow import MlflowClient
 
 from lab.settings import private_environ
 
-from .conftest import HEART, ROOT, SILOS, lab_command
+from .conftest import HEART, ROOT, SILOS, lab_command, leftover_processes, run_lab
 
 pytestmark = pytest.mark.e2e
 
@@ -32,33 +31,6 @@ class LabRun:
     @property
     def tracking_uri(self) -> str:
         return f"sqlite:///{self.workspace / 'mlflow.db'}"
-
-
-def run_lab(*args: str, workspace: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """`lab ARGS` in a new process, recording to the workspace's own MLflow store."""
-    env = private_environ(LAB_WORKSPACE=str(workspace), COLUMNS="200")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(
-        [*lab_command(), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def leftover_processes(workspace: Path) -> list[str]:
-    """Processes whose FLWR_HOME lies in the workspace: everything the lab started there."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if proc.environ().get("FLWR_HOME", "").startswith(str(workspace)):
-                found.append(f"{proc.pid}: {' '.join(proc.info['cmdline'] or [])}")
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
 
 
 def broken_silo(tmp_path: Path) -> Path:

@@ -171,15 +171,6 @@ def _flwr_run_id(client: MlflowClient, run_id: str) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower stamps new messages with the process's task identity, which the runtime sets."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for attribute in ("_run_id", "_node_id", "_task_id"):
-        monkeypatch.setattr(TaskIdentity, attribute, 1)
-
-
 class _FakeGrid:
     """Replies to every message with ``content``."""
 

@@ -1,0 +1,102 @@
+"""A bug in the lab is one line for the user and a whole traceback kept where the line says."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from mlflow import MlflowClient
+
+from federation import keys
+from federation.governance import governed
+from federation.recorder import EventLog
+from federation.server_app import _keep_traceback
+from lab.audit import AuditLog
+from lab.settings import private_environ
+from lab.tracking import Tracker
+
+
+def test_a_coordinators_bug_leaves_its_traceback_in_the_run_folder_and_its_mlflow_run(tmp_path: Path) -> None:
+    events = EventLog(str(tmp_path / "runs" / "1" / "events.jsonl"))
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "errors")
+    with tracker.run(run_name="bug", params={}, tags={}):
+        try:
+            {}["str"]  # noqa: B018 - the kind of bug the task matrix found
+        except KeyError:
+            where = _keep_traceback(events, tracker)
+    kept = (tmp_path / "runs" / "1" / "traceback.txt").read_text()
+    assert "KeyError: 'str'" in kept and "test_errors.py" in kept
+    assert str(tmp_path / "runs" / "1" / "traceback.txt") in where and tracker.run_id in where
+    assert tracker.run_id is not None
+    logged = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").download_artifacts(
+        tracker.run_id, "error", str(tmp_path)
+    )
+    assert "KeyError: 'str'" in (Path(logged) / "traceback.txt").read_text()
+
+
+def test_a_nodes_bug_is_an_error_reply_an_audit_entry_and_a_traceback_in_its_home(
+    tmp_path: Path, identity: None
+) -> None:
+    audit = tmp_path / "nodes" / "va" / "audit.jsonl"
+    context = Context(
+        run_id=7,
+        node_id=3,
+        node_config={keys.NODE_NAME: "va", keys.AUDIT_LOG: str(audit)},
+        state=RecordDict(),
+        run_config={},
+    )
+    message = Message(RecordDict({keys.CONFIG: ConfigRecord()}), dst_node_id=3, message_type="query.catalog")
+
+    @governed
+    def handler(msg: Message, context: Context) -> Message:
+        raise ZeroDivisionError("a bug")
+
+    reply = handler(message, context)
+    assert reply.has_error() and reply.error.code == keys.FAILED
+    assert "node 'va' failed: internal error (a bug in the lab): ZeroDivisionError: a bug" in reply.error.reason
+    kept = list((audit.parent / "errors").glob("*.txt"))
+    assert len(kept) == 1 and "ZeroDivisionError: a bug" in kept[0].read_text()
+    assert f"errors/{kept[0].name}" in reply.error.reason
+    [entry] = AuditLog(audit).entries()
+    assert entry["decision"] == "failed"
+
+
+def test_a_bug_in_the_command_line_is_one_line_and_a_kept_traceback(tmp_path: Path) -> None:
+    code = (
+        "import lab.cli\n"
+        "@lab.cli.app.command()\n"
+        "def broken() -> None:\n"
+        "    raise RuntimeError('a bug')\n"
+        "lab.cli.main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "broken"],
+        capture_output=True,
+        text=True,
+        env=private_environ(LAB_WORKSPACE=str(tmp_path), COLUMNS="300"),
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: internal error (a bug in the lab): RuntimeError: a bug; the traceback is in")
+    [kept] = (tmp_path / "logs").glob("lab-error-*.txt")
+    assert str(kept) in line and "RuntimeError: a bug" in kept.read_text()
+
+
+def test_an_error_naming_a_toml_table_keeps_its_brackets(tmp_path: Path) -> None:
+    path = tmp_path / "agreement.toml"
+    path.write_text('[allow]\noutputs = ["metrics"]\n')
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "lab"), "agreement", "check", str(path)],
+        capture_output=True,
+        text=True,
+        env=private_environ(COLUMNS="300"),
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "missing table [agreement];" in result.stderr
