@@ -129,6 +129,11 @@ class LocalFederation:
         """Start the SuperLink, wait for it, then start and connect every SuperNode."""
         self.logs.mkdir(parents=True, exist_ok=True)
         self.flwr_home.mkdir(parents=True, exist_ok=True)
+        # The SuperNodes of an earlier local federation in this workspace were stopped with it, but
+        # its SuperLink's state would list them as connected until their heartbeats lapse (about a
+        # minute), and a run would send them its first message: start from a fresh state.
+        for stale in self.workspace.glob("superlink.db*"):
+            stale.unlink()
         self.port = free_port()
         transport = ["--insecure"]
         if self.secure:

@@ -83,7 +83,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
                     "model": f"models:/matrix-{r['case']}@champion",
                 }
                 for r in results.values()
-                if "error" not in r
+                if "error" not in r and r["case"] != "diabetes"  # not registered: compared below instead
             ]
         )
     )
