@@ -6,7 +6,7 @@ In one invocation, on one machine, on Flower's deployment runtime (1 SuperLink +
    in its own workspace; its phases and rounds come from the timestamps of the events its coordinator writes
    (``runs/*/events.jsonl``, federation/recorder.py EventLog);
 2. the bare Flower app in ``benchmarks/bare_flower/`` (same model, data, split and hyperparameters, written as a
-   Flower user would without the lab) on a ``lab.runtime.LocalFederation`` with the same four nodes' ``data-path``
+   Flower user would without the lab) on a ``lab.runtime.local.LocalFederation`` with the same four nodes' ``data-path``
    and no agreements, twice: ``fraction-evaluate = 0`` (one train message per node per round, like the lab, whose
    train message also scores the received model) and ``1.0`` (Flower's default: train + evaluate every round);
    its rounds come from the timings file its ServerApp writes.
@@ -42,17 +42,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab.settings import PRIVATE_ENV, private_environ  # noqa: E402
+from lab.runtime.environ import PRIVATE_ENV, private_environ  # noqa: E402
 
 os.environ.update(PRIVATE_ENV)  # telemetry off here and in every process started from here
 
 import psutil  # noqa: E402
 import tomli_w  # noqa: E402
 
-from federation.settings import RunSettings  # noqa: E402
 from lab.cli import DEMO_NODES  # noqa: E402
-from lab.launch import stop_process  # noqa: E402
-from lab.runtime import LocalFederation, NodeSpec, executable  # noqa: E402
+from lab.contract.settings import RunSettings  # noqa: E402
+from lab.runtime.local import LocalFederation, NodeSpec, executable  # noqa: E402
+from lab.runtime.submit import stop_process  # noqa: E402
 
 __all__ = ["RUNTIME", "measure", "table"]
 
@@ -86,7 +86,7 @@ class ProcessWatch:
     """Samples the machine's processes in a thread every ``interval`` seconds and keeps those of one workspace.
 
     A ClientApp process is recognised by the node gate it runs (``WORKSPACE/nodes/NAME/bin/flwr-clientapp``,
-    lab.runtime), which names its node (a process it forks is not counted again); the ServerApp by its
+    lab.runtime.local), which names its node (a process it forks is not counted again); the ServerApp by its
     ``FLWR_HOME`` inside the workspace. ClientApp processes of other workspaces are counted as foreign, and
     the CPU time of every process outside this benchmark's process tree is summed: another federation or
     test suite on the same machine slows every figure down.
@@ -348,7 +348,7 @@ def bare_run_config(rounds: int, fraction_evaluate: float, nodes: int) -> dict[s
 
 
 def run_bare(federation: LocalFederation, watch: ProcessWatch, name: str, run_config: dict[str, Any]) -> dict[str, Any]:
-    """Submit the bare app with `flwr run ... --stream` (as lab.launch.submit_run does) and wait for its end."""
+    """Submit the bare app with `flwr run ... --stream` (as lab.runtime.submit.submit_run does) and wait for its end."""
     run_dir = federation.workspace / "runs" / name
     run_dir.mkdir(parents=True)
     timings = run_dir / "timings.jsonl"
@@ -445,16 +445,19 @@ print(json.dumps(out))
 
 _RUNTIME_STEP = (
     "Flower's clientapp runtime and the node gate (imports)",
-    "import flwr.supernode.cli.flwr_clientapp, flwr.supernode.runtime.run_clientapp, lab.node_guard",
+    "import flwr.supernode.cli.flwr_clientapp, flwr.supernode.runtime.run_clientapp, lab.node.guard",
 )
 PROBES = {
     "lab": [
         _RUNTIME_STEP,
         ("import the app's ClientApp module", "import federation.client_app"),
-        ("environment fingerprint (every message)", "from lab.environment import Environment; Environment.current()"),
+        (
+            "environment fingerprint (every message)",
+            "from lab.core.environment import Environment; Environment.current()",
+        ),
         (
             "read, check and split the table",
-            "from lab.spec import load_spec; from federation.task import load_node_data; "
+            "from lab.core.spec import load_spec; from lab.core.training import load_node_data; "
             f"load_node_data('cleveland', {PROBE_TABLE!r}, load_spec({PROBE_SPEC!r}))",
         ),
     ],

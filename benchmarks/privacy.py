@@ -26,13 +26,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab.settings import PRIVATE_ENV  # noqa: E402
+from lab.runtime.environ import PRIVATE_ENV  # noqa: E402
 
 os.environ.update(PRIVATE_ENV)
 
 from lab.cli import DEMO_NODES  # noqa: E402
-from lab.federate import federate  # noqa: E402
-from lab.inhouse_cli import tracking_uri_for  # noqa: E402
+from lab.cli.inhouse import tracking_uri_for  # noqa: E402
+from lab.runtime.run import federate  # noqa: E402
 
 DATA = ROOT / "data" / "heart-disease"
 

@@ -80,7 +80,7 @@ def pooled(seeds: list[int]) -> dict[str, Any]:
     """All four centres' training rows in one place (the recipe: Adam, lr 0.001, batch 4, 50 epochs),
     scored on each centre's own test split; the lab's loading, scaling, model and training code."""
     from lab.cli import DEMO_NODES
-    from lab.spec import load_spec
+    from lab.core.spec import load_spec
 
     spec = load_spec(DATA / "task.toml")
     nodes = {name: str(DATA / file) for name, file in DEMO_NODES.items()}
@@ -96,10 +96,10 @@ def pooled_scores(spec: Any, nodes: dict[str, str], *, seed: int, epochs: int = 
     ``epochs`` epochs, features and a regression target scaled over the pooled rows), and its
     metrics on each node's own test split: the reference a federation is held against, computed
     with the lab's own loading, scaling, model and training code."""
-    from federation.task import evaluate, load_node_data, target_scaler_of, train_locally
-    from lab.data import Table
-    from lab.model import Predictor, build_model
-    from lab.preprocess import Scaler, encode
+    from lab.core.data import Table
+    from lab.core.model import Predictor, build_model
+    from lab.core.preprocess import Scaler, encode
+    from lab.core.training import evaluate, load_node_data, target_scaler_of, train_locally
 
     centres = {name: load_node_data(name, source, spec) for name, source in nodes.items()}
     trains = [c.train for c in centres.values()]

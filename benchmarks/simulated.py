@@ -136,7 +136,7 @@ def simulate(
 def _worker_setup() -> None:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from lab.settings import PRIVATE_ENV
+    from lab.runtime.environ import PRIVATE_ENV
 
     os.environ.update(PRIVATE_ENV)
 
@@ -148,9 +148,9 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
     work folder; the settings below are the defaults a job's own settings override. A failed run
     raises, or with ``keep_going`` returns the job with its ``error``.
     """
-    from lab.inhouse_cli import lock_path
-    from lab.launch import build_run_config
-    from lab.spec import load_spec
+    from lab.cli.inhouse import lock_path
+    from lab.core.spec import load_spec
+    from lab.runtime.submit import build_run_config
 
     workdir = Path(job["workdir"])
     spec = load_spec(Path(job["spec"]))

@@ -11,15 +11,15 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from federation import keys
-from federation.analytics import StatsRequest, default_edges, is_categorical, pool
 from federation.preparation import wait_for_nodes
 from federation.recorder import EventLog
-from federation.records import config_of, error_reason, text
-from federation.settings import RunSettings
+from lab.contract import keys
+from lab.contract.records import config_of, error_reason, text
+from lab.contract.settings import RunSettings
+from lab.core.analytics import StatsRequest, default_edges, is_categorical, pool
+from lab.core.spec import TaskSpec
 from lab.errors import RunFailedError
-from lab.spec import TaskSpec
-from lab.tracking import Tracker
+from lab.registry.tracking import Tracker
 
 __all__ = ["federated_stats"]
 

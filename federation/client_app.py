@@ -26,20 +26,26 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from federation import keys
-from federation.analytics import (
+from federation.governance import governed, node_agreement
+from federation.secure_aggregation import node_mod
+from lab.contract import keys
+from lab.contract.provenance import check_environment, node_record
+from lab.contract.records import arrays_of, config_of, number, numbers, text
+from lab.core.analytics import (
     DEFAULT_MIN_COUNT,
     StatsRequest,
     node_summary,
     protect_column_sums,
     stats_frame,
 )
-from federation.governance import governed, node_agreement
-from federation.privacy import DPPlan, Ledger, check_budget, plan_from_config
-from federation.provenance import check_environment, node_record
-from federation.records import arrays_of, config_of, number, numbers, text
-from federation.secure_aggregation import node_mod
-from federation.task import (
+from lab.core.catalog import build_catalog, preflight
+from lab.core.data import load_table
+from lab.core.environment import EnvDiff, Environment
+from lab.core.model import Predictor
+from lab.core.preprocess import ColumnSums, Scaler, encode
+from lab.core.privacy import DPPlan, Ledger, check_budget, plan_from_config
+from lab.core.spec import TaskSpec, parse_spec
+from lab.core.training import (
     NodeData,
     evaluate,
     load_node_data,
@@ -50,14 +56,8 @@ from federation.task import (
     train_locally,
     train_privately,
 )
-from lab.agreement import Refusal
-from lab.catalog import build_catalog, preflight
-from lab.data import load_table
-from lab.environment import EnvDiff, Environment
 from lab.errors import DataError, LabError
-from lab.model import Predictor
-from lab.preprocess import ColumnSums, Scaler, encode
-from lab.spec import TaskSpec, parse_spec
+from lab.node.agreement import Refusal
 
 logger = logging.getLogger(__name__)
 

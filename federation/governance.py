@@ -11,13 +11,13 @@ from pathlib import Path
 
 from flwr.app import Context, Error, Message, MessageType, RecordDict
 
-from federation import keys
-from federation.records import config_of, text
-from lab.agreement import Agreement, Refusal, Request, load_agreement
-from lab.audit import AuditLog
+from lab.contract import keys
+from lab.contract.records import config_of, text
+from lab.core.spec import parse_spec
 from lab.errors import LabError
-from lab.node_guard import APP_HASH_ENV
-from lab.spec import parse_spec
+from lab.node.agreement import Agreement, Refusal, Request, load_agreement
+from lab.node.audit import AuditLog
+from lab.node.guard import APP_HASH_ENV
 
 __all__ = ["governed", "node_agreement"]
 

@@ -13,17 +13,17 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from federation import keys
-from federation.privacy import dp_config
-from federation.provenance import lock_config
 from federation.recorder import EventLog, Member
-from federation.records import config_of, error_reason, metrics_of, number, numbers, text
-from federation.settings import RunSettings
-from lab.environment import Environment
+from lab.contract import keys
+from lab.contract.provenance import lock_config
+from lab.contract.records import config_of, error_reason, metrics_of, number, numbers, text
+from lab.contract.settings import RunSettings
+from lab.core.environment import Environment
+from lab.core.preprocess import ColumnSums, Scaler
+from lab.core.privacy import dp_config
+from lab.core.spec import TaskSpec
 from lab.errors import RunFailedError
-from lab.preprocess import ColumnSums, Scaler
-from lab.spec import TaskSpec
-from lab.tracking import Tracker
+from lab.registry.tracking import Tracker
 
 __all__ = ["Guard", "preflight", "prepare", "wait_for_nodes"]
 

@@ -11,8 +11,8 @@ from typing import Any, Protocol
 
 from flwr.app import Message
 
-from federation import keys
-from federation.records import error_reason, metrics_of, number
+from lab.contract import keys
+from lab.contract.records import error_reason, metrics_of, number
 
 __all__ = ["EventLog", "Member", "MetricSink", "Recorder"]
 

@@ -57,16 +57,16 @@ from flwr.compat.common import recorddict_compat as compat
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
-from federation import keys
 from federation.grid import DelegatingGrid
-from federation.records import error_reason
+from lab.contract import keys
+from lab.contract.records import error_reason
 from lab.errors import LabError, RunFailedError
 
 if TYPE_CHECKING:  # the node imports this module too: no MLflow there
     from federation.preparation import Guard
     from federation.recorder import Member, Recorder
-    from federation.settings import RunSettings
-    from lab.tracking import Tracker
+    from lab.contract.settings import RunSettings
+    from lab.registry.tracking import Tracker
 
 __all__ = [
     "CLIPPING_RANGE",

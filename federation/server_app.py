@@ -12,22 +12,22 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from federation import keys
 from federation.analytics_run import federated_stats
 from federation.grid import PromptGrid
 from federation.preparation import Guard, preflight, prepare
-from federation.privacy import dp_config
 from federation.recorder import EventLog, Member, Recorder
 from federation.secure_aggregation import run_secure_rounds
-from federation.settings import RunSettings
 from federation.strategies import make_strategy
-from federation.task import predictor_from
-from lab.environment import Environment
+from lab.contract import keys
+from lab.contract.settings import RunSettings
+from lab.core.environment import Environment
+from lab.core.model import build_model
+from lab.core.privacy import dp_config
+from lab.core.spec import TaskSpec, parse_spec
+from lab.core.training import predictor_from
 from lab.errors import LabError, RunFailedError
-from lab.model import build_model
-from lab.packaging import check_packaging
-from lab.spec import TaskSpec, parse_spec
-from lab.tracking import Tracker
+from lab.registry.packaging import check_packaging
+from lab.registry.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def main(grid: Grid, context: Context) -> None:
     fab_hash = grid.run.fab_hash  # the app's code, as the SuperLink received it
     tags = {
         "flwr.run_id": str(context.run_id),
-        "lab.spec": spec.name,
+        "lab.core.spec": spec.name,
         "lab.spec_sha256": spec.sha256,
         "lab.code.fab_hash": fab_hash,
         "lab.code.version": settings.code_version or "unknown",

@@ -10,10 +10,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
 
-from federation import keys
 from federation.preparation import Guard
-from federation.records import error_reason
-from federation.settings import RunSettings
+from lab.contract import keys
+from lab.contract.records import error_reason
+from lab.contract.settings import RunSettings
 from lab.errors import RunFailedError
 
 __all__ = ["RoundObserver", "make_strategy"]

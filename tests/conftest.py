@@ -10,8 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from lab.settings import PRIVATE_ENV, private_environ
-from lab.spec import TaskSpec, load_spec
+from lab.core.spec import TaskSpec, load_spec
+from lab.runtime.environ import PRIVATE_ENV, private_environ
 
 ROOT = Path(__file__).resolve().parent.parent
 HEART = ROOT / "data" / "heart-disease"
@@ -47,7 +47,7 @@ def lab_command() -> list[str]:
 def agreement_file(folder: Path, spec: TaskSpec, node: str, *replacements: tuple[str, str]) -> Path:
     """A node's agreement approving this checkout's app for ``spec``, with clauses rewritten by
     (old, new) text replacements (each must match)."""
-    from lab.governance_cli import app_hash, demo_agreement
+    from lab.cli.governance import app_hash, demo_agreement
 
     text = demo_agreement(spec.name, spec.sha256, app_hash(ROOT), spec.organisation(node))
     for old, new in replacements:

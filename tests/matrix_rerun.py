@@ -15,9 +15,9 @@ from typing import Any
 
 import mlflow
 
-from lab.data import check_frame, read_raw
-from lab.rerun import evaluate_table, load_model
-from lab.spec import load_spec
+from lab.core.data import check_frame, read_raw
+from lab.core.spec import load_spec
+from lab.registry.rerun import evaluate_table, load_model
 
 
 def rerun(case: dict[str, Any], tracking_uri: str) -> dict[str, Any]:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from lab.agreement import Refusal, Request, parse_agreement
-from lab.audit import AuditLog
+from lab.cli.governance import demo_agreement
+from lab.core.spec import TaskSpec
 from lab.errors import LabError
-from lab.governance_cli import demo_agreement
-from lab.spec import TaskSpec
+from lab.node.agreement import Refusal, Request, parse_agreement
+from lab.node.audit import AuditLog
 
 FAB = "ab" * 32
 

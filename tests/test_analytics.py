@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from federation.analytics import StatsRequest, default_edges, node_summary, pool, protect, stats_frame
-from lab.data import load_table
+from lab.core.analytics import StatsRequest, default_edges, node_summary, pool, protect, stats_frame
+from lab.core.data import load_table
+from lab.core.spec import load_spec
 from lab.errors import LabError
-from lab.spec import load_spec
 from tests.conftest import HEART, SILOS
 
 
@@ -166,8 +166,8 @@ def test_groups_come_from_the_request_never_from_a_nodes_values(spec):
 
 
 def test_prepare_sums_hold_back_small_level_counts(spec):
-    from federation.analytics import protect_column_sums
-    from lab.preprocess import ColumnSums, encode
+    from lab.core.analytics import protect_column_sums
+    from lab.core.preprocess import ColumnSums, encode
 
     swiss = load_table(SILOS["switzerland"], spec, node="switzerland")
     matrix = encode(swiss.features, spec)
@@ -186,7 +186,7 @@ def test_a_request_naming_an_unknown_column_is_refused(spec):
 
 
 def test_the_catalog_hides_small_level_counts_with_their_complements(spec):
-    from lab.catalog import build_catalog
+    from lab.core.catalog import build_catalog
 
     catalog = build_catalog(SILOS["switzerland"], spec, node="switzerland", min_rows=10)
     columns = {c["column"]: c for c in catalog["columns"]}

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from federation.analytics import stats_frame
-from lab.audit import AuditLog
-from lab.data import load_table
-from lab.stats import federated_stats
+from lab.cli.stats import federated_stats
+from lab.core.analytics import stats_frame
+from lab.core.data import load_table
+from lab.node.audit import AuditLog
 
 from .conftest import HEART, SILOS, agreement_file
 

@@ -11,8 +11,8 @@ from types import ModuleType
 import pytest
 from flwr.cli.build import build_fab_from_disk
 
-from lab.governance_cli import app_hash
-from lab.launch import stage_app
+from lab.cli.governance import app_hash
+from lab.runtime.submit import stage_app
 
 ROOT = Path(__file__).resolve().parent.parent
 

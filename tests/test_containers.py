@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from lab.environment import Environment
+from lab.core.environment import Environment
 
 from .conftest import ROOT
 

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lab.data import load_table, split_table
+from lab.core.data import load_table, split_table
+from lab.core.spec import TaskSpec, parse_spec
 from lab.errors import DataError
-from lab.spec import TaskSpec, parse_spec
 
 from .conftest import HEART, SILOS
 

@@ -6,7 +6,7 @@ import pytest
 from flwr.app import ConfigRecord
 
 from federation.preparation import Guard
-from lab.environment import Environment, canonical_name
+from lab.core.environment import Environment, canonical_name
 from lab.errors import LabError
 
 from .conftest import ROOT

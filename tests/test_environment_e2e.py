@@ -15,11 +15,11 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 
-from lab.environment import Environment
-from lab.launch import build_run_config, submit_run
-from lab.runtime import LocalFederation, NodeSpec
-from lab.settings import private_environ
-from lab.spec import load_spec
+from lab.core.environment import Environment
+from lab.core.spec import load_spec
+from lab.runtime.environ import private_environ
+from lab.runtime.local import LocalFederation, NodeSpec
+from lab.runtime.submit import build_run_config, submit_run
 
 from .conftest import HEART, ROOT, SILOS, lab_command
 

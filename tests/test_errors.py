@@ -9,13 +9,13 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from mlflow import MlflowClient
 
-from federation import keys
 from federation.governance import governed
 from federation.recorder import EventLog
 from federation.server_app import _keep_traceback
-from lab.audit import AuditLog
-from lab.settings import private_environ
-from lab.tracking import Tracker
+from lab.contract import keys
+from lab.node.audit import AuditLog
+from lab.registry.tracking import Tracker
+from lab.runtime.environ import private_environ
 
 
 def test_a_coordinators_bug_leaves_its_traceback_in_the_run_folder_and_its_mlflow_run(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from lab.settings import private_environ
+from lab.runtime.environ import private_environ
 
 from .conftest import HEART, ROOT, SILOS, lab_command, leftover_processes, run_lab
 

@@ -15,13 +15,13 @@ from typing import Any
 import psutil
 import pytest
 
-from lab.audit import AuditLog
-from lab.governance_cli import app_hash, demo_agreement
-from lab.launch import build_run_config, submit_run
-from lab.runtime import LocalFederation, NodeSpec, free_port
-from lab.security import enroll_node
-from lab.settings import private_environ
-from lab.spec import load_spec
+from lab.cli.governance import app_hash, demo_agreement
+from lab.core.spec import load_spec
+from lab.node.audit import AuditLog
+from lab.runtime.environ import private_environ
+from lab.runtime.local import LocalFederation, NodeSpec, free_port
+from lab.runtime.security import enroll_node
+from lab.runtime.submit import build_run_config, submit_run
 
 from .conftest import HEART, ROOT, SILOS, lab_command
 

@@ -9,12 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-from federation.task import evaluate, load_node_data, local_baseline, target_scaler_of, train_locally
-from lab.data import Table, load_table, split_table
+from lab.core.data import Table, load_table, split_table
+from lab.core.metrics import compute_metrics, roc_auc
+from lab.core.model import Predictor, build_model
+from lab.core.preprocess import ColumnSums, Scaler, encode
+from lab.core.spec import TaskSpec, parse_spec
+from lab.core.training import evaluate, load_node_data, local_baseline, target_scaler_of, train_locally
 from lab.errors import ModelError, TrainingError
-from lab.metrics import compute_metrics, roc_auc
-from lab.model import Predictor, build_model
-from lab.packaging import (
+from lab.registry.packaging import (
     check_packaging,
     input_example,
     load_bundle,
@@ -23,8 +25,6 @@ from lab.packaging import (
     save_bundle,
     signature,
 )
-from lab.preprocess import ColumnSums, Scaler, encode
-from lab.spec import TaskSpec, parse_spec
 
 from .conftest import SILOS
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from federation.privacy import DPPlan, Ledger, check_budget
-from lab.agreement import Refusal, load_agreement
-from lab.audit import AuditLog
+from lab.core.privacy import DPPlan, Ledger, check_budget
+from lab.node.agreement import Refusal, load_agreement
+from lab.node.audit import AuditLog
 
 from .conftest import HEART, SILOS, agreement_file
 from .test_federation_e2e import run_lab

@@ -31,16 +31,16 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 
-from federation import keys
 from federation.preparation import Guard
 from federation.secure_aggregation import CLIPPING_RANGE, ObservedGrid, UnmaskedUpdateError, error_bound, node_mod
-from federation.settings import RunSettings
-from federation.task import load_node_data
+from lab.contract import keys
+from lab.contract.settings import RunSettings
+from lab.core.preprocess import ColumnSums, Scaler, encode
+from lab.core.spec import TaskSpec, load_spec
+from lab.core.training import load_node_data
 from lab.errors import LabError
-from lab.launch import build_run_config, submit_run
-from lab.preprocess import ColumnSums, Scaler, encode
-from lab.runtime import LocalFederation, NodeSpec
-from lab.spec import TaskSpec, load_spec
+from lab.runtime.local import LocalFederation, NodeSpec
+from lab.runtime.submit import build_run_config, submit_run
 
 from .conftest import HEART, ROOT, SILOS
 

@@ -7,7 +7,7 @@ from dataclasses import fields
 
 import pytest
 
-from federation.settings import RunSettings
+from lab.contract.settings import RunSettings
 from lab.errors import LabError
 
 from .conftest import ROOT

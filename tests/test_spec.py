@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from lab.core.spec import TaskSpec, load_spec, parse_spec
 from lab.errors import SpecError
-from lab.spec import TaskSpec, load_spec, parse_spec
 
 from .conftest import HEART
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from lab.settings import private_environ
-from lab.spec import load_spec
+from lab.core.spec import load_spec
+from lab.runtime.environ import private_environ
 
 from .conftest import ROOT
 from .task_matrix import CASES, Case, floor, write_case

@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from lab.cli.inhouse import fmt, lock_path
 from lab.errors import LabError
-from lab.inhouse_cli import fmt, lock_path
-from lab.settings import project_root
+from lab.runtime.environ import project_root
 
 __all__ = ["federate"]
 
@@ -39,10 +39,10 @@ def federate(
     Raises LabError (or RunFailedError) with the reason when the run fails; every process is
     stopped and the MLflow run closed in any case.
     """
-    from lab.launch import build_run_config, submit_run
-    from lab.runtime import LocalFederation, NodeSpec
-    from lab.sources import source_exists
-    from lab.spec import load_spec
+    from lab.core.sources import source_exists
+    from lab.core.spec import load_spec
+    from lab.runtime.local import LocalFederation, NodeSpec
+    from lab.runtime.submit import build_run_config, submit_run
 
     spec = load_spec(spec_path)
     mode = str(settings.get("mode", "train"))
@@ -78,7 +78,7 @@ def federate(
                 bar.update(task, completed=rounds, description="every node answered or was left out")
     except BaseException as exc:
         # The coordinator was stopped before it could close its MLflow run: close it here.
-        from lab.tracking import close_unfinished
+        from lab.registry.tracking import close_unfinished
 
         # The progress follower may not have read the coordinator's last events yet.
         mlflow_runs += [r for r in _started_runs(workspace, started) if r not in mlflow_runs]

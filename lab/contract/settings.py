@@ -58,7 +58,7 @@ class RunSettings:
         its table against the spec (`lab check`); ``stats`` runs the federated analytics query in
         ``stats_request`` (`lab stats`).
     stats_request : str (default: "")
-        The analytics query as JSON (federation.analytics.StatsRequest), for ``mode = "stats"``.
+        The analytics query as JSON (lab.core.analytics.StatsRequest), for ``mode = "stats"``.
     code_version : str (default: "")
         The project's git commit, recorded with the run (`lab run` fills it in).
     register : bool (default: True)

@@ -14,11 +14,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
-from lab.agreement import load_agreement
-from lab.audit import AuditLog
+from lab.core.sources import source_label
 from lab.errors import LabError
-from lab.settings import project_root
-from lab.sources import source_label
+from lab.node.agreement import load_agreement
+from lab.node.audit import AuditLog
+from lab.runtime.environ import project_root
 
 __all__ = ["agreement_app", "app_app", "app_hash", "coordinator_app", "node_app"]
 
@@ -37,7 +37,7 @@ def coordinator_init(
     host: Annotated[list[str] | None, typer.Option(help="Name or IP the SuperLink is reached at; repeat.")] = None,
 ) -> None:
     """Create the federation's CA and the SuperLink's TLS certificate (give nodes ca.crt)."""
-    from lab.security import init_coordinator
+    from lab.runtime.security import init_coordinator
 
     certs = init_coordinator(folder, hosts=tuple(host or ("127.0.0.1", "localhost")))
     console.print(f"CA certificate   {certs.ca_cert}   (every node and the flwr CLI trust this)")
@@ -59,9 +59,9 @@ def node_enroll(
     """Create a node's key pair (EC, OpenSSH format) and optionally register its public key."""
     import subprocess
 
-    from lab.runtime import executable
-    from lab.security import enroll_node
-    from lab.settings import private_environ
+    from lab.runtime.environ import private_environ
+    from lab.runtime.local import executable
+    from lab.runtime.security import enroll_node
 
     keys = enroll_node(folder, name)
     console.print(f"private key  {keys.private_key}   (stays on the node: --auth-supernode-private-key)")
@@ -87,7 +87,7 @@ def app_hash(app_dir: Path | None = None) -> str:
 
     from flwr.cli.build import build_fab_from_disk
 
-    from lab.launch import stage_app
+    from lab.runtime.submit import stage_app
 
     with tempfile.TemporaryDirectory(prefix="lab-app-") as staging:
         staged = stage_app(app_dir or project_root(), Path(staging) / "app")
@@ -108,7 +108,7 @@ def agreement_template(
     organisation: Annotated[str, typer.Option(help="Your organisation's name.")],
 ) -> None:
     """Print a starting agreement covering this task and the app in this checkout (edit, then check)."""
-    from lab.spec import load_spec
+    from lab.core.spec import load_spec
 
     task = load_spec(spec)
     sys.stdout.write(demo_agreement(task.name, task.sha256, app_hash(), organisation))
@@ -120,7 +120,7 @@ def agreement_check(
     spec: Annotated[Path | None, typer.Option(help="Also check that this task spec is covered.")] = None,
 ) -> None:
     """Validate an agreement and explain each field."""
-    from lab.spec import load_spec
+    from lab.core.spec import load_spec
 
     agreement = load_agreement(path)
     table = RichTable(title=f"{path.name}: valid")
@@ -186,7 +186,7 @@ def node_privacy(
     agreement: Annotated[Path | None, typer.Option(help="The node's agreement, for its epsilon budget.")] = None,
 ) -> None:
     """Print a node's privacy ledger: the epsilon every run spent on its rows, and what remains."""
-    from federation.privacy import Ledger
+    from lab.core.privacy import Ledger
 
     if not ledger.is_file():
         raise LabError(f"privacy ledger {str(ledger)!r} does not exist; a node writes it at nodes/NAME/privacy.jsonl")
@@ -224,8 +224,8 @@ def node_catalog(
     as_json: Annotated[bool, typer.Option("--json", help="Print the catalog as JSON.")] = False,
 ) -> None:
     """What the node holds, without rows: columns, types, missing counts, ranges, category counts."""
-    from lab.catalog import build_catalog
-    from lab.spec import load_spec
+    from lab.core.catalog import build_catalog
+    from lab.core.spec import load_spec
 
     min_rows = load_agreement(agreement).min_rows if agreement else 10
     described = build_catalog(data, load_spec(spec), node=node, min_rows=min_rows)

@@ -17,10 +17,10 @@ from typing import Any
 
 import tomli_w
 
-from federation.settings import RunSettings
+from lab.contract.settings import RunSettings
+from lab.core.spec import TaskSpec
 from lab.errors import LabError, RunFailedError
-from lab.runtime import LocalFederation, executable
-from lab.spec import TaskSpec
+from lab.runtime.local import LocalFederation, executable
 
 __all__ = [
     "RunOutcome",

@@ -2,6 +2,6 @@
 
 from mlflow.models import set_model
 
-from lab.packaging import FederatedModel
+from lab.registry.packaging import FederatedModel
 
 set_model(FederatedModel())

@@ -1,4 +1,4 @@
-"""Where a node's table lives: a file's path, or a database URL (read by lab.sql)."""
+"""Where a node's table lives: a file's path, or a database URL (read by lab.core.sql)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Federated analytics for analysts: `lab stats` and the same from a notebook.
 
->>> from lab.stats import federated_stats
+>>> from lab.cli.stats import federated_stats
 >>> result = federated_stats("data/heart-disease/task.toml", {"cleveland": "...", "va": "..."},
 ...                          columns=["age", "chol"], by="sex", levels={"sex": ["0", "1"]})
 
@@ -16,13 +16,13 @@ from typing import Any
 
 from rich.table import Table as RichTable
 
-from federation.analytics import DEFAULT_MIN_COUNT, StatsRequest
+from lab.cli.inhouse import fmt, tracking_uri_for
+from lab.core.analytics import DEFAULT_MIN_COUNT, StatsRequest
+from lab.core.sources import node_source
+from lab.core.spec import load_spec
 from lab.errors import LabError
-from lab.federate import federate
-from lab.inhouse_cli import fmt, tracking_uri_for
-from lab.settings import WORKSPACE
-from lab.sources import node_source
-from lab.spec import load_spec
+from lab.runtime.environ import WORKSPACE
+from lab.runtime.run import federate
 
 __all__ = ["federated_stats", "parse_bins", "parse_levels", "stats_tables"]
 

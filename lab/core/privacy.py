@@ -24,11 +24,11 @@ from typing import Any
 
 from flwr.app import ConfigRecord
 
-from federation import keys
-from federation.records import number
-from federation.settings import RunSettings
-from lab.agreement import Refusal
+from lab.contract import keys
+from lab.contract.records import number
+from lab.contract.settings import RunSettings
 from lab.errors import LabError
+from lab.node.agreement import Refusal
 
 __all__ = ["DPPlan", "Ledger", "check_budget", "dp_config", "epsilon_for", "plan_from_config"]
 

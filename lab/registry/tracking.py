@@ -13,8 +13,8 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 
-from lab.model import Predictor
-from lab.packaging import model_arguments
+from lab.core.model import Predictor
+from lab.registry.packaging import model_arguments
 
 __all__ = ["CHAMPION", "LoggedModel", "Tracker", "close_unfinished"]
 

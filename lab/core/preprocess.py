@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from lab.spec import TaskSpec
+from lab.core.spec import TaskSpec
 
 __all__ = ["ColumnSums", "Scaler", "encode"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lab.spec import TaskSpec
+from lab.core.spec import TaskSpec
 
 __all__ = ["compute_metrics", "predictions"]
 

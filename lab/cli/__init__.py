@@ -15,10 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
-from lab.errors import LabError
-from lab.federate import federate
-from lab.governance_cli import agreement_app, app_app, coordinator_app, node_app
-from lab.inhouse_cli import (
+from lab.cli.governance import agreement_app, app_app, coordinator_app, node_app
+from lab.cli.inhouse import (
     TrackingUri,
     Workspace,
     env_app,
@@ -28,9 +26,11 @@ from lab.inhouse_cli import (
     spec_app,
     tracking_uri_for,
 )
-from lab.settings import PRIVATE_ENV, WORKSPACE, project_root
-from lab.sources import node_source
-from lab.spec import load_spec
+from lab.core.sources import node_source
+from lab.core.spec import load_spec
+from lab.errors import LabError
+from lab.runtime.environ import PRIVATE_ENV, WORKSPACE, project_root
+from lab.runtime.run import federate
 
 os.environ.update(PRIVATE_ENV)  # before MLflow or Flower is imported by any command
 
@@ -79,7 +79,7 @@ def demo(
 
     Each hospital gets a data-use agreement approving this task and this app (its FAB hash).
     """
-    from lab.governance_cli import app_hash, demo_agreement
+    from lab.cli.governance import app_hash, demo_agreement
 
     data = project_root() / "data" / "heart-disease"
     spec = load_spec(data / "task.toml")
@@ -192,7 +192,7 @@ def stats(
 ) -> None:
     """Federated analytics: counts, means, sds, quantiles, histograms, crosstabs and correlations
     pooled over every node's table, small counts suppressed at each node."""
-    from lab.stats import federated_stats, parse_bins, parse_levels, stats_tables
+    from lab.cli.stats import federated_stats, parse_bins, parse_levels, stats_tables
 
     pair = None
     if crosstab:
@@ -237,8 +237,8 @@ def ui(
     """Open the MLflow UI on the lab's tracking store."""
     import subprocess
 
-    from lab.runtime import executable
-    from lab.settings import private_environ
+    from lab.runtime.environ import private_environ
+    from lab.runtime.local import executable
 
     uri = tracking_uri_for(workspace, tracking_uri)
     console.print(f"MLflow UI on http://127.0.0.1:{port} for {uri} (Ctrl-C to stop)")

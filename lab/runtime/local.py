@@ -21,11 +21,11 @@ from typing import IO
 
 import psutil
 
+from lab.core.sources import node_source
 from lab.errors import RuntimeStartError
-from lab.node_guard import AGREEMENT_ENV, AUDIT_ENV, write_shim
-from lab.security import CoordinatorCerts, enroll_node, init_coordinator
-from lab.settings import private_environ
-from lab.sources import node_source
+from lab.node.guard import AGREEMENT_ENV, AUDIT_ENV, write_shim
+from lab.runtime.environ import private_environ
+from lab.runtime.security import CoordinatorCerts, enroll_node, init_coordinator
 
 __all__ = ["LocalFederation", "NodeSpec", "executable", "free_port", "node_config"]
 
@@ -201,7 +201,7 @@ class LocalFederation:
 
     def _start_node(self, node: NodeSpec) -> None:
         """A SuperNode with its own Flower home, audit log, privacy ledger and, in front of every
-        app it runs, the lab's gate that admits only apps its agreement allows (lab.node_guard)."""
+        app it runs, the lab's gate that admits only apps its agreement allows (lab.node.guard)."""
         home = self.workspace / "nodes" / node.name
         home.mkdir(parents=True, exist_ok=True)
         audit, ledger = home / "audit.jsonl", home / "privacy.jsonl"

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lab.data import Table
-from lab.disclosure import protect, with_margins
+from lab.core.data import Table
+from lab.core.disclosure import protect, with_margins
+from lab.core.preprocess import ColumnSums
+from lab.core.spec import TaskSpec
 from lab.errors import LabError
-from lab.preprocess import ColumnSums
-from lab.spec import TaskSpec
 
 __all__ = [
     "DEFAULT_MIN_COUNT",

@@ -51,7 +51,7 @@ def private_environ(**extra: str) -> dict[str, str]:
 
 def project_root() -> Path:
     """The folder holding pyproject.toml with the Flower app (this checkout)."""
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]
     if (here / "pyproject.toml").is_file():
         return here
     return Path.cwd()

@@ -14,13 +14,13 @@ from mlflow.pyfunc.model import PythonModel
 from mlflow.types import ColSpec, Schema, TensorSpec
 from mlflow.types.schema import AnyType
 
-from lab.data import check_frame
-from lab.environment import Environment
+from lab.core.data import check_frame
+from lab.core.environment import Environment
+from lab.core.metrics import predictions
+from lab.core.model import Predictor, build_model, state_from_numpy, state_to_numpy
+from lab.core.preprocess import Scaler
+from lab.core.spec import FileFormat, Level, TaskSpec, parse_spec
 from lab.errors import LabError, ModelError
-from lab.metrics import predictions
-from lab.model import Predictor, build_model, state_from_numpy, state_to_numpy
-from lab.preprocess import Scaler
-from lab.spec import FileFormat, Level, TaskSpec, parse_spec
 
 __all__ = [
     "FederatedModel",

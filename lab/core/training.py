@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from lab.data import Table, load_table, split_table
+from lab.core.data import Table, load_table, split_table
+from lab.core.metrics import compute_metrics
+from lab.core.model import Predictor, build_model, loss_fn
+from lab.core.preprocess import ColumnSums, Scaler, encode
+from lab.core.spec import TaskSpec
 from lab.errors import DataError, TrainingError
-from lab.metrics import compute_metrics
-from lab.model import Predictor, build_model, loss_fn
-from lab.preprocess import ColumnSums, Scaler, encode
-from lab.spec import TaskSpec
 
 logger = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ from collections.abc import Mapping
 
 from flwr.app import ConfigRecord
 
-from federation import keys
-from federation.records import text
-from lab.environment import EnvDiff, Environment
+from lab.contract import keys
+from lab.contract.records import text
+from lab.core.environment import EnvDiff, Environment
+from lab.core.spec import TaskSpec
 from lab.errors import LabError
-from lab.spec import TaskSpec
 
 __all__ = ["check_environment", "lock_config", "node_record"]
 

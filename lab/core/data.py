@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lab.core.sources import is_sql_url, source_label
+from lab.core.spec import Feature, FileFormat, Level, TaskSpec
+from lab.core.sql import read_sql
 from lab.errors import DataError
-from lab.sources import is_sql_url, source_label
-from lab.spec import Feature, FileFormat, Level, TaskSpec
-from lab.sql import read_sql
 
 __all__ = [
     "Table",
@@ -69,7 +69,7 @@ class Table:
 def read_raw(source: str | Path, file_format: FileFormat) -> tuple[pd.DataFrame, int]:
     """Read a table as strings (CSV), as stored (Parquet, SQL).
 
-    ``source`` is a file path or a database URL (lab.sql). Returns the frame and the offset to
+    ``source`` is a file path or a database URL (lab.core.sql). Returns the frame and the offset to
     add to a row's position to get its line in the file.
     """
     if is_sql_url(source):

@@ -10,8 +10,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lab.preprocess import Scaler, encode
-from lab.spec import TaskSpec
+from lab.core.preprocess import Scaler, encode
+from lab.core.spec import TaskSpec
 
 __all__ = ["Predictor", "build_model", "loss_fn", "state_from_numpy", "state_to_numpy"]
 

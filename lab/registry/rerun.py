@@ -11,12 +11,12 @@ import mlflow
 import mlflow.pyfunc
 import pandas as pd
 
-from lab.data import load_table, read_raw, split_table
-from lab.environment import EnvDiff, Environment
+from lab.core.data import load_table, read_raw, split_table
+from lab.core.environment import EnvDiff, Environment
+from lab.core.metrics import compute_metrics
+from lab.core.sources import source_label
 from lab.errors import DataError, ModelError
-from lab.metrics import compute_metrics
-from lab.packaging import FederatedModel, predict_frame
-from lab.sources import source_label
+from lab.registry.packaging import FederatedModel, predict_frame
 
 __all__ = ["Evaluation", "check_environment", "evaluate_table", "load_model", "predict_table", "provenance"]
 

@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
+from lab.core.sources import source_label
 from lab.errors import LabError
-from lab.settings import TRACKING_URI, WORKSPACE, project_root
-from lab.sources import source_label
+from lab.runtime.environ import TRACKING_URI, WORKSPACE, project_root
 
 __all__ = [
     "TrackingUri",
@@ -42,7 +42,7 @@ spec_app = typer.Typer(help="Task specs.", no_args_is_help=True)
 @spec_app.command("hash")
 def spec_hash(path: Annotated[Path, typer.Argument(help="The task spec (TOML).")]) -> None:
     """Print the spec's sha256, as agreements name it in [[tasks]]."""
-    from lab.spec import load_spec
+    from lab.core.spec import load_spec
 
     print(load_spec(path).sha256)
 
@@ -78,7 +78,7 @@ def predict(
 
     Next to --out, a .provenance.json file records the model, both environments and any drift.
     """
-    from lab.rerun import check_environment, load_model, predict_table, provenance
+    from lab.registry.rerun import check_environment, load_model, predict_table, provenance
 
     loaded = load_model(model, tracking_uri_for(workspace, tracking_uri))
     drift = check_environment(loaded, allow_drift=allow_env_drift)
@@ -103,7 +103,7 @@ def evaluate(
     tracking_uri: TrackingUri = "",
 ) -> None:
     """Evaluate a registered model on a raw table, in-house."""
-    from lab.rerun import check_environment, evaluate_table, load_model, provenance
+    from lab.registry.rerun import check_environment, evaluate_table, load_model, provenance
 
     if split not in ("test", "train", "all"):
         raise LabError(f"--split {split!r}: choose test, train or all")
@@ -136,7 +136,7 @@ def env_show(
     packages: Annotated[bool, typer.Option("--packages", help="List every package and version.")] = False,
 ) -> None:
     """Print this environment's fingerprint and its parts."""
-    from lab.environment import Environment
+    from lab.core.environment import Environment
 
     current = Environment.current()
     console.print(f"fingerprint  {current.fingerprint}")
@@ -151,7 +151,7 @@ def env_show(
 @env_app.command("verify")
 def env_verify(lock: Lock = None) -> None:
     """Compare this environment with the lock; exit 1 with the differences if they differ."""
-    from lab.environment import Environment
+    from lab.core.environment import Environment
 
     path = lock_path(lock)
     current, expected = Environment.current(), Environment.from_lock_file(path)

@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lab.agreement import Refusal, load_agreement
-from lab.audit import AuditLog
 from lab.errors import LabError
+from lab.node.agreement import Refusal, load_agreement
+from lab.node.audit import AuditLog
 
 __all__ = ["AGREEMENT_ENV", "APP_HASH_ENV", "AUDIT_ENV", "main", "write_shim"]
 
@@ -85,6 +85,6 @@ def write_shim(folder: Path) -> Path:
     """Write the ``flwr-clientapp`` executable that runs this gate, for the front of a node's PATH."""
     folder.mkdir(parents=True, exist_ok=True)
     shim = folder / "flwr-clientapp"
-    shim.write_text(f"#!{sys.executable}\nfrom lab.node_guard import main\n\nmain()\n", encoding="utf-8")
+    shim.write_text(f"#!{sys.executable}\nfrom lab.node.guard import main\n\nmain()\n", encoding="utf-8")
     shim.chmod(0o755)
     return shim

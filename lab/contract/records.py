@@ -6,7 +6,7 @@ import re
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
-from federation import keys
+from lab.contract import keys
 from lab.errors import LabError
 
 __all__ = ["arrays_of", "config_of", "error_reason", "metrics_of", "number", "numbers", "text"]

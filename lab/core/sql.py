@@ -23,8 +23,8 @@ from typing import Any
 
 import pandas as pd
 
+from lab.core.sources import display_url
 from lab.errors import DataError
-from lab.sources import display_url
 
 __all__ = ["PASSWORD_ENV", "read_sql"]
 

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lab.data import check_column, check_frame, is_blank, read_raw
-from lab.disclosure import protect_counts
+from lab.core.data import check_column, check_frame, is_blank, read_raw
+from lab.core.disclosure import protect_counts
+from lab.core.spec import TaskSpec
 from lab.errors import DataError
-from lab.spec import TaskSpec
 
 __all__ = ["build_catalog", "preflight"]
 
@@ -31,7 +31,7 @@ def build_catalog(path: str | Path, spec: TaskSpec, *, node: str | None = None, 
     """Columns of the node's table with their types, missing counts, ranges and level counts.
 
     Counts under ``min_rows``, and the counts that would let one be recomputed from the row
-    count, are shown as "hidden" (lab.disclosure); ranges are given only for columns with at
+    count, are shown as "hidden" (lab.core.disclosure); ranges are given only for columns with at
     least ``min_rows`` values (the minimum and maximum are still single values).
     """
     file_format = spec.format_for(node)
