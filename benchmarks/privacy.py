@@ -30,22 +30,21 @@ from lab.runtime.environ import PRIVATE_ENV  # noqa: E402
 
 os.environ.update(PRIVATE_ENV)
 
-from lab.cli import DEMO_NODES  # noqa: E402
-from lab.cli.inhouse import tracking_uri_for  # noqa: E402
-from lab.runtime.run import federate  # noqa: E402
+from lab.core.spec import load_spec  # noqa: E402
+from lab.runtime.demo import DEMO_NODES  # noqa: E402
+from lab.runtime.environ import tracking_uri_for  # noqa: E402
+from lab.runtime.run import run_federation, run_settings  # noqa: E402
 
 DATA = ROOT / "data" / "heart-disease"
 
 
 def run_once(workspace: Path, settings: dict[str, Any]) -> dict[str, Any]:
     started = time.monotonic()
-    final = federate(
-        DATA / "task.toml",
-        {name: DATA / file for name, file in DEMO_NODES.items()},
-        workspace=workspace,
-        settings=settings,
-        tracking_uri=tracking_uri_for(workspace),
+    nodes = {name: str(DATA / file) for name, file in DEMO_NODES.items()}
+    run = run_settings(
+        load_spec(DATA / "task.toml"), tracking_uri=tracking_uri_for(workspace), nodes=len(nodes), values=settings
     )
+    final = run_federation(run, nodes, workspace=workspace).summary
     epsilons = [row["epsilon"] for row in final["nodes"] if row.get("epsilon") is not None]
     return {
         "settings": settings,

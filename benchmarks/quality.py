@@ -49,7 +49,7 @@ def rounds_to(curve: list[float], target: float = TARGET_ACCURACY) -> int | None
 
 
 def quality_jobs(workspace: Path, seeds: list[int]) -> list[dict[str, Any]]:
-    from lab.cli import DEMO_NODES
+    from lab.runtime.demo import DEMO_NODES
 
     nodes = [(name, str(DATA / file)) for name, file in DEMO_NODES.items()]
     jobs = []
@@ -79,8 +79,8 @@ def quality_jobs(workspace: Path, seeds: list[int]) -> list[dict[str, Any]]:
 def pooled(seeds: list[int]) -> dict[str, Any]:
     """All four centres' training rows in one place (the recipe: Adam, lr 0.001, batch 4, 50 epochs),
     scored on each centre's own test split; the lab's loading, scaling, model and training code."""
-    from lab.cli import DEMO_NODES
     from lab.core.spec import load_spec
+    from lab.runtime.demo import DEMO_NODES
 
     spec = load_spec(DATA / "task.toml")
     nodes = {name: str(DATA / file) for name, file in DEMO_NODES.items()}
@@ -179,7 +179,7 @@ def scale_jobs(workspace: Path, sizes: list[int], rounds: int) -> list[dict[str,
     """Federations of ``sizes`` nodes: node i holds a resample (with replacement, as many rows as
     the centre has) of the raw rows of centre i mod 4, so every node has a real centre's schema,
     size and distribution, and the work per node is the same at every size."""
-    from lab.cli import DEMO_NODES
+    from lab.runtime.demo import DEMO_NODES
 
     rng = np.random.default_rng(7)
     centres = {name: (DATA / file).read_text(encoding="utf-8").splitlines() for name, file in DEMO_NODES.items()}

@@ -13,6 +13,7 @@ unchanged), the nodes served by Ray actors. Only two things are added around the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,9 @@ from typing import Any
 
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+
+from lab.contract import events
+from lab.contract.settings import RunSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,9 +88,7 @@ def _round(message: Message) -> int:
     return int(value) if isinstance(value, int | float) else 0
 
 
-def simulate(
-    run_config: dict[str, Any], nodes: list[SimulatedNode], workdir: Path, *, ray_address: str
-) -> dict[str, Any]:
+def simulate(settings: RunSettings, nodes: list[SimulatedNode], workdir: Path, *, ray_address: str) -> dict[str, Any]:
     """One federated run of the lab's apps on the simulation runtime, its nodes as actors of the
     Ray cluster at ``ray_address`` (one cluster serves every run: starting one per run costs more
     than the run).
@@ -102,25 +104,26 @@ def simulate(
     from federation.server_app import app as server_app
 
     workdir.mkdir(parents=True, exist_ok=True)
-    events = workdir / "events.jsonl"
+    output = workdir / "output.log"  # the ServerApp's output, with its progress events (lab.contract.events)
     measurements = workdir / "messages.jsonl"
-    for path in (events, measurements):
+    for path in (output, measurements):
         path.unlink(missing_ok=True)
-    config = {**run_config, "events-file": str(events)}
-    context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=config)
+    context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=settings.to_run_config())
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    _run_simulation(
-        num_supernodes=len(nodes),
-        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-        client_app=SimulatedNodes(client_app, nodes, str(measurements)),
-        server_app=server_app,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"address": ray_address, "logging_level": "error", "log_to_driver": False},
-        },
-        server_app_context=context,
-    )
-    lines = [json.loads(line) for line in events.read_text(encoding="utf-8").splitlines()] if events.exists() else []
+    with output.open("w", encoding="utf-8") as sink, contextlib.redirect_stdout(sink):
+        _run_simulation(
+            num_supernodes=len(nodes),
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+            client_app=SimulatedNodes(client_app, nodes, str(measurements)),
+            server_app=server_app,
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"address": ray_address, "logging_level": "error", "log_to_driver": False},
+            },
+            server_app_context=context,
+        )
+    parsed = [events.parse(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    lines = [event for event in parsed if event is not None]
     final = lines[-1] if lines else {"event": "missing"}
     if final["event"] != "done":
         raise RuntimeError(f"the simulated run did not finish: {final.get('reason', final['event'])}")
@@ -148,14 +151,13 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
     work folder; the settings below are the defaults a job's own settings override. A failed run
     raises, or with ``keep_going`` returns the job with its ``error``.
     """
-    from lab.cli.inhouse import lock_path
     from lab.core.spec import load_spec
-    from lab.runtime.submit import build_run_config
+    from lab.runtime.run import run_settings
 
     workdir = Path(job["workdir"])
     spec = load_spec(Path(job["spec"]))
     nodes = [SimulatedNode(name, path) for name, path in job["nodes"]]
-    settings = {
+    values = {
         "register": False,
         # Ray puts its own vendored packages (colorama) on its workers' path; a strict node
         # would refuse that drift. Warn still checks every node and flags the run.
@@ -164,16 +166,9 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
         "round-timeout": 300.0,  # a node that fails fails the run, not the benchmark's time
         **job["settings"],
     }
-    run_config = build_run_config(
-        spec,
-        settings,
-        tracking_uri=job["tracking_uri"],
-        expected_nodes=len(nodes),
-        lock=lock_path(),
-        root=ROOT,
-    )
+    settings = run_settings(spec, tracking_uri=job["tracking_uri"], nodes=len(nodes), values=values)
     try:
-        result = simulate(run_config, nodes, workdir, ray_address=job["ray_address"])
+        result = simulate(settings, nodes, workdir, ray_address=job["ray_address"])
     except Exception as exc:
         failure = f"simulated run {workdir.name} failed: {exc} (its events are in {workdir})"
         if job.get("keep_going"):  # the caller reports each job's outcome itself

@@ -1,333 +1,245 @@
 """The node's ClientApp: answers the coordinator from the node's own rows, never sending rows.
 
-Three messages reach it:
+- every kind of query in ``lab.queries`` (``query.prepare``, ``query.catalog``, ``query.stats``):
+  its node side, through one handler per kind. A query carries the task spec's text, which the
+  node keeps in the run's context;
+- ``train``: score the received global model on the node's test split, train it locally, and
+  return the update, the training loss and those scores (one message, one ClientApp process, a
+  round);
+- ``evaluate``: the final global model's metrics on the node's test split.
 
-- ``query`` (prepare): check the table against the task spec, return per-column sums for the
-  federated scaler and the local-only baseline's metrics;
-- ``train``: score the received global model on the node's test split, train it locally,
-  and return the update, the training loss and those scores;
-- ``evaluate``: return the final global model's metrics on the node's test split.
-
-Scoring inside the train message saves a message, and so a ClientApp process, per round.
-
-Every message is checked against the node's data-use agreement before any data is read, and
-every reply before it leaves (federation.governance); a refusal, or a table that does not fit
-the spec, becomes an error reply that says why, and the node's audit log records each decision.
+Train and evaluate messages name the task by its sha256 only. Every message is checked against
+the node's data-use agreement before any data is read, and every reply before it leaves
+(federation.governance); a refusal, or a table that does not fit the spec, becomes an error reply
+that says why, and the node's audit log records each decision.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 from typing import Any
 
-import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from federation.governance import governed, node_agreement
+from federation.governance import governed
 from federation.secure_aggregation import node_mod
 from lab.contract import keys
-from lab.contract.provenance import check_environment, node_record
-from lab.contract.records import arrays_of, config_of, number, numbers, text
-from lab.core.analytics import (
-    DEFAULT_MIN_COUNT,
-    StatsRequest,
-    node_summary,
-    protect_column_sums,
-    stats_frame,
-)
-from lab.core.catalog import build_catalog, preflight
-from lab.core.data import load_table
-from lab.core.environment import EnvDiff, Environment
+from lab.contract.messages import EvaluateReply, Instructions, NodeReport, QueryMessage, QueryReply, TrainReply
+from lab.core.environment import Environment
 from lab.core.model import Predictor
-from lab.core.preprocess import ColumnSums, Scaler, encode
-from lab.core.privacy import DPPlan, Ledger, check_budget, plan_from_config
+from lab.core.preprocess import Scaler
+from lab.core.privacy import DPPlan
 from lab.core.spec import TaskSpec, parse_spec
 from lab.core.training import (
     NodeData,
     evaluate,
     load_node_data,
-    local_baseline,
     node_seed,
     predictor_from,
-    target_sums,
     train_locally,
     train_privately,
 )
-from lab.errors import DataError, LabError
-from lab.node.agreement import Refusal
+from lab.errors import MessageError, TrainingError
+from lab.node.agreement import Agreement, Request
+from lab.node.ledger import check_budget
+from lab.node.site import NodeSite
+from lab.queries import KINDS, QueryKind
+from lab.queries.prepare import check_rows
+
+__all__ = ["app"]
 
 logger = logging.getLogger(__name__)
 
 app = ClientApp()
 
+#: Where a node keeps, in the run's context, the spec texts it received, by sha256.
+SPECS = "lab.specs"
 
-def _node_name(context: Context) -> str:
-    return str(context.node_config.get(keys.NODE_NAME, f"node-{context.node_id}"))
-
-
-def _min_count(context: Context, asked: int = DEFAULT_MIN_COUNT) -> int:
-    """Fewest rows behind anything this node releases: 5, or more if the agreement or the request says so."""
-    agreement = node_agreement(context)
-    return max(DEFAULT_MIN_COUNT, asked, agreement.min_rows if agreement else 0)
+#: Metric keys other clauses than allow.metrics check: the row count (min-rows) and the privacy
+#: spent (the node's own accounting).
+_NOT_METRICS = {keys.NUM_EXAMPLES, keys.DP_EPSILON}
 
 
-def _inputs(msg: Message, context: Context) -> tuple[TaskSpec, ConfigRecord, str, Environment, EnvDiff, NodeData]:
-    """The run's spec and config, this node's name and environment (checked against the lock
-    before any data is read), and its rows checked against the spec."""
-    config = config_of(msg)
-    spec = parse_spec(text(config, keys.TASK_SPEC), source="the run's task spec")
-    name = _node_name(context)
-    env, drift = check_environment(config, name)
-    data = load_node_data(name, str(context.node_config.get(keys.DATA_PATH, "")), spec)
-    return spec, config, name, env, drift, data
+def _site(context: Context) -> NodeSite:
+    return NodeSite.from_node_config(context.node_config, context.node_id)
 
 
-def _reply(msg: Message, spec: TaskSpec, name: str, env: Environment, data: NodeData, **records: Any) -> Message:
-    """A reply whose NODE record carries this node's environment, data and spec fingerprints."""
-    node = node_record(name, spec, env, data.train.fingerprint, len(data.train))
-    return Message(RecordDict({**records, keys.NODE: node}), reply_to=msg)
+def _remember(context: Context, spec: TaskSpec) -> None:
+    specs = context.state.config_records.get(SPECS, ConfigRecord())
+    specs[spec.sha256] = spec.text
+    context.state.config_records[SPECS] = specs
 
 
-def _check_rows(context: Context, data: NodeData) -> int:
-    """The node's minimum count; a node with fewer training rows refuses to train."""
-    minimum = _min_count(context)
-    if len(data.train) < minimum:
-        raise Refusal(
-            "allow.min-rows",
-            f"{len(data.train)} training rows are fewer than the minimum of {minimum}: a model update "
-            "from so few rows can reveal them",
+def _spec(context: Context, instructions: Instructions) -> TaskSpec:
+    """The run's spec, received at preparation and named by its sha256 since."""
+    specs = context.state.config_records.get(SPECS, ConfigRecord())
+    if instructions.spec_sha256 not in specs:
+        raise MessageError(
+            f"the task spec {instructions.spec_sha256[:12]}… of task {instructions.task!r} was not received at "
+            "preparation in this run; the node takes part from the next run"
         )
-    return minimum
+    return parse_spec(str(specs[instructions.spec_sha256]), source="the run's task spec")
 
 
-def _suppressed_metrics(data: NodeData, minimum: int) -> str:
-    if len(data.test) >= minimum:
-        return ""
-    return f"metrics on the test split withheld: it has fewer rows than the minimum of {minimum}"
+class _Training:
+    """What a train or evaluate message asks of the node, and what its reply releases."""
+
+    def __init__(self, training: bool) -> None:
+        self.training = training
+
+    def asks(self, msg: Message, context: Context, agreement: Agreement) -> Request:
+        instructions = Instructions.of(msg)
+        metrics = set(_spec(context, instructions).metrics) | ({keys.TRAIN_LOSS} if self.training else set())
+        outputs = {"metrics"} | ({"model-updates"} if self.training else set())
+        # The row count is checked on the reply, once the rows are loaded.
+        return _request(instructions, outputs, metrics, agreement.min_rows)
+
+    def releases(self, msg: Message, reply: Message, context: Context, agreement: Agreement) -> Request:
+        outputs, metrics, rows = set(), set(), 0
+        if reply.content.array_records:
+            outputs.add("model-updates")
+        for record in reply.content.metric_records.values():
+            rows = int(record.get(keys.NUM_EXAMPLES, 0))  # type: ignore[arg-type]
+            names = {k.removeprefix(keys.EVAL_PREFIX) for k in record} - _NOT_METRICS
+            metrics |= names
+            if names:
+                outputs.add("metrics")
+        if not outputs:  # nothing computed on rows leaves (scores withheld): no row count to check
+            rows = agreement.min_rows
+        return _request(Instructions.of(msg), outputs, metrics, rows)
 
 
-def _ledger(context: Context, name: str) -> Ledger:
-    path = str(context.node_config.get(keys.PRIVACY_LEDGER, ""))
-    if not path:
-        raise DataError(
-            f"node {name!r} has no privacy ledger for a differentially private run; start the SuperNode "
-            "with --node-config 'privacy-ledger=\"/path/to/privacy.jsonl\"'"
-        )
-    return Ledger(path)
+def _request(instructions: Instructions, outputs: set[str], metrics: set[str], rows: int) -> Request:
+    return Request(
+        instructions.task,
+        instructions.spec_sha256,
+        instructions.strategy,
+        frozenset(outputs),
+        frozenset(metrics),
+        rows,
+        instructions.dp is not None,
+    )
 
 
-def _private_plan(msg: Message, context: Context, config: ConfigRecord, data: NodeData) -> DPPlan | None:
-    """The node's DP plan for this run, checked against its agreement's epsilon budget."""
-    plan = plan_from_config(config, len(data.train))
-    if plan is not None:
-        agreement = node_agreement(context)
-        budget = agreement.epsilon_budget if agreement else None
-        check_budget(_ledger(context, data.name), budget, msg.metadata.run_id, plan)
-    return plan
+class _Query:
+    """What a query asks of the node and what its answer releases, as its kind says."""
+
+    def __init__(self, kind: QueryKind[Any]) -> None:
+        self.kind = kind
+
+    def asks(self, msg: Message, context: Context, agreement: Agreement) -> Request:
+        query = QueryMessage.of(msg)
+        spec = parse_spec(query.spec_text, source="the run's task spec")
+        return self.kind.asks(spec, self.kind.parse_request(query.request), agreement)
+
+    def releases(self, msg: Message, reply: Message, context: Context, agreement: Agreement) -> Request:
+        query = QueryMessage.of(msg)
+        spec = parse_spec(query.spec_text, source="the run's task spec")
+        answer = json.loads(QueryReply.of(reply).answer)
+        return self.kind.releases(spec, self.kind.parse_request(query.request), answer, agreement)
 
 
-def _predictor(spec: TaskSpec, config: ConfigRecord, msg: Message) -> Predictor:
+def _answering(kind: QueryKind[Any]) -> Any:
+    def answer(msg: Message, context: Context) -> Message:
+        query = QueryMessage.of(msg)
+        spec = parse_spec(query.spec_text, source="the run's task spec")
+        _remember(context, spec)
+        site = _site(context)
+        answered = kind.answer(spec, kind.parse_request(query.request), site, msg.metadata.run_id)
+        reply = QueryReply(site.name, spec.organisation(site.name), json.dumps(answered))
+        return Message(reply.to_record(), reply_to=msg)
+
+    return answer
+
+
+for _kind in KINDS.values():
+    app.query(_kind.name)(governed(_Query(_kind))(_answering(_kind)))
+
+
+def _report(site: NodeSite, spec: TaskSpec, data: NodeData, suppressed: str = "") -> NodeReport:
+    return NodeReport.of_node(site.name, spec, Environment.current(), data.train, suppressed)
+
+
+def _inputs(msg: Message, context: Context) -> tuple[NodeSite, Instructions, TaskSpec, NodeData, int]:
+    """The node, the message's instructions, the run's spec, and the node's rows checked against it."""
+    site, instructions = _site(context), Instructions.of(msg)
+    spec = _spec(context, instructions)
+    data = load_node_data(site.name, site.table_path(), spec)
+    return site, instructions, spec, data, check_rows(site, data)
+
+
+def _predictor(spec: TaskSpec, instructions: Instructions, msg: Message) -> Predictor:
     """The received global model, with the federation's scalers of the features and the target."""
-    scaler = Scaler(np.asarray(numbers(config, keys.SCALER_MEAN)), np.asarray(numbers(config, keys.SCALER_STD)))
-    target = Scaler.identity(1)
-    if keys.TARGET_MEAN in config:
-        target = Scaler(np.asarray([number(config, keys.TARGET_MEAN)]), np.asarray([number(config, keys.TARGET_STD)]))
-    return predictor_from(spec, scaler, arrays_of(msg), target)
-
-
-@app.query(keys.PREPARE)
-@governed
-def prepare(msg: Message, context: Context) -> Message:
-    """Check the table, share column sums for scaling, and run the local-only baseline."""
-    spec, config, name, env, drift, data = _inputs(msg, context)
-    minimum = _check_rows(context, data)
-    plan = _private_plan(msg, context, config, data)
-    sums, held_back = protect_column_sums(
-        ColumnSums.of(encode(data.train.features, spec)), spec, len(data.train), minimum
-    )
-    target = target_sums(data.train)  # over every training row: its count is the row count
-    seed = node_seed(int(number(config, keys.SEED)), name, 0)
-    baseline: dict[str, float] = {}
-    # Metrics on fewer rows than the minimum do not leave; in a DP run nothing trained without
-    # DP does either, so the local-only baseline is skipped.
-    if len(data.test) >= minimum and plan is None:
-        baseline = local_baseline(spec, data, epochs=int(number(config, keys.BASELINE_EPOCHS)), seed=seed)
-    metrics = MetricRecord(
-        {
-            keys.NUM_EXAMPLES: len(data.train),
-            keys.COLUMN_COUNT: sums.count.tolist(),
-            keys.COLUMN_SUM: sums.total.tolist(),
-            keys.COLUMN_SQUARES: sums.squares.tolist(),
-            **(
-                {
-                    keys.TARGET_COUNT: float(target.count[0]),
-                    keys.TARGET_SUM: float(target.total[0]),
-                    keys.TARGET_SQUARES: float(target.squares[0]),
-                }
-                if spec.target.kind == "regression"
-                else {}
-            ),
-            **{keys.BASELINE_PREFIX + k: v for k, v in baseline.items()},
-        }
-    )
-    node = node_record(
-        name,
-        spec,
-        env,
-        data.train.fingerprint,
-        len(data.train),
-        {
-            # Counts under the minimum are sent as 0 (the note says they were held back).
-            keys.TEST_ROWS: len(data.test) if len(data.test) >= minimum else 0,
-            keys.DROPPED_ROWS: data.dropped if not 0 < data.dropped < minimum else 0,
-            keys.ENV_PINS: env.pins,
-            keys.ENV_DRIFT: drift.summary(),
-            keys.SUPPRESSED: "; ".join(
-                n
-                for n in (
-                    _suppressed_metrics(data, minimum),
-                    *held_back,
-                    f"dropped rows under {minimum} held back" if 0 < data.dropped < minimum else "",
-                )
-                if n
-            ),
-            **(
-                {keys.DP_PLANNED_EPSILON: plan.planned_epsilon, keys.DP_NOISE_USED: plan.noise_multiplier}
-                if plan
-                else {}
-            ),
-        },
-    )
-    return Message(RecordDict({keys.METRICS: metrics, keys.NODE: node}), reply_to=msg)
+    scaler = Scaler.from_lists(instructions.scaler_mean, instructions.scaler_std)
+    target = Scaler.from_lists([instructions.target_mean], [instructions.target_std])
+    return predictor_from(spec, scaler, msg.content.array_records[keys.ARRAYS], target)
 
 
 @app.train(mods=[node_mod])  # SecAgg+ rounds only; plain rounds pass through
-@governed
+@governed(_Training(True))
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's training rows."""
-    spec, config, name, env, _, data = _inputs(msg, context)
-    minimum = _check_rows(context, data)
-    plan = _private_plan(msg, context, config, data)  # refuses a run over the budget, before training
-    predictor = _predictor(spec, config, msg)
-    metrics: dict[str, int | float] = {}
-    if config.get(keys.EVALUATE_FIRST, False) and len(data.test) >= minimum:
+    site, instructions, spec, data, minimum = _inputs(msg, context)
+    plan = DPPlan.make(instructions.dp, len(data.train)) if instructions.dp else None
+    if plan is not None:  # refuses a run over the budget, before training
+        agreement = site.agreement
+        check_budget(site.ledger(), agreement.epsilon_budget if agreement else None, msg.metadata.run_id, plan)
+    predictor = _predictor(spec, instructions, msg)
+    evaluated: dict[str, float] = {}
+    if instructions.evaluate_first and len(data.test) >= minimum:
         # One message per round: the global model is scored here instead of in an extra message.
-        metrics = {keys.EVAL_PREFIX + k: v for k, v in evaluate(predictor, data.test).items()}
-    server_round = int(number(config, keys.SERVER_ROUND))
+        evaluated = evaluate(predictor, data.test)
+    server_round = instructions.server_round
     if plan is not None:
-        _ledger(context, name).check_round(msg.metadata.run_id, server_round, plan)
-    seed = node_seed(int(number(config, keys.SEED)), name, server_round)
-    steps, batch_size = int(number(config, keys.LOCAL_STEPS)), int(number(config, keys.BATCH_SIZE))
-    learning_rate = number(config, keys.LEARNING_RATE)
+        site.ledger().check_round(msg.metadata.run_id, server_round, plan)
+    steps, batch_size = instructions.local_steps, instructions.batch_size
+    epsilon = None
     if plan is None:
-        loss = train_locally(
+        loss: float | None = train_locally(
             predictor,
             data.train,
             steps=steps,
             batch_size=batch_size,
-            learning_rate=learning_rate,
-            seed=seed,
-            proximal_mu=number(config, keys.PROXIMAL_MU) if keys.PROXIMAL_MU in config else 0.0,
+            learning_rate=instructions.learning_rate,
+            seed=node_seed(instructions.seed, site.name, server_round),
+            proximal_mu=instructions.proximal_mu,
         )
     else:
-        loss, sample_rate = train_privately(
+        _, sample_rate = train_privately(
             predictor,
             data.train,
             steps=steps,
             noise_multiplier=plan.noise_multiplier,
             clipping_norm=plan.clipping_norm,
             batch_size=batch_size,
-            learning_rate=learning_rate,
+            learning_rate=instructions.learning_rate,
         )
         if abs(sample_rate - plan.sample_rate) > 1e-12:
-            raise LabError(f"DP-SGD sampled at {sample_rate}, the ledger would record {plan.sample_rate}")
-        entry = _ledger(context, name).record(
-            run_id=msg.metadata.run_id, server_round=server_round, plan=plan, task=spec.name
-        )
-        metrics[keys.DP_EPSILON] = entry["epsilon"]
-    return _reply(
-        msg,
-        spec,
-        name,
-        env,
-        data,
-        **{
-            keys.ARRAYS: ArrayRecord(predictor.model.state_dict()),
-            # In a DP run the loss on the training rows is not private: it stays at the node.
-            keys.METRICS: MetricRecord(
-                {**metrics, **({keys.TRAIN_LOSS: loss} if plan is None else {}), keys.NUM_EXAMPLES: len(data.train)}
-            ),
-        },
+            raise TrainingError(f"DP-SGD sampled at {sample_rate}, the ledger would record {plan.sample_rate}")
+        entry = site.ledger().record(run_id=msg.metadata.run_id, server_round=server_round, plan=plan, task=spec.name)
+        epsilon = float(entry["epsilon"])
+        loss = None  # in a DP run the loss on the training rows is not private: it stays at the node
+    reply = TrainReply(
+        ArrayRecord(predictor.model.state_dict()),
+        len(data.train),
+        _report(site, spec, data),
+        evaluated,
+        loss,
+        epsilon,
     )
+    return Message(reply.to_record(), reply_to=msg)
 
 
 @app.evaluate()
-@governed
+@governed(_Training(False))
 def evaluate_model(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this node's test rows."""
-    spec, config, name, env, _, data = _inputs(msg, context)
-    minimum = _check_rows(context, data)
-    predictor = _predictor(spec, config, msg)
+    site, instructions, spec, data, minimum = _inputs(msg, context)
     if len(data.test) < minimum:  # neither the scores nor the small row count leave
-        metrics = MetricRecord()
-        withheld = {keys.SUPPRESSED: _suppressed_metrics(data, minimum)}
-        node = node_record(name, spec, env, data.train.fingerprint, len(data.train), withheld)
-        return Message(RecordDict({keys.METRICS: metrics, keys.NODE: node}), reply_to=msg)
-    metrics = MetricRecord({**evaluate(predictor, data.test), keys.NUM_EXAMPLES: len(data.test)})
-    return _reply(msg, spec, name, env, data, **{keys.METRICS: metrics})
-
-
-@app.query(keys.CATALOG)
-@governed
-def catalog(msg: Message, context: Context) -> Message:
-    """Describe this node's table without its rows, and check it against the spec (pre-flight)."""
-    config = config_of(msg)
-    spec = parse_spec(text(config, keys.TASK_SPEC), source="the run's task spec")
-    name = _node_name(context)
-    path = str(context.node_config.get(keys.DATA_PATH, ""))
-    agreement = node_agreement(context)
-    min_rows = max(DEFAULT_MIN_COUNT, agreement.min_rows if agreement else 10)
-    try:
-        described = build_catalog(path, spec, node=name, min_rows=min_rows)
-    except DataError:  # the pre-flight below says why the table cannot be read
-        described = {}
-    node = ConfigRecord(
-        {
-            keys.NODE_NAME: name,
-            keys.ORGANISATION: spec.organisation(name),
-            keys.CATALOG_JSON: json.dumps(described),
-            keys.PREFLIGHT_JSON: json.dumps(preflight(path, spec, node=name)),
-        }
-    )
-    return Message(RecordDict({keys.NODE: node}), reply_to=msg)
-
-
-@app.query(keys.STATS)
-@governed
-def stats(msg: Message, context: Context) -> Message:
-    """Summarise this node's table for a federated analytics query; small counts never leave."""
-    config = config_of(msg)
-    spec = parse_spec(text(config, keys.TASK_SPEC), source="the run's task spec")
-    request = StatsRequest.from_json(text(config, keys.STATS_REQUEST))
-    request.check(spec)
-    name = _node_name(context)
-    path = str(context.node_config.get(keys.DATA_PATH, ""))
-    if not path:
-        raise DataError(f"node {name!r} has no data-path; start the SuperNode with --node-config 'data-path=\"...\"'")
-    agreement = node_agreement(context)
-    minimum = _min_count(context, request.min_count)
-    request = replace(request, min_count=minimum)
-    summary = node_summary(stats_frame(load_table(path, spec, node=name), spec), spec, request)
-    node = ConfigRecord(
-        {
-            keys.NODE_NAME: name,
-            keys.ORGANISATION: spec.organisation(name),
-            keys.STATS_JSON: json.dumps(summary),
-            keys.PUBLISH_NODE_FIGURES: bool(agreement and agreement.node_figures),
-            keys.SUPPRESSED: "; ".join(summary["notes"]),
-        }
-    )
-    return Message(RecordDict({keys.NODE: node}), reply_to=msg)
+        withheld = f"metrics on the test split withheld: it has fewer rows than the minimum of {minimum}"
+        return Message(EvaluateReply({}, 0, _report(site, spec, data, withheld)).to_record(), reply_to=msg)
+    predictor = _predictor(spec, instructions, msg)
+    reply = EvaluateReply(evaluate(predictor, data.test), len(data.test), _report(site, spec, data))
+    return Message(reply.to_record(), reply_to=msg)

@@ -2,71 +2,70 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
-from flwr.app import Context, Error, Message, MessageType, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 
 from lab.contract import keys
-from lab.contract.records import config_of, text
-from lab.core.spec import parse_spec
-from lab.errors import LabError
-from lab.node.agreement import Agreement, Refusal, Request, load_agreement
+from lab.contract.messages import NodeReport
+from lab.errors import LabError, Refusal
+from lab.node.agreement import Agreement, Request
 from lab.node.audit import AuditLog
 from lab.node.guard import APP_HASH_ENV
+from lab.node.site import NodeSite
 
-__all__ = ["governed", "node_agreement"]
+__all__ = ["Checks", "governed"]
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Message, Context], Message]
 
-#: Metric keys checked by other clauses than allow.metrics: the row count (min-rows), the
-#: scalers' column and target sums (statistics) and the privacy spent (the node's own accounting).
-_NOT_METRICS = {
-    keys.NUM_EXAMPLES,
-    keys.COLUMN_COUNT,
-    keys.COLUMN_SUM,
-    keys.COLUMN_SQUARES,
-    keys.TARGET_COUNT,
-    keys.TARGET_SUM,
-    keys.TARGET_SQUARES,
-    keys.DP_EPSILON,
-}
+
+class Checks(Protocol):
+    """What a message asks of the node before any data is read, and what its reply releases."""
+
+    def asks(self, msg: Message, context: Context, agreement: Agreement) -> Request: ...
+
+    def releases(self, msg: Message, reply: Message, context: Context, agreement: Agreement) -> Request: ...
 
 
-def governed(handler: Handler) -> Handler:
+def governed(checks: Checks) -> Callable[[Handler], Handler]:
     """Check a message against the node's agreement before any data is read, check the reply
     before it leaves, audit the decision, and turn a refusal into an error reply naming the clause."""
 
-    def wrapped(msg: Message, context: Context) -> Message:
-        name = str(context.node_config.get(keys.NODE_NAME, f"node-{context.node_id}"))
-        audit_path = str(context.node_config.get(keys.AUDIT_LOG, ""))
-        try:
-            agreement = node_agreement(context)
-            if agreement is not None:
-                agreement.check(_asked(msg, agreement))
-            reply = handler(msg, context)
-            if agreement is not None and not reply.has_error():
-                agreement.check(_released(msg, reply, agreement))
-        except LabError as exc:
-            clause = exc.clause if isinstance(exc, Refusal) else None
-            logger.error("node %s refused the %s message: %s", name, msg.metadata.message_type, exc)
-            _audit(audit_path, msg, "refused", clause=clause, reason=str(exc))
-            return Message(Error(code=keys.REFUSED, reason=f"node {name!r} refused: {exc}"), reply_to=msg)
-        except Exception as exc:  # a bug in the lab: one line to the coordinator, the traceback kept here
-            where = _keep_traceback(audit_path, msg)
-            reason = f"internal error (a bug in the lab): {type(exc).__name__}: {exc}; {where}"
-            _audit(audit_path, msg, "failed", reason=reason)
-            return Message(Error(code=keys.FAILED, reason=f"node {name!r} failed: {reason}"), reply_to=msg)
-        _audit(audit_path, msg, "accepted", reply=reply)
-        return reply
+    def decorate(handler: Handler) -> Handler:
+        def wrapped(msg: Message, context: Context) -> Message:
+            site = NodeSite.from_node_config(context.node_config, context.node_id)
+            try:
+                agreement = site.agreement
+                if agreement is not None:
+                    agreement.check(checks.asks(msg, context, agreement))
+                reply = handler(msg, context)
+                if agreement is not None and not reply.has_error():
+                    agreement.check(checks.releases(msg, reply, context, agreement))
+            except LabError as exc:
+                clause = exc.clause if isinstance(exc, Refusal) else None
+                logger.error("node %s refused the %s message: %s", site.name, msg.metadata.message_type, exc)
+                _audit(site.audit_path, msg, "refused", clause=clause, reason=str(exc))
+                return Message(Error(code=keys.REFUSED, reason=f"node {site.name!r} refused: {exc}"), reply_to=msg)
+            except Exception as exc:  # a bug in the lab: one line to the coordinator, the traceback kept here
+                where = _keep_traceback(site.audit_path, msg)
+                reason = f"internal error (a bug in the lab): {type(exc).__name__}: {exc}; {where}"
+                _audit(site.audit_path, msg, "failed", reason=reason)
+                return Message(Error(code=keys.FAILED, reason=f"node {site.name!r} failed: {reason}"), reply_to=msg)
+            _audit(site.audit_path, msg, "accepted", reply=reply)
+            return reply
 
-    return wrapped
+        return wrapped
+
+    return decorate
 
 
 def _keep_traceback(audit_path: str, msg: Message) -> str:
@@ -80,70 +79,6 @@ def _keep_traceback(audit_path: str, msg: Message) -> str:
     path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-run{msg.metadata.run_id}-{msg.metadata.message_type}.txt"
     path.write_text(text, encoding="utf-8")
     return f"the traceback is in the node's home, errors/{path.name}"
-
-
-def node_agreement(context: Context) -> Agreement | None:
-    """The node's data-use agreement, when its SuperNode was given one."""
-    path = str(context.node_config.get(keys.AGREEMENT, ""))
-    return load_agreement(path) if path else None
-
-
-def _asked(msg: Message, agreement: Agreement) -> Request:
-    """What the message will make leave the node, known before any data is read."""
-    config = config_of(msg)
-    spec = parse_spec(text(config, keys.TASK_SPEC), source="the run's task spec")
-    kind = msg.metadata.message_type
-    if kind == keys.CATALOG_MESSAGE_TYPE:
-        return Request(spec.name, spec.sha256, None, frozenset({"catalog"}), frozenset(), agreement.min_rows)
-    if kind == keys.STATS_MESSAGE_TYPE:  # every count under min-rows is suppressed by the node itself
-        return Request(spec.name, spec.sha256, None, frozenset({"analytics"}), frozenset(), agreement.min_rows)
-    outputs = {"metrics"}
-    metrics = set(spec.metrics)
-    if kind == MessageType.TRAIN:
-        outputs.add("model-updates")
-        metrics.add(keys.TRAIN_LOSS)
-    elif kind == keys.PREPARE_MESSAGE_TYPE and spec.scaling == "federated":
-        outputs.add("statistics")
-    return Request(
-        task=spec.name,
-        task_sha256=spec.sha256,
-        strategy=str(config.get(keys.STRATEGY, "")),
-        outputs=frozenset(outputs),
-        metrics=frozenset(metrics),
-        rows=agreement.min_rows,  # the row count is checked on the reply, once the rows are loaded
-        differential_privacy=bool(config.get(keys.DIFFERENTIAL_PRIVACY, False)),
-    )
-
-
-def _released(msg: Message, reply: Message, agreement: Agreement) -> Request:
-    """What the reply actually carries out of the node."""
-    config = config_of(msg)
-    spec = parse_spec(text(config, keys.TASK_SPEC), source="the run's task spec")
-    content = reply.content
-    if msg.metadata.message_type in (keys.CATALOG_MESSAGE_TYPE, keys.STATS_MESSAGE_TYPE):
-        return _asked(msg, agreement)  # counts under min-rows are already hidden
-    outputs, metrics, rows = set(), set(), 0
-    if content.array_records:
-        outputs.add("model-updates")
-    for record in content.metric_records.values():
-        rows = int(record.get(keys.NUM_EXAMPLES, 0))  # type: ignore[arg-type]
-        names = {k.removeprefix(keys.EVAL_PREFIX).removeprefix(keys.BASELINE_PREFIX) for k in record} - _NOT_METRICS
-        metrics |= names
-        if names:
-            outputs.add("metrics")
-        if keys.COLUMN_SUM in record:
-            outputs.add("statistics")
-    if not outputs:  # nothing computed on rows leaves (scores withheld): no row count to check
-        rows = agreement.min_rows
-    return Request(
-        spec.name,
-        spec.sha256,
-        str(config.get(keys.STRATEGY, "")),
-        frozenset(outputs),
-        frozenset(metrics),
-        rows,
-        bool(config.get(keys.DIFFERENTIAL_PRIVACY, False)),
-    )
 
 
 def _audit(
@@ -165,14 +100,19 @@ def _audit(
         clause=clause,
         reason=reason,
         left_node=_left_node(reply.content) if reply is not None else [],
-        suppressed=_suppressed(reply.content) if reply is not None else "",
+        suppressed=_suppressed(reply) if reply is not None else "",
     )
 
 
-def _suppressed(content: RecordDict) -> str:
+def _suppressed(reply: Message) -> str:
     """What the node held back under its minimum cell count, as its reply says."""
-    node = content.config_records.get(keys.NODE)
-    return str(node.get(keys.SUPPRESSED, "")) if node is not None else ""
+    node = reply.content.config_records.get(keys.NODE)
+    if node is None:
+        return ""
+    if keys.ANSWER in node:  # a query's answer
+        return str(json.loads(str(node[keys.ANSWER])).get("suppressed", ""))
+    report = NodeReport.of(reply)
+    return report.suppressed if report is not None else ""
 
 
 def _left_node(content: RecordDict) -> list[dict[str, object]]:

@@ -59,13 +59,14 @@ from flwr.serverapp.strategy import Result
 
 from federation.grid import DelegatingGrid
 from lab.contract import keys
+from lab.contract.messages import NodeReport
 from lab.contract.records import error_reason
-from lab.errors import LabError, RunFailedError
+from lab.errors import MessageError, Refusal, RunFailedError, TrainingError, UnmaskedUpdateError
 
 if TYPE_CHECKING:  # the node imports this module too: no MLflow there
-    from federation.preparation import Guard
-    from federation.recorder import Member, Recorder
+    from federation.recorder import Recorder
     from lab.contract.settings import RunSettings
+    from lab.queries.prepare import Guard, Member
     from lab.registry.tracking import Tracker
 
 __all__ = [
@@ -73,7 +74,6 @@ __all__ = [
     "MODULUS_RANGE",
     "QUANTIZATION_RANGE",
     "ObservedGrid",
-    "UnmaskedUpdateError",
     "error_bound",
     "node_mod",
     "run_secure_rounds",
@@ -102,10 +102,6 @@ def error_bound(num_nodes: int, clipping_range: float = CLIPPING_RANGE, levels: 
     within the clipping range): ``3 N c / T``.
     """
     return 3.0 * num_nodes * clipping_range / levels
-
-
-class UnmaskedUpdateError(RunFailedError):
-    """A node's reply reached the coordinator with model arrays in it: secure aggregation is broken."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,8 +145,8 @@ class ObservedGrid(DelegatingGrid):
                 continue
             self._check_masked(stage, name, reply.content)
             if stage == Stage.COLLECT_MASKED_VECTORS:
-                node = reply.content.config_records.get(keys.NODE)
-                refusal = self.guard.screen(node)[0] if node is not None else "its reply names no node"
+                report = NodeReport.of(reply)
+                refusal = self.guard.screen(report)[0] if report is not None else "its reply names no node"
                 if refusal is not None:
                     self.excluded[name] = f"node {name!r} not aggregated: {refusal}"
                     continue  # dropped: SecAgg+ recovers the sum of the others
@@ -306,12 +302,12 @@ def _train_legacy(msg: Message, context: Context, call_next: ClientAppCallable) 
     names = [str(n) for n in config.get(keys.ARRAY_NAMES, [])]  # type: ignore[union-attr]
     tensors = compat.arrayrecord_to_parameters(content.array_records[_LEGACY_PARAMETERS], keep_input=True).tensors
     if len(names) != len(tensors):
-        raise LabError(f"secure aggregation: {len(tensors)} arrays arrived with {len(names)} names")
+        raise MessageError(f"secure aggregation: {len(tensors)} arrays arrived with {len(names)} names")
     arrays = ArrayRecord({n: Array(bytes_to_ndarray(t)) for n, t in zip(names, tensors, strict=True)})
     msg.content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config})  # what `governed` and `train` read
     reply = call_next(msg, context)
     if reply.has_error():  # a refusal: its reason becomes the error the coordinator sees
-        raise LabError(error_reason(reply))
+        raise Refusal("(relayed)", error_reason(reply), relayed=True)
     metrics = reply.content.metric_records[keys.METRICS]
     num_examples = int(metrics[keys.NUM_EXAMPLES])  # type: ignore[arg-type]
     update = [a.numpy().astype(np.float64) for a in reply.content.array_records[keys.ARRAYS].values()]
@@ -336,7 +332,7 @@ def _check_clipping(update: list[np.ndarray[Any, Any]], num_examples: int, conte
     weight = num_examples / float(state["max_weight"])  # type: ignore[arg-type]
     largest = max((float(np.abs(a).max()) for a in update if a.size), default=0.0)
     if largest * weight > clipping:
-        raise LabError(
+        raise TrainingError(
             f"secure aggregation: a weighted parameter of {largest * weight:.3g} exceeds the clipping range "
             f"+-{clipping:g}; the update would be distorted, so it is not sent"
         )

@@ -1,22 +1,24 @@
-"""Flower's strategies, taught to skip refused nodes, enforce the minimum and report each round."""
+"""Flower's strategies with the run's reporting: refused nodes skipped, the minimum kept, rounds recorded."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
+from flwr.serverapp.strategy import FedAvg, Strategy
 
-from federation.preparation import Guard
 from lab.contract import keys
+from lab.contract.messages import NodeReport
 from lab.contract.records import error_reason
 from lab.contract.settings import RunSettings
+from lab.contract.strategies import STRATEGIES
 from lab.errors import RunFailedError
+from lab.queries.prepare import Guard
 
-__all__ = ["RoundObserver", "make_strategy"]
+__all__ = ["ReportingStrategy", "RoundObserver", "make_strategy"]
 
 
 class RoundObserver(Protocol):
@@ -27,28 +29,37 @@ class RoundObserver(Protocol):
     def on_evaluate(self, server_round: int, replies: list[Message], asked: int) -> None: ...
 
 
-class _Reporting:
-    """Mixed in front of a Flower strategy; the aggregation itself stays Flower's.
+class ReportingStrategy(Strategy):
+    """One of Flower's strategies (``inner``, built from the lab's table of strategies), with the
+    run's reporting around it; the aggregation itself stays Flower's.
 
-    It sends messages only to the nodes that accepted the task, hands every reply to the
-    observer, and fails the run when fewer than ``min_nodes`` nodes answered.
+    It sends messages only to the nodes that accepted the task, screens every reply with the
+    coordinator's guard, hands it to the observer, fails the run when fewer than ``min_nodes``
+    nodes answered or the aggregate is not finite.
     """
 
-    participants: set[int]
-    observer: RoundObserver
-    min_nodes: int
-    guard: Guard
+    def __init__(
+        self, inner: FedAvg, participants: set[int], observer: RoundObserver, min_nodes: int, guard: Guard
+    ) -> None:
+        self.inner = inner
+        self.participants = set(participants)
+        self.observer = observer
+        self.min_nodes = min_nodes
+        self.guard = guard
+
+    def summary(self) -> None:
+        self.inner.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        messages = super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
+        messages = self.inner.configure_train(server_round, arrays, config, grid)
         return [m for m in messages if m.metadata.dst_node_id in self.participants]
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        messages = super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
+        messages = self.inner.configure_evaluate(server_round, arrays, config, grid)
         return [m for m in messages if m.metadata.dst_node_id in self.participants]
 
     def aggregate_train(
@@ -64,7 +75,7 @@ class _Reporting:
             for record in reply.content.metric_records.values():
                 for key in [k for k in record if k not in (keys.NUM_EXAMPLES, keys.TRAIN_LOSS)]:
                     del record[key]
-        arrays, metrics = super().aggregate_train(server_round, kept)  # type: ignore[misc]
+        arrays, metrics = self.inner.aggregate_train(server_round, kept)
         if arrays is not None and not all(np.isfinite(a.numpy()).all() for a in arrays.values()):
             raise RunFailedError(
                 f"round {server_round}: the aggregated model is not finite (NaN or infinite weights); "
@@ -72,27 +83,27 @@ class _Reporting:
             )
         return arrays, metrics
 
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
+        if not replies and self.inner.fraction_evaluate == 0.0:
+            return None  # nodes score the global model inside the next train message instead
+        self._require_enough(server_round, replies, "evaluation", {})
+        self.observer.on_evaluate(server_round, replies, len(self.participants))
+        return self.inner.aggregate_evaluate(server_round, replies)
+
     def _screen(self, replies: list[Message]) -> tuple[list[Message], dict[str, str]]:
         """Replies the guard admits, and why the others are not aggregated (by node name)."""
         kept: list[Message] = []
         excluded: dict[str, str] = {}
         for reply in replies:
-            node = reply.content.config_records.get(keys.NODE) if not reply.has_error() else None
-            refusal = self.guard.screen(node)[0] if node is not None else None
+            report = None if reply.has_error() else NodeReport.of(reply)
+            refusal = self.guard.screen(report)[0] if report is not None else None
             if refusal is None:
                 kept.append(reply)
             else:
-                name = str(node.get(keys.NODE_NAME)) if node is not None else "?"
+                name = report.name if report is not None else "?"
                 excluded[name] = f"node {name!r} not aggregated: {refusal}"
         return kept, excluded
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        replies = list(replies)
-        if not replies and self.fraction_evaluate == 0.0:  # type: ignore[attr-defined]
-            return None  # nodes score the global model inside the next train message instead
-        self._require_enough(server_round, replies, "evaluation", {})
-        self.observer.on_evaluate(server_round, replies, len(self.participants))
-        return super().aggregate_evaluate(server_round, replies)  # type: ignore[misc, no-any-return]
 
     def _require_enough(self, server_round: int, replies: list[Message], stage: str, excluded: dict[str, str]) -> None:
         good = [r for r in replies if not r.has_error()]
@@ -105,32 +116,20 @@ class _Reporting:
             )
 
 
-_BASES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi}
-
-
-def make_strategy(settings: RunSettings, participants: set[int], observer: RoundObserver, guard: Guard) -> FedAvg:
-    """The run's strategy from ``flwr.serverapp.strategy``, with reporting mixed in."""
-    base = _BASES[settings.strategy]
-    kwargs: dict[str, Any] = {
-        "fraction_train": 1.0,
+def make_strategy(
+    settings: RunSettings, participants: set[int], observer: RoundObserver, guard: Guard
+) -> ReportingStrategy:
+    """The run's strategy, as the lab's table of strategies builds it, with the run's reporting."""
+    inner = STRATEGIES[settings.strategy].build(
+        settings,
+        fraction_train=1.0,
         # One message per node per round: nodes score the global model in the train message,
         # and the coordinator asks for the final model's scores once, after the last round.
-        "fraction_evaluate": 0.0,
-        "min_train_nodes": len(participants),
-        "min_available_nodes": len(participants),
-        "weighted_by_key": keys.NUM_EXAMPLES,
-        "arrayrecord_key": keys.ARRAYS,
-        "configrecord_key": keys.CONFIG,
-    }
-    if settings.strategy == "fedprox":
-        kwargs["proximal_mu"] = settings.proximal_mu
-    if settings.strategy in ("fedadam", "fedyogi"):
-        kwargs["eta"] = settings.server_learning_rate
-        kwargs["eta_l"] = settings.learning_rate
-    cls = type(f"Lab{base.__name__}", (_Reporting, base), {})
-    strategy: Any = cls(**kwargs)
-    strategy.participants = set(participants)
-    strategy.observer = observer
-    strategy.min_nodes = settings.min_nodes
-    strategy.guard = guard
-    return strategy  # type: ignore[no-any-return]
+        fraction_evaluate=0.0,
+        min_train_nodes=len(participants),
+        min_available_nodes=len(participants),
+        weighted_by_key=keys.NUM_EXAMPLES,
+        arrayrecord_key=keys.ARRAYS,
+        configrecord_key=keys.CONFIG,
+    )
+    return ReportingStrategy(inner, participants, observer, settings.min_nodes, guard)

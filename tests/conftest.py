@@ -47,9 +47,10 @@ def lab_command() -> list[str]:
 def agreement_file(folder: Path, spec: TaskSpec, node: str, *replacements: tuple[str, str]) -> Path:
     """A node's agreement approving this checkout's app for ``spec``, with clauses rewritten by
     (old, new) text replacements (each must match)."""
-    from lab.cli.governance import app_hash, demo_agreement
+    from lab.node.agreement import template
+    from lab.runtime.app import app_hash
 
-    text = demo_agreement(spec.name, spec.sha256, app_hash(ROOT), spec.organisation(node))
+    text = template(spec, app_hash(ROOT), spec.organisation(node))
     for old, new in replacements:
         assert old in text, old
         text = text.replace(old, new)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lab.runtime.local import free_port
+from lab.runtime.processes import free_port
 
 SKIP_REASON = "PostgreSQL's server is not installed (`apt-get install postgresql`; .ci/run installs it)"
 

@@ -8,17 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from lab.cli.governance import demo_agreement
 from lab.core.spec import TaskSpec
-from lab.errors import LabError
-from lab.node.agreement import Refusal, Request, parse_agreement
+from lab.errors import LabError, Refusal
+from lab.node.agreement import Request, parse_agreement, template
 from lab.node.audit import AuditLog
 
 FAB = "ab" * 32
 
 
 def agreement_text(spec: TaskSpec, **changes: str) -> str:
-    text = demo_agreement(spec.name, spec.sha256, FAB, "Cleveland Clinic Foundation", dt.date(2030, 1, 1))
+    text = template(spec, FAB, "Cleveland Clinic Foundation", dt.date(2030, 1, 1))
     for old, new in changes.items():
         text = text.replace(old.replace("_", "-"), new)
     return text

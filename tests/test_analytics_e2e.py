@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lab.cli.stats import federated_stats
 from lab.core.analytics import stats_frame
 from lab.core.data import load_table
 from lab.node.audit import AuditLog
+from lab.runtime.run import federated_stats
 
 from .conftest import HEART, SILOS, agreement_file
 
@@ -50,7 +50,7 @@ def analysed(tmp_path_factory: pytest.TempPathFactory, heart_spec: Any) -> tuple
         agreements=agreements,
         workspace=workspace,
     )
-    return workspace, result
+    return workspace, {**result.summary, "mlflow_run_id": result.mlflow_run_id}
 
 
 def _concatenated(spec: Any, nodes: tuple[str, ...]) -> pd.DataFrame:

@@ -11,8 +11,7 @@ from types import ModuleType
 import pytest
 from flwr.cli.build import build_fab_from_disk
 
-from lab.cli.governance import app_hash
-from lab.runtime.submit import stage_app
+from lab.runtime.app import app_hash, stage_app
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from flwr.app import ConfigRecord
 
-from federation.preparation import Guard
+from lab.contract.messages import NodeReport
 from lab.core.environment import Environment, canonical_name
 from lab.errors import LabError
+from lab.queries.prepare import Guard
 
 from .conftest import ROOT
 
@@ -67,16 +67,8 @@ def test_names_are_compared_as_pep_503_says() -> None:
     assert canonical_name("Typing_Extensions") == canonical_name("typing-extensions") == "typing-extensions"
 
 
-def _node_record(env: Environment, spec_sha256: str) -> ConfigRecord:
-    return ConfigRecord(
-        {
-            "node-name": "va",
-            "env-fingerprint": env.fingerprint,
-            "env-python": env.python,
-            "env-platform": env.platform,
-            "spec-sha256": spec_sha256,
-        }
-    )
+def _node_record(env: Environment, spec_sha256: str) -> NodeReport:
+    return NodeReport("va", "V.A.", env.fingerprint, env.python, env.platform, "data", 85, spec_sha256)
 
 
 def test_coordinator_guard_refuses_in_strict_and_flags_in_warn() -> None:

@@ -19,7 +19,8 @@ from lab.core.environment import Environment
 from lab.core.spec import load_spec
 from lab.runtime.environ import private_environ
 from lab.runtime.local import LocalFederation, NodeSpec
-from lab.runtime.submit import build_run_config, submit_run
+from lab.runtime.run import run_settings
+from lab.runtime.submit import new_run_dir, submit_run
 
 from .conftest import HEART, ROOT, SILOS, lab_command
 
@@ -72,17 +73,17 @@ def federate(workspace: Path, overlay: Path, **settings: Any) -> Federation:
         NodeSpec("va", SILOS["va"], env={"PYTHONPATH": str(overlay)}),
     ]
     tracking_uri = f"sqlite:///{workspace / 'mlflow.db'}"
-    config = build_run_config(
+    config = run_settings(
         load_spec(HEART / "task.toml"),
-        {"num-rounds": 1, **settings},
         tracking_uri=tracking_uri,
-        expected_nodes=len(nodes),
+        nodes=len(nodes),
+        values={"num-rounds": 1, **settings},
         lock=LOCK,
-        root=ROOT,
     )
     events: list[dict[str, Any]] = []
     with LocalFederation(workspace, nodes) as federation:
-        outcome = submit_run(federation, app_dir=ROOT, run_config=config, on_event=events.append)
+        run_dir = new_run_dir(federation.workspace)
+        outcome = submit_run(federation.connection, config, app_dir=ROOT, run_dir=run_dir, on_event=events.append)
     return Federation(outcome.final, events, tracking_uri)
 
 

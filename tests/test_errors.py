@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,30 +11,39 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from mlflow import MlflowClient
 
 from federation.governance import governed
-from federation.recorder import EventLog
-from federation.server_app import _keep_traceback
-from lab.contract import keys
+from federation.server_app import TRACEBACK_FILE, _keep_traceback
+from lab.contract import events, keys
+from lab.node.agreement import Request
 from lab.node.audit import AuditLog
+from lab.node.site import NodeSite
 from lab.registry.tracking import Tracker
 from lab.runtime.environ import private_environ
+from lab.runtime.submit import follow_events
 
 
-def test_a_coordinators_bug_leaves_its_traceback_in_the_run_folder_and_its_mlflow_run(tmp_path: Path) -> None:
-    events = EventLog(str(tmp_path / "runs" / "1" / "events.jsonl"))
+def test_a_coordinators_bug_is_kept_in_its_mlflow_run_and_sent_to_the_caller(tmp_path: Path) -> None:
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "errors")
     with tracker.run(run_name="bug", params={}, tags={}):
         try:
             {}["str"]  # noqa: B018 - the kind of bug the task matrix found
         except KeyError:
-            where = _keep_traceback(events, tracker)
-    kept = (tmp_path / "runs" / "1" / "traceback.txt").read_text()
-    assert "KeyError: 'str'" in kept and "test_errors.py" in kept
-    assert str(tmp_path / "runs" / "1" / "traceback.txt") in where and tracker.run_id in where
-    assert tracker.run_id is not None
-    logged = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").download_artifacts(
-        tracker.run_id, "error", str(tmp_path)
-    )
-    assert "KeyError: 'str'" in (Path(logged) / "traceback.txt").read_text()
+            kept = _keep_traceback(tracker)
+    assert "KeyError: 'str'" in kept["text"] and "test_errors.py" in kept["text"]
+    assert tracker.run_id is not None and tracker.run_id in kept["where"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    logged = client.download_artifacts(tracker.run_id, TRACEBACK_FILE, str(tmp_path))
+    assert "KeyError: 'str'" in Path(logged).read_text()
+
+
+def test_the_runtime_writes_a_coordinators_traceback_to_the_runs_folder(tmp_path: Path) -> None:
+    """The failed event carries the traceback through Flower's stream; the run's folder keeps it."""
+    output = tmp_path / "flwr-run.log"
+    line = events.PREFIX + json.dumps({"event": "failed", "reason": "internal error: KeyError", "traceback": "TB"})
+    output.write_text("some log line\n" + line + "\n")
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    final = follow_events(output, done, lambda _: None, timeout=30)
+    assert final["event"] == "failed" and final["traceback"] == "TB"
 
 
 def test_a_nodes_bug_is_an_error_reply_an_audit_entry_and_a_traceback_in_its_home(
@@ -43,13 +53,19 @@ def test_a_nodes_bug_is_an_error_reply_an_audit_entry_and_a_traceback_in_its_hom
     context = Context(
         run_id=7,
         node_id=3,
-        node_config={keys.NODE_NAME: "va", keys.AUDIT_LOG: str(audit)},
+        node_config=NodeSite("va", "", audit_path=str(audit)).node_config(),
         state=RecordDict(),
         run_config={},
     )
     message = Message(RecordDict({keys.CONFIG: ConfigRecord()}), dst_node_id=3, message_type="query.catalog")
 
-    @governed
+    class Unused:  # the node has no agreement: nothing is checked
+        def asks(self, *args: object) -> Request:
+            raise AssertionError
+
+        releases = asks
+
+    @governed(Unused())
     def handler(msg: Message, context: Context) -> Message:
         raise ZeroDivisionError("a bug")
 

@@ -15,13 +15,16 @@ from typing import Any
 import psutil
 import pytest
 
-from lab.cli.governance import app_hash, demo_agreement
 from lab.core.spec import load_spec
+from lab.node.agreement import template
 from lab.node.audit import AuditLog
+from lab.runtime.app import app_hash
 from lab.runtime.environ import private_environ
-from lab.runtime.local import LocalFederation, NodeSpec, free_port
+from lab.runtime.local import LocalFederation, NodeSpec
+from lab.runtime.processes import free_port
+from lab.runtime.run import run_settings
 from lab.runtime.security import enroll_node
-from lab.runtime.submit import build_run_config, submit_run
+from lab.runtime.submit import new_run_dir, submit_run
 
 from .conftest import HEART, ROOT, SILOS, lab_command
 
@@ -43,7 +46,7 @@ class Governed:
 def write_agreement(
     folder: Path, node: str, *, fab_hash: str, expires: dt.date | None = None, replace: tuple[str, str] | None = None
 ) -> Path:
-    text = demo_agreement(SPEC.name, SPEC.sha256, fab_hash, SPEC.organisation(node), expires)
+    text = template(SPEC, fab_hash, SPEC.organisation(node), expires)
     if replace:
         text = text.replace(*replace)
     path = folder / f"{node}.toml"
@@ -72,17 +75,16 @@ def governed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Governed]:
     }
     nodes = [NodeSpec(name, SILOS[name], agreement=path) for name, path in agreements.items()]
     workspace = tmp / "workspace"
-    config = build_run_config(
+    config = run_settings(
         SPEC,
-        {"num-rounds": 1, "min-nodes": 1, "baseline-epochs": 5},
         tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}",
-        expected_nodes=len(nodes),
-        lock=ROOT / "environments" / "requirements.lock",
-        root=ROOT,
+        nodes=len(nodes),
+        values={"num-rounds": 1, "min-nodes": 1, "baseline-epochs": 5},
     )
     events: list[dict[str, Any]] = []
     with LocalFederation(workspace, nodes) as federation:
-        outcome = submit_run(federation, app_dir=ROOT, run_config=config, on_event=events.append)
+        run_dir = new_run_dir(federation.workspace)
+        outcome = submit_run(federation.connection, config, app_dir=ROOT, run_dir=run_dir, on_event=events.append)
     refused = {}
     for event in events:
         if event["event"] == "refused":
@@ -229,21 +231,19 @@ def _wait_and_clean(proc: subprocess.Popen[bytes], log: Path) -> str:
 def test_secure_federation_admits_only_registered_nodes_over_tls(tmp_path: Path) -> None:
     nodes = [NodeSpec("cleveland", SILOS["cleveland"]), NodeSpec("va", SILOS["va"])]
     workspace = tmp_path / "workspace"
-    config = build_run_config(
+    config = run_settings(
         SPEC,
-        {"num-rounds": 1, "baseline-epochs": 5},
         tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}",
-        expected_nodes=len(nodes),
-        lock=ROOT / "environments" / "requirements.lock",
-        root=ROOT,
+        nodes=len(nodes),
+        values={"num-rounds": 1, "baseline-epochs": 5},
     )
     with LocalFederation(workspace, nodes, secure=True) as federation:
-        address = f"127.0.0.1:{federation.port}"
+        address = federation.connection.address
         stranger = enroll_node(tmp_path / "stranger-keys", "stranger")  # a key the SuperLink never registered
         unregistered, unregistered_log = _supernode(
             [
                 "--root-certificates",
-                str(federation.certs.ca_cert),
+                str(federation.connection.root_certificates),
                 "--auth-supernode-private-key",
                 str(stranger.private_key),
                 "--superlink",
@@ -256,7 +256,7 @@ def test_secure_federation_admits_only_registered_nodes_over_tls(tmp_path: Path)
         plain, plain_log = _supernode(
             ["--insecure", "--superlink", address, "--port", str(free_port())], tmp_path / "plain"
         )
-        outcome = submit_run(federation, app_dir=ROOT, run_config=config)
+        outcome = submit_run(federation.connection, config, app_dir=ROOT, run_dir=new_run_dir(federation.workspace))
         refused, refused_plain = _wait_and_clean(unregistered, unregistered_log), _wait_and_clean(plain, plain_log)
     assert [n["node"] for n in outcome.final["nodes"]] == ["cleveland", "va"]
     assert unregistered.returncode != 0 and "Failed to activate SuperNode" in refused

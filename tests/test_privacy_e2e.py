@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from lab.core.privacy import DPPlan, Ledger, check_budget
-from lab.node.agreement import Refusal, load_agreement
+from lab.core.privacy import DPPlan, DPSettings
+from lab.errors import Refusal
+from lab.node.agreement import load_agreement
 from lab.node.audit import AuditLog
+from lab.node.ledger import Ledger, check_budget
 
-from .conftest import HEART, SILOS, agreement_file
-from .test_federation_e2e import run_lab
+from .conftest import HEART, SILOS, agreement_file, run_lab
 
 pytestmark = pytest.mark.e2e
 
@@ -121,15 +122,16 @@ def test_the_ledger_carries_over_so_the_same_run_again_is_over_budget(private_ru
     leaves too little for the same run again (the check the node makes at prepare and train)."""
     ledger = private_run.ledger("cleveland")
     (this_run,) = ledger.runs()
-    plan = DPPlan.make(
-        rows=ROWS["cleveland"],
-        batch_size=4,
-        steps_per_round=STEPS,
-        rounds=ROUNDS,
+    dp = DPSettings(
+        noise_multiplier=NOISE,
+        target_epsilon=0.0,
         clipping_norm=1.0,
         delta=DELTA,
-        noise_multiplier=NOISE,
+        rounds=ROUNDS,
+        local_steps=STEPS,
+        batch_size=4,
     )
+    plan = DPPlan.make(dp, ROWS["cleveland"])
     budget = load_agreement(private_run.agreements["cleveland"]).epsilon_budget
     check_budget(ledger, budget, this_run, plan)  # the run itself fitted in the budget
     with pytest.raises(Refusal, match="earlier runs spent") as refused:

@@ -31,16 +31,17 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 
-from federation.preparation import Guard
-from federation.secure_aggregation import CLIPPING_RANGE, ObservedGrid, UnmaskedUpdateError, error_bound, node_mod
+from federation.secure_aggregation import CLIPPING_RANGE, ObservedGrid, error_bound, node_mod
 from lab.contract import keys
 from lab.contract.settings import RunSettings
 from lab.core.preprocess import ColumnSums, Scaler, encode
 from lab.core.spec import TaskSpec, load_spec
 from lab.core.training import load_node_data
-from lab.errors import LabError
+from lab.errors import LabError, UnmaskedUpdateError
+from lab.queries.prepare import Guard
 from lab.runtime.local import LocalFederation, NodeSpec
-from lab.runtime.submit import build_run_config, submit_run
+from lab.runtime.run import run_settings
+from lab.runtime.submit import new_run_dir, submit_run
 
 from .conftest import HEART, ROOT, SILOS
 
@@ -85,21 +86,19 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     workspace = tmp_path_factory.mktemp("secagg") / "workspace"
     tracking_uri = f"sqlite:///{workspace / 'mlflow.db'}"
     spec = load_spec(HEART / "task.toml")
-    lock = ROOT / "environments" / "requirements.lock"
     started = time.monotonic()
     run_ids: dict[str, str] = {}
     with LocalFederation(workspace, [NodeSpec(n, SILOS[n]) for n in NODES]) as federation:
         for name, extra in (("plain", {}), ("secure", {"secure-aggregation": True})):
-            config = build_run_config(
+            config = run_settings(
                 spec,
-                {**SETTINGS, **extra, "experiment": f"secagg-{name}"},
                 tracking_uri=tracking_uri,
-                expected_nodes=len(NODES),
-                lock=lock,
-                root=ROOT,
+                nodes=len(NODES),
+                values={**SETTINGS, **extra, "experiment": f"secagg-{name}"},
             )
             events: list[dict[str, Any]] = []
-            submit_run(federation, app_dir=ROOT, run_config=config, on_event=events.append)
+            run_dir = new_run_dir(federation.workspace)
+            submit_run(federation.connection, config, app_dir=ROOT, run_dir=run_dir, on_event=events.append)
             run_ids[name] = next(e["mlflow_run_id"] for e in events if e["event"] == "started")
     yield Runs(tracking_uri, workspace, run_ids["plain"], run_ids["secure"], time.monotonic() - started)
 

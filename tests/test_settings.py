@@ -1,24 +1,28 @@
-"""Run settings: the ServerApp's typed view of Flower's run config."""
+"""Run settings: one typed object from the command line to the ServerApp, with the only defaults."""
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import fields
 
 import pytest
 
 from lab.contract.settings import RunSettings
-from lab.errors import LabError
+from lab.contract.strategies import STRATEGIES
+from lab.errors import SettingsError
 
 from .conftest import ROOT
 
 
-def test_every_run_setting_has_a_default_in_pyproject() -> None:
+def test_pyproject_lists_every_run_setting_with_the_dataclass_default() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert set(config) == {f.name.replace("_", "-") for f in fields(RunSettings)}
-    settings = RunSettings.from_run_config({**config, "task-spec": "[task]"})
-    assert settings.environment_policy == "strict"
-    assert settings.strategy == "fedavg"
+    assert config == RunSettings.defaults()
+
+
+def test_settings_survive_the_trip_through_flowers_run_config() -> None:
+    settings = RunSettings(task_spec="[task]").with_values({"num-rounds": "7", "secure-aggregation": "true"})
+    again = RunSettings.from_run_config(settings.to_run_config())
+    assert again == settings
+    assert again.num_rounds == 7 and again.secure_aggregation is True
 
 
 @pytest.mark.parametrize(
@@ -28,9 +32,29 @@ def test_every_run_setting_has_a_default_in_pyproject() -> None:
         ("environment-policy", "lenient", "choose strict or warn"),
         ("num-rounds", 0, "give 1 or more"),
         ("learning-rate", "fast", "should be a float"),
+        ("register", "maybe", "should be a bool"),
         ("task-spec", "", "task-spec is empty"),
     ],
 )
 def test_bad_settings_are_refused_by_name(key: str, value: object, message: str) -> None:
-    with pytest.raises(LabError, match=message):
+    with pytest.raises(SettingsError, match=message):
         RunSettings.from_run_config({"task-spec": "[task]", key: value})
+
+
+def test_an_unknown_setting_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(SettingsError, match=r"unknown run setting 'learning_rate'.*'learning-rate'"):
+        RunSettings(task_spec="[task]").with_values({"learning_rate": "0.1"})
+
+
+def test_the_table_of_strategies_decides_what_goes_with_dp_and_secure_aggregation() -> None:
+    base = RunSettings(task_spec="[task]")
+    for name, kind in STRATEGIES.items():
+        private = base.with_values({"strategy": name}) if kind.differential_privacy else None
+        if private is not None:
+            assert private.with_values({"dp-target-epsilon": "3"}).differential_privacy
+        else:
+            with pytest.raises(SettingsError, match="differential privacy"):
+                base.with_values({"strategy": name, "dp-target-epsilon": "3"})
+        if not kind.secure_aggregation:
+            with pytest.raises(SettingsError, match="secure-aggregation"):
+                base.with_values({"strategy": name, "secure-aggregation": "true"})

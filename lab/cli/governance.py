@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -15,12 +14,12 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 
 from lab.core.sources import source_label
-from lab.errors import LabError
-from lab.node.agreement import load_agreement
+from lab.errors import AgreementError, RuntimeStartError, UsageError
+from lab.node.agreement import load_agreement, template
 from lab.node.audit import AuditLog
-from lab.runtime.environ import project_root
+from lab.runtime.app import app_hash
 
-__all__ = ["agreement_app", "app_app", "app_hash", "coordinator_app", "node_app"]
+__all__ = ["agreement_app", "app_app", "coordinator_app", "node_app"]
 
 console = Console()
 err = Console(stderr=True)
@@ -60,7 +59,7 @@ def node_enroll(
     import subprocess
 
     from lab.runtime.environ import private_environ
-    from lab.runtime.local import executable
+    from lab.runtime.processes import executable
     from lab.runtime.security import enroll_node
 
     keys = enroll_node(folder, name)
@@ -77,21 +76,10 @@ def node_enroll(
         check=False,
     )
     if result.returncode != 0:
-        raise LabError(f"registering {keys.public_key} failed: {(result.stdout + result.stderr).strip()[-400:]}")
+        raise RuntimeStartError(
+            f"registering {keys.public_key} failed: {(result.stdout + result.stderr).strip()[-400:]}"
+        )
     console.print(result.stdout.strip())
-
-
-def app_hash(app_dir: Path | None = None) -> str:
-    """sha256 of the FAB `flwr run` builds from ``app_dir``: the hash a node's allow-list names."""
-    import tempfile
-
-    from flwr.cli.build import build_fab_from_disk
-
-    from lab.runtime.submit import stage_app
-
-    with tempfile.TemporaryDirectory(prefix="lab-app-") as staging:
-        staged = stage_app(app_dir or project_root(), Path(staging) / "app")
-        return hashlib.sha256(build_fab_from_disk(staged)).hexdigest()
 
 
 @app_app.command("hash")
@@ -111,7 +99,7 @@ def agreement_template(
     from lab.core.spec import load_spec
 
     task = load_spec(spec)
-    sys.stdout.write(demo_agreement(task.name, task.sha256, app_hash(), organisation))
+    sys.stdout.write(template(task, app_hash(), organisation))
 
 
 @agreement_app.command("check")
@@ -137,7 +125,7 @@ def agreement_check(
     if spec is not None:
         task = load_spec(spec)
         if agreement.tasks.get(task.name) != task.sha256:
-            raise LabError(
+            raise AgreementError(
                 f"task {task.name!r} (sha256 {task.sha256}) is not covered by {str(path)!r}; add it to "
                 f"[[tasks]] with that sha256"
             )
@@ -152,7 +140,7 @@ def node_audit(
     """Print a node's audit log, or verify that no entry was edited, removed or reordered."""
     audit = AuditLog(log)
     if not log.is_file():
-        raise LabError(f"audit log {str(log)!r} does not exist; a node writes it at nodes/NAME/audit.jsonl")
+        raise UsageError(f"audit log {str(log)!r} does not exist; a node writes it at nodes/NAME/audit.jsonl")
     if verify:
         problems = audit.verify()
         if problems:
@@ -186,10 +174,10 @@ def node_privacy(
     agreement: Annotated[Path | None, typer.Option(help="The node's agreement, for its epsilon budget.")] = None,
 ) -> None:
     """Print a node's privacy ledger: the epsilon every run spent on its rows, and what remains."""
-    from lab.core.privacy import Ledger
+    from lab.node.ledger import Ledger
 
     if not ledger.is_file():
-        raise LabError(f"privacy ledger {str(ledger)!r} does not exist; a node writes it at nodes/NAME/privacy.jsonl")
+        raise UsageError(f"privacy ledger {str(ledger)!r} does not exist; a node writes it at nodes/NAME/privacy.jsonl")
     runs = Ledger(ledger).runs()
     table = RichTable(title=f"Differential privacy spent on this node's rows ({ledger})")
     for column in ("run", "task", "last round at", "rounds", "noise", "sample rate", "steps/round", "delta", "epsilon"):
@@ -249,29 +237,3 @@ def _left(record: dict[str, Any]) -> str:
     if record.get("kind") == "metrics":
         return f"{record['record']}: " + ", ".join(record["names"])
     return f"{record['record']}: identity and fingerprints"
-
-
-def demo_agreement(
-    spec_name: str, spec_sha256: str, fab_hash: str, organisation: str, expires: dt.date | None = None
-) -> str:
-    """An agreement approving one task and one app for a demo node (TOML text)."""
-    expires = expires or dt.date.today() + dt.timedelta(days=365)
-    return f'''# Data-use agreement of {organisation} (written by `lab demo` or `lab agreement template`).
-[agreement]
-parties = [{json.dumps(organisation)}, "Federation coordinator"]
-purpose = "Develop and evaluate a shared {spec_name} model without pooling records"
-expires = {expires.isoformat()}
-
-[[tasks]]
-name = "{spec_name}"
-sha256 = "{spec_sha256}"
-
-[allow]
-strategies = ["fedavg", "fedprox", "fedadam", "fedyogi"]
-apps = ["{fab_hash}"]
-outputs = ["model-updates", "metrics", "statistics", "catalog", "analytics"]
-metrics = ["accuracy", "auc", "loss", "train-loss"]
-min-rows = 10
-differential-privacy = false
-node-figures = false
-'''

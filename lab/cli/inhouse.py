@@ -1,34 +1,23 @@
-"""In-house commands (reruns of a registered model, the environment, spec hashes) and the options
-the lab's commands share."""
+"""In-house commands: reruns of a registered model, the environment, spec hashes."""
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
+from lab.cli.options import TrackingUri, Workspace, fmt
 from lab.core.sources import source_label
-from lab.errors import LabError
-from lab.runtime.environ import TRACKING_URI, WORKSPACE, project_root
+from lab.errors import UsageError
+from lab.runtime.environ import WORKSPACE, lock_path, tracking_uri_for
 
-__all__ = [
-    "TrackingUri",
-    "Workspace",
-    "env_app",
-    "evaluate",
-    "fmt",
-    "lock_path",
-    "predict",
-    "spec_app",
-    "tracking_uri_for",
-]
+__all__ = ["env_app", "evaluate", "predict", "spec_app"]
 
 console = Console()
 err = Console(stderr=True)
@@ -47,22 +36,12 @@ def spec_hash(path: Annotated[Path, typer.Argument(help="The task spec (TOML).")
     print(load_spec(path).sha256)
 
 
-Workspace = Annotated[
-    Path, typer.Option(help="Folder for everything the lab starts (logs, MLflow store).", envvar=WORKSPACE.name)
-]
-TrackingUri = Annotated[
-    str, typer.Option(help="MLflow tracking URI (default: the workspace's SQLite store).", envvar=TRACKING_URI.name)
-]
+Lock = Annotated[Path | None, typer.Option(help="The lock file (default: environments/requirements.lock).")]
 Node = Annotated[str | None, typer.Option(help="Read the table in this node's format from the spec.")]
 AllowDrift = Annotated[
     bool,
     typer.Option("--allow-env-drift", help="Run even if this environment differs from the model's (recorded)."),
 ]
-
-
-def tracking_uri_for(workspace: Path, uri: str = "") -> str:
-    """The given URI, or the embedded SQLite store inside the workspace."""
-    return uri or f"sqlite:///{(workspace / 'mlflow.db').resolve()}"
 
 
 def predict(
@@ -106,7 +85,7 @@ def evaluate(
     from lab.registry.rerun import check_environment, evaluate_table, load_model, provenance
 
     if split not in ("test", "train", "all"):
-        raise LabError(f"--split {split!r}: choose test, train or all")
+        raise UsageError(f"--split {split!r}: choose test, train or all")
     loaded = load_model(model, tracking_uri_for(workspace, tracking_uri))
     drift = check_environment(loaded, allow_drift=allow_env_drift)
     _warn_drift(drift.lines())
@@ -121,14 +100,6 @@ def evaluate(
     for name, value in result.metrics.items():
         table.add_row(name, fmt(value, 6))
     console.print(table)
-
-
-Lock = Annotated[Path | None, typer.Option(help="The lock file (default: environments/requirements.lock).")]
-
-
-def lock_path(lock: Path | None = None) -> Path:
-    """The given lock file, or the project's."""
-    return lock or project_root() / "environments" / "requirements.lock"
 
 
 @env_app.command("show")
@@ -171,9 +142,3 @@ def _warn_drift(lines: list[str]) -> None:
         err.print(f"[yellow]warning:[/] running in an environment that differs from the model's ({len(lines)}):")
         for line in lines:
             err.print(f"  {line}", highlight=False)
-
-
-def fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"

@@ -1,30 +1,16 @@
-"""Federated analytics for analysts: `lab stats` and the same from a notebook.
-
->>> from lab.cli.stats import federated_stats
->>> result = federated_stats("data/heart-disease/task.toml", {"cleveland": "...", "va": "..."},
-...                          columns=["age", "chol"], by="sex", levels={"sex": ["0", "1"]})
-
-Each node answers from its own table with counts and sums only, small counts suppressed at the
-node; the coordinator pools them into federation-wide figures and records them in MLflow.
-"""
+"""`lab stats`: its options read into a query, and the pooled figures as tables (the query itself
+is lab.queries.stats, run by lab.runtime.run.federated_stats)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from rich.table import Table as RichTable
 
-from lab.cli.inhouse import fmt, tracking_uri_for
-from lab.core.analytics import DEFAULT_MIN_COUNT, StatsRequest
-from lab.core.sources import node_source
-from lab.core.spec import load_spec
-from lab.errors import LabError
-from lab.runtime.environ import WORKSPACE
-from lab.runtime.run import federate
+from lab.cli.options import fmt
+from lab.errors import UsageError
 
-__all__ = ["federated_stats", "parse_bins", "parse_levels", "stats_tables"]
+__all__ = ["parse_bins", "parse_levels", "stats_tables"]
 
 
 def parse_levels(items: list[str]) -> dict[str, list[str]]:
@@ -34,7 +20,7 @@ def parse_levels(items: list[str]) -> dict[str, list[str]]:
         column, sep, value = item.partition("=")
         names = [v.strip() for v in value.split(",") if v.strip()]
         if not sep or not column or not names:
-            raise LabError(f"--levels {item!r}: give COLUMN=LEVEL,LEVEL,..., e.g. --levels sex=0,1")
+            raise UsageError(f"--levels {item!r}: give COLUMN=LEVEL,LEVEL,..., e.g. --levels sex=0,1")
         levels[column.strip()] = names
     return levels
 
@@ -56,53 +42,10 @@ def parse_bins(items: list[str]) -> dict[str, list[float]]:
             else:
                 edges[column] = [float(v) for v in value.split(",")]
         except ValueError:
-            raise LabError(
+            raise UsageError(
                 f"--bins {item!r}: give COLUMN=LOW:HIGH:WIDTH (e.g. age=30:80:10) or COLUMN=E1,E2,..."
             ) from None
     return edges
-
-
-def federated_stats(
-    spec: str | Path,
-    nodes: Mapping[str, str | Path],
-    columns: list[str],
-    *,
-    by: str | None = None,
-    crosstab: tuple[str, str] | None = None,
-    correlation: bool = False,
-    bins: dict[str, list[float]] | None = None,
-    levels: dict[str, list[str]] | None = None,
-    min_count: int = DEFAULT_MIN_COUNT,
-    agreements: dict[str, str | Path] | None = None,
-    workspace: str | Path = WORKSPACE.default,
-    tracking_uri: str = "",
-) -> dict[str, Any]:
-    """Run one analytics query over a local federation, one node per entry of ``nodes``.
-
-    Returns the pooled figures (``stats``), what each node suppressed (``notes``), the figures of
-    nodes whose agreement lets them be shown (``node_figures``) and the MLflow run id. Means,
-    standard deviations and correlations equal those of the concatenated tables; quantiles are
-    interpolated from the pooled histogram (``approximate``).
-    """
-    spec_path = Path(spec)
-    request = StatsRequest(
-        columns=tuple(columns),
-        by=by,
-        crosstab=crosstab,
-        correlation=correlation,
-        edges=bins or {},
-        min_count=min_count,
-        levels=levels or {},
-    )
-    request.check(load_spec(spec_path))  # a wrong column name fails here, before any process starts
-    return federate(
-        spec_path,
-        {name: node_source(str(path)) for name, path in nodes.items()},
-        workspace=Path(workspace),
-        settings={"mode": "stats", "stats-request": request.to_json(), "min-nodes": 1},
-        tracking_uri=tracking_uri_for(Path(workspace), tracking_uri),
-        agreements={name: Path(path) for name, path in (agreements or {}).items()},
-    )
 
 
 def _cell(value: float | None, incomplete: bool) -> str:

@@ -7,7 +7,7 @@ import re
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from lab.contract import keys
-from lab.errors import LabError
+from lab.errors import MessageError
 
 __all__ = ["arrays_of", "config_of", "error_reason", "metrics_of", "number", "numbers", "text"]
 
@@ -33,7 +33,7 @@ def number(record: Record, key: str) -> float:
     """A numeric value; LabError when it is missing or not a number."""
     value = record.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise LabError(f"message record has no number under {key!r} (got {value!r})")
+        raise MessageError(f"message record has no number under {key!r} (got {value!r})")
     return float(value)
 
 
@@ -41,7 +41,7 @@ def numbers(record: Record, key: str) -> list[float]:
     """A list of numbers."""
     value = record.get(key)
     if not isinstance(value, list):
-        raise LabError(f"message record has no list of numbers under {key!r} (got {type(value).__name__})")
+        raise MessageError(f"message record has no list of numbers under {key!r} (got {type(value).__name__})")
     return [float(v) for v in value]
 
 
@@ -49,7 +49,7 @@ def text(record: ConfigRecord, key: str) -> str:
     """A string value."""
     value = record.get(key)
     if not isinstance(value, str):
-        raise LabError(f"message record has no text under {key!r} (got {type(value).__name__})")
+        raise MessageError(f"message record has no text under {key!r} (got {type(value).__name__})")
     return value
 
 

@@ -1,174 +1,171 @@
-"""The run's settings, read once from Flower's run config into a typed object."""
+"""The run's settings: one typed object from the command line to the coordinator, its only defaults.
+
+The CLI builds a ``RunSettings``, the runtime turns it into Flower's run config once
+(``to_run_config``), and the ServerApp reads it back (``from_run_config``). Flower also needs
+every key under ``[tool.flwr.app.config]`` in pyproject.toml; a test holds that copy to the
+defaults here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
-from lab.errors import LabError
+from lab.contract.strategies import STRATEGIES
+from lab.errors import SettingsError
 
-__all__ = ["STRATEGIES", "RunSettings"]
+__all__ = ["FILLED_IN", "RunSettings", "TYPES"]
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
+#: Python type of each setting's values, by field name.
+TYPES: dict[str, type] = {}
+
+#: Settings the lab fills in itself; a user does not set them.
+FILLED_IN = frozenset(
+    {"task_spec", "tracking_uri", "expected_nodes", "environment_lock", "code_version", "query", "query_request"}
+)
+
+
+def _setting(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Settings of one federated run (``[tool.flwr.app.config]`` in pyproject.toml).
+    """Settings of one federated run. Each field's ``doc`` says what it does; its default is the
+    field's default (``RunSettings().num_rounds``, or ``lab run --help``)."""
 
-    Parameters
-    ----------
-    task_spec : str
-        The task spec's TOML text.
-    strategy : str (default: "fedavg")
-        One of ``fedavg``, ``fedprox``, ``fedadam``, ``fedyogi``.
-    secure_aggregation : bool (default: False)
-        Train with Flower's SecAgg+: the coordinator sees only the sum of the nodes' updates,
-        never one node's (federation.secure_aggregation). FedAvg only; needs 2 or more nodes.
-    num_rounds : int (default: 5)
-        Federated rounds.
-    local_steps : int (default: 100)
-        Minibatch updates each node makes per round.
-    batch_size : int (default: 4)
-    learning_rate : float (default: 0.05)
-        The nodes' SGD learning rate.
-    proximal_mu : float (default: 0.1)
-        FedProx's proximal term weight.
-    server_learning_rate : float (default: 0.1)
-        FedAdam's and FedYogi's server step size (eta).
-    seed : int (default: 42)
-    min_nodes : int (default: 2)
-        Fewest nodes whose replies are aggregated; fewer and the run fails.
-    expected_nodes : int (default: 0)
-        Nodes to wait for before starting (0: ``min_nodes``).
-    node_wait_seconds : float (default: 180)
-        Longest wait for the expected nodes to connect; the run starts as soon as they have.
-    baseline_epochs : int (default: 50)
-    tracking_uri, experiment, events_file : str (default: "")
-        Where the coordinator records the run, and where it writes progress events.
-    environment_lock : str (default: "")
-        The pinned environment's lock text, logged with the run and the model.
-    round_timeout : float (default: 600)
-        Seconds to wait for the nodes' replies in one round.
-    environment_policy : str (default: "strict")
-        ``strict``: a node whose environment differs from the lock is not aggregated and is told
-        why; ``warn``: it is aggregated and the run is flagged.
-    mode : str (default: "train")
-        ``train`` runs the federation; ``check`` only asks every node for its catalog and checks
-        its table against the spec (`lab check`); ``stats`` runs the federated analytics query in
-        ``stats_request`` (`lab stats`).
-    stats_request : str (default: "")
-        The analytics query as JSON (lab.core.analytics.StatsRequest), for ``mode = "stats"``.
-    code_version : str (default: "")
-        The project's git commit, recorded with the run (`lab run` fills it in).
-    register : bool (default: True)
-    dp_noise_multiplier : float (default: 0)
-        Differential privacy: each node trains with DP-SGD (Opacus) at this noise multiplier;
-        0 with ``dp_target_epsilon`` 0 trains without DP.
-    dp_target_epsilon : float (default: 0)
-        Instead of a noise multiplier: each node picks the least noise that keeps the whole run
-        within this epsilon at its own sampling rate.
-    dp_clipping_norm : float (default: 1.0)
-        Each record's gradient is clipped to this L2 norm.
-    dp_delta : float (default: 1e-5)
-        The delta at which each node's epsilon is reported and budgeted.
-    """
-
-    task_spec: str
-    strategy: str = "fedavg"
-    secure_aggregation: bool = False
-    num_rounds: int = 5
-    local_steps: int = 100
-    batch_size: int = 4
-    learning_rate: float = 0.05
-    proximal_mu: float = 0.1
-    server_learning_rate: float = 0.1
-    seed: int = 42
-    min_nodes: int = 2
-    expected_nodes: int = 0
-    node_wait_seconds: float = 180.0
-    baseline_epochs: int = 50
-    tracking_uri: str = ""
-    experiment: str = ""
-    events_file: str = ""
-    environment_lock: str = ""
-    round_timeout: float = 600.0
-    environment_policy: str = "strict"
-    mode: str = "train"
-    stats_request: str = ""
-    code_version: str = ""
-    register: bool = True
-    dp_noise_multiplier: float = 0.0
-    dp_target_epsilon: float = 0.0
-    dp_clipping_norm: float = 1.0
-    dp_delta: float = 1e-5
+    task_spec: str = _setting("", "the task spec's TOML text (`lab run --spec` fills it in)")
+    strategy: str = _setting("fedavg", "how the coordinator aggregates: " + ", ".join(STRATEGIES))
+    secure_aggregation: bool = _setting(False, "SecAgg+: the coordinator sees only the sum of the updates")
+    num_rounds: int = _setting(5, "federated rounds")
+    local_steps: int = _setting(100, "minibatch updates per node per round")
+    batch_size: int = _setting(4, "rows per minibatch")
+    learning_rate: float = _setting(0.05, "the nodes' SGD learning rate")
+    proximal_mu: float = _setting(0.1, "FedProx's proximal term weight")
+    server_learning_rate: float = _setting(0.1, "FedAdam's and FedYogi's server step size")
+    seed: int = _setting(42, "seed of the initial model, the nodes' minibatches and baselines")
+    min_nodes: int = _setting(2, "the run fails if fewer nodes take part")
+    expected_nodes: int = _setting(0, "nodes to wait for before starting (0: min-nodes)")
+    node_wait_seconds: float = _setting(180.0, "longest wait for the expected nodes to connect")
+    baseline_epochs: int = _setting(50, "epochs of each node's local-only baseline (Adam, lr 0.001)")
+    tracking_uri: str = _setting("", "MLflow tracking URI; empty: the run is not tracked")
+    experiment: str = _setting("", "MLflow experiment; empty: the spec's name")
+    environment_lock: str = _setting("", "the pinned environment's lock text (`lab run` fills it in)")
+    round_timeout: float = _setting(600.0, "seconds to wait for the nodes' replies in one round")
+    environment_policy: str = _setting("strict", "strict: nodes that differ from the lock are left out; warn: flagged")
+    query: str = _setting("", "a query kind instead of training (catalog, stats; `lab check`, `lab stats`)")
+    query_request: str = _setting("", "the query's request as JSON (its command fills it in)")
+    code_version: str = _setting("", "the project's git commit (`lab run` fills it in)")
+    register: bool = _setting(True, "register the final model with the alias champion")
+    dp_noise_multiplier: float = _setting(0.0, "> 0: every node trains with DP-SGD (Opacus) at this noise")
+    dp_target_epsilon: float = _setting(0.0, "> 0: each node picks the noise that keeps the run within it")
+    dp_clipping_norm: float = _setting(1.0, "per-record gradient clipping (L2)")
+    dp_delta: float = _setting(1e-5, "delta of the reported and budgeted epsilon")
 
     @property
     def differential_privacy(self) -> bool:
         """Whether nodes train with DP-SGD."""
         return self.dp_noise_multiplier > 0 or self.dp_target_epsilon > 0
 
+    @staticmethod
+    def key(name: str) -> str:
+        """A field's key in Flower's run config and on the command line (kebab-case)."""
+        return name.replace("_", "-")
+
+    @classmethod
+    def user_keys(cls) -> list[str]:
+        """Keys a user may give with ``--set`` (the lab fills in the others)."""
+        return [cls.key(f.name) for f in fields(cls) if f.name not in FILLED_IN]
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every key with its default, as ``[tool.flwr.app.config]`` must list it."""
+        return {cls.key(f.name): f.default for f in fields(cls) if f.default is not MISSING}
+
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
         """Validate Flower's run config (kebab-case keys) into settings."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            key = f.name.replace("_", "-")
-            if key not in run_config:
-                continue
-            value = run_config[key]
-            kind = {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise LabError(f"run setting {key} = {value!r} should be a {kind.__name__}")
-            values[f.name] = value
+        values = {name: _typed(name, run_config[cls.key(name)]) for name in TYPES if cls.key(name) in run_config}
         settings = cls(**values)
         settings.check()
         return settings
 
+    def to_run_config(self) -> dict[str, Any]:
+        """Flower's run config for these settings (every key)."""
+        return {self.key(name): value for name, value in asdict(self).items()}
+
+    def with_values(self, values: dict[str, Any], *, source: str = "--set") -> RunSettings:
+        """These settings with ``values`` (kebab-case keys, typed or as text) replaced, checked."""
+        known = {self.key(f.name): f.name for f in fields(self)}
+        updates = {}
+        for key, value in values.items():
+            if key not in known:
+                raise SettingsError(f"{source}: unknown run setting {key!r}; known: {sorted(self.user_keys())!r}")
+            updates[known[key]] = _typed(known[key], value, source=source)
+        updated = replace(self, **updates)
+        updated.check()
+        return updated
+
     def check(self) -> None:
-        """Raise LabError naming the first setting out of range."""
+        """Raise SettingsError naming the first setting out of range."""
+        if not self.task_spec.strip():
+            raise SettingsError("run setting task-spec is empty; `lab run --spec FILE` fills it in")
         if self.environment_policy not in ("strict", "warn"):
-            raise LabError(f"run setting environment-policy = {self.environment_policy!r}; choose strict or warn")
-        if self.mode not in ("train", "check", "stats"):
-            raise LabError(f"run setting mode = {self.mode!r}; choose train, check or stats")
-        if self.mode == "stats" and not self.stats_request:
-            raise LabError("run setting stats-request is empty; `lab stats` fills it in")
+            raise SettingsError(f"run setting environment-policy = {self.environment_policy!r}; choose strict or warn")
         if self.strategy not in STRATEGIES:
-            raise LabError(f"run setting strategy = {self.strategy!r}; choose one of {list(STRATEGIES)!r}")
-        if self.secure_aggregation and (self.strategy != "fedavg" or self.min_nodes < 2):
-            raise LabError(
-                "run setting secure-aggregation = true needs strategy = 'fedavg' and min-nodes >= 2 (Flower's "
+            raise SettingsError(f"run setting strategy = {self.strategy!r}; choose one of {list(STRATEGIES)!r}")
+        kind = STRATEGIES[self.strategy]
+        if self.secure_aggregation and (not kind.secure_aggregation or self.min_nodes < 2):
+            allowed = [name for name, k in STRATEGIES.items() if k.secure_aggregation]
+            raise SettingsError(
+                f"run setting secure-aggregation = true needs strategy in {allowed!r} and min-nodes >= 2 (Flower's "
                 f"SecAgg+ runs on its legacy FedAvg); got strategy = {self.strategy!r}, min-nodes = {self.min_nodes}"
             )
-        if not self.task_spec.strip():
-            raise LabError("run setting task-spec is empty; `lab run --spec FILE` fills it in")
         for name in ("num_rounds", "local_steps", "batch_size", "min_nodes"):
             if getattr(self, name) < 1:
-                raise LabError(f"run setting {name.replace('_', '-')} = {getattr(self, name)!r}; give 1 or more")
-        for name in ("learning_rate", "server_learning_rate"):
+                raise SettingsError(f"run setting {self.key(name)} = {getattr(self, name)!r}; give 1 or more")
+        for name in ("learning_rate", "server_learning_rate", "round_timeout"):
             if getattr(self, name) <= 0:
-                raise LabError(
-                    f"run setting {name.replace('_', '-')} = {getattr(self, name)!r}; give a positive number"
-                )
-        self._check_privacy()
-
-    def _check_privacy(self) -> None:
+                raise SettingsError(f"run setting {self.key(name)} = {getattr(self, name)!r}; give a positive number")
         for name in ("dp_noise_multiplier", "dp_target_epsilon"):
             if getattr(self, name) < 0:
-                raise LabError(f"run setting {name.replace('_', '-')} = {getattr(self, name)!r}; give 0 (off) or more")
+                raise SettingsError(f"run setting {self.key(name)} = {getattr(self, name)!r}; give 0 (off) or more")
         if self.dp_clipping_norm <= 0:
-            raise LabError(f"run setting dp-clipping-norm = {self.dp_clipping_norm!r}; give a positive norm")
+            raise SettingsError(f"run setting dp-clipping-norm = {self.dp_clipping_norm!r}; give a positive norm")
         if not 0 < self.dp_delta < 1:
-            raise LabError(f"run setting dp-delta = {self.dp_delta!r}; give a probability like 1e-5")
-        if self.differential_privacy and self.strategy == "fedprox":
-            raise LabError(
-                "run setting strategy = 'fedprox' with differential privacy: the proximal term is not "
-                "clipped per record; choose fedavg, fedadam or fedyogi"
+            raise SettingsError(f"run setting dp-delta = {self.dp_delta!r}; give a probability like 1e-5")
+        if self.differential_privacy and not kind.differential_privacy:
+            allowed = [name for name, k in STRATEGIES.items() if k.differential_privacy]
+            raise SettingsError(
+                f"run setting strategy = {self.strategy!r} with differential privacy: {kind.why_not_private}; "
+                f"choose one of {allowed!r}"
             )
 
     def as_params(self) -> dict[str, Any]:
-        """The settings worth recording as MLflow params (not the spec text itself)."""
-        hidden = {"task_spec", "tracking_uri", "events_file", "environment_lock", "stats_request"}
+        """The settings worth recording as MLflow params (not the texts the lab fills in)."""
+        hidden = {"task_spec", "tracking_uri", "environment_lock", "query_request"}
         return {k: v for k, v in asdict(self).items() if k not in hidden}
+
+
+TYPES.update({f.name: type(f.default) for f in fields(RunSettings)})
+
+
+def _typed(name: str, value: Any, *, source: str = "run config") -> Any:
+    """``value`` as the setting's type; text (from the command line) is parsed as that type."""
+    kind = TYPES[name]
+    key = RunSettings.key(name)
+    if isinstance(value, str) and kind is not str:
+        text = value.strip().lower()
+        try:
+            if kind is bool:
+                if text not in ("true", "false"):
+                    raise ValueError(text)
+                return text == "true"
+            return kind(text)
+        except ValueError:
+            raise SettingsError(f"{source}: run setting {key} = {value!r} should be a {kind.__name__}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SettingsError(f"{source}: run setting {key} = {value!r} should be a {kind.__name__}")
+    return value

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 from lab.core.data import Table
-from lab.core.disclosure import protect, with_margins
+from lab.core.disclosure import DEFAULT_MIN_COUNT, protect, with_margins
 from lab.core.preprocess import ColumnSums
 from lab.core.spec import TaskSpec
-from lab.errors import LabError
+from lab.errors import QueryError
 
 __all__ = [
     "DEFAULT_MIN_COUNT",
@@ -39,8 +39,6 @@ __all__ = [
     "stats_frame",
 ]
 
-#: Fewest rows behind any released count, when no agreement asks for more.
-DEFAULT_MIN_COUNT = 5
 #: Quantiles reported for numeric columns.
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 #: Inner bins of a default histogram (plus two open-ended outer bins).
@@ -96,27 +94,29 @@ class StatsRequest:
         )
 
     def check(self, spec: TaskSpec) -> None:
-        """Raise LabError naming a column the spec does not have, or a bad edge list."""
+        """Raise QueryError naming a column the spec does not have, or a bad edge list."""
         known = [f.name for f in spec.features] + [spec.target.column]
         wanted = list(self.columns) + ([self.by] if self.by else []) + list(self.crosstab or ())
         for column in wanted:
             if column not in known:
-                raise LabError(f"column {column!r} is not in task {spec.name!r}; choose from {known!r}")
+                raise QueryError(f"column {column!r} is not in task {spec.name!r}; choose from {known!r}")
         if not self.columns and not self.crosstab:
-            raise LabError("name at least one column, e.g. `lab stats age chol --by sex`")
+            raise QueryError("name at least one column, e.g. `lab stats age chol --by sex`")
         for column, edges in self.edges.items():
             if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
-                raise LabError(f"bins for {column!r} = {edges!r}; give increasing edges, e.g. {column}=30:80:10")
+                raise QueryError(f"bins for {column!r} = {edges!r}; give increasing edges, e.g. {column}=30:80:10")
         if self.min_count < DEFAULT_MIN_COUNT:
-            raise LabError(f"min-count {self.min_count} is below the floor of {DEFAULT_MIN_COUNT}")
+            raise QueryError(f"min-count {self.min_count} is below the floor of {DEFAULT_MIN_COUNT}")
         for column in [*([self.by] if self.by else []), *(self.crosstab or ())]:
             if not is_categorical(column, spec) and not self.levels.get(column):
-                raise LabError(
+                raise QueryError(
                     f"column {column!r} is numeric in task {spec.name!r}: give its groups, e.g. --levels {column}=0,1 "
                     "(groups are never read from a node's data)"
                 )
         for column in set(self.edges) - set(self.columns):
-            raise LabError(f"--bins names {column!r}, which is not among the columns asked for {list(self.columns)!r}")
+            raise QueryError(
+                f"--bins names {column!r}, which is not among the columns asked for {list(self.columns)!r}"
+            )
 
 
 def stats_frame(table: Table, spec: TaskSpec) -> pd.DataFrame:
@@ -146,7 +146,7 @@ def _levels(column: str, spec: TaskSpec, given: dict[str, list[str]]) -> list[st
         return [str(i) for i in range(len(spec.target.classes))]
     if given.get(column):
         return list(given[column])
-    raise LabError(f"column {column!r} has no levels in the spec; give them with --levels {column}=A,B")
+    raise QueryError(f"column {column!r} has no levels in the spec; give them with --levels {column}=A,B")
 
 
 def _label(value: Any) -> str:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["protect", "protect_counts", "with_margins"]
+__all__ = ["DEFAULT_MIN_COUNT", "protect", "protect_counts", "with_margins"]
+
+#: Fewest rows behind any count a node releases, when its agreement asks for no more.
+DEFAULT_MIN_COUNT = 5
 
 
 def with_margins(cells: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.errors import LabError
+from lab.errors import ConfigError
 
 __all__ = ["EnvDiff", "Environment", "canonical_name"]
 
@@ -83,14 +83,16 @@ class Environment:
         """The environment a lock file pins (its header names the Python and platform)."""
         header = _HEADER.search(text)
         if header is None:
-            raise LabError(f"{source} has no '# environment: python X.Y PLATFORM' line; regenerate it with `make lock`")
+            raise ConfigError(
+                f"{source} has no '# environment: python X.Y PLATFORM' line; regenerate it with `make lock`"
+            )
         packages = {}
         for line in text.splitlines():
             match = _PIN.match(line.strip())
             if match and canonical_name(match["name"]) not in _OUTSIDE:
                 packages[canonical_name(match["name"])] = match["version"]
         if not packages:
-            raise LabError(f"{source} pins no packages; regenerate it with `make lock`")
+            raise ConfigError(f"{source} pins no packages; regenerate it with `make lock`")
         return cls(header["python"], header["platform"], packages)
 
     @classmethod
@@ -99,7 +101,7 @@ class Environment:
         try:
             return cls.from_lock(path.read_text(encoding="utf-8"), source=str(path))
         except FileNotFoundError:
-            raise LabError(f"lock file {str(path)!r} does not exist; run `make lock`") from None
+            raise ConfigError(f"lock file {str(path)!r} does not exist; run `make lock`") from None
 
     @classmethod
     def from_pins(cls, python: str, platform: str, pins: list[str]) -> Environment:

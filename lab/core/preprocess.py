@@ -65,6 +65,11 @@ class Scaler:
         return cls(np.zeros(width), np.ones(width))
 
     @classmethod
+    def from_lists(cls, mean: list[float], std: list[float]) -> Scaler:
+        """A scaler sent as plain lists (``to_lists``)."""
+        return cls(np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64))
+
+    @classmethod
     def from_sums(cls, sums: ColumnSums) -> Scaler:
         """The pooled mean and (population) std; constant columns keep std 1."""
         count = np.maximum(sums.count, 1.0)

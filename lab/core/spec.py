@@ -5,11 +5,11 @@ from __future__ import annotations
 import codecs
 import hashlib
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lab.core.toml import TomlReader
 from lab.errors import SpecError
 
 __all__ = [
@@ -163,11 +163,7 @@ def load_spec(path: str | Path) -> TaskSpec:
 
 def parse_spec(text: str, *, source: str = "<spec>") -> TaskSpec:
     """Validate a task spec given as TOML text (see ``load_spec``)."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{source}: not valid TOML ({exc}); fix the syntax at that line") from None
-    r = _Reader(raw, source)
+    r = TomlReader(text, source, error=SpecError, example="see data/heart-disease/task.toml")
     task = r.table("task")
     target = _parse_target(r, r.table("target"))
     features = tuple(_parse_feature(r, i, t) for i, t in enumerate(r.array_of_tables("features")))
@@ -228,7 +224,7 @@ def parse_spec(text: str, *, source: str = "<spec>") -> TaskSpec:
     )
 
 
-def _parse_target(r: _Reader, t: dict[str, Any]) -> Target:
+def _parse_target(r: TomlReader, t: dict[str, Any]) -> Target:
     kind = r.choice(t, "kind", _TARGET_KINDS, where="target")
     column = r.get(t, "column", str, where="target")
     if kind == "binary":
@@ -252,7 +248,7 @@ def _parse_target(r: _Reader, t: dict[str, Any]) -> Target:
     return Target(column=column, kind=kind)
 
 
-def _parse_feature(r: _Reader, index: int, t: dict[str, Any]) -> Feature:
+def _parse_feature(r: TomlReader, index: int, t: dict[str, Any]) -> Feature:
     where = f"features[{index}]"
     name = r.get(t, "name", str, where=where)
     where = f"features[{index}] ({name!r})"
@@ -271,7 +267,7 @@ def _parse_feature(r: _Reader, index: int, t: dict[str, Any]) -> Feature:
     )
 
 
-def _levels(r: _Reader, values: list[Any], where: str) -> tuple[Level, ...]:
+def _levels(r: TomlReader, values: list[Any], where: str) -> tuple[Level, ...]:
     """Levels as the spec lists them: all numbers or all text, each distinct, none blank.
 
     A table's values are matched to them as numbers ("1.0" is 1) or as trimmed text, so a list
@@ -299,7 +295,7 @@ def _levels(r: _Reader, values: list[Any], where: str) -> tuple[Level, ...]:
     return tuple(values)
 
 
-def _parse_format(r: _Reader, t: dict[str, Any], where: str, base: FileFormat) -> FileFormat:
+def _parse_format(r: TomlReader, t: dict[str, Any], where: str, base: FileFormat) -> FileFormat:
     delimiter = r.get(t, "delimiter", str, default=base.delimiter, where=where)
     if len(delimiter) != 1 or delimiter in ('"', "\n", "\r"):
         raise SpecError(f'{r.source}: {where}.delimiter = {delimiter!r}; give one character, e.g. "," or ";" or "\\t"')
@@ -322,48 +318,3 @@ def _parse_format(r: _Reader, t: dict[str, Any], where: str, base: FileFormat) -
         encoding=encoding,
         columns=tuple(columns),
     )
-
-
-_MISSING = object()
-
-
-class _Reader:
-    """Typed access to the raw TOML with errors that name the file, key and fix."""
-
-    def __init__(self, raw: dict[str, Any], source: str) -> None:
-        self.raw = raw
-        self.source = source
-
-    def table(self, key: str, *, required: bool = True) -> dict[str, Any]:
-        value = self.raw.get(key, _MISSING)
-        if value is _MISSING:
-            if required:
-                raise SpecError(f"{self.source}: missing table [{key}]; add it (see data/heart-disease/task.toml)")
-            return {}
-        if not isinstance(value, dict):
-            raise SpecError(f"{self.source}: {key!r} must be a table [{key}], got {value!r}")
-        return value
-
-    def array_of_tables(self, key: str) -> list[dict[str, Any]]:
-        value = self.raw.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise SpecError(f"{self.source}: {key!r} must be written as [[{key}]] tables")
-        return value
-
-    def get(self, t: dict[str, Any], key: str, kind: type, *, default: Any = _MISSING, where: str) -> Any:
-        value = t.get(key, default)
-        if value is _MISSING:
-            raise SpecError(f"{self.source}: missing key {where}.{key}; add it")
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise SpecError(f"{self.source}: {where}.{key} = {value!r} should be a {kind.__name__}; fix its value")
-        return value
-
-    def choice(
-        self, t: dict[str, Any], key: str, options: tuple[str, ...], *, default: Any = _MISSING, where: str
-    ) -> Any:
-        value = self.get(t, key, str, default=default, where=where)
-        if value not in options:
-            raise SpecError(f"{self.source}: {where}.{key} = {value!r} is not one of {list(options)!r}; pick one")
-        return value

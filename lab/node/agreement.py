@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-import tomllib
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from lab.errors import LabError
+from lab.core.spec import TaskSpec
+from lab.core.toml import TomlReader
+from lab.errors import AgreementError, Refusal
 
-__all__ = ["OUTPUTS", "Agreement", "Refusal", "Request", "load_agreement", "parse_agreement"]
+__all__ = ["OUTPUTS", "Agreement", "Request", "load_agreement", "parse_agreement", "template"]
 
 #: What a reply can carry out of a node.
 OUTPUTS = {
@@ -36,14 +37,6 @@ FIELDS = {
     "allow.epsilon-budget": "total epsilon all runs together may spend on the node's rows (implies DP training)",
     "allow.node-figures": "whether the coordinator may show this node's own analytics figures, not only pooled ones",
 }
-
-
-class Refusal(LabError):
-    """A message the agreement does not allow; ``clause`` names the field that refused it."""
-
-    def __init__(self, clause: str, reason: str) -> None:
-        super().__init__(f"agreement clause {clause}: {reason}")
-        self.clause = clause
 
 
 @dataclass(frozen=True)
@@ -138,72 +131,75 @@ def load_agreement(path: str | Path) -> Agreement:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise LabError(f"agreement {str(path)!r} does not exist; check the node's agreement setting") from None
+        raise AgreementError(f"agreement {str(path)!r} does not exist; check the node's agreement setting") from None
     return parse_agreement(text, source=str(path))
 
 
 def parse_agreement(text: str, *, source: str = "<agreement>") -> Agreement:
     """Validate agreement TOML (see ``load_agreement``)."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise LabError(f"{source}: not valid TOML ({exc})") from None
-    head, allow = _table(raw, "agreement", source), _table(raw, "allow", source)
+    template_hint = "`lab agreement template --spec task.toml --organisation NAME` prints a complete agreement"
+    r = TomlReader(text, source, error=AgreementError, example=template_hint)
+    head, allow = r.table("agreement"), r.table("allow")
     expires = head.get("expires")
     if not isinstance(expires, dt.date) or isinstance(expires, dt.datetime):
-        raise LabError(f"{source}: agreement.expires = {expires!r}; give a date like 2027-06-30")
-    tasks_raw = raw.get("tasks", [])
-    if not isinstance(tasks_raw, list) or not tasks_raw or not all(isinstance(t, dict) for t in tasks_raw):
-        raise LabError(f"{source}: list the covered task specs as [[tasks]] tables with name and sha256")
+        raise r.fail(f"agreement.expires = {expires!r}; give a date like 2027-06-30")
     tasks = {}
-    for i, task in enumerate(tasks_raw):
+    for i, task in enumerate(r.array_of_tables("tasks", required=True)):
         name, sha = task.get("name"), task.get("sha256")
         if not isinstance(name, str) or not isinstance(sha, str) or len(sha) != 64:
-            raise LabError(
-                f"{source}: tasks[{i}] needs a name and the spec's 64-hex sha256 (`lab spec hash` prints it)"
-            )
+            raise r.fail(f"tasks[{i}] needs a name and the spec's 64-hex sha256 (`lab spec hash` prints it)")
         tasks[name] = sha
-    outputs = _strings(allow, "outputs", source)
+    outputs = set(r.strings(allow, "outputs", where="allow"))
     unknown = sorted(outputs - set(OUTPUTS))
     if unknown:
-        raise LabError(f"{source}: allow.outputs has {unknown!r}; choose from {sorted(OUTPUTS)!r}")
-    min_rows = allow.get("min-rows", 10)
-    if not isinstance(min_rows, int) or isinstance(min_rows, bool) or min_rows < 1:
-        raise LabError(f"{source}: allow.min-rows = {min_rows!r}; give a whole number of rows, 1 or more")
-    dp, node_figures = allow.get("differential-privacy", False), allow.get("node-figures", False)
-    for key, value in (("differential-privacy", dp), ("node-figures", node_figures)):
-        if not isinstance(value, bool):
-            raise LabError(f"{source}: allow.{key} = {value!r}; give true or false")
-    budget = allow.get("epsilon-budget")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
-        raise LabError(f"{source}: allow.epsilon-budget = {budget!r}; give a positive number like 10.0, or omit it")
+        raise r.fail(f"allow.outputs has {unknown!r}; choose from {sorted(OUTPUTS)!r}")
+    min_rows = r.get(allow, "min-rows", int, default=10, where="allow")
+    if min_rows < 1:
+        raise r.fail(f"allow.min-rows = {min_rows!r}; give a whole number of rows, 1 or more")
+    budget = r.get(allow, "epsilon-budget", float, default=None, where="allow")
+    if budget is not None and budget <= 0:
+        raise r.fail(f"allow.epsilon-budget = {budget!r}; give a positive number like 10.0, or omit it")
     return Agreement(
-        parties=tuple(_strings(head, "parties", source, ordered=True)),
+        parties=tuple(r.strings(head, "parties", where="agreement")),
         purpose=str(head.get("purpose", "")),
         expires=expires,
         tasks=tasks,
-        strategies=frozenset(_strings(allow, "strategies", source)),
-        apps=frozenset(_strings(allow, "apps", source)),
+        strategies=frozenset(r.strings(allow, "strategies", where="allow")),
+        apps=frozenset(r.strings(allow, "apps", where="allow")),
         outputs=frozenset(outputs),
-        metrics=frozenset(_strings(allow, "metrics", source)),
+        metrics=frozenset(r.strings(allow, "metrics", where="allow")),
         min_rows=min_rows,
-        differential_privacy=dp,
-        node_figures=node_figures,
-        epsilon_budget=None if budget is None else float(budget),
+        differential_privacy=r.get(allow, "differential-privacy", bool, default=False, where="allow"),
+        node_figures=r.get(allow, "node-figures", bool, default=False, where="allow"),
+        epsilon_budget=budget,
         source=source,
     )
 
 
-def _table(raw: dict[str, Any], key: str, source: str) -> dict[str, Any]:
-    value = raw.get(key)
-    if not isinstance(value, dict):
-        template = "`lab agreement template --spec task.toml --organisation NAME`"
-        raise LabError(f"{source}: missing table [{key}]; {template} prints a complete agreement")
-    return value
+def template(spec: TaskSpec, fab_hash: str, organisation: str, expires: dt.date | None = None) -> str:
+    """An agreement approving one task and one app, every strategy and the task's own metrics,
+    for a year (TOML text to edit): what `lab demo` gives each node, and `lab agreement template`
+    prints."""
+    from lab.contract.strategies import STRATEGIES
 
+    expires = expires or dt.date.today() + dt.timedelta(days=365)
+    metrics = [*spec.metrics, "train-loss"]
+    return f"""# Data-use agreement of {organisation} (written by `lab demo` or `lab agreement template`).
+[agreement]
+parties = [{json.dumps(organisation)}, "Federation coordinator"]
+purpose = "Develop and evaluate a shared {spec.name} model without pooling records"
+expires = {expires.isoformat()}
 
-def _strings(table: dict[str, Any], key: str, source: str, *, ordered: bool = False) -> Any:
-    value = table.get(key)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise LabError(f"{source}: {key} = {value!r}; give a list of strings")
-    return value if ordered else set(value)
+[[tasks]]
+name = "{spec.name}"
+sha256 = "{spec.sha256}"
+
+[allow]
+strategies = {json.dumps(list(STRATEGIES))}
+apps = ["{fab_hash}"]
+outputs = {json.dumps(list(OUTPUTS))}
+metrics = {json.dumps(metrics)}
+min-rows = 10
+differential-privacy = false
+node-figures = false
+"""

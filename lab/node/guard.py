@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lab.errors import LabError
-from lab.node.agreement import Refusal, load_agreement
+from lab.errors import Refusal
+from lab.node.agreement import load_agreement
 from lab.node.audit import AuditLog
 
 __all__ = ["AGREEMENT_ENV", "APP_HASH_ENV", "AUDIT_ENV", "main", "write_shim"]
@@ -57,7 +57,7 @@ def main() -> None:
 
 
 def check_app(fab_hash: str, message: Any, node: str) -> None:
-    """Refuse (raise LabError naming the node and the clause) unless the node's agreement is in
+    """Refuse (raise Refusal naming the node and the clause) unless the node's agreement is in
     force and allows this app."""
     path = os.environ.get(AGREEMENT_ENV, "")
     if not path:
@@ -78,7 +78,7 @@ def check_app(fab_hash: str, message: Any, node: str) -> None:
                 reason=str(refusal),
                 left_node=[],
             )
-        raise LabError(f"node {node!r} refused: {refusal}") from None
+        raise Refusal(refusal.clause, f"node {node!r} refused: {refusal}", relayed=True) from None
 
 
 def write_shim(folder: Path) -> Path:

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PRIVATE_ENV", "Setting", "WORKSPACE", "TRACKING_URI", "private_environ", "project_root"]
+__all__ = [
+    "PRIVATE_ENV",
+    "TRACKING_URI",
+    "WORKSPACE",
+    "Setting",
+    "private_environ",
+    "lock_path",
+    "process_environ",
+    "project_root",
+    "tracking_uri_for",
+]
 
 #: Telemetry and update checks off in every process the lab starts: this is a privacy product.
 PRIVATE_ENV = {
@@ -49,9 +60,28 @@ def private_environ(**extra: str) -> dict[str, str]:
     return env
 
 
+def process_environ(flwr_home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a Flower process the lab starts: telemetry off, its own Flower home,
+    unbuffered output, and this environment's executables first on the PATH (Flower starts
+    flower-superexec and flwr-*app by name)."""
+    env = private_environ(FLWR_HOME=str(flwr_home), PYTHONUNBUFFERED="1", **extra)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
 def project_root() -> Path:
     """The folder holding pyproject.toml with the Flower app (this checkout)."""
     here = Path(__file__).resolve().parents[2]
     if (here / "pyproject.toml").is_file():
         return here
     return Path.cwd()
+
+
+def lock_path(lock: Path | None = None) -> Path:
+    """The given lock file, or the project's."""
+    return lock or project_root() / "environments" / "requirements.lock"
+
+
+def tracking_uri_for(workspace: Path, uri: str = "") -> str:
+    """The given MLflow tracking URI, or the embedded SQLite store inside the workspace."""
+    return uri or f"sqlite:///{(workspace / 'mlflow.db').resolve()}"

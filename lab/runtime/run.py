@@ -1,149 +1,160 @@
-"""Run one task on a local federation with a progress view: the engine behind `lab demo`, `lab run`,
-`lab check` and `lab stats`, and behind the notebook functions."""
+"""Run one task on a local federation: the engine behind `lab demo`, `lab run`, `lab check` and
+`lab stats`, and behind the notebook functions. It returns the run's result and hands every
+progress event to a callback; it prints nothing (the CLI draws the progress)."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from lab.contract.settings import RunSettings
+from lab.core.analytics import DEFAULT_MIN_COUNT, StatsRequest
+from lab.core.sources import node_source, source_exists
+from lab.core.spec import TaskSpec, load_spec
+from lab.errors import DataError
+from lab.runtime.app import code_version
+from lab.runtime.environ import WORKSPACE, lock_path, project_root, tracking_uri_for
+from lab.runtime.local import LocalFederation, NodeSpec
+from lab.runtime.submit import Event, new_run_dir, started_runs, submit_run
 
-from lab.cli.inhouse import fmt, lock_path
-from lab.errors import LabError
-from lab.runtime.environ import project_root
-
-__all__ = ["federate"]
-
-console = Console()
-
-_WHAT = {"check": "pre-flight check", "stats": "federated analytics"}
+__all__ = ["RunResult", "federated_stats", "run_federation", "run_settings"]
 
 
-def federate(
-    spec_path: Path,
-    nodes: dict[str, str],
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended.
+
+    ``summary`` is what the coordinator reported: for training, ``nodes`` (each organisation's
+    rows, federated and local-only scores, epsilon), ``mean`` and, when registered,
+    ``model_uri``, ``registered`` and ``version``; for a query, its kind's result.
+    """
+
+    summary: dict[str, Any]
+    seconds: float  # wall time, the processes' start and stop included
+    mlflow_run_id: str | None
+    run_dir: Path
+
+
+def run_settings(
+    spec: TaskSpec,
+    *,
+    tracking_uri: str,
+    nodes: int,
+    values: Mapping[str, Any] | None = None,
+    lock: Path | None = None,
+) -> RunSettings:
+    """The run's settings: ``values`` (kebab-case keys, typed or as command-line text) on the
+    defaults, and what the lab fills in (the spec's text, the environment lock (``lock``, or the
+    project's), the code's version).
+
+    Raises SettingsError for an unknown or invalid setting, before any process starts.
+    """
+    lock = lock_path(lock)
+    filled = RunSettings(
+        task_spec=spec.text,
+        tracking_uri=tracking_uri,
+        expected_nodes=nodes,
+        environment_lock=lock.read_text(encoding="utf-8") if lock.is_file() else "",
+        code_version=code_version(project_root()),
+    )
+    return filled.with_values(dict(values or {}))
+
+
+def run_federation(
+    settings: RunSettings,
+    nodes: Mapping[str, str],
     *,
     workspace: Path,
-    settings: dict[str, Any],
-    tracking_uri: str,
-    agreements: dict[str, Path] | None = None,
+    agreements: Mapping[str, Path] | None = None,
     secure: bool = False,
-) -> dict[str, Any]:
-    """Start the federation, run the task with a progress view, stop everything; the run's summary.
+    on_event: Callable[[Event], None] = lambda _: None,
+) -> RunResult:
+    """Start a federation of ``nodes`` (name -> table) in ``workspace``, run, stop everything.
 
-    Raises LabError (or RunFailedError) with the reason when the run fails; every process is
-    stopped and the MLflow run closed in any case.
+    Raises LabError (RunFailedError) with the reason when the run fails; every process is stopped
+    and the coordinator's MLflow run closed in any case (KILLED on Ctrl-C, FAILED otherwise).
     """
-    from lab.core.sources import source_exists
-    from lab.core.spec import load_spec
-    from lab.runtime.local import LocalFederation, NodeSpec
-    from lab.runtime.submit import build_run_config, submit_run
-
-    spec = load_spec(spec_path)
-    mode = str(settings.get("mode", "train"))
     for name, source in nodes.items():
-        if not source_exists(source) and mode != "check":  # a pre-flight lets the node report it
-            raise LabError(f"node {name!r}: {source!r} does not exist; give the path of its table")
-    run_config = build_run_config(
-        spec, settings, tracking_uri=tracking_uri, expected_nodes=len(nodes), lock=lock_path(), root=project_root()
-    )
-    rounds = int(settings.get("num-rounds", 5)) if mode == "train" else 1
-    what = _WHAT.get(mode, f"{rounds} rounds of {settings.get('strategy', 'fedavg')}")
-    console.print(f"[bold]{spec.name}[/]: {len(nodes)} nodes, {what}; workspace {workspace}")
+        if not source_exists(source) and settings.query != "catalog":  # a pre-flight lets the node report it
+            raise DataError(f"node {name!r}: {source!r} does not exist; give the path of its table")
+    workspace = workspace.resolve()
     mlflow_runs: list[str] = []
-    started = time.monotonic()
+    started, wall = time.monotonic(), time.time()
 
-    def on_event(event: dict[str, Any]) -> None:
+    def follow(event: Event) -> None:
         if event["event"] == "started" and event.get("mlflow_run_id"):
             mlflow_runs.append(event["mlflow_run_id"])
-        _show(bar, task, event, rounds, spec.metrics[0])
+        on_event(event)
 
+    specs = [NodeSpec(n, p, agreement=(agreements or {}).get(n)) for n, p in nodes.items()]
     try:
-        with (
-            LocalFederation(
-                workspace,
-                [NodeSpec(n, p, agreement=(agreements or {}).get(n)) for n, p in nodes.items()],
-                secure=secure,
-            ) as federation,
-            _progress() as bar,
-        ):
-            task = bar.add_task("preparing nodes" if mode == "train" else "asking the nodes", total=rounds)
-            outcome = submit_run(federation, app_dir=project_root(), run_config=run_config, on_event=on_event)
-            if mode != "train":
-                bar.update(task, completed=rounds, description="every node answered or was left out")
+        with LocalFederation(workspace, specs, secure=secure) as federation:
+            outcome = submit_run(
+                federation.connection,
+                settings,
+                app_dir=project_root(),
+                run_dir=new_run_dir(workspace),
+                on_event=follow,
+            )
     except BaseException as exc:
-        # The coordinator was stopped before it could close its MLflow run: close it here.
+        # The coordinator was stopped before it could close its MLflow run: close it here. The
+        # progress follower may not have read the coordinator's last events yet.
         from lab.registry.tracking import close_unfinished
 
-        # The progress follower may not have read the coordinator's last events yet.
-        mlflow_runs += [r for r in _started_runs(workspace, started) if r not in mlflow_runs]
-        for run_id in mlflow_runs:
-            close_unfinished(tracking_uri, run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        mlflow_runs += [r for r in started_runs(workspace, wall) if r not in mlflow_runs]
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        for run_id in mlflow_runs if settings.tracking_uri else []:
+            close_unfinished(settings.tracking_uri, run_id, status)
         raise
-    final: dict[str, Any] = outcome.final
-    final["seconds"] = time.monotonic() - started  # wall time, processes' start and stop included
-    if mlflow_runs:
-        final["mlflow_run_id"] = mlflow_runs[0]
-    return final
+    summary = {k: v for k, v in outcome.final.items() if k not in ("event", "time")}
+    return RunResult(summary, time.monotonic() - started, mlflow_runs[0] if mlflow_runs else None, outcome.run_dir)
 
 
-def _started_runs(workspace: Path, since: float) -> list[str]:
-    """MLflow runs the coordinators of this workspace opened since ``since`` (monotonic clock)."""
-    wall_since = time.time() - (time.monotonic() - since)
-    found: list[str] = []
-    for events in sorted(workspace.glob("runs/*/events.jsonl")):
-        if events.stat().st_mtime < wall_since:
-            continue
-        for line in events.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                event = json.loads(line)
-                if event.get("event") == "started" and event.get("mlflow_run_id"):
-                    found.append(str(event["mlflow_run_id"]))
-    return found
+def federated_stats(
+    spec: str | Path,
+    nodes: Mapping[str, str | Path],
+    columns: list[str],
+    *,
+    by: str | None = None,
+    crosstab: tuple[str, str] | None = None,
+    correlation: bool = False,
+    bins: dict[str, list[float]] | None = None,
+    levels: dict[str, list[str]] | None = None,
+    min_count: int = DEFAULT_MIN_COUNT,
+    agreements: dict[str, str | Path] | None = None,
+    workspace: str | Path = WORKSPACE.default,
+    tracking_uri: str = "",
+    on_event: Callable[[Event], None] = lambda _: None,
+) -> RunResult:
+    """Run one analytics query over a local federation, one node per entry of ``nodes``.
 
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
+    The result's summary holds the pooled figures (``stats``), what each node suppressed
+    (``notes``) and the figures of nodes whose agreement lets them be shown (``node_figures``). Means,
+    standard deviations and correlations equal those of the concatenated tables; quantiles are
+    interpolated from the pooled histogram (``approximate``).
+    """
+    spec_path = Path(spec)
+    request = StatsRequest(
+        columns=tuple(columns),
+        by=by,
+        crosstab=crosstab,
+        correlation=correlation,
+        edges=bins or {},
+        min_count=min_count,
+        levels=levels or {},
     )
-
-
-def _show(bar: Progress, task: Any, event: dict[str, Any], rounds: int, metric: str) -> None:
-    kind = event["event"]
-    if kind == "joined":
-        bar.console.print(
-            f"  [green]joined[/] {event['node']} ({event['organisation']}): "
-            f"{event['train_rows']} train / {event['test_rows']} test rows"
-        )
-    elif kind == "refused":
-        bar.console.print(f"  [red]refused[/] {escape(event['reason'])}")
-    elif kind == "warning":
-        bar.console.print(f"  [yellow]warning[/] {escape(event['reason'])}")
-    elif kind == "train":
-        # Nodes score the model they received, i.e. the previous round's global model.
-        value = (event.get("mean") or {}).get(metric)
-        shown = f", mean {metric} {fmt(value)} after round {event['round'] - 1}" if event["round"] > 1 else ""
-        bar.update(
-            task,
-            completed=event["round"],
-            description=f"round {event['round']}/{rounds}: {event['answered']}/{event['asked']} nodes answered{shown}",
-        )
-    elif kind == "evaluate":
-        value = (event.get("mean") or {}).get(metric)
-        bar.update(
-            task,
-            completed=event["round"],
-            description=f"final model: {event['answered']}/{event['asked']} nodes, mean {metric} {fmt(value)}",
-        )
-    for node, reason in (event.get("errors") or {}).items():
-        bar.console.print(f"  [red]{escape(node)}[/]: {escape(reason)}")
+    task = load_spec(spec_path)
+    request.check(task)  # a wrong column name fails here, before any process starts
+    workspace = Path(workspace)
+    settings = run_settings(task, tracking_uri=tracking_uri_for(workspace, tracking_uri), nodes=len(nodes))
+    settings = replace(settings, query="stats", query_request=request.to_json(), min_nodes=1)
+    return run_federation(
+        settings,
+        {name: node_source(str(path)) for name, path in nodes.items()},
+        workspace=workspace,
+        agreements={name: Path(path) for name, path in (agreements or {}).items()},
+        on_event=on_event,
+    )

@@ -1,0 +1,169 @@
+"""The coordinator's training run: prepare the nodes, run the strategy's rounds, score the final
+model at every node, and log and register it."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from federation.asking import asker
+from federation.recorder import Recorder
+from federation.secure_aggregation import run_secure_rounds
+from federation.strategies import make_strategy
+from lab.contract import keys
+from lab.contract.messages import Instructions
+from lab.contract.settings import RunSettings
+from lab.core.environment import Environment
+from lab.core.model import build_model
+from lab.core.privacy import DPSettings
+from lab.core.spec import TaskSpec
+from lab.core.training import predictor_from
+from lab.errors import RunFailedError, SettingsError
+from lab.queries.base import Emit
+from lab.queries.prepare import KIND as PREPARE
+from lab.queries.prepare import Guard, Member, Preparation, PrepareRequest
+from lab.registry.packaging import check_packaging
+from lab.registry.tracking import Tracker
+
+__all__ = ["train"]
+
+
+def train(
+    grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, emit: Emit, fab_hash: str
+) -> dict[str, Any]:
+    """One training run end to end; its summary (every node's scores, the means, the model)."""
+    guard = _guard(spec, settings)
+    check_packaging(spec)  # a task that cannot become a model fails now, not after the last round
+    request = PrepareRequest.of(settings, guard.lock)
+    prepared = PREPARE.prepare(spec, request, settings, guard, asker(grid, spec, PREPARE, settings), tracker, emit)
+    members = prepared.members
+    recorder = Recorder(members, tracker, emit, spec.metrics)
+    instructions = _instructions(spec, settings, prepared)
+    initial = ArrayRecord(build_model(spec, seed=settings.seed).state_dict())
+    if settings.secure_aggregation:  # the same instructions, through SecAgg+
+        result = run_secure_rounds(grid, initial, instructions.to_record(), members, recorder, guard, settings, tracker)
+    else:
+        strategy = make_strategy(settings, set(members), recorder, guard)
+        result = strategy.start(
+            grid,
+            initial,
+            num_rounds=settings.num_rounds,
+            timeout=settings.round_timeout,
+            train_config=instructions.to_record(),
+        )
+    _evaluate_final(grid, result.arrays, instructions, members, recorder, settings)
+    if recorder.refusals:
+        tracker.log_text(json.dumps(recorder.refusals, indent=2), "nodes/refusals-in-rounds.json")
+    predictor = predictor_from(spec, prepared.scaler, result.arrays, prepared.target_scaler)
+    if not predictor.is_finite():
+        raise RunFailedError(
+            "the federated model's weights are not finite numbers (the training diverged); nothing is registered: "
+            "lower learning-rate and check the spec's scaling"
+        )
+    summary = _summary(members, spec)
+    tracker.log_metrics({f"final.{k}": v for k, v in summary["mean"].items() if _finite(v)}, step=settings.num_rounds)
+    provenance = {
+        "environment_fingerprint": guard.lock.fingerprint if guard.lock else "",
+        "environment_policy": settings.environment_policy,
+        "spec_sha256": spec.sha256,
+        "code_version": settings.code_version or "unknown",
+        "fab_hash": fab_hash,
+        "nodes": {
+            m.name: {"environment": m.env_fingerprint, "data_sha256": m.data_fingerprint, "train_rows": m.train_rows}
+            for m in members.values()
+        },
+    }
+    logged = tracker.log_model(
+        predictor, lock_text=settings.environment_lock, provenance=provenance, register=settings.register
+    )
+    if logged is not None:
+        summary.update(model_uri=logged.model_uri, registered=logged.registered_name, version=logged.version)
+    return summary
+
+
+def _instructions(spec: TaskSpec, settings: RunSettings, prepared: Preparation) -> Instructions:
+    """What every train message says besides the model (and, without the training fields, every
+    evaluate message)."""
+    mean, std = prepared.scaler.to_lists()
+    target_mean, target_std = prepared.target_scaler.to_lists()
+    return Instructions(
+        task=spec.name,
+        spec_sha256=spec.sha256,
+        strategy=settings.strategy,
+        scaler_mean=mean,
+        scaler_std=std,
+        target_mean=target_mean[0],
+        target_std=target_std[0],
+        seed=settings.seed,
+        local_steps=settings.local_steps,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        evaluate_first=True,
+        dp=DPSettings.of(settings),
+    )
+
+
+def _guard(spec: TaskSpec, settings: RunSettings) -> Guard:
+    """The environment policy against the run's lock (strict needs a lock)."""
+    if not settings.environment_lock:
+        if settings.environment_policy == "strict":
+            raise SettingsError(
+                "the strict environment policy needs the lock; `lab run` sends "
+                'environments/requirements.lock, or set environment-policy = "warn"'
+            )
+        return Guard(None, settings.environment_policy, spec.sha256)
+    lock = Environment.from_lock(settings.environment_lock, source="the run's environment lock")
+    return Guard(lock, settings.environment_policy, spec.sha256)
+
+
+def _evaluate_final(
+    grid: Grid,
+    arrays: ArrayRecord,
+    instructions: Instructions,
+    members: dict[int, Member],
+    recorder: Recorder,
+    settings: RunSettings,
+) -> None:
+    """Score the final model on every participant's test split (the only evaluate message)."""
+    content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: instructions.to_record()})
+    messages = [Message(content, dst_node_id=node_id, message_type=MessageType.EVALUATE) for node_id in members]
+    replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
+    good = [r for r in replies if not r.has_error()]
+    if len(good) < settings.min_nodes:
+        raise RunFailedError(
+            f"final evaluation: {len(good)} node(s) answered, fewer than min-nodes = {settings.min_nodes}"
+        )
+    recorder.on_evaluate(settings.num_rounds, replies, len(members))
+
+
+def _summary(members: dict[int, Member], spec: TaskSpec) -> dict[str, Any]:
+    rows = [
+        {
+            "node": m.name,
+            "organisation": m.organisation,
+            "train_rows": m.train_rows,
+            "test_rows": m.test_rows,
+            "federated": m.final,
+            "local_only": m.baseline,
+            "epsilon": m.epsilon,
+        }
+        for m in sorted(members.values(), key=lambda m: m.name)
+    ]
+    mean: dict[str, float] = {}
+    for metric in spec.metrics:
+        for label, scores in (
+            ("federated", [m.final for m in members.values()]),
+            ("local_only", [m.baseline for m in members.values()]),
+        ):
+            values = [s[metric] for s in scores if _finite(s.get(metric))]
+            mean[f"{label}.{metric}"] = float(np.mean(values)) if values else float("nan")
+    return {"nodes": rows, "mean": mean}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, float) and math.isfinite(value)

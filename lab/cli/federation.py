@@ -1,0 +1,231 @@
+"""`lab demo`, `lab run`, `lab check`, `lab stats` and `lab ui`: a federation run from the command line."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from lab.cli.options import AgreementOption, NodeOption, SpecOption, TrackingUri, Workspace, named_paths, named_sources
+from lab.cli.view import ProgressView, preflight_table, summary_table
+from lab.contract.settings import RunSettings
+from lab.contract.strategies import STRATEGIES
+from lab.core.spec import TaskSpec, load_spec
+from lab.errors import UsageError
+from lab.runtime.environ import WORKSPACE, tracking_uri_for
+from lab.runtime.run import RunResult, run_federation, run_settings
+
+__all__ = ["check", "demo", "run", "stats", "ui"]
+
+console = Console()
+
+DEFAULTS = RunSettings()
+_AGREEMENT_EXAMPLE = "cleveland=cleveland-agreement.toml"
+
+Rounds = Annotated[int, typer.Option(help="Federated rounds.")]
+Strategy = Annotated[
+    str,
+    typer.Option(help="; ".join(f"{k.name}: {k.summary}" for k in STRATEGIES.values()) + "."),
+]
+Secure = Annotated[bool, typer.Option("--secure", help="TLS and node authentication on loopback.")]
+
+
+def _federate(
+    spec: TaskSpec,
+    nodes: dict[str, str],
+    settings: RunSettings,
+    *,
+    workspace: Path,
+    agreements: dict[str, Path],
+    secure: bool = False,
+) -> RunResult:
+    """Run with a progress view: the rounds of a training run, or the nodes' answers to a query."""
+    training = not settings.query
+    rounds = settings.num_rounds if training else 1
+    what = {"catalog": "pre-flight check", "stats": "federated analytics"}.get(
+        settings.query, f"{rounds} rounds of {settings.strategy}"
+    )
+    console.print(f"[bold]{escape(spec.name)}[/]: {len(nodes)} nodes, {what}; workspace {workspace}")
+    with ProgressView(rounds=rounds, metric=spec.metrics[0], training=training) as view:
+        return run_federation(settings, nodes, workspace=workspace, agreements=agreements, secure=secure, on_event=view)
+
+
+def demo(
+    rounds: Rounds = DEFAULTS.num_rounds,
+    strategy: Strategy = DEFAULTS.strategy,
+    secure: Secure = False,
+    workspace: Workspace = Path(WORKSPACE.default),
+) -> None:
+    """Run the demo federation: four hospitals, the real Flower runtime, MLflow tracking.
+
+    Each hospital gets a data-use agreement approving this task and this app (its FAB hash).
+    """
+    from lab.runtime.demo import demo_federation
+
+    federation = demo_federation(workspace)
+    spec = load_spec(federation.spec)
+    settings = run_settings(
+        spec,
+        tracking_uri=tracking_uri_for(workspace),
+        nodes=len(federation.nodes),
+        values={"num-rounds": rounds, "strategy": strategy},
+    )
+    result = _federate(
+        spec, federation.nodes, settings, workspace=workspace, agreements=federation.agreements, secure=secure
+    )
+    summary_table(result, spec.metrics)
+
+
+def run(
+    spec: SpecOption,
+    node: NodeOption,
+    agreement: AgreementOption = None,
+    rounds: Rounds = DEFAULTS.num_rounds,
+    strategy: Strategy = DEFAULTS.strategy,
+    min_nodes: Annotated[int, typer.Option(help="Fail unless this many nodes take part.")] = DEFAULTS.min_nodes,
+    secure: Secure = False,
+    secure_aggregation: Annotated[
+        bool, typer.Option("--secure-aggregation", help="SecAgg+: the coordinator sees only the sum of the updates.")
+    ] = DEFAULTS.secure_aggregation,
+    environment_policy: Annotated[
+        str, typer.Option(help="strict: leave out nodes whose environment differs from the lock; warn: flag them.")
+    ] = DEFAULTS.environment_policy,
+    setting: Annotated[
+        list[str] | None,
+        typer.Option("--set", help=f"KEY=VALUE run setting; keys: {', '.join(RunSettings.user_keys())}."),
+    ] = None,
+    workspace: Workspace = Path(WORKSPACE.default),
+    tracking_uri: TrackingUri = "",
+) -> None:
+    """Run a federation of local nodes, one per --node, on the task in --spec."""
+    nodes = named_sources(node)
+    agreements = named_paths(agreement, "--agreement", _AGREEMENT_EXAMPLE)
+    if set(agreements) - set(nodes):
+        raise UsageError(f"--agreement names {sorted(set(agreements) - set(nodes))!r}, which no --node names")
+    task = load_spec(spec)
+    values: dict[str, Any] = {
+        "num-rounds": rounds,
+        "strategy": strategy,
+        "min-nodes": min_nodes,
+        "environment-policy": environment_policy,
+        "secure-aggregation": secure_aggregation,
+        **_settings(setting or []),
+    }
+    settings = run_settings(
+        task, tracking_uri=tracking_uri_for(workspace, tracking_uri), nodes=len(nodes), values=values
+    )
+    result = _federate(task, nodes, settings, workspace=workspace, agreements=agreements, secure=secure)
+    summary_table(result, task.metrics)
+
+
+def check(
+    spec: SpecOption,
+    node: NodeOption,
+    agreement: AgreementOption = None,
+    workspace: Workspace = Path(WORKSPACE.default),
+    tracking_uri: TrackingUri = "",
+) -> None:
+    """Pre-flight: ask every node, through the federation, to check its table against the spec."""
+    nodes = named_sources(node)
+    task = load_spec(spec)
+    settings = run_settings(task, tracking_uri=tracking_uri_for(workspace, tracking_uri), nodes=len(nodes))
+    settings = replace(settings, query="catalog", min_nodes=1)
+    agreements = named_paths(agreement, "--agreement", _AGREEMENT_EXAMPLE)
+    result = _federate(task, nodes, settings, workspace=workspace, agreements=agreements)
+    preflight_table(result.summary["preflight"])
+
+
+def stats(
+    columns: Annotated[list[str], typer.Argument(help="Columns to summarise, e.g. age chol.")],
+    spec: SpecOption,
+    node: NodeOption,
+    by: Annotated[str | None, typer.Option(help="Group every figure by this column.")] = None,
+    crosstab: Annotated[str | None, typer.Option(help="A,B: counts of two categorical columns.")] = None,
+    correlation: Annotated[bool, typer.Option("--correlation", help="Correlation matrix of the columns.")] = False,
+    bins: Annotated[
+        list[str] | None, typer.Option(help="COLUMN=LOW:HIGH:WIDTH histogram bins (default: from pooled mean and sd).")
+    ] = None,
+    levels: Annotated[
+        list[str] | None, typer.Option(help="COLUMN=A,B: groups of a numeric --by or --crosstab column, e.g. sex=0,1.")
+    ] = None,
+    min_count: Annotated[int, typer.Option(help="Smallest count a node releases (5 at least).")] = 5,
+    agreement: AgreementOption = None,
+    workspace: Workspace = Path(WORKSPACE.default),
+    tracking_uri: TrackingUri = "",
+) -> None:
+    """Federated analytics: counts, means, sds, quantiles, histograms, crosstabs and correlations
+    pooled over every node's table, small counts suppressed at each node."""
+    from lab.cli.stats import parse_bins, parse_levels, stats_tables
+    from lab.runtime.run import federated_stats
+
+    pair = None
+    if crosstab:
+        a, sep, b = crosstab.partition(",")
+        if not sep or not a or not b:
+            raise UsageError(f"--crosstab {crosstab!r} should be two columns, e.g. --crosstab cp,sex")
+        pair = (a.strip(), b.strip())
+    nodes = named_sources(node)
+    console.print(f"[bold]{escape(load_spec(spec).name)}[/]: {len(nodes)} nodes, federated analytics")
+    with ProgressView(rounds=1, metric="", training=False) as view:
+        result = federated_stats(
+            spec,
+            nodes,
+            columns,
+            by=by,
+            crosstab=pair,
+            correlation=correlation,
+            bins=parse_bins(bins or []),
+            levels=parse_levels(levels or []),
+            min_count=min_count,
+            agreements=dict(named_paths(agreement, "--agreement", _AGREEMENT_EXAMPLE)),
+            workspace=workspace,
+            tracking_uri=tracking_uri,
+            on_event=view,
+        )
+    for table in stats_tables(result.summary):
+        console.print(table)
+    for name, notes in sorted(result.summary["notes"].items()):
+        console.print(f"  [yellow]{escape(name)} suppressed[/]: " + escape("; ".join(notes)))
+    if result.summary.get("node_figures"):
+        shown = ", ".join(result.summary["node_figures"])
+        console.print(f"per-node figures allowed by agreement: {shown} (MLflow artifact analytics/nodes.json)")
+    console.print(f"recorded in MLflow run {result.mlflow_run_id or '?'}; wall time {result.seconds:.0f} s")
+
+
+def ui(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    workspace: Workspace = Path(WORKSPACE.default),
+    tracking_uri: TrackingUri = "",
+) -> None:
+    """Open the MLflow UI on the lab's tracking store."""
+    import subprocess
+
+    from lab.runtime.environ import private_environ
+    from lab.runtime.processes import LOOPBACK, executable
+
+    uri = tracking_uri_for(workspace, tracking_uri)
+    console.print(f"MLflow UI on http://{LOOPBACK}:{port} for {uri} (Ctrl-C to stop)")
+    proc = subprocess.Popen(
+        [executable("mlflow"), "ui", "--backend-store-uri", uri, "--host", LOOPBACK, "--port", str(port)],
+        env=private_environ(),
+    )
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def _settings(items: list[str]) -> dict[str, str]:
+    """--set KEY=VALUE, as text: each value is read as its setting's type (lab.contract.settings)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set {item!r} should be KEY=VALUE, e.g. --set learning-rate=0.05")
+        out[key.strip()] = value.strip()
+    return out

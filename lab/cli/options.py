@@ -1,0 +1,71 @@
+"""The options the lab's commands share, and how their values are read and shown."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lab.core.sources import node_source
+from lab.errors import UsageError
+from lab.runtime.environ import TRACKING_URI, WORKSPACE
+
+__all__ = [
+    "AgreementOption",
+    "NodeOption",
+    "SpecOption",
+    "TrackingUri",
+    "Workspace",
+    "fmt",
+    "named_paths",
+    "named_sources",
+]
+
+Workspace = Annotated[
+    Path, typer.Option(help="Folder for everything the lab starts (logs, MLflow store).", envvar=WORKSPACE.name)
+]
+TrackingUri = Annotated[
+    str, typer.Option(help="MLflow tracking URI (default: the workspace's SQLite store).", envvar=TRACKING_URI.name)
+]
+SpecOption = Annotated[Path, typer.Option(help="The task spec (TOML).")]
+NodeOption = Annotated[
+    list[str],
+    typer.Option(
+        help="NAME=TABLE: one node's table, a CSV or Parquet file or a database URL such as "
+        "sqlite:///records.db?table=patients (see the README); repeat per node."
+    ),
+]
+AgreementOption = Annotated[
+    list[str] | None, typer.Option(help="NAME=PATH of a node's data-use agreement, which it then enforces.")
+]
+
+_NODE_EXAMPLE = "cleveland=data/cleveland.csv"
+
+
+def named_sources(items: list[str]) -> dict[str, str]:
+    """--node NAME=TABLE: a table's path (made absolute), or a database URL as given."""
+    return {name: node_source(value) for name, value in _named(items, "--node", _NODE_EXAMPLE).items()}
+
+
+def named_paths(items: list[str] | None, option: str, example: str) -> dict[str, Path]:
+    """OPTION NAME=PATH, repeated."""
+    return {name: Path(value) for name, value in _named(items or [], option, example).items()}
+
+
+def _named(items: list[str], option: str, example: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise UsageError(f"{option} {item!r} should be NAME=PATH, e.g. {option} {example}")
+        out[name] = value
+    return out
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number as tables show it (n/a for none or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"

@@ -1,0 +1,248 @@
+"""What coordinator and nodes send each other, as typed objects with ``to_record`` / ``from_record``.
+
+No other module assembles or reads a record key by key. The task spec travels once, in the
+preparation query (lab.queries.prepare); train and evaluate messages name it by its sha256, which
+the nodes' agreements check.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from lab.contract import keys
+from lab.contract.records import number, numbers, text
+from lab.core.data import Table
+from lab.core.environment import Environment
+from lab.core.privacy import DPSettings
+from lab.core.spec import TaskSpec
+from lab.errors import MessageError
+
+__all__ = ["EvaluateReply", "Instructions", "NodeReport", "QueryMessage", "QueryReply", "TrainReply"]
+
+
+@dataclass(frozen=True)
+class Instructions:
+    """The config of a train or evaluate message: the task by hash, the federation's scalers and,
+    for training, the local optimisation. Flower's strategies add ``server-round`` (and FedProx
+    ``proximal-mu``) themselves."""
+
+    task: str
+    spec_sha256: str
+    strategy: str
+    scaler_mean: list[float]
+    scaler_std: list[float]
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    seed: int = 0
+    local_steps: int = 0
+    batch_size: int = 1
+    learning_rate: float = 0.0
+    evaluate_first: bool = False
+    dp: DPSettings | None = None
+    server_round: int = 0
+    proximal_mu: float = 0.0
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord(
+            {
+                keys.TASK: self.task,
+                keys.SPEC_FINGERPRINT: self.spec_sha256,
+                keys.STRATEGY: self.strategy,
+                keys.SCALER_MEAN: self.scaler_mean,
+                keys.SCALER_STD: self.scaler_std,
+                keys.TARGET_MEAN: self.target_mean,
+                keys.TARGET_STD: self.target_std,
+                keys.SEED: self.seed,
+                keys.LOCAL_STEPS: self.local_steps,
+                keys.BATCH_SIZE: self.batch_size,
+                keys.LEARNING_RATE: self.learning_rate,
+                keys.EVALUATE_FIRST: self.evaluate_first,
+                keys.DIFFERENTIAL_PRIVACY: self.dp.to_json() if self.dp else "",
+            }
+        )
+
+    @classmethod
+    def from_record(cls, config: ConfigRecord) -> Instructions:
+        return cls(
+            task=text(config, keys.TASK),
+            spec_sha256=text(config, keys.SPEC_FINGERPRINT),
+            strategy=text(config, keys.STRATEGY),
+            scaler_mean=numbers(config, keys.SCALER_MEAN),
+            scaler_std=numbers(config, keys.SCALER_STD),
+            target_mean=number(config, keys.TARGET_MEAN),
+            target_std=number(config, keys.TARGET_STD),
+            seed=int(number(config, keys.SEED)),
+            local_steps=int(number(config, keys.LOCAL_STEPS)),
+            batch_size=int(number(config, keys.BATCH_SIZE)),
+            learning_rate=number(config, keys.LEARNING_RATE),
+            evaluate_first=bool(config.get(keys.EVALUATE_FIRST, False)),
+            dp=DPSettings.from_json(text(config, keys.DIFFERENTIAL_PRIVACY)),
+            server_round=int(number(config, keys.SERVER_ROUND)) if keys.SERVER_ROUND in config else 0,
+            proximal_mu=number(config, keys.PROXIMAL_MU) if keys.PROXIMAL_MU in config else 0.0,
+        )
+
+    @classmethod
+    def of(cls, message: Message) -> Instructions:
+        return cls.from_record(_config(message))
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """Who answered and the fingerprints of what it used: every train and evaluate reply's NODE record."""
+
+    name: str
+    organisation: str
+    env_fingerprint: str
+    env_python: str
+    env_platform: str
+    data_sha256: str
+    train_rows: int
+    spec_sha256: str
+    suppressed: str = ""
+
+    @classmethod
+    def of_node(cls, name: str, spec: TaskSpec, env: Environment, train: Table, suppressed: str = "") -> NodeReport:
+        """The report of node ``name`` that used ``spec`` in ``env`` and trains on ``train``."""
+        return cls(
+            name,
+            spec.organisation(name),
+            env.fingerprint,
+            env.python,
+            env.platform,
+            train.fingerprint,
+            len(train),
+            spec.sha256,
+            suppressed,
+        )
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord({keys.NODE_REPORT: json.dumps(asdict(self))})
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> NodeReport:
+        return cls(**json.loads(text(record, keys.NODE_REPORT)))
+
+    @classmethod
+    def of(cls, message: Message) -> NodeReport | None:
+        """The report of a reply (None for an error reply)."""
+        if message.has_error() or keys.NODE not in message.content.config_records:
+            return None
+        return cls.from_record(message.content.config_records[keys.NODE])
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """A node's trained model, its row count (the weight), its scores of the model it received
+    (``evaluated``: the previous round's global model), its training loss and epsilon spent."""
+
+    arrays: ArrayRecord | None  # None in a SecAgg+ round: the coordinator sees only masked vectors
+    num_examples: int
+    node: NodeReport
+    evaluated: dict[str, float] = field(default_factory=dict)
+    train_loss: float | None = None
+    epsilon: float | None = None
+
+    def to_record(self) -> RecordDict:
+        metrics: dict[str, Any] = {keys.EVAL_PREFIX + k: v for k, v in self.evaluated.items()}
+        if self.train_loss is not None:
+            metrics[keys.TRAIN_LOSS] = self.train_loss
+        if self.epsilon is not None:
+            metrics[keys.DP_EPSILON] = self.epsilon
+        metrics[keys.NUM_EXAMPLES] = self.num_examples
+        records: dict[str, Any] = {keys.METRICS: MetricRecord(metrics), keys.NODE: self.node.to_record()}
+        if self.arrays is not None:
+            records[keys.ARRAYS] = self.arrays
+        return RecordDict(records)
+
+    @classmethod
+    def of(cls, message: Message) -> TrainReply:
+        content = message.content
+        metrics = content.metric_records[keys.METRICS]
+        report = NodeReport.of(message)
+        if report is None:
+            raise MessageError("a train reply has no NODE record")
+        return cls(
+            arrays=content.array_records.get(keys.ARRAYS),
+            num_examples=int(number(metrics, keys.NUM_EXAMPLES)),
+            node=report,
+            evaluated={
+                k.removeprefix(keys.EVAL_PREFIX): number(metrics, k) for k in metrics if k.startswith(keys.EVAL_PREFIX)
+            },
+            train_loss=number(metrics, keys.TRAIN_LOSS) if keys.TRAIN_LOSS in metrics else None,
+            epsilon=number(metrics, keys.DP_EPSILON) if keys.DP_EPSILON in metrics else None,
+        )
+
+
+@dataclass(frozen=True)
+class EvaluateReply:
+    """A node's scores of the final model on its test split (empty when they stay at the node)."""
+
+    metrics: dict[str, float]
+    num_examples: int
+    node: NodeReport
+
+    def to_record(self) -> RecordDict:
+        values: dict[str, Any] = dict(self.metrics)
+        if self.metrics:
+            values[keys.NUM_EXAMPLES] = self.num_examples
+        return RecordDict({keys.METRICS: MetricRecord(values), keys.NODE: self.node.to_record()})
+
+    @classmethod
+    def of(cls, message: Message) -> EvaluateReply:
+        metrics = message.content.metric_records[keys.METRICS]
+        report = NodeReport.of(message)
+        if report is None:
+            raise MessageError("an evaluate reply has no NODE record")
+        return cls(
+            metrics={k: number(metrics, k) for k in metrics if k != keys.NUM_EXAMPLES},
+            num_examples=int(metrics.get(keys.NUM_EXAMPLES, 0)),  # type: ignore[arg-type]
+            node=report,
+        )
+
+
+@dataclass(frozen=True)
+class QueryMessage:
+    """A query to every node: the task spec's text (stored by the node for the run) and the query
+    kind's request as JSON."""
+
+    spec_text: str
+    request: str
+
+    def to_record(self) -> RecordDict:
+        return RecordDict({keys.CONFIG: ConfigRecord({keys.TASK_SPEC: self.spec_text, keys.REQUEST: self.request})})
+
+    @classmethod
+    def of(cls, message: Message) -> QueryMessage:
+        config = _config(message)
+        return cls(spec_text=text(config, keys.TASK_SPEC), request=text(config, keys.REQUEST))
+
+
+@dataclass(frozen=True)
+class QueryReply:
+    """A node's answer to a query: who it is and the query kind's answer as JSON."""
+
+    name: str
+    organisation: str
+    answer: str
+
+    def to_record(self) -> RecordDict:
+        record = ConfigRecord(
+            {keys.NODE_NAME: self.name, keys.ORGANISATION: self.organisation, keys.ANSWER: self.answer}
+        )
+        return RecordDict({keys.NODE: record})
+
+    @classmethod
+    def of(cls, message: Message) -> QueryReply:
+        node = message.content.config_records[keys.NODE]
+        return cls(text(node, keys.NODE_NAME), text(node, keys.ORGANISATION), text(node, keys.ANSWER))
+
+
+def _config(message: Message) -> ConfigRecord:
+    try:
+        return message.content.config_records[keys.CONFIG]
+    except KeyError:
+        raise MessageError(f"a {message.metadata.message_type} message has no {keys.CONFIG!r} record") from None

@@ -1,0 +1,78 @@
+"""One organisation's site as its node sees it: its name, its table, and its own records.
+
+A SuperNode is started with these in its node config (lab.runtime.node writes them): the node's
+name, where its table is, and in its home its agreement, audit log and privacy ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from lab.core.disclosure import DEFAULT_MIN_COUNT
+from lab.errors import DataError
+from lab.node.agreement import Agreement, load_agreement
+from lab.node.ledger import Ledger
+
+__all__ = ["NODE_CONFIG", "NodeSite"]
+
+#: The node-config keys a lab SuperNode is started with.
+NODE_CONFIG = ("node-name", "data-path", "agreement", "audit-log", "privacy-ledger")
+
+
+@dataclass(frozen=True)
+class NodeSite:
+    """A node's name, table and records (paths empty when the node was started without them)."""
+
+    name: str
+    data_path: str
+    agreement_path: str = ""
+    audit_path: str = ""
+    ledger_path: str = ""
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, Any], node_id: int) -> NodeSite:
+        """The site of a SuperNode started with the lab's node config."""
+        name, data, agreement, audit, ledger = (str(node_config.get(key, "")) for key in NODE_CONFIG)
+        return cls(name or f"node-{node_id}", data, agreement, audit, ledger)
+
+    def node_config(self) -> dict[str, str]:
+        """The node config a SuperNode is started with (empty entries left out)."""
+        values = (self.name, self.data_path, self.agreement_path, self.audit_path, self.ledger_path)
+        return {key: value for key, value in zip(NODE_CONFIG, values, strict=True) if value}
+
+    @cached_property
+    def agreement(self) -> Agreement | None:
+        """The node's data-use agreement, when it has one."""
+        return load_agreement(self.agreement_path) if self.agreement_path else None
+
+    def min_count(self, asked: int = DEFAULT_MIN_COUNT) -> int:
+        """Fewest rows behind anything this node releases: 5, or more if its agreement or the
+        request says so."""
+        return max(DEFAULT_MIN_COUNT, asked, self.agreement.min_rows if self.agreement else 0)
+
+    def table_path(self) -> str:
+        """Where the node's table is; an error naming the setting when the node was given none."""
+        if not self.data_path:
+            raise DataError(
+                f"node {self.name!r} has no data-path; start it with its table (`lab node start --data TABLE`, "
+                "or the SuperNode's --node-config 'data-path=\"/path/to/table.csv\"')"
+            )
+        return self.data_path
+
+    def ledger(self) -> Ledger:
+        """The node's privacy ledger; an error when the node was started without one."""
+        if not self.ledger_path:
+            raise DataError(
+                f"node {self.name!r} has no privacy ledger for a differentially private run; start the SuperNode "
+                "with --node-config 'privacy-ledger=\"/path/to/privacy.jsonl\"'"
+            )
+        return Ledger(self.ledger_path)
+
+    @property
+    def home(self) -> Path | None:
+        """The node's home: the folder of its audit log."""
+        return Path(self.audit_path).parent if self.audit_path else None

@@ -1,0 +1,57 @@
+"""The catalog query (`lab check`): each node describes its table without its rows and checks it
+against the spec, so a coordinator sees which node fails which column before anything trains."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from lab.contract.settings import RunSettings
+from lab.core.catalog import build_catalog, preflight
+from lab.core.disclosure import DEFAULT_MIN_COUNT
+from lab.core.spec import TaskSpec
+from lab.errors import DataError
+from lab.node.site import NodeSite
+from lab.queries.base import Ask, Emit, QueryKind
+
+if TYPE_CHECKING:  # the nodes import the queries too: no MLflow there
+    from lab.registry.tracking import Tracker
+
+__all__ = ["KIND", "Catalog"]
+
+#: The catalog's minimum count when the node's agreement names none: level counts are more
+#: identifying than a model's scores.
+CATALOG_MIN_COUNT = 10
+
+
+class Catalog(QueryKind[None]):
+    name = "catalog"
+    outputs = frozenset({"catalog"})
+
+    def parse_request(self, text: str) -> None:
+        return None
+
+    def answer(self, spec: TaskSpec, request: None, site: NodeSite, run_id: int) -> dict[str, Any]:
+        agreement = site.agreement
+        min_rows = max(DEFAULT_MIN_COUNT, agreement.min_rows if agreement else CATALOG_MIN_COUNT)
+        path = site.data_path
+        try:
+            described = build_catalog(path, spec, node=site.name, min_rows=min_rows)
+        except DataError:  # the pre-flight below says why the table cannot be read
+            described = {}
+        return {"catalog": described, "problems": preflight(path, spec, node=site.name)}
+
+    def coordinate(
+        self, spec: TaskSpec, request: None, settings: RunSettings, ask: Ask, tracker: Tracker, emit: Emit
+    ) -> dict[str, Any]:
+        """Every node's catalog and problems, or why it refused; nothing trains."""
+        gathered = ask(request)
+        nodes: dict[str, dict[str, Any]] = {name: {"refused": reason} for name, reason in gathered.refusals.items()}
+        for name, node in gathered.answers.items():
+            nodes[name] = {"organisation": node.organisation, **node.answer}
+        tracker.log_text(json.dumps(nodes, indent=2), "nodes/preflight.json")
+        tracker.log_params({"query": self.name, "num_nodes": len(nodes)})
+        return {"preflight": nodes}
+
+
+KIND = Catalog()

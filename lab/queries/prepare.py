@@ -1,0 +1,390 @@
+"""The preparation query, a training run's first step: every node checks its environment against
+the lock and its table against the spec, says who it is, shares the column sums behind the
+federated scalers and trains its local-only baseline. The spec's text travels here only: later
+messages name it by its hash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lab.contract.messages import NodeReport
+from lab.contract.settings import RunSettings
+from lab.core.analytics import protect_column_sums
+from lab.core.environment import EnvDiff, Environment
+from lab.core.preprocess import ColumnSums, Scaler, encode
+from lab.core.privacy import DPPlan, DPSettings
+from lab.core.spec import TaskSpec
+from lab.core.training import NodeData, load_node_data, local_baseline, node_seed, target_sums
+from lab.errors import EnvironmentDriftError, Refusal, RunFailedError
+from lab.node.agreement import Agreement, Request
+from lab.node.ledger import check_budget
+from lab.node.site import NodeSite
+from lab.queries.base import Answers, Ask, Emit, QueryKind
+
+if TYPE_CHECKING:  # the nodes import the queries too: no MLflow there
+    from lab.registry.tracking import Tracker
+
+__all__ = ["KIND", "Guard", "Lock", "Member", "Prepare", "PrepareRequest", "Preparation", "check_rows"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Lock:
+    """The federation's pinned environment, and what to do with a node that differs."""
+
+    python: str
+    platform: str
+    pins: list[str]
+    policy: str
+
+    def environment(self) -> Environment:
+        return Environment.from_pins(self.python, self.platform, self.pins)
+
+
+@dataclass(frozen=True)
+class PrepareRequest:
+    """What a node needs to prepare: the seed and baseline, the strategy and DP plan its agreement
+    checks, and the lock its environment is held to."""
+
+    seed: int
+    baseline_epochs: int
+    strategy: str
+    dp: DPSettings | None = None
+    lock: Lock | None = None
+
+    @classmethod
+    def of(cls, settings: RunSettings, lock: Environment | None) -> PrepareRequest:
+        pinned = Lock(lock.python, lock.platform, lock.pins, settings.environment_policy) if lock else None
+        return cls(settings.seed, settings.baseline_epochs, settings.strategy, DPSettings.of(settings), pinned)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> PrepareRequest:
+        raw = json.loads(text)
+        return cls(
+            seed=int(raw["seed"]),
+            baseline_epochs=int(raw["baseline_epochs"]),
+            strategy=str(raw["strategy"]),
+            dp=DPSettings(**raw["dp"]) if raw.get("dp") else None,
+            lock=Lock(**raw["lock"]) if raw.get("lock") else None,
+        )
+
+
+@dataclass
+class Member:
+    """A node that accepted the task."""
+
+    node_id: int
+    name: str
+    organisation: str
+    train_rows: int
+    test_rows: int
+    baseline: dict[str, float]
+    env_fingerprint: str = ""
+    data_fingerprint: str = ""
+    env_pins: list[str] | None = None
+    warning: str | None = None
+    final: dict[str, float] = field(default_factory=dict)
+    epsilon: float | None = None  # differential privacy spent at the node by this run so far
+    privacy: dict[str, float] = field(default_factory=dict)  # the node's DP plan (noise, planned epsilon)
+    suppressed: str = ""  # what the node withheld under its minimum count
+
+
+@dataclass(frozen=True)
+class Guard:
+    """The coordinator's check of each reply: the spec it used and the environment it ran in.
+
+    Under ``strict`` a node whose environment differs from the lock is not aggregated; under
+    ``warn`` it is, and the run is flagged.
+    """
+
+    lock: Environment | None
+    policy: str
+    spec_sha256: str
+
+    def screen(self, report: NodeReport, pins: list[str] | None = None) -> tuple[str | None, str | None]:
+        """(reason to refuse, warning) for a reply's node report."""
+        if report.spec_sha256 != self.spec_sha256:
+            return "it used a different task spec than the run's", None
+        if self.lock is None or report.env_fingerprint == self.lock.fingerprint:
+            return None, None
+        if pins is not None:
+            here = Environment.from_pins(report.env_python, report.env_platform, pins)
+            detail = here.diff(self.lock).summary()
+        else:
+            detail = f"fingerprint {report.env_fingerprint[:12]}, lock {self.lock.fingerprint[:12]}"
+        message = f"its environment differs from the lock ({detail})"
+        return (message, None) if self.policy == "strict" else (None, message)
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """Who takes part, and the federated scalers of the features and of a regression target."""
+
+    members: dict[int, Member]
+    scaler: Scaler
+    target_scaler: Scaler
+
+
+def check_rows(site: NodeSite, data: NodeData) -> int:
+    """The node's minimum count; a node with fewer training rows refuses to train."""
+    minimum = site.min_count()
+    if len(data.train) < minimum:
+        raise Refusal(
+            "allow.min-rows",
+            f"{len(data.train)} training rows are fewer than the minimum of {minimum}: a model update "
+            "from so few rows can reveal them",
+        )
+    return minimum
+
+
+def check_environment(lock: Lock | None, name: str) -> tuple[Environment, EnvDiff]:
+    """Compare this node's environment with the federation's lock, before any data is read.
+
+    Under the ``strict`` policy a difference refuses the task, naming each package and both
+    versions; under ``warn`` it is reported with the reply.
+    """
+    current = Environment.current()
+    if lock is None:
+        return current, EnvDiff()
+    drift = current.diff(lock.environment())
+    if drift and lock.policy == "strict":
+        raise EnvironmentDriftError(
+            f"its environment differs from the federation's pinned one ({drift.summary()}); "
+            "install from environments/requirements.lock with `make setup`"
+        )
+    if drift:
+        logger.warning("node %s: environment differs from the lock: %s", name, drift.summary())
+    return current, drift
+
+
+class Prepare(QueryKind[PrepareRequest]):
+    name = "prepare"
+    outputs = frozenset({"metrics", "statistics"})
+
+    def parse_request(self, text: str) -> PrepareRequest:
+        return PrepareRequest.from_json(text)
+
+    def asks(self, spec: TaskSpec, request: PrepareRequest, agreement: Agreement) -> Request:
+        outputs = {"metrics"} | ({"statistics"} if spec.scaling == "federated" else set())
+        return Request(
+            task=spec.name,
+            task_sha256=spec.sha256,
+            strategy=request.strategy,
+            outputs=frozenset(outputs),
+            metrics=frozenset(spec.metrics),
+            rows=agreement.min_rows,  # the row count is checked on the reply, once the rows are loaded
+            differential_privacy=request.dp is not None,
+        )
+
+    def releases(
+        self, spec: TaskSpec, request: PrepareRequest, answer: dict[str, Any], agreement: Agreement
+    ) -> Request:
+        outputs = ({"metrics"} if answer["baseline"] else set()) | {"statistics"}
+        return Request(
+            spec.name,
+            spec.sha256,
+            request.strategy,
+            frozenset(outputs),
+            frozenset(answer["baseline"]),
+            int(answer["report"]["train_rows"]),
+            request.dp is not None,
+        )
+
+    def answer(self, spec: TaskSpec, request: PrepareRequest, site: NodeSite, run_id: int) -> dict[str, Any]:
+        """Check the environment and the table, share column sums for scaling, run the local-only baseline."""
+        env, drift = check_environment(request.lock, site.name)
+        data = load_node_data(site.name, site.table_path(), spec)
+        minimum = check_rows(site, data)
+        plan = DPPlan.make(request.dp, len(data.train)) if request.dp else None
+        if plan is not None:
+            agreement = site.agreement
+            check_budget(site.ledger(), agreement.epsilon_budget if agreement else None, run_id, plan)
+        sums, held_back = protect_column_sums(
+            ColumnSums.of(encode(data.train.features, spec)), spec, len(data.train), minimum
+        )
+        seed = node_seed(request.seed, site.name, 0)
+        baseline: dict[str, float] = {}
+        # Metrics on fewer rows than the minimum do not leave; in a DP run nothing trained without
+        # DP does either, so the local-only baseline is skipped.
+        if len(data.test) >= minimum and plan is None:
+            baseline = local_baseline(spec, data, epochs=request.baseline_epochs, seed=seed)
+        suppressed = [
+            f"metrics on the test split withheld: it has fewer rows than the minimum of {minimum}"
+            if len(data.test) < minimum
+            else "",
+            *held_back,
+            f"dropped rows under {minimum} held back" if 0 < data.dropped < minimum else "",
+        ]
+        report = NodeReport.of_node(site.name, spec, env, data.train, "; ".join(note for note in suppressed if note))
+        return {
+            "report": asdict(report),
+            # Counts under the minimum are sent as 0 (the report says they were held back).
+            "test_rows": len(data.test) if len(data.test) >= minimum else 0,
+            "dropped_rows": data.dropped if not 0 < data.dropped < minimum else 0,
+            "env_pins": env.pins,
+            "env_drift": drift.summary(),
+            "dp": {"noise_multiplier": plan.noise_multiplier, "planned_epsilon": plan.planned_epsilon}
+            if plan
+            else None,
+            "sums": _sums_json(sums),
+            "target": _sums_json(target_sums(data.train)) if spec.target.kind == "regression" else None,
+            "baseline": baseline,
+            "suppressed": report.suppressed,
+        }
+
+    def prepare(
+        self,
+        spec: TaskSpec,
+        request: PrepareRequest,
+        settings: RunSettings,
+        guard: Guard,
+        ask: Ask,
+        tracker: Tracker,
+        emit: Emit,
+    ) -> Preparation:
+        """Ask every connected node to prepare; the nodes that take part and the federated scalers."""
+        gathered = ask(request)
+        members: dict[int, Member] = {}
+        sums: ColumnSums | None = None
+        target: ColumnSums | None = None
+        refusals = dict(gathered.refusals)
+        for node in gathered.answers.values():
+            member, part, target_part = _member(node.node_id, node.answer)
+            refusal, warning = guard.screen(NodeReport(**node.answer["report"]), member.env_pins)
+            if refusal:
+                refusals[member.name] = f"node {member.name!r} not admitted by the coordinator: {refusal}"
+                continue
+            member.warning = warning or member.warning
+            members[node.node_id] = member
+            sums = part if sums is None else sums + part
+            if target_part is not None:
+                target = target_part if target is None else target + target_part
+        _record(members, refusals, tracker, emit)
+        if len(members) < settings.min_nodes:
+            _too_few(members, refusals, settings, gathered)
+        if spec.scaling == "none" or sums is None:
+            return Preparation(members, Scaler.identity(len(spec.encoded_names)), Scaler.identity(1))
+        target_scaler = Scaler.from_sums(target) if target is not None else Scaler.identity(1)
+        return Preparation(members, Scaler.from_sums(sums), target_scaler)
+
+    def coordinate(
+        self, spec: TaskSpec, request: PrepareRequest, settings: RunSettings, ask: Ask, tracker: Tracker, emit: Emit
+    ) -> dict[str, Any]:
+        """Preparation alone: which nodes would take part in this task, and why the others would not."""
+        guard = Guard(request.lock.environment() if request.lock else None, settings.environment_policy, spec.sha256)
+        prepared = self.prepare(spec, request, settings, guard, ask, tracker, emit)
+        return {"members": sorted(m.name for m in prepared.members.values())}
+
+
+def _too_few(members: dict[int, Member], refusals: dict[str, str], settings: RunSettings, gathered: Answers) -> None:
+    wanted = max(settings.expected_nodes, settings.min_nodes)
+    if gathered.asked < wanted:
+        refusals["connected"] = (
+            f"only {gathered.asked} of {wanted} node(s) connected within node-wait-seconds = "
+            f"{settings.node_wait_seconds:.0f}; check the nodes' logs"
+        )
+    detail = "; ".join(refusals.values()) or "no node answered"
+    raise RunFailedError(
+        f"{len(members)} node(s) accepted the task, fewer than min-nodes = {settings.min_nodes}: {detail}"
+    )
+
+
+def _sums_json(sums: ColumnSums) -> dict[str, list[float]]:
+    """Column sums as JSON (a regression target's sums are one column; its count is the row count)."""
+    return {"count": sums.count.tolist(), "total": sums.total.tolist(), "squares": sums.squares.tolist()}
+
+
+def _member(node_id: int, answer: dict[str, Any]) -> tuple[Member, ColumnSums, ColumnSums | None]:
+    """A node's answer: who it is, its fingerprints, baseline, column sums and (for a regression
+    target) the target's sums."""
+    report = answer["report"]
+    dp = answer.get("dp") or {}
+    member = Member(
+        node_id=node_id,
+        name=report["name"],
+        organisation=report["organisation"],
+        train_rows=int(report["train_rows"]),
+        test_rows=int(answer["test_rows"]),
+        baseline={k: float(v) for k, v in answer["baseline"].items()},
+        env_fingerprint=report["env_fingerprint"],
+        data_fingerprint=report["data_sha256"],
+        env_pins=list(answer["env_pins"]),
+        warning=f"its environment differs from the lock ({answer['env_drift']})" if answer["env_drift"] else None,
+        privacy={f"dp_{k}": float(v) for k, v in dp.items()},
+        suppressed=str(answer.get("suppressed", "")),
+    )
+    sums = answer["sums"]
+    columns = ColumnSums(*(np.asarray(sums[k], dtype=np.float64) for k in ("count", "total", "squares")))
+    target = answer.get("target")
+    if not target:
+        return member, columns, None
+    return (
+        member,
+        columns,
+        ColumnSums(*(np.asarray(target[k], dtype=np.float64) for k in ("count", "total", "squares"))),
+    )
+
+
+def _record(members: dict[int, Member], refusals: dict[str, str], tracker: Tracker, emit: Emit) -> None:
+    """Who joined, who was refused and why, and every node's fingerprints, to MLflow and the caller."""
+    for member in members.values():
+        emit(
+            "joined",
+            node=member.name,
+            organisation=member.organisation,
+            train_rows=member.train_rows,
+            test_rows=member.test_rows,
+        )
+        if member.warning:
+            emit("warning", node=member.name, reason=f"node {member.name!r}: {member.warning}")
+        if member.suppressed:
+            emit("warning", node=member.name, reason=f"node {member.name!r}: {member.suppressed}")
+    for node, reason in refusals.items():
+        logger.warning("%s", reason)
+        emit("refused", node=node, reason=reason)
+    names = sorted(m.name for m in members.values())
+    tracker.log_params({"nodes": ",".join(names), "num_nodes": len(members), "refused_nodes": len(refusals)})
+    for m in members.values():
+        tracker.log_params(
+            {
+                f"node.{m.name}.env_fingerprint": m.env_fingerprint,
+                f"node.{m.name}.data_sha256": m.data_fingerprint,
+                f"node.{m.name}.train_rows": m.train_rows,
+                **{f"node.{m.name}.{k}": v for k, v in m.privacy.items()},
+            }
+        )
+    drifted = sorted(m.name for m in members.values() if m.warning)
+    if drifted:
+        tracker.set_tags({"lab.environment_drift": ",".join(drifted)})
+    fingerprints = {
+        m.name: {
+            "organisation": m.organisation,
+            "environment": m.env_fingerprint,
+            "data_sha256": m.data_fingerprint,
+            "train_rows": m.train_rows,
+            "test_rows": m.test_rows,
+            "warning": m.warning,
+            "suppressed": m.suppressed,
+            **m.privacy,
+        }
+        for m in members.values()
+    }
+    tracker.log_text(json.dumps({"members": fingerprints, "refused": refusals}, indent=2), "nodes/fingerprints.json")
+    tracker.log_metrics(
+        {f"node.{m.name}.baseline.{k}": v for m in members.values() for k, v in m.baseline.items() if math.isfinite(v)},
+        step=0,
+    )
+
+
+KIND = Prepare()

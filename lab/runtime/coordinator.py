@@ -1,0 +1,86 @@
+"""The coordinator unit: a SuperLink with its certificates and its state database, in its home."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab.runtime.connection import Connection
+from lab.runtime.environ import process_environ
+from lab.runtime.processes import LOOPBACK, LoggedProcess, Started, executable, free_port, start_logged, stop_trees
+from lab.runtime.security import CoordinatorCerts, init_coordinator
+
+__all__ = ["Coordinator"]
+
+
+@dataclass
+class Coordinator(Started):
+    """A SuperLink serving on ``host:port`` (a free port when 0), its state in ``home``.
+
+    With ``secure`` it serves TLS with the federation's own CA (``home/certs``) and admits only
+    nodes whose public key was registered. Use as a context manager, or ``start`` and ``stop``.
+    """
+
+    home: Path
+    secure: bool = False
+    host: str = LOOPBACK
+    port: int = 0
+    certs: CoordinatorCerts | None = None
+    process: LoggedProcess | None = field(default=None, init=False)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def connection(self) -> Connection:
+        """How the ``flwr`` command and the nodes reach this SuperLink."""
+        return Connection(self.address, self.certs.ca_cert if self.certs else None)
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.home / "flwr-home"
+
+    def start(self) -> None:
+        """Start the SuperLink and wait until it listens."""
+        self.home = self.home.resolve()
+        self.port = self.port or free_port(self.host)
+        transport = ["--insecure"]
+        if self.secure:
+            self.certs = init_coordinator(self.home / "certs")
+            transport = [
+                "--ssl-certfile",
+                str(self.certs.server_cert),
+                "--ssl-keyfile",
+                str(self.certs.server_key),
+                "--ssl-ca-certfile",
+                str(self.certs.ca_cert),
+                "--enable-supernode-auth",
+            ]
+        self.connection.write(self.flwr_home)
+        self.process = start_logged(
+            "superlink",
+            [
+                executable("flower-superlink"),
+                *transport,
+                "--port",
+                str(self.port),
+                "--database",
+                str(self.home / "superlink.db"),
+                "--disable-runtime-dependency-installation",
+            ],
+            env=process_environ(self.flwr_home),
+            log_path=self.home / "logs" / "superlink.log",
+            cwd=self.home,
+        )
+        self.process.wait_listening(self.port, host=self.host)
+
+    def register(self, public_key: Path) -> None:
+        """Admit a node's public key (`flwr supernode register`)."""
+        self.connection.register(public_key, self.flwr_home)
+
+    def stop(self) -> None:
+        """Stop the SuperLink and everything it started."""
+        if self.process is not None:
+            stop_trees([self.process])
+            self.process = None

@@ -1,0 +1,170 @@
+"""Starting and stopping the processes the lab runs: each in its own session, its output in a log
+file, and everything it starts stopped with it, by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+import psutil
+
+from lab.errors import RuntimeStartError
+
+__all__ = [
+    "LOOPBACK",
+    "LoggedProcess",
+    "Started",
+    "executable",
+    "free_port",
+    "start_logged",
+    "stop_process",
+    "stop_trees",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The only address the lab's local processes listen on and talk to.
+LOOPBACK = "127.0.0.1"
+
+
+class Started:
+    """A unit of processes used as a context manager: started on entry, stopped on exit (and when
+    starting fails half-way)."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+@dataclass
+class LoggedProcess:
+    """A process started by the lab, and the log file its output goes to."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+
+    def tail(self, lines: int = 15) -> str:
+        """The last lines of its log."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def check_running(self) -> None:
+        """Raise RuntimeStartError, with the end of its log, if the process has exited."""
+        if self.popen.poll() is not None:
+            raise RuntimeStartError(
+                f"{self.name} exited at start (status {self.popen.returncode}); its log "
+                f"{str(self.log_path)!r} ends with:\n{self.tail()}"
+            )
+
+    def wait_listening(self, port: int, *, host: str = LOOPBACK, timeout: float = 90.0) -> None:
+        """Wait until something accepts connections at ``host:port``, or the process exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_running()
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.settimeout(0.5)
+                if sock.connect_ex((host, port)) == 0:
+                    return
+            time.sleep(0.2)
+        raise RuntimeStartError(
+            f"{self.name} did not listen on port {port} within {timeout:.0f} s; see {str(self.log_path)!r}"
+        )
+
+
+def start_logged(name: str, argv: list[str], *, env: dict[str, str], log_path: Path, cwd: Path) -> LoggedProcess:
+    """Start ``argv`` in its own session, its output appended to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = log_path.open("ab")
+    logger.info("starting %s: %s", name, " ".join(argv))
+    popen = subprocess.Popen(
+        argv,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    return LoggedProcess(name, popen, log_path, log_file)
+
+
+def stop_trees(processes: Iterable[LoggedProcess], *, grace: float = 15.0) -> None:
+    """Stop every process and everything it started.
+
+    Flower detaches flower-superexec into its own session, so process groups are not enough: the
+    whole tree is collected first, by PID, then terminated, then killed after ``grace`` seconds.
+    """
+    processes = list(processes)
+    tree: list[psutil.Process] = []
+    for proc in processes:
+        try:
+            parent = psutil.Process(proc.popen.pid)
+            tree += [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+    for member in reversed(tree):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=grace)
+    for member in alive:
+        logger.warning("%s (pid %d) did not stop in time; killing it", member.name(), member.pid)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    psutil.wait_procs(alive, timeout=5)
+    for proc in processes:
+        proc.popen.wait()
+        proc.log_file.close()
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """Stop one process if it still runs: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def executable(name: str) -> str:
+    """An executable of this environment (the venv's bin folder first)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
