@@ -203,10 +203,10 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
         env=private_environ(LAB_WORKSPACE=str(workspace)),
     )
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and '"started"' not in "".join(
-        p.read_text() for p in workspace.glob("runs/*/events.jsonl")
+    while time.monotonic() < deadline and '"event": "started"' not in "".join(
+        p.read_text(errors="replace") for p in workspace.glob("runs/*/flwr-run.log")
     ):
-        time.sleep(0.5)  # the coordinator has opened its MLflow run: the federation is mid-run
+        time.sleep(0.5)  # the coordinator has opened its MLflow run (its stream says so): mid-run
     assert len(leftover_processes(workspace)) >= 5  # a SuperLink and four SuperNodes are up, mid-run
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)

@@ -116,9 +116,9 @@ class RunSettings:
             raise SettingsError(f"run setting strategy = {self.strategy!r}; choose one of {list(STRATEGIES)!r}")
         kind = STRATEGIES[self.strategy]
         if self.secure_aggregation and (not kind.secure_aggregation or self.min_nodes < 2):
-            allowed = [name for name, k in STRATEGIES.items() if k.secure_aggregation]
+            allowed = " or ".join(f"strategy = {name!r}" for name, k in STRATEGIES.items() if k.secure_aggregation)
             raise SettingsError(
-                f"run setting secure-aggregation = true needs strategy in {allowed!r} and min-nodes >= 2 (Flower's "
+                f"run setting secure-aggregation = true needs {allowed} and min-nodes >= 2 (Flower's "
                 f"SecAgg+ runs on its legacy FedAvg); got strategy = {self.strategy!r}, min-nodes = {self.min_nodes}"
             )
         for name in ("num_rounds", "local_steps", "batch_size", "min_nodes"):
