@@ -135,10 +135,10 @@ class RunSettings:
         if not 0 < self.dp_delta < 1:
             raise SettingsError(f"run setting dp-delta = {self.dp_delta!r}; give a probability like 1e-5")
         if self.differential_privacy and not kind.differential_privacy:
-            allowed = [name for name, k in STRATEGIES.items() if k.differential_privacy]
+            private = [name for name, k in STRATEGIES.items() if k.differential_privacy]
             raise SettingsError(
                 f"run setting strategy = {self.strategy!r} with differential privacy: {kind.why_not_private}; "
-                f"choose one of {allowed!r}"
+                f"choose one of {private!r}"
             )
 
     def as_params(self) -> dict[str, Any]:
