@@ -32,6 +32,13 @@ Strategy = Annotated[
     typer.Option(help="; ".join(f"{k.name}: {k.summary}" for k in STRATEGIES.values()) + "."),
 ]
 Secure = Annotated[bool, typer.Option("--secure", help="TLS and node authentication on loopback.")]
+NodeRuntime = Annotated[
+    str,
+    typer.Option(
+        help="warm: each node answers every message in one long-lived worker; subprocess: Flower starts a "
+        "process per message."
+    ),
+]
 
 
 def _federate(
@@ -42,6 +49,7 @@ def _federate(
     workspace: Path,
     agreements: dict[str, Path],
     secure: bool = False,
+    node_runtime: str = "warm",
 ) -> RunResult:
     """Run with a progress view: the rounds of a training run, or the nodes' answers to a query."""
     training = not settings.query
@@ -51,13 +59,22 @@ def _federate(
     )
     console.print(f"[bold]{escape(spec.name)}[/]: {len(nodes)} nodes, {what}; workspace {workspace}")
     with ProgressView(rounds=rounds, metric=spec.metrics[0], training=training) as view:
-        return run_federation(settings, nodes, workspace=workspace, agreements=agreements, secure=secure, on_event=view)
+        return run_federation(
+            settings,
+            nodes,
+            workspace=workspace,
+            agreements=agreements,
+            secure=secure,
+            node_runtime=node_runtime,
+            on_event=view,
+        )
 
 
 def demo(
     rounds: Rounds = DEFAULTS.num_rounds,
     strategy: Strategy = DEFAULTS.strategy,
     secure: Secure = False,
+    node_runtime: NodeRuntime = "warm",
     workspace: Workspace = Path(WORKSPACE.default),
 ) -> None:
     """Run the demo federation: four hospitals, the real Flower runtime, MLflow tracking.
@@ -75,7 +92,13 @@ def demo(
         values={"num-rounds": rounds, "strategy": strategy},
     )
     result = _federate(
-        spec, federation.nodes, settings, workspace=workspace, agreements=federation.agreements, secure=secure
+        spec,
+        federation.nodes,
+        settings,
+        workspace=workspace,
+        agreements=federation.agreements,
+        secure=secure,
+        node_runtime=node_runtime,
     )
     summary_table(result, spec.metrics)
 
@@ -98,6 +121,7 @@ def run(
         list[str] | None,
         typer.Option("--set", help=f"KEY=VALUE run setting; keys: {', '.join(RunSettings.user_keys())}."),
     ] = None,
+    node_runtime: NodeRuntime = "warm",
     workspace: Workspace = Path(WORKSPACE.default),
     tracking_uri: TrackingUri = "",
 ) -> None:
@@ -118,7 +142,9 @@ def run(
     settings = run_settings(
         task, tracking_uri=tracking_uri_for(workspace, tracking_uri), nodes=len(nodes), values=values
     )
-    result = _federate(task, nodes, settings, workspace=workspace, agreements=agreements, secure=secure)
+    result = _federate(
+        task, nodes, settings, workspace=workspace, agreements=agreements, secure=secure, node_runtime=node_runtime
+    )
     summary_table(result, task.metrics)
 
 

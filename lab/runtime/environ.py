@@ -60,11 +60,17 @@ def private_environ(**extra: str) -> dict[str, str]:
     return env
 
 
+#: Flower's SuperExec's task poll interval (seconds).
+TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+
+
 def process_environ(flwr_home: Path, **extra: str) -> dict[str, str]:
     """The environment of a Flower process the lab starts: telemetry off, its own Flower home,
     unbuffered output, and this environment's executables first on the PATH (Flower starts
     flower-superexec and flwr-*app by name)."""
-    env = private_environ(FLWR_HOME=str(flwr_home), PYTHONUNBUFFERED="1", **extra)
+    # SuperExec asks for a new task every second by default: a ServerApp (and, on the subprocess
+    # runtime, every node's ClientApp) would wait up to that long to start.
+    env = private_environ(FLWR_HOME=str(flwr_home), PYTHONUNBUFFERED="1", **{TASK_POLL_ENV: "0.1", **extra})
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
 

@@ -16,7 +16,7 @@ from lab.core.sources import node_source
 from lab.runtime.connection import Connection
 from lab.runtime.coordinator import Coordinator
 from lab.runtime.node import Node
-from lab.runtime.processes import LoggedProcess, Started, stop_trees
+from lab.runtime.processes import LoggedProcess, Started
 from lab.runtime.security import enroll_node
 
 __all__ = ["LocalFederation", "NodeSpec"]
@@ -42,6 +42,7 @@ class LocalFederation(Started):
     workspace: Path
     nodes: list[NodeSpec]
     secure: bool = False  # TLS with the federation's own CA, and only registered node keys may join
+    node_runtime: str = "warm"  # how the nodes answer messages (lab.runtime.node.RUNTIMES)
     coordinator: Coordinator = field(init=False)
     running: list[Node] = field(default_factory=list, init=False)
 
@@ -60,8 +61,8 @@ class LocalFederation(Started):
 
     @property
     def processes(self) -> list[LoggedProcess]:
-        started = [self.coordinator.process, *(n.process for n in self.running)]
-        return [p for p in started if p is not None]
+        started = [self.coordinator.process] if self.coordinator.process else []
+        return started + [p for node in self.running for p in node.processes]
 
     def start(self) -> None:
         """Start the coordinator, then every node; fail, with the end of its log, if one exits."""
@@ -86,6 +87,7 @@ class LocalFederation(Started):
                 auth_key=auth_key,
                 env=spec.env,
                 log_path=self.logs / f"node-{spec.name}.log",
+                runtime=self.node_runtime,
             )
             node.start()
             self.running.append(node)
@@ -95,8 +97,7 @@ class LocalFederation(Started):
 
     def stop(self) -> None:
         """Stop every process the federation started, and everything they started."""
-        stop_trees(self.processes)
-        self.coordinator.process = None
         for node in self.running:
-            node.process = None
+            node.stop()
+        self.coordinator.stop()
         self.running.clear()

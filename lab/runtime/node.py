@@ -8,8 +8,11 @@ records in its node config (lab.node.site).
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+import sys
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +21,22 @@ from lab.node.guard import AGREEMENT_ENV, AUDIT_ENV, write_shim
 from lab.node.site import NodeSite
 from lab.runtime.connection import Connection
 from lab.runtime.environ import process_environ
-from lab.runtime.processes import LoggedProcess, Started, executable, free_port, start_logged, stop_trees
+from lab.runtime.processes import (
+    LOOPBACK,
+    LoggedProcess,
+    Started,
+    executable,
+    free_port,
+    start_logged,
+    stop_trees,
+)
 
-__all__ = ["Node", "node_config"]
+__all__ = ["RUNTIMES", "Node", "node_config"]
+
+logger = logging.getLogger(__name__)
+
+#: How a node answers messages: its warm worker (lab.runtime.worker), or Flower's process per message.
+RUNTIMES = ("warm", "subprocess")
 
 
 def node_config(values: Mapping[str, object]) -> str:
@@ -46,7 +62,11 @@ class Node(Started):
     auth_key: Path | None = None
     env: dict[str, str] = field(default_factory=dict)  # extra environment for this node's processes
     log_path: Path | None = None  # default: node.log in its home
+    runtime: str = "warm"  # warm: one worker process answers every message; subprocess: Flower's own
     process: LoggedProcess | None = field(default=None, init=False)
+    worker: LoggedProcess | None = field(default=None, init=False)
+    restarts: int = field(default=0, init=False)
+    _stopping: threading.Event = field(default_factory=threading.Event, init=False)
 
     @classmethod
     def at_home(
@@ -71,37 +91,73 @@ class Node(Started):
         return cls(site, home, superlink, **options)  # type: ignore[arg-type]
 
     def start(self) -> None:
-        """Start the SuperNode (it connects to the SuperLink on its own, and retries)."""
+        """Start the SuperNode (it connects to the SuperLink on its own, and retries) and, on the
+        warm runtime, its worker, which is restarted if it dies."""
+        if self.runtime not in RUNTIMES:
+            raise RuntimeStartError(f"node runtime {self.runtime!r}; choose one of {list(RUNTIMES)!r}")
         self.home.mkdir(parents=True, exist_ok=True)
-        gate = write_shim(self.home / "bin")
         env = {**process_environ(self.home), **self.env, AUDIT_ENV: self.site.audit_path}
         if self.site.agreement_path:
             env[AGREEMENT_ENV] = self.site.agreement_path
-        env["PATH"] = os.pathsep.join([str(gate.parent), env["PATH"]])
+        isolation: list[str] = []
+        if self.runtime == "subprocess":  # Flower's flwr-clientapp per message, behind the node's gate
+            gate = write_shim(self.home / "bin")
+            env["PATH"] = os.pathsep.join([str(gate.parent), env["PATH"]])
+        else:
+            isolation = ["--isolation", "process"]
         transport = ["--insecure"]
         if self.superlink.root_certificates is not None:
             transport = ["--root-certificates", str(self.superlink.root_certificates)]
             if self.auth_key is not None:
                 transport += ["--auth-supernode-private-key", str(self.auth_key)]
+        runtime_api = free_port()
+        log_path = self.log_path or self.home / "node.log"
         self.process = start_logged(
             f"node-{self.site.name}",
             [
                 executable("flower-supernode"),
                 *transport,
+                *isolation,
                 "--superlink",
                 self.superlink.address,
                 "--port",
-                str(free_port()),
+                str(runtime_api),
                 "--node-config",
                 node_config(self.site.node_config()),
             ],
             env=env,
-            log_path=self.log_path or self.home / "node.log",
+            log_path=log_path,
             cwd=self.home,
         )
+        if self.runtime == "warm":
+            argv = [sys.executable, "-m", "lab.runtime.worker", "--runtime-api", f"{LOOPBACK}:{runtime_api}"]
+            worker_log = log_path.with_name(log_path.stem + "-worker.log")
+            self._stopping.clear()
+
+            def start_worker() -> LoggedProcess:
+                return start_logged(f"worker-{self.site.name}", argv, env=env, log_path=worker_log, cwd=self.home)
+
+            self.worker = start_worker()
+            threading.Thread(target=self._supervise, args=(start_worker,), daemon=True).start()
+
+    def _supervise(self, start_worker: Callable[[], LoggedProcess]) -> None:
+        """Restart the worker when it dies (the message it was answering fails like a dropped node's)."""
+        while not self._stopping.wait(0.5):
+            worker = self.worker
+            if worker is not None and worker.popen.poll() is not None and not self._stopping.is_set():
+                logger.warning(
+                    "node %s: its worker exited (%s); restarting it", self.site.name, worker.popen.returncode
+                )
+                worker.log_file.close()
+                self.restarts += 1
+                self.worker = start_worker()
+
+    @property
+    def processes(self) -> list[LoggedProcess]:
+        return [p for p in (self.process, self.worker) if p is not None]
 
     def stop(self) -> None:
-        """Stop the SuperNode and every process it started."""
-        if self.process is not None:
-            stop_trees([self.process])
-            self.process = None
+        """Stop the SuperNode, its worker and every process they started."""
+        self._stopping.set()
+        stop_trees(self.processes)
+        self.process = self.worker = None

@@ -70,9 +70,11 @@ def run_federation(
     workspace: Path,
     agreements: Mapping[str, Path] | None = None,
     secure: bool = False,
+    node_runtime: str = "warm",
     on_event: Callable[[Event], None] = lambda _: None,
 ) -> RunResult:
-    """Start a federation of ``nodes`` (name -> table) in ``workspace``, run, stop everything.
+    """Start a federation of ``nodes`` (name -> table) in ``workspace``, run, stop everything;
+    ``node_runtime`` says how the nodes answer (lab.runtime.node.RUNTIMES).
 
     Raises LabError (RunFailedError) with the reason when the run fails; every process is stopped
     and the coordinator's MLflow run closed in any case (KILLED on Ctrl-C, FAILED otherwise).
@@ -91,7 +93,7 @@ def run_federation(
 
     specs = [NodeSpec(n, p, agreement=(agreements or {}).get(n)) for n, p in nodes.items()]
     try:
-        with LocalFederation(workspace, specs, secure=secure) as federation:
+        with LocalFederation(workspace, specs, secure=secure, node_runtime=node_runtime) as federation:
             outcome = submit_run(
                 federation.connection,
                 settings,

@@ -1,0 +1,174 @@
+"""The node's warm worker: answers each message of its SuperNode in one long-lived process.
+
+Flower's SuperNode starts a new ``flwr-clientapp`` process for every message (several
+CPU-seconds of imports each). Started with ``--isolation process``, it leaves the task to a
+process of one's choosing, which acquires tasks from the SuperNode's Runtime API on loopback.
+This is that process. For each task it does what Flower's ``run_clientapp`` does, with Flower's
+own functions (``pull_task_input``, ``push_message``, ``push_task_output``, the task heartbeat),
+but in a process that stays:
+
+1. acquire a task (polling the Runtime API every ``POLL_SECONDS``) and pull its message, context,
+   run and app (FAB);
+2. check the FAB's sha256 against the node's agreement before anything of it is written or
+   imported (lab.node.guard), and refuse with an error reply otherwise;
+3. install and load the app once per approved FAB hash; every run gets a fresh ClientApp object
+   (the app's own modules are imported again; the libraries they use stay loaded), and the run's
+   context comes from the SuperNode, so nothing of one run reaches another;
+4. answer the message in-process, push the reply, and report the task's end.
+
+The node's unit (lab.runtime.node) starts it with its SuperNode and restarts it if it dies; the
+message in flight then fails like a dropped node's.
+
+    python -m lab.runtime.worker --runtime-api 127.0.0.1:PORT
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab.errors import LabError
+from lab.node.guard import APP_HASH_ENV, check_app
+
+__all__ = ["POLL_SECONDS", "Worker", "main"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two asks for a task while the node is idle (a request on loopback).
+POLL_SECONDS = 0.05
+
+
+@dataclass
+class Worker:
+    """Acquires and answers tasks of the SuperNode whose Runtime API is at ``address``."""
+
+    address: str
+    apps: dict[str, tuple[Path, str]] = field(default_factory=dict)  # FAB hash -> (its folder, app ref)
+    loaded: dict[tuple[str, int], Any] = field(default_factory=dict)  # (FAB hash, run) -> ClientApp
+    on_path: str | None = None  # the loaded app's folder, on sys.path while it is the current one
+
+    def client(self, token: str | None = None) -> Any:
+        from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+        from flwr.supercore.retry import make_simple_http_retry_invoker
+        from flwr.supercore.runtime import RuntimeHttpClient
+
+        interceptors: list[Any] = [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp")]
+        if token is not None:
+            interceptors.append(RuntimeTokenHttpInterceptor(token))
+        return RuntimeHttpClient.from_server_address(
+            server_address=self.address,
+            insecure=True,  # the SuperNode's Runtime API listens on loopback only
+            root_certificates=None,
+            interceptors=interceptors,
+            retry_invoker=make_simple_http_retry_invoker(),
+        )
+
+    def serve(self) -> None:
+        """Acquire and answer tasks until stopped."""
+        from flwr.proto.runtime_pb2 import AcquireTaskRequest
+        from flwr.supercore.constant import TaskType
+
+        client = self.client()
+        request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value])
+        logger.info("warm worker serving the SuperNode at %s", self.address)
+        try:
+            while True:
+                acquired = client.AcquireTask(request)
+                if acquired.HasField("task") and acquired.token:
+                    self.answer(acquired.token)
+                else:
+                    time.sleep(POLL_SECONDS)
+        finally:
+            client.close()
+
+    def answer(self, token: str) -> None:
+        """One task, as Flower's run_clientapp does it, with the app kept loaded."""
+        from flwr.app import Error, Message
+        from flwr.common.constant import ErrorCode, SubStatus
+        from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+        from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+        client = self.client(token)
+        heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+        heartbeat.start()
+        message, context, reply = None, None, None
+        status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
+        try:
+            message, context, run, fab = pull_task_input(client)
+            node = str(context.node_config.get("node-name", "?"))
+            check_app(fab.hash_str, message, node)  # before anything of the app is written or imported
+            os.environ[APP_HASH_ENV] = fab.hash_str
+            app = self.app(fab, run)
+            reply = app(message=message, context=context)
+            status, details = SubStatus.COMPLETED, ""
+        except Exception as exc:  # the gate's refusal, or the app's own failure
+            if not isinstance(exc, LabError):
+                logger.exception("the ClientApp raised an exception")
+            details = f"{type(exc)}:<'{exc}'>"  # Flower's wording, which the coordinator unwraps
+            if message is not None:
+                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details), reply_to=message)
+        finally:
+            try:
+                if reply is not None and context is not None:
+                    push_message(client, reply, context)
+            finally:
+                push_task_output(client=client, context=context, sub_status=status, details=details)
+                heartbeat.stop()
+                client.close()
+
+    def app(self, fab: Any, run: Any) -> Any:
+        """The run's ClientApp: installed once per FAB hash, a fresh object for every run."""
+        key = (fab.hash_str, int(run.run_id))
+        if key not in self.loaded:
+            from flwr.supercore.object_ref import load_app
+
+            folder, ref = self.apps.get(fab.hash_str) or self._install(fab, run)
+            self._forget(folder)  # a fresh ClientApp: the app's modules are imported again
+            if self.on_path is not None and self.on_path in sys.path:
+                self._forget(Path(self.on_path))
+                sys.path.remove(self.on_path)
+            self.on_path = str(folder.absolute())
+            sys.path.insert(0, self.on_path)
+            self.loaded = {key: load_app(ref, LabError, folder)}  # runs come one at a time: keep only this one
+        return self.loaded[key]
+
+    def _install(self, fab: Any, run: Any) -> tuple[Path, str]:
+        from flwr.cli.install import install_from_fab
+        from flwr.common.config import get_fab_config, get_project_dir
+
+        install_from_fab(fab.content, skip_prompt=True)
+        folder = Path(get_project_dir(run.fab_id, run.fab_version, fab.hash_str))
+        ref = str(get_fab_config(fab.content)["tool"]["flwr"]["app"]["components"]["clientapp"])
+        self.apps[fab.hash_str] = (folder, ref)
+        return folder, ref
+
+    @staticmethod
+    def _forget(folder: Path) -> None:
+        """Drop every module imported from ``folder`` (an app's own code), so it is imported anew."""
+        prefix = str(folder.resolve())
+        for name, module in list(sys.modules.items()):
+            path = getattr(module, "__file__", None)
+            if path and str(Path(path).resolve()).startswith(prefix):
+                del sys.modules[name]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lab.runtime.worker --runtime-api HOST:PORT``."""
+    parser = argparse.ArgumentParser(description="The node's warm worker.")
+    parser.add_argument("--runtime-api", required=True, help="the SuperNode's Runtime API, HOST:PORT on loopback")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per poll of the Runtime API
+    with contextlib.suppress(KeyboardInterrupt):
+        Worker(args.runtime_api).serve()
+
+
+if __name__ == "__main__":
+    main()
