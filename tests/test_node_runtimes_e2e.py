@@ -40,24 +40,18 @@ def _run(federation: LocalFederation, **values: Any) -> dict[str, Any]:
     return outcome.final
 
 
-def _clientapp_processes(since: float) -> int:
-    return sum(
-        1
-        for p in psutil.process_iter(["name", "cmdline", "create_time"])
-        if "flwr-clientapp" in " ".join(p.info["cmdline"] or []) and (p.info["create_time"] or 0) >= since
-    )
-
-
 def test_a_warm_node_answers_every_message_in_one_worker_and_survives_its_death(tmp_path: Path) -> None:
     nodes = [NodeSpec("cleveland", SILOS["cleveland"]), NodeSpec("hungary", SILOS["hungary"])]
-    started = time.time()
     with LocalFederation(tmp_path / "workspace", nodes) as federation:
         workers = {node.site.name: node.worker.popen.pid for node in federation.running if node.worker}
         first = _run(federation)
         assert [n["node"] for n in first["nodes"]] == ["cleveland", "hungary"]
         # Every message of the run (prepare, two train, evaluate) went to the same worker per node.
         assert {n.site.name: n.worker.popen.pid for n in federation.running if n.worker} == workers
-        assert _clientapp_processes(started) == 0
+        for node in federation.running:  # no SuperExec to start a flwr-clientapp per message
+            assert node.process is not None
+            children = psutil.Process(node.process.popen.pid).children(recursive=True)
+            assert not [c for c in children if "superexec" in " ".join(c.cmdline())], node.site.name
 
         cleveland = next(n for n in federation.running if n.site.name == "cleveland")
         os.kill(workers["cleveland"], signal.SIGKILL)
