@@ -15,6 +15,7 @@ from lab.runtime.processes import executable
 from lab.runtime.submit import OUTPUT
 
 from .commands import run_logged
+from .costs import node_costs
 from .messages import all_nodes, plain_text, received_messages
 from .paths import BARE_APP
 from .rounds import split_rounds, summarise
@@ -69,6 +70,15 @@ def run_bare(federation: LocalFederation, watch: ProcessWatch, name: str, run_co
     run_id = str(start["run_id"])
     nodes = len(federation.nodes)
     total = all_nodes(received_messages(federation.logs).get(run_id, {}))
+    in_rounds = [line for line in watch.messages(since=boundaries[0], until=boundaries[-1]) if line.run == run_id]
+    costs = node_costs(
+        watch,
+        since=boundaries[0],
+        until=boundaries[-1],
+        messages=len([line for line in in_rounds if line.direction == "Receiving"]),
+        runtime=federation.node_runtime,
+        clientapps=clientapps,
+    )
     stamps_ = [
         ("`flwr run` builds and submits the app", submitted),
         ("ServerApp process starts, imports", serverapp[0].start if serverapp else submitted),
@@ -78,15 +88,17 @@ def run_bare(federation: LocalFederation, watch: ProcessWatch, name: str, run_co
     ]
     return {
         "command": " ".join(["flwr", *command[1:]]),
+        "node_runtime": federation.node_runtime,
         "run_config": run_config,
         "run_id": run_id,
         "submit_to_end_seconds": end["time"] - submitted,
         "submit_to_serverapp_ready_seconds": start["time"] - submitted,
         "phases": [{"phase": n, "seconds": nxt - at} for (n, at), (_, nxt) in zip(stamps_, stamps_[1:], strict=False)],
-        **summarise(split_rounds(boundaries, clientapps), nodes),
+        **summarise(split_rounds(boundaries, clientapps, in_rounds), nodes),
         "clientapps_total": len(clientapps),
         "messages_received": {k: total[k] for k in sorted(total)},
         "messages_per_node_per_round": sum(total.values()) / run_config["num-rounds"] / nodes,
+        **costs,
         "cores_during_rounds": watch.cores(boundaries[0], boundaries[-1]),
         "clientapp_processes": listed(clientapps, submitted),
         "run_dir": str(run_dir),

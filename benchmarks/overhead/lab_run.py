@@ -1,4 +1,5 @@
-"""The lab demo: `lab demo` run as a user runs it, its phases from its events, its rounds and its messages."""
+"""The lab demo: `lab demo` run as a user runs it (on either node runtime), its phases from its events, its rounds,
+its messages and their cost."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from lab.runtime.processes import executable
 from lab.runtime.submit import OUTPUT
 
 from .commands import run_logged
-from .messages import all_nodes, plain_text, received_messages
+from .costs import node_costs
+from .messages import all_nodes, audited_messages, plain_text, received_messages
 from .rounds import split_rounds, summarise
 from .watch import ProcessWatch, listed
 
@@ -31,12 +33,14 @@ def demo_events(workspace: Path) -> tuple[Path, list[dict[str, Any]]]:
     return run_dir, events
 
 
-def run_lab(workspace: Path, rounds: int) -> dict[str, Any]:
-    """`lab demo` in ``workspace``, exactly as a user runs it; its phases, rounds and messages."""
+def run_lab(workspace: Path, rounds: int, node_runtime: str = "warm") -> dict[str, Any]:
+    """`lab demo --node-runtime NODE_RUNTIME` in ``workspace``, exactly as a user runs it; its phases, rounds,
+    messages and what answering them cost the nodes."""
     workspace.mkdir(parents=True, exist_ok=True)
-    log_path = workspace.parent / "lab-demo.log"
+    log_path = workspace.parent / f"{workspace.name}-demo.log"
     log_path.unlink(missing_ok=True)  # its output is this run's only
-    command = [executable("lab"), "demo", "--rounds", str(rounds), "--workspace", str(workspace)]
+    command = [executable("lab"), "demo", "--rounds", str(rounds), "--node-runtime", node_runtime]
+    command += ["--workspace", str(workspace)]
     with ProcessWatch(workspace) as watch:
         launched = time.time()
         # On a timeout, an error or Ctrl-C it is stopped: the lab stops its processes on SIGTERM.
@@ -66,7 +70,7 @@ def run_lab(workspace: Path, rounds: int) -> dict[str, Any]:
     nodes = len(DEMO_NODES)
     stamps = [
         ("`lab demo` starts: imports, app hash, agreements", launched),
-        ("SuperLink and SuperNodes start", superlink[0].start if superlink else launched),
+        ("SuperLink, SuperNodes (and their warm workers) start", superlink[0].start if superlink else launched),
         ("`flwr run` builds and submits the app", submitted),
         ("ServerApp imports, opens the MLflow run", serverapp[0].start if serverapp else submitted),
         ("prepare: nodes check env and table, scaler sums, local baselines", times["started"]),
@@ -80,8 +84,13 @@ def run_lab(workspace: Path, rounds: int) -> dict[str, Any]:
     for per_node in received_messages(workspace / "logs").values():  # the workspace holds this one run
         total.update(all_nodes(per_node))
     wall = re.search(r"wall time (\d+) s", output)
+    costs = node_costs(
+        watch, since=prepared, until=trains[-1], messages=total["train"], runtime=node_runtime, clientapps=clientapps
+    )
+    workers = watch.processes("worker")
     return {
         "command": " ".join(["lab", *command[1:]]),
+        "node_runtime": node_runtime,
         "wall_seconds": exited - launched,
         "demo_reported_wall_seconds": float(wall.group(1)) if wall else None,
         "submit_to_done_seconds": times["done"] - submitted,
@@ -92,16 +101,26 @@ def run_lab(workspace: Path, rounds: int) -> dict[str, Any]:
         "phases": [
             {"phase": name, "seconds": nxt - at} for (name, at), (_, nxt) in zip(stamps, stamps[1:], strict=False)
         ],
-        **summarise(split_rounds([prepared, *trains], clientapps), nodes),
+        **summarise(split_rounds([prepared, *trains], clientapps, watch.messages()), nodes),
         "prepare_clientapps": len([p for p in clientapps if p.start < prepared]),
         "final_evaluate_clientapps": len([p for p in clientapps if p.start >= trains[-1]]),
         "clientapps_total": len(clientapps),
         "messages_received": {k: total[k] for k in sorted(total)},
         "messages_per_node_per_round": total["train"] / rounds / nodes,
+        **costs,
+        # the workers' CPU time over the whole demo (their imports and the app's first load included)
+        # over every message they answered (preparation and final evaluation included)
+        "worker_cpu_seconds_per_message_whole_run": (
+            sum(p.cpu for p in workers) / max(sum(total.values()), 1) if workers else None
+        ),
+        "audit_messages": audited_messages(workspace / "nodes"),
         "foreign_clientapps_seen": len(watch.processes("foreign-clientapp")),
+        "foreign_workers_seen": len(watch.processes("foreign-worker")),
         "cores_during_rounds": watch.cores(prepared, trains[-1]),
         "cores_whole_run": watch.cores(launched, exited),
         "clientapp_processes": listed(clientapps, launched),
+        "worker_processes": listed(workers, launched),
+        "supernode_processes": listed(watch.processes("supernode") + watch.processes("superexec"), launched),
         "run_dir": str(run_dir),
         "log": str(log_path),
     }
