@@ -26,7 +26,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
-# Quality, rounds to quality, overhead against bare Flower and scale: benchmarks/results.md (about 23 min).
+# Quality, rounds to quality, overhead against bare Flower and scale: benchmarks/results.md (about 18 min).
 bench: setup
 	$(BIN)/python benchmarks/run.py
 
