@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Message
@@ -14,9 +15,11 @@ from lab.contract.messages import QueryMessage, QueryReply
 from lab.contract.records import error_reason
 from lab.contract.settings import RunSettings
 from lab.core.spec import TaskSpec
+from lab.errors import SettingsError
 from lab.queries.base import Answers, Ask, NodeAnswer, QueryKind
+from lab.runtime.environ import ADMITTED
 
-__all__ = ["asker", "wait_for_nodes"]
+__all__ = ["admitted", "asker", "chosen", "wait_for_nodes"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +33,37 @@ def wait_for_nodes(grid: Grid, wanted: int, seconds: float) -> list[int]:
     return sorted(node_ids)
 
 
+def admitted(settings: RunSettings) -> dict[int, str]:
+    """The name each node id was admitted under: from the run's settings (a local secure federation),
+    or from the coordinator's own record (`lab coordinator start` names it in the environment)."""
+    if settings.admitted:
+        return settings.admitted
+    path = ADMITTED.get()
+    if not path or not Path(path).is_file():
+        return {}
+    return {int(entry["node_id"]): name for name, entry in json.loads(Path(path).read_text()).items()}
+
+
+def chosen(grid: Grid, settings: RunSettings) -> list[int]:
+    """The connected nodes this run asks: all of them, or those the ``nodes`` setting names."""
+    node_ids = wait_for_nodes(grid, max(settings.expected_nodes, settings.min_nodes), settings.node_wait_seconds)
+    if not settings.only_nodes:
+        return node_ids
+    names = {n.strip() for n in settings.only_nodes.split(",") if n.strip()}
+    known = admitted(settings)
+    unknown = sorted(names - set(known.values()))
+    if unknown:
+        raise SettingsError(
+            f"run setting only-nodes names {unknown!r}, which are not admitted; admitted: {sorted(known.values())!r}"
+        )
+    return [node_id for node_id in node_ids if known.get(node_id) in names]
+
+
 def asker(grid: Grid, spec: TaskSpec, kind: QueryKind[Any], settings: RunSettings) -> Ask:
     """A function that puts a request of ``kind`` to every connected node and gathers the answers."""
 
     def ask(request: Any) -> Answers:
-        node_ids = wait_for_nodes(grid, max(settings.expected_nodes, settings.min_nodes), settings.node_wait_seconds)
+        node_ids = chosen(grid, settings)
         content = QueryMessage(spec.text, request.to_json() if request is not None else "").to_record()
         messages = [Message(content, dst_node_id=node_id, message_type=kind.message_type) for node_id in node_ids]
         answers: dict[str, NodeAnswer] = {}

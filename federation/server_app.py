@@ -54,7 +54,11 @@ def main(grid: Grid, context: Context) -> None:
         ):
             try:
                 events.emit(
-                    "started", rounds=settings.num_rounds, strategy=settings.strategy, mlflow_run_id=tracker.run_id
+                    "started",
+                    rounds=settings.num_rounds,
+                    strategy=settings.strategy,
+                    mlflow_run_id=tracker.run_id,
+                    flwr_run_id=context.run_id,
                 )
                 events.emit("done", **_run(grid, spec, settings, tracker, fab_hash))
             except Exception as exc:

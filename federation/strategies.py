@@ -97,7 +97,7 @@ class ReportingStrategy(Strategy):
         excluded: dict[str, str] = {}
         for reply in replies:
             report = None if reply.has_error() else NodeReport.of(reply)
-            refusal = self.guard.screen(report)[0] if report is not None else None
+            refusal = self.guard.screen(report, node_id=reply.metadata.src_node_id)[0] if report is not None else None
             if refusal is None:
                 kept.append(reply)
             else:

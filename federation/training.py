@@ -11,7 +11,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from federation.asking import asker
+from federation.asking import admitted, asker
 from federation.recorder import Recorder
 from federation.secure_aggregation import run_secure_rounds
 from federation.strategies import make_strategy
@@ -116,9 +116,9 @@ def _guard(spec: TaskSpec, settings: RunSettings) -> Guard:
                 "the strict environment policy needs the lock; `lab run` sends "
                 'environments/requirements.lock, or set environment-policy = "warn"'
             )
-        return Guard(None, settings.environment_policy, spec.sha256)
+        return Guard(None, settings.environment_policy, spec.sha256, admitted(settings))
     lock = Environment.from_lock(settings.environment_lock, source="the run's environment lock")
-    return Guard(lock, settings.environment_policy, spec.sha256)
+    return Guard(lock, settings.environment_policy, spec.sha256, admitted(settings))
 
 
 def _evaluate_final(

@@ -19,8 +19,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from lab.cli import federation
-from lab.cli.governance import agreement_app, app_app, coordinator_app, node_app
-from lab.cli.inhouse import env_app, evaluate, predict, spec_app
+from lab.cli.deploy import coordinator_app
+from lab.cli.governance import agreement_app, app_app, node_app
+from lab.cli.inhouse import env_app, evaluate, model_app, predict, spec_app
 from lab.errors import LabError
 from lab.runtime.environ import PRIVATE_ENV, WORKSPACE
 
@@ -40,6 +41,7 @@ for command in (federation.demo, federation.run, federation.check, federation.st
     app.command()(command)
 app.add_typer(env_app, name="env")
 app.add_typer(spec_app, name="spec")
+app.add_typer(model_app, name="model")
 app.add_typer(agreement_app, name="agreement")
 app.add_typer(app_app, name="app")
 app.add_typer(node_app, name="node")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,8 +16,9 @@ from lab.contract.settings import RunSettings
 from lab.contract.strategies import STRATEGIES
 from lab.core.spec import TaskSpec, load_spec
 from lab.errors import UsageError
+from lab.runtime.connection import Connection
 from lab.runtime.environ import WORKSPACE, tracking_uri_for
-from lab.runtime.run import RunResult, run_federation, run_settings
+from lab.runtime.run import RunResult, run_federation, run_on, run_settings
 
 __all__ = ["check", "demo", "run", "stats", "ui"]
 
@@ -32,6 +33,11 @@ Strategy = Annotated[
     typer.Option(help="; ".join(f"{k.name}: {k.summary}" for k in STRATEGIES.values()) + "."),
 ]
 Secure = Annotated[bool, typer.Option("--secure", help="TLS and node authentication on loopback.")]
+CoordinatorOption = Annotated[
+    str | None, typer.Option(help="HOST:PORT of a coordinator's Control API (on its host, or through an SSH tunnel).")
+]
+CaOption = Annotated[Path | None, typer.Option(help="The federation's CA certificate (with --coordinator).")]
+ChosenOption = Annotated[str | None, typer.Option(help="NAME,NAME: only these admitted nodes (with --coordinator).")]
 NodeRuntime = Annotated[
     str,
     typer.Option(
@@ -41,31 +47,85 @@ NodeRuntime = Annotated[
 ]
 
 
-def _federate(
-    spec: TaskSpec,
-    nodes: dict[str, str],
-    settings: RunSettings,
-    *,
-    workspace: Path,
-    agreements: dict[str, Path],
-    secure: bool = False,
-    node_runtime: str = "warm",
-) -> RunResult:
+@dataclass(frozen=True)
+class Federation:
+    """Where a command runs: local nodes started for it, or a running coordinator's federation."""
+
+    nodes: dict[str, str]
+    agreements: dict[str, Path]
+    secure: bool = False
+    node_runtime: str = "warm"
+    coordinator: Connection | None = None
+    chosen: str = ""  # --nodes: the admitted nodes that take part (a coordinator's federation)
+
+    @classmethod
+    def of(
+        cls,
+        node: list[str] | None,
+        agreement: list[str] | None,
+        coordinator: str | None,
+        ca: Path | None,
+        chosen: str | None,
+        *,
+        secure: bool = False,
+        node_runtime: str = "warm",
+    ) -> Federation:
+        if coordinator is None:
+            if not node:
+                raise UsageError(
+                    "give the nodes, --node NAME=TABLE per node, or a coordinator, --coordinator HOST:PORT"
+                )
+            nodes = named_sources(node)
+            agreements = named_paths(agreement, "--agreement", _AGREEMENT_EXAMPLE)
+            if set(agreements) - set(nodes):
+                raise UsageError(f"--agreement names {sorted(set(agreements) - set(nodes))!r}, which no --node names")
+            if chosen:
+                raise UsageError("--nodes chooses among a coordinator's admitted nodes; with local nodes, give --node")
+            return cls(nodes, agreements, secure, node_runtime)
+        if node or agreement:
+            raise UsageError(
+                "--node and --agreement start local nodes; a coordinator's nodes run at their organisations"
+            )
+        if ca is None or not ca.is_file():
+            raise UsageError(
+                f"--ca {str(ca) if ca else ''!r}: give the federation's CA certificate to reach {coordinator}"
+            )
+        return cls({}, {}, coordinator=Connection(coordinator, ca.resolve()), chosen=chosen or "")
+
+    def settings(self, spec: TaskSpec, workspace: Path, tracking_uri: str, values: dict[str, Any]) -> RunSettings:
+        """The run's settings for this federation (a coordinator's runs record on its tracking server)."""
+        if self.coordinator is None:
+            uri = tracking_uri_for(workspace, tracking_uri)
+            return run_settings(spec, tracking_uri=uri, nodes=len(self.nodes), values=values)
+        from lab.runtime.coordinator_host import tracking_uri_inside
+
+        values = {**values, "only-nodes": self.chosen} if self.chosen else values
+        return run_settings(spec, tracking_uri=tracking_uri or tracking_uri_inside(), nodes=0, values=values)
+
+    def describe(self) -> str:
+        if self.coordinator is None:
+            return f"{len(self.nodes)} nodes"
+        return f"the nodes of {self.coordinator.address}" + (f" ({self.chosen})" if self.chosen else "")
+
+
+def _federate(spec: TaskSpec, settings: RunSettings, federation: Federation, *, workspace: Path) -> RunResult:
     """Run with a progress view: the rounds of a training run, or the nodes' answers to a query."""
     training = not settings.query
     rounds = settings.num_rounds if training else 1
     what = {"catalog": "pre-flight check", "stats": "federated analytics"}.get(
         settings.query, f"{rounds} rounds of {settings.strategy}"
     )
-    console.print(f"[bold]{escape(spec.name)}[/]: {len(nodes)} nodes, {what}; workspace {workspace}")
+    console.print(f"[bold]{escape(spec.name)}[/]: {escape(federation.describe())}, {what}; workspace {workspace}")
     with ProgressView(rounds=rounds, metric=spec.metrics[0], training=training) as view:
+        if federation.coordinator is not None:
+            return run_on(federation.coordinator, settings, workspace=workspace, on_event=view)
         return run_federation(
             settings,
-            nodes,
+            federation.nodes,
             workspace=workspace,
-            agreements=agreements,
-            secure=secure,
-            node_runtime=node_runtime,
+            agreements=federation.agreements,
+            secure=federation.secure,
+            node_runtime=federation.node_runtime,
             on_event=view,
         )
 
@@ -91,22 +151,17 @@ def demo(
         nodes=len(federation.nodes),
         values={"num-rounds": rounds, "strategy": strategy},
     )
-    result = _federate(
-        spec,
-        federation.nodes,
-        settings,
-        workspace=workspace,
-        agreements=federation.agreements,
-        secure=secure,
-        node_runtime=node_runtime,
-    )
-    summary_table(result, spec.metrics)
+    local = Federation(federation.nodes, federation.agreements, secure, node_runtime)
+    summary_table(_federate(spec, settings, local, workspace=workspace), spec.metrics)
 
 
 def run(
     spec: SpecOption,
-    node: NodeOption,
+    node: NodeOption = None,
     agreement: AgreementOption = None,
+    coordinator: CoordinatorOption = None,
+    ca: CaOption = None,
+    nodes: ChosenOption = None,
     rounds: Rounds = DEFAULTS.num_rounds,
     strategy: Strategy = DEFAULTS.strategy,
     min_nodes: Annotated[int, typer.Option(help="Fail unless this many nodes take part.")] = DEFAULTS.min_nodes,
@@ -125,11 +180,8 @@ def run(
     workspace: Workspace = Path(WORKSPACE.default),
     tracking_uri: TrackingUri = "",
 ) -> None:
-    """Run a federation of local nodes, one per --node, on the task in --spec."""
-    nodes = named_sources(node)
-    agreements = named_paths(agreement, "--agreement", _AGREEMENT_EXAMPLE)
-    if set(agreements) - set(nodes):
-        raise UsageError(f"--agreement names {sorted(set(agreements) - set(nodes))!r}, which no --node names")
+    """Train on the task in --spec: on local nodes, one per --node, or on a coordinator's nodes."""
+    federation = Federation.of(node, agreement, coordinator, ca, nodes, secure=secure, node_runtime=node_runtime)
     task = load_spec(spec)
     values: dict[str, Any] = {
         "num-rounds": rounds,
@@ -139,36 +191,35 @@ def run(
         "secure-aggregation": secure_aggregation,
         **_settings(setting or []),
     }
-    settings = run_settings(
-        task, tracking_uri=tracking_uri_for(workspace, tracking_uri), nodes=len(nodes), values=values
-    )
-    result = _federate(
-        task, nodes, settings, workspace=workspace, agreements=agreements, secure=secure, node_runtime=node_runtime
-    )
-    summary_table(result, task.metrics)
+    settings = federation.settings(task, workspace, tracking_uri, values)
+    summary_table(_federate(task, settings, federation, workspace=workspace), task.metrics)
 
 
 def check(
     spec: SpecOption,
-    node: NodeOption,
+    node: NodeOption = None,
     agreement: AgreementOption = None,
+    coordinator: CoordinatorOption = None,
+    ca: CaOption = None,
+    nodes: ChosenOption = None,
     workspace: Workspace = Path(WORKSPACE.default),
     tracking_uri: TrackingUri = "",
 ) -> None:
     """Pre-flight: ask every node, through the federation, to check its table against the spec."""
-    nodes = named_sources(node)
+    federation = Federation.of(node, agreement, coordinator, ca, nodes)
     task = load_spec(spec)
-    settings = run_settings(task, tracking_uri=tracking_uri_for(workspace, tracking_uri), nodes=len(nodes))
-    settings = replace(settings, query="catalog", min_nodes=1)
-    agreements = named_paths(agreement, "--agreement", _AGREEMENT_EXAMPLE)
-    result = _federate(task, nodes, settings, workspace=workspace, agreements=agreements)
-    preflight_table(result.summary["preflight"])
+    settings = replace(federation.settings(task, workspace, tracking_uri, {}), query="catalog", min_nodes=1)
+    preflight_table(_federate(task, settings, federation, workspace=workspace).summary["preflight"])
 
 
 def stats(
     columns: Annotated[list[str], typer.Argument(help="Columns to summarise, e.g. age chol.")],
     spec: SpecOption,
-    node: NodeOption,
+    node: NodeOption = None,
+    agreement: AgreementOption = None,
+    coordinator: CoordinatorOption = None,
+    ca: CaOption = None,
+    nodes: ChosenOption = None,
     by: Annotated[str | None, typer.Option(help="Group every figure by this column.")] = None,
     crosstab: Annotated[str | None, typer.Option(help="A,B: counts of two categorical columns.")] = None,
     correlation: Annotated[bool, typer.Option("--correlation", help="Correlation matrix of the columns.")] = False,
@@ -179,39 +230,35 @@ def stats(
         list[str] | None, typer.Option(help="COLUMN=A,B: groups of a numeric --by or --crosstab column, e.g. sex=0,1.")
     ] = None,
     min_count: Annotated[int, typer.Option(help="Smallest count a node releases (5 at least).")] = 5,
-    agreement: AgreementOption = None,
     workspace: Workspace = Path(WORKSPACE.default),
     tracking_uri: TrackingUri = "",
 ) -> None:
     """Federated analytics: counts, means, sds, quantiles, histograms, crosstabs and correlations
     pooled over every node's table, small counts suppressed at each node."""
     from lab.cli.stats import parse_bins, parse_levels, stats_tables
-    from lab.runtime.run import federated_stats
+    from lab.core.analytics import StatsRequest
 
+    federation = Federation.of(node, agreement, coordinator, ca, nodes)
     pair = None
     if crosstab:
         a, sep, b = crosstab.partition(",")
         if not sep or not a or not b:
             raise UsageError(f"--crosstab {crosstab!r} should be two columns, e.g. --crosstab cp,sex")
         pair = (a.strip(), b.strip())
-    nodes = named_sources(node)
-    console.print(f"[bold]{escape(load_spec(spec).name)}[/]: {len(nodes)} nodes, federated analytics")
-    with ProgressView(rounds=1, metric="", training=False) as view:
-        result = federated_stats(
-            spec,
-            nodes,
-            columns,
-            by=by,
-            crosstab=pair,
-            correlation=correlation,
-            bins=parse_bins(bins or []),
-            levels=parse_levels(levels or []),
-            min_count=min_count,
-            agreements=dict(named_paths(agreement, "--agreement", _AGREEMENT_EXAMPLE)),
-            workspace=workspace,
-            tracking_uri=tracking_uri,
-            on_event=view,
-        )
+    task = load_spec(spec)
+    request = StatsRequest(
+        columns=tuple(columns),
+        by=by,
+        crosstab=pair,
+        correlation=correlation,
+        edges=parse_bins(bins or []),
+        min_count=min_count,
+        levels=parse_levels(levels or []),
+    )
+    request.check(task)  # a wrong column name fails here, before any process starts
+    settings = federation.settings(task, workspace, tracking_uri, {})
+    settings = replace(settings, query="stats", query_request=request.to_json(), min_nodes=1)
+    result = _federate(task, settings, federation, workspace=workspace)
     for table in stats_tables(result.summary):
         console.print(table)
     for name, notes in sorted(result.summary["notes"].items()):

@@ -14,72 +14,19 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 
 from lab.core.sources import source_label
-from lab.errors import AgreementError, RuntimeStartError, UsageError
+from lab.errors import AgreementError, UsageError
 from lab.node.agreement import load_agreement, template
 from lab.node.audit import AuditLog
 from lab.runtime.app import app_hash
 
-__all__ = ["agreement_app", "app_app", "coordinator_app", "node_app"]
+__all__ = ["agreement_app", "app_app", "node_app"]
 
 console = Console()
 err = Console(stderr=True)
 
 agreement_app = typer.Typer(help="Data-use agreements: what a node allows.", no_args_is_help=True)
 app_app = typer.Typer(help="The Flower app a coordinator sends, as organisations approve it.", no_args_is_help=True)
-node_app = typer.Typer(help="A node's keys and records.", no_args_is_help=True)
-coordinator_app = typer.Typer(help="The coordinator's certificates.", no_args_is_help=True)
-
-
-@coordinator_app.command("init")
-def coordinator_init(
-    folder: Annotated[Path, typer.Option("--dir", help="Where to write the certificates.")] = Path("workspace/certs"),
-    host: Annotated[list[str] | None, typer.Option(help="Name or IP the SuperLink is reached at; repeat.")] = None,
-) -> None:
-    """Create the federation's CA and the SuperLink's TLS certificate (give nodes ca.crt)."""
-    from lab.runtime.security import init_coordinator
-
-    certs = init_coordinator(folder, hosts=tuple(host or ("127.0.0.1", "localhost")))
-    console.print(f"CA certificate   {certs.ca_cert}   (every node and the flwr CLI trust this)")
-    console.print(f"SuperLink cert   {certs.server_cert}")
-    console.print(f"SuperLink key    {certs.server_key}   (stays on the coordinator)")
-    console.print(
-        "start the SuperLink with --ssl-certfile, --ssl-keyfile, --ssl-ca-certfile and --enable-supernode-auth"
-    )
-
-
-@node_app.command("enroll")
-def node_enroll(
-    name: Annotated[str, typer.Argument(help="The node's name.")],
-    folder: Annotated[Path, typer.Option("--dir", help="Where to write the key pair.")] = Path("workspace/keys"),
-    register: Annotated[
-        bool, typer.Option("--register", help="Register the public key with the SuperLink of $FLWR_HOME/config.toml.")
-    ] = False,
-) -> None:
-    """Create a node's key pair (EC, OpenSSH format) and optionally register its public key."""
-    import subprocess
-
-    from lab.runtime.environ import private_environ
-    from lab.runtime.processes import executable
-    from lab.runtime.security import enroll_node
-
-    keys = enroll_node(folder, name)
-    console.print(f"private key  {keys.private_key}   (stays on the node: --auth-supernode-private-key)")
-    console.print(f"public key   {keys.public_key}   (the coordinator registers it)")
-    if not register:
-        console.print(f"to register: flwr supernode register {keys.public_key} <superlink>")
-        return
-    result = subprocess.run(
-        [executable("flwr"), "supernode", "register", str(keys.public_key)],
-        env=private_environ(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeStartError(
-            f"registering {keys.public_key} failed: {(result.stdout + result.stderr).strip()[-400:]}"
-        )
-    console.print(result.stdout.strip())
+node_app = typer.Typer(help="A node: its keys, its start, and its records.", no_args_is_help=True)
 
 
 @app_app.command("hash")

@@ -17,7 +17,7 @@ from lab.core.sources import source_label
 from lab.errors import UsageError
 from lab.runtime.environ import WORKSPACE, lock_path, tracking_uri_for
 
-__all__ = ["env_app", "evaluate", "predict", "spec_app"]
+__all__ = ["env_app", "evaluate", "model_app", "predict", "spec_app"]
 
 console = Console()
 err = Console(stderr=True)
@@ -26,6 +26,30 @@ env_app = typer.Typer(help="The pinned environment: its fingerprint, and drift f
 
 
 spec_app = typer.Typer(help="Task specs.", no_args_is_help=True)
+model_app = typer.Typer(help="Registered models, taken in-house.", no_args_is_help=True)
+
+
+@model_app.command("pull")
+def model_pull(
+    model: Annotated[str, typer.Argument(help="Model URI, e.g. models:/heart-disease@champion.")],
+    tracking_uri: Annotated[str, typer.Option(help="The coordinator's tracking server, https://HOST:PORT.")],
+    out: Annotated[Path, typer.Option(help="Folder to write the model to (lab predict --model FOLDER).")],
+    user: Annotated[str, typer.Option(help="Your tracking account (the coordinator made it when admitting you).")] = "",
+    password_file: Annotated[Path | None, typer.Option(help="A file holding the account's password.")] = None,
+    ca: Annotated[Path | None, typer.Option(help="The federation's CA certificate, to check the server's.")] = None,
+) -> None:
+    """Fetch a registered model with its lock and fingerprints, to predict and evaluate offline."""
+    from lab.registry.rerun import pull_model
+
+    password = ""
+    if password_file is not None:
+        if not password_file.is_file():
+            raise UsageError(
+                f"--password-file {str(password_file)!r} does not exist; give the file holding your password"
+            )
+        password = password_file.read_text(encoding="utf-8").strip()
+    folder = pull_model(model, tracking_uri, out, username=user, password=password, ca=ca)
+    console.print(f"pulled {escape(model)} into {folder}; rerun it offline: lab evaluate --model {folder} --data TABLE")
 
 
 @spec_app.command("hash")

@@ -31,7 +31,7 @@ TrackingUri = Annotated[
 ]
 SpecOption = Annotated[Path, typer.Option(help="The task spec (TOML).")]
 NodeOption = Annotated[
-    list[str],
+    list[str] | None,
     typer.Option(
         help="NAME=TABLE: one node's table, a CSV or Parquet file or a database URL such as "
         "sqlite:///records.db?table=patients (see the README); repeat per node."

@@ -8,6 +8,7 @@ defaults here.
 
 from __future__ import annotations
 
+import json
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -21,7 +22,16 @@ TYPES: dict[str, type] = {}
 
 #: Settings the lab fills in itself; a user does not set them.
 FILLED_IN = frozenset(
-    {"task_spec", "tracking_uri", "expected_nodes", "environment_lock", "code_version", "query", "query_request"}
+    {
+        "task_spec",
+        "tracking_uri",
+        "expected_nodes",
+        "environment_lock",
+        "code_version",
+        "query",
+        "query_request",
+        "admitted_nodes",
+    }
 )
 
 
@@ -56,11 +66,18 @@ class RunSettings:
     query: str = _setting("", "a query kind instead of training (catalog, stats; `lab check`, `lab stats`)")
     query_request: str = _setting("", "the query's request as JSON (its command fills it in)")
     code_version: str = _setting("", "the project's git commit (`lab run` fills it in)")
+    admitted_nodes: str = _setting("", "node id -> admitted name (JSON) of an authenticated federation; empty: any")
+    only_nodes: str = _setting("", "NAME,NAME: only these admitted nodes take part (empty: every connected node)")
     register: bool = _setting(True, "register the final model with the alias champion")
     dp_noise_multiplier: float = _setting(0.0, "> 0: every node trains with DP-SGD (Opacus) at this noise")
     dp_target_epsilon: float = _setting(0.0, "> 0: each node picks the noise that keeps the run within it")
     dp_clipping_norm: float = _setting(1.0, "per-record gradient clipping (L2)")
     dp_delta: float = _setting(1e-5, "delta of the reported and budgeted epsilon")
+
+    @property
+    def admitted(self) -> dict[int, str]:
+        """The admitted name of every node id (empty when the federation does not authenticate nodes)."""
+        return {int(k): str(v) for k, v in json.loads(self.admitted_nodes).items()} if self.admitted_nodes else {}
 
     @property
     def differential_privacy(self) -> bool:

@@ -111,9 +111,16 @@ class Guard:
     lock: Environment | None
     policy: str
     spec_sha256: str
+    admitted: dict[int, str] = field(default_factory=dict)  # node id -> the name it was admitted under
 
-    def screen(self, report: NodeReport, pins: list[str] | None = None) -> tuple[str | None, str | None]:
-        """(reason to refuse, warning) for a reply's node report."""
+    def screen(
+        self, report: NodeReport, pins: list[str] | None = None, *, node_id: int | None = None
+    ) -> tuple[str | None, str | None]:
+        """(reason to refuse, warning) for a reply's node report (from ``node_id``)."""
+        if self.admitted and node_id is not None and self.admitted.get(node_id) != report.name:
+            admitted = self.admitted.get(node_id)
+            who = f"was admitted as {admitted!r}" if admitted else "was not admitted"
+            return f"it claims the name {report.name!r} but its key {who}", None
         if report.spec_sha256 != self.spec_sha256:
             return "it used a different task spec than the run's", None
         if self.lock is None or report.env_fingerprint == self.lock.fingerprint:
@@ -261,7 +268,8 @@ class Prepare(QueryKind[PrepareRequest]):
         refusals = dict(gathered.refusals)
         for node in gathered.answers.values():
             member, part, target_part = _member(node.node_id, node.answer)
-            refusal, warning = guard.screen(NodeReport(**node.answer["report"]), member.env_pins)
+            report = NodeReport(**node.answer["report"])
+            refusal, warning = guard.screen(report, member.env_pins, node_id=node.node_id)
             if refusal:
                 refusals[member.name] = f"node {member.name!r} not admitted by the coordinator: {refusal}"
                 continue
@@ -282,7 +290,8 @@ class Prepare(QueryKind[PrepareRequest]):
         self, spec: TaskSpec, request: PrepareRequest, settings: RunSettings, ask: Ask, tracker: Tracker, emit: Emit
     ) -> dict[str, Any]:
         """Preparation alone: which nodes would take part in this task, and why the others would not."""
-        guard = Guard(request.lock.environment() if request.lock else None, settings.environment_policy, spec.sha256)
+        lock = request.lock.environment() if request.lock else None
+        guard = Guard(lock, settings.environment_policy, spec.sha256, settings.admitted)
         prepared = self.prepare(spec, request, settings, guard, ask, tracker, emit)
         return {"members": sorted(m.name for m in prepared.members.values())}
 

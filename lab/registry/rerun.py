@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +19,15 @@ from lab.core.sources import source_label
 from lab.errors import DataError, ModelError
 from lab.registry.packaging import FederatedModel, predict_frame
 
-__all__ = ["Evaluation", "check_environment", "evaluate_table", "load_model", "predict_table", "provenance"]
+__all__ = [
+    "Evaluation",
+    "check_environment",
+    "evaluate_table",
+    "load_model",
+    "predict_table",
+    "provenance",
+    "pull_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +51,45 @@ def load_model(model_uri: str, tracking_uri: str) -> FederatedModel:
     if not isinstance(model, FederatedModel):
         raise ModelError(f"{model_uri!r} is not a model trained by the lab")
     return model
+
+
+def pull_model(
+    model_uri: str, tracking_uri: str, out: Path, *, username: str = "", password: str = "", ca: Path | None = None
+) -> Path:
+    """Download a registered model (its code, bundle, lock and fingerprints) from a tracking server
+    into ``out``, to rerun it offline (``load_model(str(out))``).
+
+    The account and the CA reach MLflow through its own environment variables for this call only;
+    nothing is written down but the model.
+    """
+    from mlflow.artifacts import download_artifacts
+
+    credentials = {
+        "MLFLOW_TRACKING_USERNAME": username,
+        "MLFLOW_TRACKING_PASSWORD": password,
+        "MLFLOW_TRACKING_SERVER_CERT_PATH": str(ca.resolve()) if ca else "",
+    }
+    saved = {k: os.environ.get(k) for k in credentials}
+    os.environ.update({k: v for k, v in credentials.items() if v})
+    try:
+        mlflow.set_tracking_uri(tracking_uri)
+        out.mkdir(parents=True, exist_ok=True)
+        download_artifacts(artifact_uri=model_uri, dst_path=str(out))
+    except mlflow.exceptions.MlflowException as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelError(
+            f"cannot pull {model_uri!r} from {tracking_uri!r}: {first}; check the name and alias, the tracking "
+            "URI and your account"
+        ) from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    if not (out / "MLmodel").is_file():
+        raise ModelError(f"{model_uri!r} pulled into {str(out)!r} holds no MLmodel file: it is not a logged model")
+    return out
 
 
 def check_environment(model: FederatedModel, *, allow_drift: bool) -> EnvDiff:

@@ -6,9 +6,11 @@ default local connection (which would start a detached SuperLink of its own) is 
 
 from __future__ import annotations
 
+import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lab.errors import RuntimeStartError
 from lab.runtime.environ import process_environ
@@ -41,18 +43,34 @@ class Connection:
         """The environment of a ``flwr`` command using this connection (lab.runtime.environ)."""
         return process_environ(self.write(flwr_home))
 
-    def register(self, public_key: Path, flwr_home: Path) -> None:
-        """Register a node's public key with the SuperLink (`flwr supernode register`)."""
+    def flwr_json(self, args: list[str], flwr_home: Path, *, what: str) -> dict[str, Any]:
+        """Run ``flwr ARGS FEDERATION --format json`` against this SuperLink; its JSON answer.
+
+        Raises RuntimeStartError, with Flower's output, when the command fails (``what`` says
+        what was asked).
+        """
         result = subprocess.run(
-            [executable("flwr"), "supernode", "register", str(public_key), FEDERATION],
+            [executable("flwr"), *args, FEDERATION, "--format", "json"],
             env=self.env(flwr_home),
             cwd=flwr_home,
             capture_output=True,
             text=True,
             timeout=120,
         )
-        if result.returncode != 0:
-            raise RuntimeStartError(
-                f"registering {public_key.name} with the SuperLink failed: "
-                f"{(result.stdout + result.stderr).strip()[-500:]}"
-            )
+        lines = result.stdout.splitlines()
+        first = next((i for i, line in enumerate(lines) if line.strip().startswith("{")), None)
+        answer = "\n".join(lines[first:]) if first is not None else ""  # Flower prints it indented
+        parsed = json.loads(answer) if answer else {}
+        if result.returncode != 0 or not parsed.get("success", False):
+            why = str(parsed.get("error-message", "")).splitlines()[-1:] or [(result.stdout + result.stderr)[-500:]]
+            raise RuntimeStartError(f"{what} failed at the SuperLink {self.address}: {why[0].strip()}")
+        return dict(parsed)
+
+    def register(self, public_key: Path, flwr_home: Path, *, name: str | None = None) -> int:
+        """Register a node's public key with the SuperLink (`flwr supernode register`); the node
+        id the SuperLink gives the node that will authenticate with it."""
+        named = ["--name", name] if name else []
+        answer = self.flwr_json(
+            ["supernode", "register", str(public_key), *named], flwr_home, what=f"registering {public_key.name}"
+        )
+        return int(answer["node-id"])

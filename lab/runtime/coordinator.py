@@ -25,7 +25,8 @@ class Coordinator(Started):
     secure: bool = False
     host: str = LOOPBACK
     port: int = 0
-    certs: CoordinatorCerts | None = None
+    certs: CoordinatorCerts | None = None  # secure, and None: a new CA and certificate in home/certs
+    env: dict[str, str] = field(default_factory=dict)  # extra environment (the ServerApp inherits it)
     process: LoggedProcess | None = field(default=None, init=False)
 
     @property
@@ -47,7 +48,7 @@ class Coordinator(Started):
         self.port = self.port or free_port(self.host)
         transport = ["--insecure"]
         if self.secure:
-            self.certs = init_coordinator(self.home / "certs")
+            self.certs = self.certs or init_coordinator(self.home / "certs")
             transport = [
                 "--ssl-certfile",
                 str(self.certs.server_cert),
@@ -69,15 +70,15 @@ class Coordinator(Started):
                 str(self.home / "superlink.db"),
                 "--disable-runtime-dependency-installation",
             ],
-            env=process_environ(self.flwr_home),
+            env={**process_environ(self.flwr_home), **self.env},
             log_path=self.home / "logs" / "superlink.log",
             cwd=self.home,
         )
         self.process.wait_listening(self.port, host=self.host)
 
-    def register(self, public_key: Path) -> None:
-        """Admit a node's public key (`flwr supernode register`)."""
-        self.connection.register(public_key, self.flwr_home)
+    def register(self, public_key: Path, name: str | None = None) -> int:
+        """Admit a node's public key (`flwr supernode register`); the node id it will have."""
+        return self.connection.register(public_key, self.flwr_home, name=name)
 
     def stop(self) -> None:
         """Stop the SuperLink and everything it started."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "ADMITTED",
     "PRIVATE_ENV",
     "TRACKING_URI",
     "WORKSPACE",
@@ -44,6 +45,11 @@ WORKSPACE = Setting(
     "LAB_WORKSPACE",
     "workspace",
     "Folder holding everything the lab starts: Flower's home, logs, the MLflow store.",
+)
+ADMITTED = Setting(
+    "LAB_ADMITTED",
+    "",
+    "The coordinator's admitted.json (set by `lab coordinator start` for its ServerApps): each node's admitted name.",
 )
 TRACKING_URI = Setting(
     "MLFLOW_TRACKING_URI",

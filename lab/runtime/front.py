@@ -88,7 +88,7 @@ http {{
             proxy_pass https://{LOOPBACK}:{self.superlink_port};
             proxy_ssl_trusted_certificate {self.ca};
             proxy_ssl_verify on;
-            proxy_ssl_name {LOOPBACK};
+            proxy_ssl_name localhost;  # the certificate names localhost; nginx matches names, not IPs
             proxy_http_version 1.1;
             proxy_read_timeout 300s;
         }}

@@ -45,6 +45,7 @@ class LocalFederation(Started):
     node_runtime: str = "warm"  # how the nodes answer messages (lab.runtime.node.RUNTIMES)
     coordinator: Coordinator = field(init=False)
     running: list[Node] = field(default_factory=list, init=False)
+    admitted: dict[int, str] = field(default_factory=dict, init=False)  # node id -> name (secure only)
 
     def __post_init__(self) -> None:
         self.workspace = self.workspace.resolve()
@@ -76,7 +77,7 @@ class LocalFederation(Started):
             auth_key = None
             if self.secure:
                 keys = enroll_node(self.workspace / "keys", spec.name)
-                self.coordinator.register(keys.public_key)
+                self.admitted[self.coordinator.register(keys.public_key, spec.name)] = spec.name
                 auth_key = keys.private_key
             node = Node.at_home(
                 spec.name,

@@ -112,45 +112,55 @@ class Node(Started):
                 transport += ["--auth-supernode-private-key", str(self.auth_key)]
         runtime_api = free_port()
         log_path = self.log_path or self.home / "node.log"
-        self.process = start_logged(
-            f"node-{self.site.name}",
-            [
-                executable("flower-supernode"),
-                *transport,
-                *isolation,
-                "--superlink",
-                self.superlink.address,
-                "--port",
-                str(runtime_api),
-                "--node-config",
-                node_config(self.site.node_config()),
-            ],
-            env=env,
-            log_path=log_path,
-            cwd=self.home,
-        )
-        if self.runtime == "warm":
-            argv = [sys.executable, "-m", "lab.runtime.worker", "--runtime-api", f"{LOOPBACK}:{runtime_api}"]
+        supernode = [
+            executable("flower-supernode"),
+            *transport,
+            *isolation,
+            "--superlink",
+            self.superlink.address,
+            "--port",
+            str(runtime_api),
+            "--node-config",
+            node_config(self.site.node_config()),
+        ]
+        worker = [sys.executable, "-m", "lab.runtime.worker", "--runtime-api", f"{LOOPBACK}:{runtime_api}"]
+
+        def start_supernode() -> LoggedProcess:
+            return start_logged(f"node-{self.site.name}", supernode, env=env, log_path=log_path, cwd=self.home)
+
+        def start_worker() -> LoggedProcess:
             worker_log = log_path.with_name(log_path.stem + "-worker.log")
-            self._stopping.clear()
+            return start_logged(f"worker-{self.site.name}", worker, env=env, log_path=worker_log, cwd=self.home)
 
-            def start_worker() -> LoggedProcess:
-                return start_logged(f"worker-{self.site.name}", argv, env=env, log_path=worker_log, cwd=self.home)
+        self._stopping.clear()
+        self.process = start_supernode()
+        self.worker = start_worker() if self.runtime == "warm" else None
+        threading.Thread(target=self._supervise, args=(start_supernode, start_worker), daemon=True).start()
 
-            self.worker = start_worker()
-            threading.Thread(target=self._supervise, args=(start_worker,), daemon=True).start()
-
-    def _supervise(self, start_worker: Callable[[], LoggedProcess]) -> None:
-        """Restart the worker when it dies (the message it was answering fails like a dropped node's)."""
+    def _supervise(
+        self, start_supernode: Callable[[], LoggedProcess], start_worker: Callable[[], LoggedProcess]
+    ) -> None:
+        """Start again whatever of the node exits while it should run: the worker (the message it was
+        answering fails like a dropped node's), or the SuperNode (when its coordinator was away
+        longer than it retries)."""
         while not self._stopping.wait(0.5):
-            worker = self.worker
-            if worker is not None and worker.popen.poll() is not None and not self._stopping.is_set():
+            for attribute, start in (("process", start_supernode), ("worker", start_worker)):
+                proc: LoggedProcess | None = getattr(self, attribute)
+                if proc is None or proc.popen.poll() is None or self._stopping.is_set():
+                    continue
                 logger.warning(
-                    "node %s: its worker exited (%s); restarting it", self.site.name, worker.popen.returncode
+                    "node %s: %s exited (status %s); starting it again",
+                    self.site.name,
+                    proc.name,
+                    proc.popen.returncode,
                 )
-                worker.log_file.close()
+                proc.log_file.close()
                 self.restarts += 1
-                self.worker = start_worker()
+                setattr(self, attribute, start())
+
+    def log_text(self) -> str:
+        """The SuperNode's log so far."""
+        return self.process.tail(10_000) if self.process is not None else ""
 
     @property
     def processes(self) -> list[LoggedProcess]:

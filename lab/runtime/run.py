@@ -4,6 +4,8 @@ progress event to a callback; it prints nothing (the CLI draws the progress)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -14,13 +16,14 @@ from lab.contract.settings import RunSettings
 from lab.core.analytics import DEFAULT_MIN_COUNT, StatsRequest
 from lab.core.sources import node_source, source_exists
 from lab.core.spec import TaskSpec, load_spec
-from lab.errors import DataError
+from lab.errors import DataError, LabError
 from lab.runtime.app import code_version
+from lab.runtime.connection import Connection
 from lab.runtime.environ import WORKSPACE, lock_path, project_root, tracking_uri_for
 from lab.runtime.local import LocalFederation, NodeSpec
 from lab.runtime.submit import Event, new_run_dir, started_runs, submit_run
 
-__all__ = ["RunResult", "federated_stats", "run_federation", "run_settings"]
+__all__ = ["RunResult", "federated_stats", "run_federation", "run_on", "run_settings"]
 
 
 @dataclass(frozen=True)
@@ -82,34 +85,53 @@ def run_federation(
     for name, source in nodes.items():
         if not source_exists(source) and settings.query != "catalog":  # a pre-flight lets the node report it
             raise DataError(f"node {name!r}: {source!r} does not exist; give the path of its table")
+    specs = [NodeSpec(n, p, agreement=(agreements or {}).get(n)) for n, p in nodes.items()]
+    with LocalFederation(workspace, specs, secure=secure, node_runtime=node_runtime) as federation:
+        if federation.admitted:  # every node's key was admitted under its name: hold it to that name
+            settings = replace(settings, admitted_nodes=json.dumps(federation.admitted))
+        return run_on(federation.connection, settings, workspace=workspace, on_event=on_event)
+
+
+def run_on(
+    connection: Connection,
+    settings: RunSettings,
+    *,
+    workspace: Path,
+    on_event: Callable[[Event], None] = lambda _: None,
+) -> RunResult:
+    """Run on the federation whose SuperLink ``connection`` reaches (the local one, or a
+    coordinator's Control API), its files in ``workspace/runs``.
+
+    On Ctrl-C or a failure the run is stopped at the SuperLink and the coordinator's MLflow run
+    closed, KILLED or FAILED (where its tracking server can be reached from here).
+    """
     workspace = workspace.resolve()
     mlflow_runs: list[str] = []
+    flower_runs: list[str] = []
     started, wall = time.monotonic(), time.time()
 
     def follow(event: Event) -> None:
-        if event["event"] == "started" and event.get("mlflow_run_id"):
-            mlflow_runs.append(event["mlflow_run_id"])
+        if event["event"] == "started":
+            mlflow_runs.extend([event["mlflow_run_id"]] if event.get("mlflow_run_id") else [])
+            flower_runs.extend([str(event["flwr_run_id"])] if event.get("flwr_run_id") else [])
         on_event(event)
 
-    specs = [NodeSpec(n, p, agreement=(agreements or {}).get(n)) for n, p in nodes.items()]
     try:
-        with LocalFederation(workspace, specs, secure=secure, node_runtime=node_runtime) as federation:
-            outcome = submit_run(
-                federation.connection,
-                settings,
-                app_dir=project_root(),
-                run_dir=new_run_dir(workspace),
-                on_event=follow,
-            )
+        outcome = submit_run(
+            connection, settings, app_dir=project_root(), run_dir=new_run_dir(workspace), on_event=follow
+        )
     except BaseException as exc:
-        # The coordinator was stopped before it could close its MLflow run: close it here. The
-        # progress follower may not have read the coordinator's last events yet.
+        # The coordinator may go on, or have been stopped before it could close its MLflow run.
         from lab.registry.tracking import close_unfinished
 
+        for run_id in flower_runs:
+            with contextlib.suppress(LabError):
+                connection.flwr_json(["stop", run_id], workspace / "flwr-home", what=f"stopping run {run_id}")
         mlflow_runs += [r for r in started_runs(workspace, wall) if r not in mlflow_runs]
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         for run_id in mlflow_runs if settings.tracking_uri else []:
-            close_unfinished(settings.tracking_uri, run_id, status)
+            with contextlib.suppress(Exception):  # a tracking server this host cannot reach
+                close_unfinished(settings.tracking_uri, run_id, status)
         raise
     summary = {k: v for k, v in outcome.final.items() if k not in ("event", "time")}
     return RunResult(summary, time.monotonic() - started, mlflow_runs[0] if mlflow_runs else None, outcome.run_dir)
