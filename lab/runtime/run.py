@@ -86,10 +86,17 @@ def run_federation(
         if not source_exists(source) and settings.query != "catalog":  # a pre-flight lets the node report it
             raise DataError(f"node {name!r}: {source!r} does not exist; give the path of its table")
     specs = [NodeSpec(n, p, agreement=(agreements or {}).get(n)) for n, p in nodes.items()]
-    with LocalFederation(workspace, specs, secure=secure, node_runtime=node_runtime) as federation:
-        if federation.admitted:  # every node's key was admitted under its name: hold it to that name
-            settings = replace(settings, admitted_nodes=json.dumps(federation.admitted))
-        return run_on(federation.connection, settings, workspace=workspace, on_event=on_event)
+    wall = time.time()
+    try:
+        with LocalFederation(workspace, specs, secure=secure, node_runtime=node_runtime) as federation:
+            if federation.admitted:  # every node's key was admitted under its name: hold it to that name
+                settings = replace(settings, admitted_nodes=json.dumps(federation.admitted))
+            return run_on(federation.connection, settings, workspace=workspace, on_event=on_event)
+    except KeyboardInterrupt:
+        # Every process of the federation is stopped now, so no coordinator can still record its
+        # run FAILED after run_on marked it KILLED: mark it again.
+        _close_runs(settings.tracking_uri, started_runs(workspace.resolve(), wall), "KILLED")
+        raise
 
 
 def run_on(
@@ -122,19 +129,23 @@ def run_on(
         )
     except BaseException as exc:
         # The coordinator may go on, or have been stopped before it could close its MLflow run.
-        from lab.registry.tracking import close_unfinished
-
         for run_id in flower_runs:
             with contextlib.suppress(LabError):
                 connection.flwr_json(["stop", run_id], workspace / "flwr-home", what=f"stopping run {run_id}")
         mlflow_runs += [r for r in started_runs(workspace, wall) if r not in mlflow_runs]
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        for run_id in mlflow_runs if settings.tracking_uri else []:
-            with contextlib.suppress(Exception):  # a tracking server this host cannot reach
-                close_unfinished(settings.tracking_uri, run_id, status)
+        _close_runs(settings.tracking_uri, mlflow_runs, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     summary = {k: v for k, v in outcome.final.items() if k not in ("event", "time")}
     return RunResult(summary, time.monotonic() - started, mlflow_runs[0] if mlflow_runs else None, outcome.run_dir)
+
+
+def _close_runs(tracking_uri: str, run_ids: list[str], status: str) -> None:
+    """Mark the coordinator's MLflow runs ``status`` where it left them open (or FAILED, on Ctrl-C)."""
+    from lab.registry.tracking import close_unfinished
+
+    for run_id in run_ids if tracking_uri else []:
+        with contextlib.suppress(Exception):  # a tracking server this host cannot reach
+            close_unfinished(tracking_uri, run_id, status)
 
 
 def federated_stats(
