@@ -16,6 +16,13 @@ but in a process that stays:
    context comes from the SuperNode, so nothing of one run reaches another;
 4. answer the message in-process, push the reply, and report the task's end.
 
+Each task is answered on its own thread, and only the app's work (step 3 and the handler) holds
+the worker's lock, so messages are still answered one at a time. A task whose message never
+arrives cannot hold up the next one: when a node's link comes back after its run has ended,
+Flower's SuperNode creates a task for the stale message, finds the run finished and leaves the
+task behind without the message's content; the thread waiting for it gives up after Flower's
+object-pull limit while newer tasks are answered.
+
 The node's unit (lab.runtime.node) starts it with its SuperNode and restarts it if it dies; the
 message in flight then fails like a dropped node's.
 
@@ -29,6 +36,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +61,7 @@ class Worker:
     apps: dict[str, tuple[Path, str]] = field(default_factory=dict)  # FAB hash -> (its folder, app ref)
     loaded: dict[tuple[str, int], Any] = field(default_factory=dict)  # (FAB hash, run) -> ClientApp
     on_path: str | None = None  # the loaded app's folder, on sys.path while it is the current one
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one app at work at a time
 
     def client(self, token: str | None = None) -> Any:
         from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
@@ -82,7 +91,8 @@ class Worker:
             while True:
                 acquired = client.AcquireTask(request)
                 if acquired.HasField("task") and acquired.token:
-                    self.answer(acquired.token)
+                    name = f"task-{acquired.task.task_id}"
+                    threading.Thread(target=self.answer, args=(acquired.token,), name=name, daemon=True).start()
                 else:
                     time.sleep(POLL_SECONDS)
         finally:
@@ -104,9 +114,10 @@ class Worker:
             message, context, run, fab = pull_task_input(client)
             node = str(context.node_config.get("node-name", "?"))
             check_app(fab.hash_str, message, node)  # before anything of the app is written or imported
-            os.environ[APP_HASH_ENV] = fab.hash_str
-            app = self.app(fab, run)
-            reply = app(message=message, context=context)
+            with self.lock:
+                os.environ[APP_HASH_ENV] = fab.hash_str
+                app = self.app(fab, run)
+                reply = app(message=message, context=context)
             status, details = SubStatus.COMPLETED, ""
         except Exception as exc:  # the gate's refusal, or the app's own failure
             if not isinstance(exc, LabError):
