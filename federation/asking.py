@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from flwr.app import Message
@@ -17,9 +16,8 @@ from lab.contract.settings import RunSettings
 from lab.core.spec import TaskSpec
 from lab.errors import SettingsError
 from lab.queries.base import Answers, Ask, NodeAnswer, QueryKind
-from lab.runtime.environ import ADMITTED
 
-__all__ = ["admitted", "asker", "chosen", "wait_for_nodes"]
+__all__ = ["asker", "chosen", "wait_for_nodes"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,24 +31,13 @@ def wait_for_nodes(grid: Grid, wanted: int, seconds: float) -> list[int]:
     return sorted(node_ids)
 
 
-def admitted(settings: RunSettings) -> dict[int, str]:
-    """The name each node id was admitted under: from the run's settings (a local secure federation),
-    or from the coordinator's own record (`lab coordinator start` names it in the environment)."""
-    if settings.admitted:
-        return settings.admitted
-    path = ADMITTED.get()
-    if not path or not Path(path).is_file():
-        return {}
-    return {int(entry["node_id"]): name for name, entry in json.loads(Path(path).read_text()).items()}
-
-
 def chosen(grid: Grid, settings: RunSettings) -> list[int]:
     """The connected nodes this run asks: all of them, or those the ``nodes`` setting names."""
     node_ids = wait_for_nodes(grid, max(settings.expected_nodes, settings.min_nodes), settings.node_wait_seconds)
     if not settings.only_nodes:
         return node_ids
     names = {n.strip() for n in settings.only_nodes.split(",") if n.strip()}
-    known = admitted(settings)
+    known = settings.admitted
     unknown = sorted(names - set(known.values()))
     if unknown:
         raise SettingsError(
@@ -68,16 +55,18 @@ def asker(grid: Grid, spec: TaskSpec, kind: QueryKind[Any], settings: RunSetting
         messages = [Message(content, dst_node_id=node_id, message_type=kind.message_type) for node_id in node_ids]
         answers: dict[str, NodeAnswer] = {}
         refusals: dict[str, str] = {}
+        names = settings.admitted  # node id -> admitted name; empty where nodes are not admitted by key
         replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
         for reply in replies:
             node_id = reply.metadata.src_node_id
             if reply.has_error():
-                refusals[f"node-{node_id}"] = error_reason(reply)
+                refusals[names.get(node_id, f"node-{node_id}")] = error_reason(reply)
                 continue
             answer = QueryReply.of(reply)
             answers[answer.name] = NodeAnswer(node_id, answer.name, answer.organisation, json.loads(answer.answer))
-        for missing in set(node_ids) - {r.metadata.src_node_id for r in replies}:
-            refusals[f"node-{missing}"] = f"node-{missing}: no reply within {settings.round_timeout:.0f} s"
+        for missing in sorted(set(node_ids) - {r.metadata.src_node_id for r in replies}):
+            name = names.get(missing, f"node-{missing}")
+            refusals[name] = f"node {name!r} dropped: no reply within {settings.round_timeout:.0f} s"
         return Answers(answers, refusals, asked=len(node_ids))
 
     return ask

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from flwr.app import Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 
 __all__ = ["DelegatingGrid", "PromptGrid"]
@@ -52,7 +53,10 @@ class PromptGrid(DelegatingGrid):
     """Delegates to Flower's grid; only ``send_and_receive`` pulls every ``PULL_INTERVAL`` seconds.
 
     It pushes and pulls with the wrapped grid's own ``push_messages`` and ``pull_messages``, so
-    the messages and their checks are Flower's; the loop keeps Flower's timeout semantics.
+    the messages and their checks are Flower's; the loop keeps Flower's timeout semantics. When
+    the SuperLink answers for a node it has lost (its "Node Unavailable" error comes from the
+    SuperLink's own node id), the error is handed on as the reply of the node it concerns, so a
+    round's report names that node.
     """
 
     def __init__(self, grid: Grid, pull_interval: float = PULL_INTERVAL) -> None:
@@ -62,14 +66,24 @@ class PromptGrid(DelegatingGrid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Push ``messages``, then pull until every one is answered or ``timeout`` seconds pass."""
+        messages = list(messages)
         waiting = set(self.grid.push_messages(messages))
+        sent = {m.metadata.message_id: m for m in messages}
         deadline = time.monotonic() + (timeout or 0.0)
         replies: list[Message] = []
         while waiting:
             pulled = list(self.grid.pull_messages(waiting))
-            replies.extend(pulled)
+            replies.extend(_attributed(reply, sent) for reply in pulled)
             waiting.difference_update(m.metadata.reply_to_message_id for m in pulled)
             if not waiting or (timeout is not None and time.monotonic() >= deadline):
                 break
             time.sleep(self.pull_interval)
         return replies
+
+
+def _attributed(reply: Message, sent: dict[str, Message]) -> Message:
+    """``reply``, or, when the SuperLink answered for the node, the same error from that node."""
+    asked = sent.get(reply.metadata.reply_to_message_id)
+    if reply.metadata.src_node_id != SUPERLINK_NODE_ID or not reply.has_error() or asked is None:
+        return reply
+    return Message(reply.error, reply_to=asked)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Protocol
 
 from flwr.app import Message
+from flwr.common.constant import ErrorCode
 
 from lab.contract.messages import EvaluateReply, TrainReply
 from lab.contract.records import error_reason
@@ -24,12 +26,25 @@ class MetricSink(Protocol):
 class Recorder:
     """Turns replies into per-organisation metrics, MLflow steps and progress events."""
 
-    def __init__(self, members: dict[int, Member], sink: MetricSink, emit: Emit, metric_names: tuple[str, ...]) -> None:
+    def __init__(
+        self, members: dict[int, Member], sink: MetricSink, emit: Emit, metric_names: tuple[str, ...], timeout: float
+    ) -> None:
         self.members = members
+        self.timeout = timeout
         self.sink = sink
         self.emit = emit
         self.metric_names = metric_names
         self.refusals: list[dict[str, object]] = []  # refusals during the rounds, after preparation
+
+    def dropped(self, asked: Iterable[int], replies: list[Message]) -> dict[str, str]:
+        """The nodes asked that sent nothing back within the timeout (their link went down, or
+        they stopped), by name."""
+        answered = {reply.metadata.src_node_id for reply in replies}
+        return {
+            self.name_of(n): f"node {self.name_of(n)!r} dropped: no reply within {self.timeout:.0f} s"
+            for n in sorted(asked)
+            if n not in answered
+        }
 
     def name_of(self, node_id: int) -> str:
         member = self.members.get(node_id)
@@ -63,8 +78,9 @@ class Recorder:
             errors=self._refusals(server_round, "train", {**self._errors(replies), **excluded}),
         )
 
-    def on_evaluate(self, server_round: int, replies: list[Message], asked: int) -> None:
-        """Log the scores of the global model after ``server_round``."""
+    def on_evaluate(self, server_round: int, replies: list[Message], asked: int, missing: dict[str, str]) -> None:
+        """Log the scores of the global model after ``server_round`` (``missing``: the nodes that
+        sent nothing back, by name, with why)."""
         good = {r.metadata.src_node_id: EvaluateReply.of(r).metrics for r in replies if not r.has_error()}
         mean = self._log_scores(server_round, good)
         self.emit(
@@ -73,7 +89,7 @@ class Recorder:
             answered=len(good),
             asked=asked,
             mean=mean,
-            errors=self._refusals(server_round, "evaluate", self._errors(replies)),
+            errors=self._refusals(server_round, "evaluate", {**self._errors(replies), **missing}),
         )
 
     def _log_scores(self, step: int, scores: dict[int, dict[str, float]]) -> dict[str, float | None]:
@@ -106,7 +122,13 @@ class Recorder:
         return errors
 
     def _errors(self, replies: list[Message]) -> dict[str, str]:
-        return {self.name_of(r.metadata.src_node_id): error_reason(r) for r in replies if r.has_error()}
+        errors = {}
+        for reply in replies:
+            if reply.has_error():
+                name = self.name_of(reply.metadata.src_node_id)
+                lost = reply.error.code == ErrorCode.NODE_UNAVAILABLE  # the SuperLink lost its heartbeat
+                errors[name] = f"node {name!r} dropped: {error_reason(reply)}" if lost else error_reason(reply)
+        return errors
 
 
 def _weighted_loss(replies: list[TrainReply]) -> float:

@@ -26,7 +26,9 @@ class RoundObserver(Protocol):
 
     def on_train(self, server_round: int, replies: list[Message], asked: int, excluded: dict[str, str]) -> None: ...
 
-    def on_evaluate(self, server_round: int, replies: list[Message], asked: int) -> None: ...
+    def on_evaluate(self, server_round: int, replies: list[Message], asked: int, missing: dict[str, str]) -> None: ...
+
+    def dropped(self, asked: Iterable[int], replies: list[Message]) -> dict[str, str]: ...
 
 
 class ReportingStrategy(Strategy):
@@ -65,7 +67,9 @@ class ReportingStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        kept, excluded = self._screen(list(replies))
+        replies = list(replies)
+        kept, excluded = self._screen(replies)
+        excluded.update(self.observer.dropped(self.participants, replies))
         self._require_enough(server_round, kept, "training", excluded)
         self.observer.on_train(server_round, kept, len(self.participants), excluded)
         # The observer has recorded every node's own metrics. Flower averages only metrics all
@@ -88,7 +92,8 @@ class ReportingStrategy(Strategy):
         if not replies and self.inner.fraction_evaluate == 0.0:
             return None  # nodes score the global model inside the next train message instead
         self._require_enough(server_round, replies, "evaluation", {})
-        self.observer.on_evaluate(server_round, replies, len(self.participants))
+        dropped = self.observer.dropped(self.participants, replies)
+        self.observer.on_evaluate(server_round, replies, len(self.participants), dropped)
         return self.inner.aggregate_evaluate(server_round, replies)
 
     def _screen(self, replies: list[Message]) -> tuple[list[Message], dict[str, str]]:
