@@ -3,8 +3,11 @@ in ``lab.queries``, recorded in MLflow and reported to the caller as progress ev
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
@@ -19,6 +22,8 @@ from lab.core.spec import TaskSpec, parse_spec
 from lab.errors import LabError
 from lab.queries import kind_named
 from lab.registry.tracking import Tracker
+from lab.runtime.environ import ROSTER
+from lab.runtime.roster import names_by_id
 
 __all__ = ["TRACEBACK_FILE", "app"]
 
@@ -35,6 +40,8 @@ def main(grid: Grid, context: Context) -> None:
     """Run one federated run end to end."""
     grid = PromptGrid(grid)  # replies are read within 0.2 s, not Flower's 3 s
     settings = RunSettings.from_run_config(dict(context.run_config))
+    if ROSTER.get() and not settings.admitted_nodes:  # a coordinator's host: hold each node to its admitted name
+        settings = replace(settings, admitted_nodes=json.dumps(names_by_id(Path(ROSTER.get()))))
     spec = parse_spec(settings.task_spec, source="the run's task spec")
     tracker = Tracker(settings.tracking_uri, settings.experiment or spec.name)
     fab_hash = grid.run.fab_hash  # the app's code, as the SuperLink received it

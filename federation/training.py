@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from federation.asking import admitted, asker
+from federation.asking import asker
 from federation.recorder import Recorder
 from federation.secure_aggregation import run_secure_rounds
 from federation.strategies import make_strategy
@@ -29,6 +30,8 @@ from lab.queries.prepare import KIND as PREPARE
 from lab.queries.prepare import Guard, Member, Preparation, PrepareRequest
 from lab.registry.packaging import check_packaging
 from lab.registry.tracking import Tracker
+from lab.runtime.environ import ROSTER
+from lab.runtime.roster import note_seen
 
 __all__ = ["train"]
 
@@ -42,7 +45,10 @@ def train(
     request = PrepareRequest.of(settings, guard.lock)
     prepared = PREPARE.prepare(spec, request, settings, guard, asker(grid, spec, PREPARE, settings), tracker, emit)
     members = prepared.members
-    recorder = Recorder(members, tracker, emit, spec.metrics)
+    if ROSTER.get():  # a coordinator's host: `lab coordinator nodes` shows what each node reported
+        reports = {m.name: {"organisation": m.organisation, "environment": m.env_fingerprint} for m in members.values()}
+        note_seen(Path(ROSTER.get()), reports, run=str(grid.run.run_id))
+    recorder = Recorder(members, tracker, emit, spec.metrics, settings.round_timeout)
     instructions = _instructions(spec, settings, prepared)
     initial = ArrayRecord(build_model(spec, seed=settings.seed).state_dict())
     if settings.secure_aggregation:  # the same instructions, through SecAgg+
@@ -116,9 +122,9 @@ def _guard(spec: TaskSpec, settings: RunSettings) -> Guard:
                 "the strict environment policy needs the lock; `lab run` sends "
                 'environments/requirements.lock, or set environment-policy = "warn"'
             )
-        return Guard(None, settings.environment_policy, spec.sha256, admitted(settings))
+        return Guard(None, settings.environment_policy, spec.sha256, settings.admitted)
     lock = Environment.from_lock(settings.environment_lock, source="the run's environment lock")
-    return Guard(lock, settings.environment_policy, spec.sha256, admitted(settings))
+    return Guard(lock, settings.environment_policy, spec.sha256, settings.admitted)
 
 
 def _evaluate_final(
@@ -138,7 +144,7 @@ def _evaluate_final(
         raise RunFailedError(
             f"final evaluation: {len(good)} node(s) answered, fewer than min-nodes = {settings.min_nodes}"
         )
-    recorder.on_evaluate(settings.num_rounds, replies, len(members))
+    recorder.on_evaluate(settings.num_rounds, replies, len(members), recorder.dropped(members, replies))
 
 
 def _summary(members: dict[int, Member], spec: TaskSpec) -> dict[str, Any]:

@@ -3,6 +3,7 @@ and each organisation's node (`lab node enroll/start`)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -91,16 +92,31 @@ def coordinator_admit(
 
 
 @coordinator_app.command("nodes")
-def coordinator_nodes(home: CoordinatorHome = Path("coordinator")) -> None:
-    """The admitted nodes and those connected: name, node id, status, when last online."""
+def coordinator_nodes(
+    home: CoordinatorHome = Path("coordinator"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the nodes as JSON.")] = False,
+) -> None:
+    """The admitted nodes and those connected: name, organisation, node id, status, when last seen,
+    and the environment fingerprint each reported in its last run."""
     from lab.runtime.coordinator_host import nodes
 
+    rows = nodes(home)
+    if as_json:
+        print(json.dumps(rows))
+        return
     table = RichTable(title="Nodes of this coordinator")
-    for column in ("name", "node id", "status", "online at", "offline at"):
+    for column in ("name", "organisation", "node id", "status", "last seen", "environment", "last run"):
         table.add_column(column)
-    for row in nodes(home):
+    for row in rows:
+        since = f" (online since {row['online_since']})" if row["online_since"] else ""
         table.add_row(
-            escape(row["name"]), str(row["node_id"]), row["status"], row["online_at"] or "", row["offline_at"] or ""
+            escape(row["name"]),
+            escape(row["organisation"]),
+            str(row["node_id"]),
+            row["status"],
+            row["last_seen"] + since,
+            row["environment"][:12],
+            str(row["last_run"]),
         )
     console.print(table)
 

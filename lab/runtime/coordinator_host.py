@@ -7,12 +7,11 @@ tracking server itself stay on loopback; runs are launched on this host, or from
 machine through an SSH tunnel to the Control API.
 
 The home holds ``certs/`` (from `lab coordinator init`), ``superlink.db``, ``tracking/``,
-``front/``, ``logs/`` and ``admitted.json`` (each organisation's name, key and node id).
+``front/``, ``logs/`` and the roster (lab.runtime.roster: who is admitted, what each reported).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +20,10 @@ from typing import Any
 from lab.errors import RuntimeStartError, UsageError
 from lab.runtime.connection import Connection
 from lab.runtime.coordinator import Coordinator
-from lab.runtime.environ import ADMITTED
+from lab.runtime.environ import ROSTER
 from lab.runtime.front import Front
 from lab.runtime.processes import LOOPBACK, LoggedProcess, Started
+from lab.runtime.roster import admitted, seen, write_admitted
 from lab.runtime.security import CoordinatorCerts
 from lab.runtime.tracking_server import ADMIN, TrackingServer
 
@@ -31,7 +31,6 @@ __all__ = [
     "CONTROL_PORT",
     "CoordinatorHost",
     "admit",
-    "admitted",
     "certificates",
     "control",
     "nodes",
@@ -57,12 +56,6 @@ def certificates(home: Path) -> CoordinatorCerts:
     return certs
 
 
-def admitted(home: Path) -> dict[str, dict[str, Any]]:
-    """Each admitted organisation: its node id, public key file and when it was admitted."""
-    path = home / "admitted.json"
-    return dict(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else {}
-
-
 @dataclass
 class CoordinatorHost(Started):
     """Everything `lab coordinator start` runs; ``host`` is the address nodes and members reach."""
@@ -84,7 +77,7 @@ class CoordinatorHost(Started):
         env = {
             "MLFLOW_TRACKING_USERNAME": ADMIN,
             "MLFLOW_TRACKING_PASSWORD": self.tracking.admin_password,
-            ADMITTED.name: str(self.home / "admitted.json"),  # the ServerApp holds each node to its name
+            ROSTER.name: str(self.home),  # the ServerApp holds each node to its admitted name
         }
         self.coordinator = Coordinator(self.home, secure=True, port=CONTROL_PORT, certs=certs, env=env)
         self.front = Front(
@@ -156,35 +149,34 @@ def admit(home: Path, name: str, public_key: Path) -> dict[str, Any]:
         "admitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "account": str(home / "tracking" / "accounts" / name),
     }
-    (home / "admitted.json").write_text(json.dumps(known, indent=2), encoding="utf-8")
+    write_admitted(home, known)
     return known[name]
 
 
 def nodes(home: Path) -> list[dict[str, Any]]:
-    """Every admitted node and every node the SuperLink knows: name, node id, status, last seen."""
+    """Every admitted node and every other node the SuperLink knows: name, organisation, node id,
+    status, when last seen, and the environment fingerprint it last reported in a run."""
     home = home.resolve()
     listed = control(home).flwr_json(["supernode", "list"], home / "flwr-home", what="listing the nodes")
     by_id = {int(n["node-id"]): n for n in listed.get("nodes", [])}
+    reported = seen(home)
     rows = []
     for name, entry in sorted(admitted(home).items()):
-        seen = by_id.pop(int(entry["node_id"]), {})
-        rows.append(
-            {
-                "name": name,
-                "node_id": entry["node_id"],
-                "status": seen.get("status", "registered"),
-                "online_at": seen.get("online-at", ""),
-                "offline_at": seen.get("offline-at", ""),
-            }
-        )
-    for node_id, seen in by_id.items():
-        rows.append(
-            {
-                "name": "(not admitted by the lab)",
-                "node_id": node_id,
-                "status": seen.get("status", ""),
-                "online_at": seen.get("online-at", ""),
-                "offline_at": seen.get("offline-at", ""),
-            }
-        )
+        rows.append(_row(name, int(entry["node_id"]), by_id.pop(int(entry["node_id"]), {}), reported.get(name, {})))
+    for node_id, known in by_id.items():
+        rows.append(_row("(not admitted by the lab)", node_id, known, {}))
     return rows
+
+
+def _row(name: str, node_id: int, known: dict[str, Any], reported: dict[str, Any]) -> dict[str, Any]:
+    status = known.get("status", "registered")
+    return {
+        "name": name,
+        "organisation": reported.get("organisation", ""),
+        "node_id": node_id,
+        "status": status,
+        "last_seen": "now" if status == "online" else known.get("offline-at") or "never",
+        "online_since": known.get("online-at", "") if status == "online" else "",
+        "environment": reported.get("environment", ""),
+        "last_run": reported.get("run", ""),
+    }

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "ADMITTED",
     "PRIVATE_ENV",
+    "ROSTER",
     "TRACKING_URI",
     "WORKSPACE",
     "Setting",
@@ -46,10 +46,11 @@ WORKSPACE = Setting(
     "workspace",
     "Folder holding everything the lab starts: Flower's home, logs, the MLflow store.",
 )
-ADMITTED = Setting(
-    "LAB_ADMITTED",
+ROSTER = Setting(
+    "LAB_ROSTER",
     "",
-    "The coordinator's admitted.json (set by `lab coordinator start` for its ServerApps): each node's admitted name.",
+    "The coordinator's home with its roster (set by `lab coordinator start` for its ServerApps): "
+    "each node's admitted name, and what it last reported.",
 )
 TRACKING_URI = Setting(
     "MLFLOW_TRACKING_URI",

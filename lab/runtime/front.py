@@ -64,6 +64,9 @@ class Front(Started):
             proxy_pass http://{LOOPBACK}:{self.tracking_port_inside};
             proxy_set_header Host $host;
             proxy_read_timeout 300s;
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_max_temp_file_size 0;
         }}
     }}"""
         return f"""# Written by `lab coordinator start`; regenerated at every start.
@@ -91,6 +94,10 @@ http {{
             proxy_ssl_name localhost;  # the certificate names localhost; nginx matches names, not IPs
             proxy_http_version 1.1;
             proxy_read_timeout 300s;
+            # Stream both ways: no temporary files (nginx's workers may not write to the home).
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_max_temp_file_size 0;
         }}
         location / {{ return 404; }}
     }}{tracking}
