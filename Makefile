@@ -7,7 +7,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup demo test bench lint lock ui clean
+.PHONY: setup demo deploy-demo test bench lint lock ui clean
 
 # The environment, installed exactly from the lock; redone when the lock or the project changes.
 $(BIN)/.installed: $(LOCK) pyproject.toml
@@ -23,6 +23,10 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/lab demo
 
+# The README's "Deploy across organisations" with each party on its own host (network namespaces; needs root and nginx).
+deploy-demo: setup
+	$(BIN)/python deploy/demo.py
+
 test: setup
 	$(BIN)/python -m pytest
 
@@ -31,8 +35,8 @@ bench: setup
 	$(BIN)/python benchmarks/run.py
 
 lint: setup
-	$(BIN)/ruff check lab federation tests benchmarks
-	$(BIN)/ruff format --check lab federation tests benchmarks
+	$(BIN)/ruff check lab federation tests benchmarks deploy
+	$(BIN)/ruff format --check lab federation tests benchmarks deploy
 	$(BIN)/mypy lab federation
 
 ui: setup

@@ -1,0 +1,221 @@
+"""A federation across hosts: the coordinator and four organisations, each in its own network
+namespace with its own address and home, typing the README's "Deploy across organisations"; an
+attacker on the same network; a pulled cable; a restarted coordinator."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "deploy"))
+
+from netns import available  # noqa: E402
+from sequence import FLEET_PORT, HEART, SILOS, TRACKING_PORT, Deployment, lab  # noqa: E402
+
+
+def _missing() -> str:
+    if available():
+        return available()
+    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").is_file():
+        return "the coordinator's TLS front is nginx, which is not installed (apt-get install nginx-light)"
+    return ""
+
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(_missing()), reason=_missing() or "hosts available")]
+
+NODES = list(SILOS)
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deployment, subprocess.CompletedProcess[str]]]:
+    """The README's sequence: the coordinator starts, admits four organisations, each starts its
+    node on its own host, and the coordinator launches a run of 2 rounds."""
+    folder = tmp_path_factory.mktemp("deployment")
+    with Deployment(folder, extra_hosts=["attacker"]) as deployment:
+        deployment.coordinator_up()
+        for organisation in NODES:
+            deployment.enroll_and_admit(organisation)
+        for organisation in NODES:
+            deployment.node_up(organisation)
+        first = deployment.run("--rounds", "2", "--set", "round-timeout=25")
+        yield deployment, first
+
+
+def _recorded_run(deployment: Deployment) -> dict[str, Any]:
+    return dict(
+        deployment.recorded(
+            "version = client.get_model_version_by_alias('heart-disease', 'champion')\n"
+            "run = client.get_run(version.run_id)\n"
+            "print(json.dumps({'version': version.version, 'status': run.info.status, 'metrics': run.data.metrics,"
+            " 'params': run.data.params}))\n"
+        )
+    )
+
+
+def test_the_champion_is_registered_on_the_shared_tracking_server(deployed: tuple[Deployment, Any]) -> None:
+    deployment, first = deployed
+    assert "registered models:/heart-disease@champion" in first.stdout
+    run = _recorded_run(deployment)
+    assert run["status"] == "FINISHED"
+    assert run["params"]["nodes"] == ",".join(sorted(NODES))
+
+
+def test_an_organisation_reruns_the_champion_in_house_and_gets_what_was_recorded(
+    deployed: tuple[Deployment, Any],
+) -> None:
+    deployment, _ = deployed
+    recorded = _recorded_run(deployment)["metrics"]
+    for organisation in ("cleveland", "va"):
+        metrics = deployment.pull_and_evaluate(organisation)["metrics"]
+        for name in ("accuracy", "auc", "loss"):
+            assert metrics[name] == pytest.approx(recorded[f"node.{organisation}.{name}"], abs=1e-6)
+
+
+def test_each_node_audit_log_holds_exactly_the_messages_it_answered(deployed: tuple[Deployment, Any]) -> None:
+    from lab.node.audit import AuditLog
+
+    deployment, _ = deployed
+    for organisation in NODES:
+        entries = AuditLog(deployment.home(organisation) / "node" / "audit.jsonl").entries()
+        first_run = [e for e in entries if e["run_id"] == entries[0]["run_id"]]
+        kinds = sorted(e["message_type"] for e in first_run)
+        assert kinds == ["evaluate", "query.prepare", "train", "train"], organisation
+        assert {e["decision"] for e in first_run} == {"accepted"}
+
+
+def test_the_coordinator_lists_each_node_with_what_it_reported(deployed: tuple[Deployment, Any]) -> None:
+    from lab.core.environment import Environment
+    from lab.core.spec import load_spec
+
+    deployment, _ = deployed
+    home = str(deployment.home("coordinator"))
+    listed = deployment.type("coordinator", [lab(), "coordinator", "nodes", "--home", home, "--json"])
+    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    spec = load_spec(HEART / "task.toml")
+    assert set(rows) == set(NODES)  # the attacker never became a node
+    for name in NODES:
+        assert rows[name]["organisation"] == spec.organisation(name)
+        assert rows[name]["status"] == "online" and rows[name]["last_seen"] == "now"
+        assert rows[name]["environment"] == Environment.current().fingerprint  # every host runs this checkout's
+
+
+def test_an_attacker_with_the_ca_but_no_admitted_key_gets_nothing(deployed: tuple[Deployment, Any]) -> None:
+    from lab.runtime.security import enroll_node
+
+    deployment, _ = deployed
+    address, home = deployment.coordinator_address, deployment.home("attacker")
+    keys = enroll_node(home / "keys", "attacker")
+    ca = deployment.ca
+    # A SuperNode with the federation's CA and a key nobody admitted is refused by the Fleet API.
+    proc = deployment.net.launch(
+        "attacker",
+        [
+            str(Path(sys.executable).parent / "flower-supernode"),
+            "--root-certificates", str(ca), "--auth-supernode-private-key", str(keys.private_key),
+            "--superlink", f"{address}:{FLEET_PORT}", "--port", "9094", "--node-config", 'node-name="cleveland"',
+        ],
+        log=home / "supernode.log",
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    log = (home / "supernode.log").read_text(errors="replace")
+    deployment.net.end(proc)
+    assert "SuperNode ID:" not in log  # it never became a node
+    assert "Failed to activate SuperNode" in log or proc.returncode != 0
+
+    def curl(*args: str) -> str:
+        out = deployment.net.run(
+            "attacker",
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(ca), *args],
+            capture_output=True,
+            timeout=60,
+        )
+        return out.stdout.strip()
+
+    # The Control and Runtime APIs are not behind the front; the SuperLink's own port is closed.
+    assert curl("-X", "POST", f"https://{address}:{FLEET_PORT}/v1/control/list-runs") == "404"
+    assert curl("-X", "POST", f"https://{address}:{FLEET_PORT}/v1/runtime/acquire-task") == "404"
+    connect = f"import socket; s = socket.socket(); s.settimeout(3); print(s.connect_ex(({address!r}, 9093)))"
+    probe = deployment.net.run("attacker", [sys.executable, "-c", connect], capture_output=True, timeout=60)
+    assert probe.stdout.strip() != "0"
+    # The registry: nothing without an account, and an organisation's account cannot write.
+    search = f"https://{address}:{TRACKING_PORT}/api/2.0/mlflow/registered-models/search"
+    assert curl(search) == "401"
+    password = (deployment.home("hungary") / "tracking-password").read_text().strip()
+    alias = (
+        f"https://{address}:{TRACKING_PORT}/api/2.0/mlflow/registered-models/alias?name=heart-disease&alias=champion"
+    )
+    config = home / "curl-user"  # the password on curl's command line would show in `ps`
+    config.write_text(f'user = "hungary:{password}"\n')
+    assert curl("-K", str(config), search) == "200"
+    assert curl("-K", str(config), "-X", "DELETE", alias) == "403"
+
+
+def test_a_node_whose_link_goes_down_is_dropped_and_joins_the_next_run(deployed: tuple[Deployment, Any]) -> None:
+    deployment, _ = deployed
+    folder = deployment.home("coordinator") / "runs-launched"
+    before = set(folder.glob("runs/*"))
+    argv = [
+        lab(), "run", "--coordinator", "127.0.0.1:9093", "--ca", str(deployment.ca), "--spec", str(HEART / "task.toml"),
+        "--workspace", str(folder), "--rounds", "3", "--min-nodes", "3", "--set", "round-timeout=20",
+    ]  # fmt: skip
+    running = deployment.start("coordinator", argv, key="dropping-run")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        runs = set(folder.glob("runs/*")) - before
+        output = next(iter(runs), None)
+        log = output / "flwr-run.log" if output else None
+        if log and log.is_file() and '"event": "train"' in log.read_text(errors="replace"):
+            break  # round 1 is in: pull va's cable
+        time.sleep(0.5)
+    deployment.net.link("va", up=False)
+    try:
+        assert running.wait(timeout=400) == 0, deployment.terminal("dropping-run")
+    finally:
+        deployment.net.link("va", up=True)
+    terminal = deployment.terminal("dropping-run")
+    assert "node 'va' dropped" in terminal.replace("\n", "")
+    dropped = deployment.recorded(
+        "run = client.search_runs([client.get_experiment_by_name('heart-disease').experiment_id],"
+        " order_by=['attributes.start_time DESC'])[0]\n"
+        "path = client.download_artifacts(run.info.run_id, 'nodes/refusals-in-rounds.json')\n"
+        "print(json.dumps(json.load(open(path))))\n"
+    )
+    assert any(r["node"] == "va" and "dropped" in r["reason"] for r in dropped)
+    # va's node reconnects on its own once its cable is back, and takes part in the next run.
+    again = deployment.run("--rounds", "1", "--set", f"expected-nodes={len(NODES)}")
+    assert "joined va" in again.stdout
+
+
+def test_a_restarted_coordinator_keeps_its_nodes_and_runs(deployed: tuple[Deployment, Any]) -> None:
+    deployment, _ = deployed
+    history = (
+        "experiment = client.get_experiment_by_name('heart-disease').experiment_id\n"
+        "print(json.dumps(sorted(r.info.run_id for r in client.search_runs([experiment]))))\n"
+    )
+    before = deployment.recorded(history)
+    deployment.stop("coordinator")
+    deployment.start_coordinator()
+    assert deployment.recorded(history) == before  # the run history survived
+    listing = [lab(), "coordinator", "nodes", "--home", str(deployment.home("coordinator")), "--json"]
+    rows = json.loads(deployment.type("coordinator", listing).stdout)
+    assert sorted(row["name"] for row in rows) == sorted(NODES)  # still admitted, with their node ids
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the nodes reconnect without being restarted
+        rows = json.loads(deployment.type("coordinator", listing).stdout)
+        if all(row["status"] == "online" for row in rows):
+            break
+        time.sleep(3)
+    after = deployment.run("--rounds", "1", "--set", f"expected-nodes={len(NODES)}")
+    assert all(f"joined {name}" in after.stdout for name in NODES)
