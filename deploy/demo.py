@@ -3,9 +3,10 @@ network namespace), shown as each party's terminal, in the order the parties typ
 
     sudo .venv/bin/python deploy/demo.py [--folder DIR]
 
-A coordinator and two organisations (Cleveland and Hungary) on a private network: the coordinator
+The coordinator and the four organisations of `lab demo` on a private network: the coordinator
 starts its host and admits the organisations, each starts its node on its own machine, the
-coordinator launches a run, and an organisation pulls the champion and reruns it in-house.
+coordinator launches a run with the demo's settings, and an organisation pulls the champion and
+reruns it in-house.
 """
 
 from __future__ import annotations
@@ -43,16 +44,15 @@ def main() -> None:
     os.environ.update(PRIVATE_ENV)
     folder = (args.folder or Path(tempfile.mkdtemp(prefix="lab-deploy-demo-"))).resolve()
     started = time.monotonic()
-    with Deployment(folder, organisations=["cleveland", "hungary"], say=show) as deployment:
+    with Deployment(folder, say=show) as deployment:  # the four organisations of `lab demo`
         for party in ["coordinator", *deployment.organisations]:
             show(party, f"(host {deployment.net.address(party)}, home {deployment.home(party)})")
         deployment.coordinator_up()
         for organisation in deployment.organisations:
             deployment.enroll_and_admit(organisation)
-        for organisation in deployment.organisations:
-            deployment.node_up(organisation)
+        deployment.nodes_up(deployment.organisations)
         deployment.type("coordinator", [*_lab(), "coordinator", "nodes", "--home", str(deployment.home("coordinator"))])
-        deployment.run("--rounds", "3")
+        deployment.run()  # the rounds and strategy of `lab demo`
         deployment.pull_and_evaluate("hungary")
         for organisation in deployment.organisations:
             show(organisation, deployment.terminal(organisation).rstrip())

@@ -152,7 +152,14 @@ class Deployment:
         path.write_text(template(spec, app_hash(ROOT), spec.organisation(organisation)))
         return path
 
-    def node_up(self, organisation: str) -> None:
+    def nodes_up(self, organisations: list[str]) -> None:
+        """Each organisation starts its node (all at once, as they would), and each connects."""
+        for organisation in organisations:
+            self.node_up(organisation, wait=False)
+        for organisation in organisations:
+            self.wait_for(organisation, "connected to")
+
+    def node_up(self, organisation: str, *, wait: bool = True) -> None:
         home = self.home(organisation)
         argv = [
             lab(), "node", "start", "--name", organisation,
@@ -164,7 +171,8 @@ class Deployment:
             "--home", str(home / "node"),
         ]  # fmt: skip
         self.start(organisation, argv)
-        self.wait_for(organisation, "connected to")
+        if wait:
+            self.wait_for(organisation, "connected to")
 
     def run(self, *extra: str) -> subprocess.CompletedProcess[str]:
         """The coordinator launches a run on the connected nodes."""

@@ -45,8 +45,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deploym
         deployment.coordinator_up()
         for organisation in NODES:
             deployment.enroll_and_admit(organisation)
-        for organisation in NODES:
-            deployment.node_up(organisation)
+        deployment.nodes_up(NODES)
         first = deployment.run("--rounds", "2", "--set", "round-timeout=25")
         yield deployment, first
 
