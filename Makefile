@@ -7,7 +7,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup demo deploy-demo test bench lint lock ui clean
+.PHONY: setup demo deploy-demo test images test-containers bench lint lock ui clean
 
 # The environment, installed exactly from the lock; redone when the lock or the project changes.
 $(BIN)/.installed: $(LOCK) pyproject.toml
@@ -29,6 +29,14 @@ deploy-demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The node and coordinator images, built here with podman (deploy/images.py; environments/README.md).
+images: setup
+	$(BIN)/python deploy/images.py
+
+# The federation in those containers: a coordinator and two organisations' nodes on a podman network.
+test-containers: images
+	$(BIN)/python -m pytest -m containers -n 0 tests/test_container_federation.py
 
 # Quality, rounds to quality, overhead against bare Flower and scale: benchmarks/results.md (about 18 min).
 bench: setup

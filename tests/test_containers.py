@@ -1,4 +1,5 @@
-"""The container recipes, checked statically: no container engine runs on the machines that test this."""
+"""The container recipes, checked statically in every `make test` (the images themselves are built
+and run by `make images` and `make test-containers`: tests/test_container_federation.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ DOCUMENTED_PORTS = {9092, 5000}  # the Fleet API and the tracking server, behind
 def stages() -> dict[str, list[str]]:
     """Instruction lines of each build stage, by stage name."""
     out: dict[str, list[str]] = {}
-    current = ""
+    current = ""  # the build arguments before the first stage
+    out[current] = []
     text = re.sub(r"\\\n\s*", " ", DOCKERFILE)
     for line in text.splitlines():
         line = line.strip()
@@ -35,8 +37,10 @@ def stages() -> dict[str, list[str]]:
 
 
 def test_base_image_is_pinned_to_the_locks_python() -> None:
-    (image,) = [line.split()[1] for line in DOCKERFILE.splitlines() if line.startswith("FROM ") and " AS base" in line]
-    name, tag = image.split(":")
+    (base,) = [line.split()[1] for line in DOCKERFILE.splitlines() if line.startswith("FROM ") and " AS base" in line]
+    assert base == "${BASE}"
+    (default,) = [line.split("=", 1)[1] for line in stages()[""] if line.startswith("ARG BASE=")]
+    name, tag = default.split(":")
     assert name == "python"
     lock = Environment.from_lock_file(ENVIRONMENTS / "requirements.lock")
     assert re.fullmatch(rf"{re.escape(lock.python)}\.\d+-slim-\w+", tag), tag
@@ -49,7 +53,7 @@ def test_images_install_from_the_lock_with_hash_checking() -> None:
     base = " ".join(stages()["base"])
     assert "COPY environments/requirements.lock" in base
     assert re.search(r"pip install --require-hashes --no-deps .*-r /opt/lab/environments/requirements.lock", base)
-    assert "Environment.current()" in base  # the build fails if the result differs from the lock
+    assert "&& lab env verify" in base  # the build fails if the result differs from the lock
 
 
 @pytest.mark.parametrize("target", ["node", "coordinator"])
