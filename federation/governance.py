@@ -14,10 +14,10 @@ from typing import Protocol
 from flwr.app import Context, Error, Message, RecordDict
 
 from lab.contract import keys
-from lab.contract.messages import NodeReport
+from lab.contract.messages import NodeReport, carry_audit_head
 from lab.errors import LabError, Refusal
 from lab.node.agreement import Agreement, Request
-from lab.node.audit import AuditLog
+from lab.node.audit import AuditHead, AuditLog
 from lab.node.guard import APP_HASH_ENV
 from lab.node.site import NodeSite
 
@@ -60,7 +60,9 @@ def governed(checks: Checks) -> Callable[[Handler], Handler]:
                 reason = f"internal error (a bug in the lab): {type(exc).__name__}: {exc}; {where}"
                 _audit(site.audit_path, msg, "failed", reason=reason)
                 return Message(Error(code=keys.FAILED, reason=f"node {site.name!r} failed: {reason}"), reply_to=msg)
-            _audit(site.audit_path, msg, "accepted", reply=reply)
+            head = _audit(site.audit_path, msg, "accepted", reply=reply)
+            if head is not None:  # the coordinator records it: a log later cut or rolled back is found
+                carry_audit_head(reply, head.count, head.hash)
             return reply
 
         return wrapped
@@ -89,10 +91,10 @@ def _audit(
     clause: str | None = None,
     reason: str | None = None,
     reply: Message | None = None,
-) -> None:
+) -> AuditHead | None:
     if not path:
-        return
-    AuditLog(path).append(
+        return None
+    return AuditLog(path).append(
         run_id=msg.metadata.run_id,
         app_hash=os.environ.get(APP_HASH_ENV, "unchecked"),
         message_type=msg.metadata.message_type,

@@ -9,7 +9,7 @@ from typing import Protocol
 from flwr.app import Message
 from flwr.common.constant import ErrorCode
 
-from lab.contract.messages import EvaluateReply, TrainReply
+from lab.contract.messages import EvaluateReply, TrainReply, audit_head
 from lab.contract.records import error_reason
 from lab.queries.base import Emit
 from lab.queries.prepare import Member
@@ -35,6 +35,7 @@ class Recorder:
         self.emit = emit
         self.metric_names = metric_names
         self.refusals: list[dict[str, object]] = []  # refusals during the rounds, after preparation
+        self.audit_heads: list[dict[str, object]] = []  # each reply's audit head: `lab node audit --against`
 
     def dropped(self, asked: Iterable[int], replies: list[Message]) -> dict[str, str]:
         """The nodes asked that sent nothing back within the timeout (their link went down, or
@@ -66,6 +67,7 @@ class Recorder:
                     member.epsilon = reply.epsilon
         if good and not math.isnan(loss := _weighted_loss(list(good.values()))):
             metrics["train_loss"] = loss
+        metrics.update(self._note_heads(server_round, "train", replies))
         self.sink.log_metrics(metrics, step=server_round)
         mean = self._log_scores(server_round - 1, {n: r.evaluated for n, r in good.items()})
         self.emit(
@@ -83,6 +85,7 @@ class Recorder:
         sent nothing back, by name, with why)."""
         good = {r.metadata.src_node_id: EvaluateReply.of(r).metrics for r in replies if not r.has_error()}
         mean = self._log_scores(server_round, good)
+        self.sink.log_metrics(self._note_heads(server_round, "evaluate", replies), step=server_round)
         self.emit(
             "evaluate",
             round=server_round,
@@ -91,6 +94,18 @@ class Recorder:
             mean=mean,
             errors=self._refusals(server_round, "evaluate", {**self._errors(replies), **missing}),
         )
+
+    def _note_heads(self, server_round: int, stage: str, replies: list[Message]) -> dict[str, float]:
+        """Keep each node's audit head from its reply; its log's length as a metric."""
+        lengths: dict[str, float] = {}
+        for reply in replies:
+            head = audit_head(reply)
+            if head is not None:
+                name = self.name_of(reply.metadata.src_node_id)
+                self.audit_heads.append({"round": server_round, "stage": stage, "node": name, "count": head[0],
+                                         "hash": head[1]})  # fmt: skip
+                lengths[f"node.{name}.audit_entries"] = float(head[0])
+        return lengths
 
     def _log_scores(self, step: int, scores: dict[int, dict[str, float]]) -> dict[str, float | None]:
         metrics: dict[str, float] = {}

@@ -29,7 +29,7 @@ from lab.queries.base import Emit
 from lab.queries.prepare import KIND as PREPARE
 from lab.queries.prepare import Guard, Member, Preparation, PrepareRequest
 from lab.registry.packaging import check_packaging
-from lab.registry.tracking import Tracker
+from lab.registry.tracking import AUDIT_HEADS, Tracker
 from lab.runtime.environ import ROSTER
 from lab.runtime.roster import note_seen
 
@@ -65,6 +65,8 @@ def train(
     _evaluate_final(grid, result.arrays, instructions, members, recorder, settings)
     if recorder.refusals:
         tracker.log_text(json.dumps(recorder.refusals, indent=2), "nodes/refusals-in-rounds.json")
+    if recorder.audit_heads:
+        tracker.log_text(json.dumps(recorder.audit_heads, indent=2), AUDIT_HEADS)
     predictor = predictor_from(spec, prepared.scaler, result.arrays, prepared.target_scaler)
     if not predictor.is_finite():
         raise RunFailedError(

@@ -137,3 +137,18 @@ def test_an_epsilon_budget_implies_private_training_but_not_for_analytics(heart_
     agreement.check(request(heart_spec, differential_privacy=True), today=dt.date(2029, 1, 1))
     analytics = request(heart_spec, strategy=None, outputs=frozenset({"analytics"}), metrics=frozenset())
     agreement.check(analytics, today=dt.date(2029, 1, 1))  # queries are governed by allow.outputs
+
+
+def test_a_log_cut_at_its_end_or_rolled_back_no_longer_reaches_a_recorded_head(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    heads = [log.append(run_id=1, decision="accepted") for _ in range(3)]
+    assert [h.count for h in heads] == [1, 2, 3]
+    assert log.against(heads) == []
+    lines = log.path.read_text().splitlines(keepends=True)
+    log.path.write_text("".join(lines[:2]))  # cut at its end: the chain alone stays intact
+    assert log.verify() == []
+    (cut,) = log.against(heads)
+    assert cut.line == 3 and "cut off its end" in cut.reason
+    log.append(run_id=1, decision="refused")  # rolled back, then written again to the same length
+    (rolled,) = log.against(heads)
+    assert rolled.line == 3 and "rolled back" in rolled.reason

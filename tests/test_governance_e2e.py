@@ -38,6 +38,7 @@ class Governed:
     workspace: Path
     final: dict[str, Any]
     refused: dict[str, str]
+    run_id: str  # the coordinator's MLflow run
 
     def audit(self, node: str) -> AuditLog:
         return AuditLog(self.workspace / "nodes" / node / "audit.jsonl")
@@ -90,7 +91,8 @@ def governed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Governed]:
         if event["event"] == "refused":
             name = event["reason"].split("'")[1]
             refused[name] = event["reason"]
-    yield Governed(workspace, outcome.final, refused)
+    (run_id,) = [e["mlflow_run_id"] for e in events if e["event"] == "started"]
+    yield Governed(workspace, outcome.final, refused, run_id)
 
 
 def test_only_the_node_whose_agreement_allows_the_run_takes_part(governed: Governed) -> None:
@@ -262,3 +264,23 @@ def test_secure_federation_admits_only_registered_nodes_over_tls(tmp_path: Path)
     assert unregistered.returncode != 0 and "Failed to activate SuperNode" in refused
     assert plain.returncode != 0 and "Failed to initialize the connection to the SuperLink" in refused_plain
     assert "root-certificates" in (workspace / "flwr-home" / "config.toml").read_text()
+
+
+def test_audit_verify_against_the_run_finds_a_log_cut_at_its_end(governed: Governed, tmp_path: Path) -> None:
+    log = tmp_path / "cleveland" / "audit.jsonl"  # the node's name in the run: the log's folder
+    log.parent.mkdir()
+    log.write_text(governed.audit("cleveland").path.read_text())
+
+    def audit(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [*lab_command(), "node", "audit", str(log), "--verify", *args]
+        return subprocess.run(argv, capture_output=True, text=True, env=private_environ(), check=False)
+
+    against = ("--against", governed.run_id, "--workspace", str(governed.workspace))
+    ok = audit(*against)
+    assert ok.returncode == 0, ok.stderr
+    assert "reaches all 2 heads" in ok.stdout  # the train and the evaluate reply each carried one
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:-1]))  # the evaluate entry cut off
+    assert audit().returncode == 0  # the shorter chain alone is intact
+    cut = audit(*against)
+    assert cut.returncode == 1
+    assert "line 3" in cut.stderr and "cut off its end" in cut.stderr

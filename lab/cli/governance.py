@@ -13,11 +13,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
+from lab.cli.options import PasswordFile, TrackingUri, Workspace, read_password
 from lab.core.sources import source_label
 from lab.errors import AgreementError, UsageError
 from lab.node.agreement import load_agreement, template
-from lab.node.audit import AuditLog
+from lab.node.audit import AuditHead, AuditLog
 from lab.runtime.app import app_hash
+from lab.runtime.environ import WORKSPACE, tracking_uri_for
 
 __all__ = ["agreement_app", "app_app", "node_app"]
 
@@ -83,18 +85,45 @@ def agreement_check(
 def node_audit(
     log: Annotated[Path, typer.Argument(help="The node's audit log (JSON lines).")],
     verify: Annotated[bool, typer.Option("--verify", help="Check the hash chain; exit 1 where it breaks.")] = False,
+    against: Annotated[
+        str | None,
+        typer.Option(help="With --verify: also check the log still reaches every head this MLflow run recorded."),
+    ] = None,
+    node: Annotated[str | None, typer.Option(help="The node's name in that run (default: the log's folder).")] = None,
+    workspace: Workspace = Path(WORKSPACE.default),
+    tracking_uri: TrackingUri = "",
+    user: Annotated[str, typer.Option(help="Your account on a coordinator's tracking server.")] = "",
+    password_file: PasswordFile = None,
+    ca: Annotated[Path | None, typer.Option(help="The federation's CA certificate, to check the server's.")] = None,
 ) -> None:
-    """Print a node's audit log, or verify that no entry was edited, removed or reordered."""
+    """Print a node's audit log, or verify that no entry was edited, removed or reordered, and
+    (--against RUN_ID) that none was cut off its end or rolled back since that run."""
     audit = AuditLog(log)
     if not log.is_file():
         raise UsageError(f"audit log {str(log)!r} does not exist; a node writes it at nodes/NAME/audit.jsonl")
+    if against and not verify:
+        raise UsageError("--against checks the log against a run: give --verify with it")
     if verify:
         problems = audit.verify()
+        checked = ""
+        if against:
+            from lab.registry.tracking import account, recorded_audit_heads
+
+            name = node or log.resolve().parent.name
+            with account(user, read_password(password_file), ca):
+                recorded = recorded_audit_heads(tracking_uri_for(workspace, tracking_uri), against, name)
+            if not recorded:
+                raise UsageError(
+                    f"run {against!r} recorded no audit head of node {name!r}; give the node's name in that run "
+                    "with --node"
+                )
+            problems += audit.against([AuditHead(count, head) for count, head in recorded])
+            checked = f", and it reaches all {len(recorded)} heads run {against} recorded"
         if problems:
             for problem in problems:
                 err.print(f"[red]line {problem.line}[/]: {escape(problem.reason)}", highlight=False)
             raise typer.Exit(1)
-        console.print(f"{len(audit.entries())} entries, chain intact")
+        console.print(f"{len(audit.entries())} entries, chain intact{checked}")
         return
     table = RichTable(title=str(log))
     for column in ("time", "run", "message", "decision", "clause", "left the node"):

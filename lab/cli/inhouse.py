@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
-from lab.cli.options import TrackingUri, Workspace, fmt
+from lab.cli.options import PasswordFile, TrackingUri, Workspace, fmt, read_password
 from lab.core.sources import source_label
 from lab.errors import UsageError
 from lab.runtime.environ import WORKSPACE, lock_path, tracking_uri_for
@@ -35,20 +35,13 @@ def model_pull(
     tracking_uri: Annotated[str, typer.Option(help="The coordinator's tracking server, https://HOST:PORT.")],
     out: Annotated[Path, typer.Option(help="Folder to write the model to (lab predict --model FOLDER).")],
     user: Annotated[str, typer.Option(help="Your tracking account (the coordinator made it when admitting you).")] = "",
-    password_file: Annotated[Path | None, typer.Option(help="A file holding the account's password.")] = None,
+    password_file: PasswordFile = None,
     ca: Annotated[Path | None, typer.Option(help="The federation's CA certificate, to check the server's.")] = None,
 ) -> None:
     """Fetch a registered model with its lock and fingerprints, to predict and evaluate offline."""
     from lab.registry.rerun import pull_model
 
-    password = ""
-    if password_file is not None:
-        if not password_file.is_file():
-            raise UsageError(
-                f"--password-file {str(password_file)!r} does not exist; give the file holding your password"
-            )
-        password = password_file.read_text(encoding="utf-8").strip()
-    folder = pull_model(model, tracking_uri, out, username=user, password=password, ca=ca)
+    folder = pull_model(model, tracking_uri, out, username=user, password=read_password(password_file), ca=ca)
     console.print(f"pulled {escape(model)} into {folder}; rerun it offline: lab evaluate --model {folder} --data TABLE")
 
 

@@ -15,12 +15,14 @@ from lab.runtime.environ import TRACKING_URI, WORKSPACE
 __all__ = [
     "AgreementOption",
     "NodeOption",
+    "PasswordFile",
     "SpecOption",
     "TrackingUri",
     "Workspace",
     "fmt",
     "named_paths",
     "named_sources",
+    "read_password",
 ]
 
 Workspace = Annotated[
@@ -69,3 +71,15 @@ def fmt(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:.{digits}f}"
+
+
+PasswordFile = Annotated[Path | None, typer.Option(help="A file holding the account's password.")]
+
+
+def read_password(password_file: Path | None) -> str:
+    """The password in ``password_file`` (passwords never go on a command line), or none."""
+    if password_file is None:
+        return ""
+    if not password_file.is_file():
+        raise UsageError(f"--password-file {str(password_file)!r} does not exist; give the file holding your password")
+    return password_file.read_text(encoding="utf-8").strip()

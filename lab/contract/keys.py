@@ -16,6 +16,8 @@ NODE_REPORT = "report"  # a train or evaluate reply's node report (JSON)
 NODE_NAME = "node-name"  # a query reply: the node's name, organisation and answer (JSON)
 ORGANISATION = "organisation"
 ANSWER = "answer"
+AUDIT_COUNT = "audit-count"  # every accepted reply: the node's audit log length after recording it
+AUDIT_HEAD = "audit-head"  # ... and the hash of its last entry
 
 # Metric keys
 NUM_EXAMPLES = "num-examples"

@@ -21,7 +21,16 @@ from lab.core.privacy import DPSettings
 from lab.core.spec import TaskSpec
 from lab.errors import MessageError
 
-__all__ = ["EvaluateReply", "Instructions", "NodeReport", "QueryMessage", "QueryReply", "TrainReply"]
+__all__ = [
+    "EvaluateReply",
+    "Instructions",
+    "NodeReport",
+    "QueryMessage",
+    "QueryReply",
+    "TrainReply",
+    "audit_head",
+    "carry_audit_head",
+]
 
 
 @dataclass(frozen=True)
@@ -246,3 +255,21 @@ def _config(message: Message) -> ConfigRecord:
         return message.content.config_records[keys.CONFIG]
     except KeyError:
         raise MessageError(f"a {message.metadata.message_type} message has no {keys.CONFIG!r} record") from None
+
+
+def carry_audit_head(reply: Message, count: int, head: str) -> None:
+    """Put the node's audit head (its log's length and last hash) in a reply's NODE record."""
+    record = reply.content.config_records.get(keys.NODE)
+    if record is not None and not reply.has_error():
+        record[keys.AUDIT_COUNT] = count
+        record[keys.AUDIT_HEAD] = head
+
+
+def audit_head(reply: Message) -> tuple[int, str] | None:
+    """The audit head a reply carries (None for an error reply or a node that sends none)."""
+    if reply.has_error() or keys.NODE not in reply.content.config_records:
+        return None
+    record = reply.content.config_records[keys.NODE]
+    if keys.AUDIT_COUNT not in record or keys.AUDIT_HEAD not in record:
+        return None
+    return int(number(record, keys.AUDIT_COUNT)), text(record, keys.AUDIT_HEAD)

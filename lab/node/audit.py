@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GENESIS", "AuditLog", "Problem"]
+__all__ = ["GENESIS", "AuditHead", "AuditLog", "Problem"]
 
 GENESIS = "0" * 64
 
@@ -28,33 +28,44 @@ class Problem:
     reason: str
 
 
+@dataclass(frozen=True)
+class AuditHead:
+    """How long a log was and the hash of its last entry at some moment: every reply a node sends
+    carries its head, and the coordinator records it with the run, so a log later cut at its end or
+    rolled back no longer reaches a head that was recorded."""
+
+    count: int
+    hash: str
+
+
 class AuditLog:
     """Every decision a node takes on a message, and what left the node, chained by sha256.
 
     Editing an entry breaks its own hash; removing or reordering entries breaks the link to
-    the previous hash. (Cutting entries off the end leaves a valid shorter chain: keep a copy
-    of the last hash elsewhere to detect that.)
+    the previous hash. Cutting entries off the end leaves a valid shorter chain: ``against``
+    finds that from the heads a run recorded.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
-    def append(self, **fields: Any) -> dict[str, Any]:
-        """Add one entry (time and chain fields are filled in); safe across processes."""
+    def append(self, **fields: Any) -> AuditHead:
+        """Add one entry (time and chain fields are filled in); safe across processes. Returns the
+        log's new head."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a+", encoding="utf-8") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             fh.seek(0)
-            last = GENESIS
+            last, count = GENESIS, 0
             for line in fh:
                 if line.strip():
-                    last = json.loads(line).get("hash", GENESIS)
+                    last, count = json.loads(line).get("hash", GENESIS), count + 1
             entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields, "prev": last}
             entry["hash"] = _digest(entry)
             fh.seek(0, 2)
             fh.write(json.dumps(entry, sort_keys=True) + "\n")
             fh.flush()
-        return entry
+        return AuditHead(count + 1, entry["hash"])
 
     def entries(self) -> list[dict[str, Any]]:
         """All entries, oldest first (an unreadable line is returned as ``{"unreadable": text}``)."""
@@ -89,4 +100,28 @@ class AuditLog:
                     )
                 )
             previous = str(entry.get("hash", ""))
+        return problems
+
+    def against(self, heads: list[AuditHead]) -> list[Problem]:
+        """Where the log no longer reaches a head recorded elsewhere (by a run's coordinator): it was
+        cut at its end, or rolled back and written again."""
+        entries = self.entries()
+        problems = []
+        for head in sorted(set(heads), key=lambda h: h.count):
+            if head.count > len(entries):
+                problems.append(
+                    Problem(
+                        len(entries) + 1,
+                        f"the log holds {len(entries)} entries, but it held {head.count} when it sent the head "
+                        f"{head.hash[:12]}… that was recorded: entries were cut off its end",
+                    )
+                )
+            elif entries[head.count - 1].get("hash") != head.hash:
+                problems.append(
+                    Problem(
+                        head.count,
+                        f"entry {head.count} is not the one recorded (head {head.hash[:12]}…): the log was rolled "
+                        "back and written again",
+                    )
+                )
         return problems

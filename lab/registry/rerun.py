@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +17,7 @@ from lab.core.metrics import compute_metrics
 from lab.core.sources import source_label
 from lab.errors import DataError, ModelError
 from lab.registry.packaging import FederatedModel, predict_frame
+from lab.registry.tracking import account, tracking_errors
 
 __all__ = [
     "Evaluation",
@@ -39,14 +39,9 @@ def load_model(model_uri: str, tracking_uri: str) -> FederatedModel:
     mlflow.set_tracking_uri(tracking_uri)
     # The lab compares the whole environment itself (check_environment); MLflow's partial check only repeats it.
     logging.getLogger("mlflow.utils.requirements_utils").setLevel(logging.ERROR)
-    try:
+    what = f"cannot load model {model_uri!r} from {tracking_uri!r}"
+    with tracking_errors(what, "check the name and alias (e.g. models:/heart-disease@champion) and the tracking URI"):
         loaded = mlflow.pyfunc.load_model(model_uri)
-    except mlflow.exceptions.MlflowException as exc:
-        first = str(exc).splitlines()[0]
-        raise ModelError(
-            f"cannot load model {model_uri!r} from {tracking_uri!r}: {first}; "
-            "check the name and alias (e.g. models:/heart-disease@champion) and the tracking URI"
-        ) from None
     model = loaded.unwrap_python_model()
     if not isinstance(model, FederatedModel):
         raise ModelError(f"{model_uri!r} is not a model trained by the lab")
@@ -64,29 +59,14 @@ def pull_model(
     """
     from mlflow.artifacts import download_artifacts
 
-    credentials = {
-        "MLFLOW_TRACKING_USERNAME": username,
-        "MLFLOW_TRACKING_PASSWORD": password,
-        "MLFLOW_TRACKING_SERVER_CERT_PATH": str(ca.resolve()) if ca else "",
-    }
-    saved = {k: os.environ.get(k) for k in credentials}
-    os.environ.update({k: v for k, v in credentials.items() if v})
-    try:
+    what = f"cannot pull {model_uri!r} from {tracking_uri!r}"
+    with (
+        tracking_errors(what, "check the name and alias, the tracking URI and your account"),
+        account(username, password, ca),
+    ):
         mlflow.set_tracking_uri(tracking_uri)
         out.mkdir(parents=True, exist_ok=True)
         download_artifacts(artifact_uri=model_uri, dst_path=str(out))
-    except mlflow.exceptions.MlflowException as exc:
-        first = str(exc).splitlines()[0]
-        raise ModelError(
-            f"cannot pull {model_uri!r} from {tracking_uri!r}: {first}; check the name and alias, the tracking "
-            "URI and your account"
-        ) from None
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     if not (out / "MLmodel").is_file():
         raise ModelError(f"{model_uri!r} pulled into {str(out)!r} holds no MLmodel file: it is not a logged model")
     return out

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,13 +16,67 @@ import mlflow
 from mlflow import MlflowClient
 
 from lab.core.model import Predictor
+from lab.errors import ModelError
 from lab.registry.packaging import model_arguments
 
-__all__ = ["CHAMPION", "LoggedModel", "Tracker", "close_unfinished"]
+__all__ = [
+    "AUDIT_HEADS",
+    "CHAMPION",
+    "LoggedModel",
+    "Tracker",
+    "close_unfinished",
+    "recorded_audit_heads",
+    "account",
+    "tracking_errors",
+]
 
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
+#: The run's artifact with every node's audit head, reply by reply (federation.recorder).
+AUDIT_HEADS = "nodes/audit-heads.json"
+
+
+@contextmanager
+def account(username: str = "", password: str = "", ca: Path | None = None) -> Iterator[None]:
+    """A tracking server account and CA for the calls inside, through MLflow's own environment
+    variables; nothing is written down, and the variables are restored after."""
+    credentials = {
+        "MLFLOW_TRACKING_USERNAME": username,
+        "MLFLOW_TRACKING_PASSWORD": password,
+        "MLFLOW_TRACKING_SERVER_CERT_PATH": str(ca.resolve()) if ca else "",
+    }
+    saved = {k: os.environ.get(k) for k in credentials}
+    os.environ.update({k: v for k, v in credentials.items() if v})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def tracking_errors(what: str, fix: str) -> Iterator[None]:
+    """Turn MLflow's error inside into one line: what could not be done, MLflow's reason, the fix."""
+    try:
+        yield
+    except mlflow.exceptions.MlflowException as exc:
+        raise ModelError(f"{what}: {str(exc).splitlines()[0]}; {fix}") from None
+
+
+def recorded_audit_heads(tracking_uri: str, run_id: str, node: str) -> list[tuple[int, str]]:
+    """The audit heads node ``node`` sent during MLflow run ``run_id`` (count, hash), in order."""
+    from mlflow.artifacts import download_artifacts
+
+    what = f"cannot read the audit heads of run {run_id!r} from {tracking_uri!r}"
+    fix = "check the run id (in the MLflow UI: lab ui), the tracking URI and your account"
+    with tracking_errors(what, fix), tempfile.TemporaryDirectory() as tmp:
+        path = download_artifacts(run_id=run_id, artifact_path=AUDIT_HEADS, dst_path=tmp, tracking_uri=tracking_uri)
+        heads = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [(int(h["count"]), str(h["hash"])) for h in heads if h.get("node") == node]
 
 
 @dataclass(frozen=True)
