@@ -31,7 +31,11 @@ def _missing() -> str:
     return ""
 
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(_missing()), reason=_missing() or "hosts available")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.long,
+    pytest.mark.skipif(bool(_missing()), reason=_missing() or "hosts available"),
+]
 
 NODES = list(SILOS)
 

@@ -23,7 +23,7 @@ from lab.runtime.environ import private_environ
 from .conftest import ROOT
 from .task_matrix import CASES, Case, floor, write_case
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.long]
 
 DIABETES = ROOT / "data" / "diabetes"
 DIABETES_NODES = {name: str(DIABETES / f"{name}.csv") for name in ("clinic-north", "clinic-south", "clinic-east")}
