@@ -50,13 +50,16 @@ lint: setup
 ui: setup
 	$(BIN)/lab ui
 
-# Re-resolve environments/requirements.in into the hashed lock, in a scratch environment.
+# Resolve environments/requirements.in into the hashed lock, in a scratch environment. Versions
+# already in the lock are kept (pip-compile starts from them); `make lock UPGRADE=1` moves every
+# package to its newest release the registry has.
 PIP_TOOLS := pip-tools==7.6.2
 lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install -qq $(PIP_TOOLS)
-	.lock-venv/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-header \
+	sed -n '6,$$p' $(LOCK) > $(LOCK).body
+	.lock-venv/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-header $(if $(UPGRADE),--upgrade) \
 	    --no-emit-index-url --no-emit-find-links --output-file $(LOCK).body environments/requirements.in
 	{ sed -n '1,3p' $(LOCK); \
 	  .lock-venv/bin/python -c 'import sys, sysconfig; print(f"# environment: python {sys.version_info[0]}.{sys.version_info[1]} {sysconfig.get_platform()}")'; \
