@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
@@ -171,10 +172,27 @@ def _inputs(msg: Message, context: Context) -> tuple[NodeSite, Instructions, Tas
 
 
 def _predictor(spec: TaskSpec, instructions: Instructions, msg: Message) -> Predictor:
-    """The received global model, with the federation's scalers of the features and the target."""
-    scaler = Scaler.from_lists(instructions.scaler_mean, instructions.scaler_std)
+    """The received global model, with the federation's scalers of the features and the target;
+    a model or scaler that does not fit the task is refused, naming what does not fit."""
+    width = len(spec.encoded_names)
+    mean, std = instructions.scaler_mean, instructions.scaler_std
+    if len(mean) != width or len(std) != width:
+        raise MessageError(
+            f"the message's scaler has {len(mean)} means and {len(std)} deviations; task {spec.name!r} has {width} "
+            "encoded features"
+        )
+    if not all(math.isfinite(v) for v in mean) or not all(math.isfinite(v) and v > 0 for v in std):
+        raise MessageError(
+            "the message's scaler holds a number that is not finite, or a deviation that is not positive"
+        )
+    if keys.ARRAYS not in msg.content.array_records:
+        raise MessageError(f"the message carries no model (no {keys.ARRAYS!r} arrays)")
     target = Scaler.from_lists([instructions.target_mean], [instructions.target_std])
-    return predictor_from(spec, scaler, msg.content.array_records[keys.ARRAYS], target)
+    try:
+        return predictor_from(spec, Scaler.from_lists(mean, std), msg.content.array_records[keys.ARRAYS], target)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # torch's load_state_dict: shapes or names
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MessageError(f"the message's model does not fit task {spec.name!r}: {first}") from None
 
 
 @app.train(mods=[node_mod])  # SecAgg+ rounds only; plain rounds pass through

@@ -14,7 +14,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from lab.contract import keys
-from lab.contract.records import number, numbers, text
+from lab.contract.records import finite, number, numbers, text, whole
 from lab.core.data import Table
 from lab.core.environment import Environment
 from lab.core.privacy import DPSettings
@@ -22,6 +22,9 @@ from lab.core.spec import TaskSpec
 from lab.errors import MessageError
 
 __all__ = [
+    "MAX_BATCH_SIZE",
+    "MAX_LEARNING_RATE",
+    "MAX_LOCAL_STEPS",
     "EvaluateReply",
     "Instructions",
     "NodeReport",
@@ -31,6 +34,21 @@ __all__ = [
     "audit_head",
     "carry_audit_head",
 ]
+
+
+#: The most minibatch updates and rows per minibatch a round may ask of a node: a run setting
+#: beyond them is refused by the coordinator, and a message beyond them by the node (a message
+#: cannot keep a node busy for days).
+MAX_LOCAL_STEPS = 100_000
+MAX_BATCH_SIZE = 100_000
+MAX_LEARNING_RATE = 1_000.0  # beyond it an SGD step overflows float32
+
+
+def _dp(text_: str) -> DPSettings | None:
+    try:
+        return DPSettings.from_json(text_)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise MessageError(f"message record has {keys.DIFFERENTIAL_PRIVACY} that cannot be read: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -82,16 +100,16 @@ class Instructions:
             strategy=text(config, keys.STRATEGY),
             scaler_mean=numbers(config, keys.SCALER_MEAN),
             scaler_std=numbers(config, keys.SCALER_STD),
-            target_mean=number(config, keys.TARGET_MEAN),
-            target_std=number(config, keys.TARGET_STD),
-            seed=int(number(config, keys.SEED)),
-            local_steps=int(number(config, keys.LOCAL_STEPS)),
-            batch_size=int(number(config, keys.BATCH_SIZE)),
-            learning_rate=number(config, keys.LEARNING_RATE),
+            target_mean=finite(config, keys.TARGET_MEAN),
+            target_std=finite(config, keys.TARGET_STD, positive=True),
+            seed=whole(config, keys.SEED, 0, 2**63 - 1),
+            local_steps=whole(config, keys.LOCAL_STEPS, 1, MAX_LOCAL_STEPS),
+            batch_size=whole(config, keys.BATCH_SIZE, 1, MAX_BATCH_SIZE),
+            learning_rate=finite(config, keys.LEARNING_RATE, positive=True, most=MAX_LEARNING_RATE),
             evaluate_first=bool(config.get(keys.EVALUATE_FIRST, False)),
-            dp=DPSettings.from_json(text(config, keys.DIFFERENTIAL_PRIVACY)),
-            server_round=int(number(config, keys.SERVER_ROUND)) if keys.SERVER_ROUND in config else 0,
-            proximal_mu=number(config, keys.PROXIMAL_MU) if keys.PROXIMAL_MU in config else 0.0,
+            dp=_dp(text(config, keys.DIFFERENTIAL_PRIVACY)),
+            server_round=whole(config, keys.SERVER_ROUND, 0, 2**31) if keys.SERVER_ROUND in config else 0,
+            proximal_mu=finite(config, keys.PROXIMAL_MU) if keys.PROXIMAL_MU in config else 0.0,
         )
 
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -9,7 +10,17 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from lab.contract import keys
 from lab.errors import MessageError
 
-__all__ = ["arrays_of", "config_of", "error_reason", "metrics_of", "number", "numbers", "text"]
+__all__ = [
+    "arrays_of",
+    "config_of",
+    "error_reason",
+    "finite",
+    "metrics_of",
+    "number",
+    "numbers",
+    "text",
+    "whole",
+]
 
 Record = ConfigRecord | MetricRecord
 
@@ -40,9 +51,28 @@ def number(record: Record, key: str) -> float:
 def numbers(record: Record, key: str) -> list[float]:
     """A list of numbers."""
     value = record.get(key)
-    if not isinstance(value, list):
-        raise MessageError(f"message record has no list of numbers under {key!r} (got {type(value).__name__})")
+    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise MessageError(f"message record has no list of numbers under {key!r} (got {str(value)[:60]})")
     return [float(v) for v in value]
+
+
+def whole(record: Record, key: str, low: int, high: int) -> int:
+    """A whole number from ``low`` to ``high``; LabError naming the key otherwise."""
+    value = number(record, key)
+    if not (math.isfinite(value) and value == int(value) and low <= value <= high):
+        raise MessageError(f"message record has {key} = {value!r}; a whole number from {low} to {high} was expected")
+    return int(value)
+
+
+def finite(record: Record, key: str, *, positive: bool = False, most: float = math.inf) -> float:
+    """A finite number (greater than 0 when ``positive``, at most ``most``); LabError naming the key
+    otherwise."""
+    value = number(record, key)
+    if not math.isfinite(value) or (positive and value <= 0) or value > most:
+        wanted = "a positive finite number" if positive else "a finite number"
+        bound = f" up to {most:g}" if most < math.inf else ""
+        raise MessageError(f"message record has {key} = {value!r}; {wanted}{bound} was expected")
+    return value
 
 
 def text(record: ConfigRecord, key: str) -> str:

@@ -12,6 +12,7 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
+from lab.contract.messages import MAX_BATCH_SIZE, MAX_LEARNING_RATE, MAX_LOCAL_STEPS
 from lab.contract.strategies import STRATEGIES
 from lab.errors import SettingsError
 
@@ -141,6 +142,15 @@ class RunSettings:
         for name in ("num_rounds", "local_steps", "batch_size", "min_nodes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"run setting {self.key(name)} = {getattr(self, name)!r}; give 1 or more")
+        for name, most in (
+            ("local_steps", MAX_LOCAL_STEPS),
+            ("batch_size", MAX_BATCH_SIZE),
+            ("learning_rate", MAX_LEARNING_RATE),
+        ):
+            if getattr(self, name) > most:
+                raise SettingsError(
+                    f"run setting {self.key(name)} = {getattr(self, name)!r}; give at most {most:,} (nodes refuse more)"
+                )
         for name in ("learning_rate", "server_learning_rate", "round_timeout"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"run setting {self.key(name)} = {getattr(self, name)!r}; give a positive number")

@@ -207,7 +207,7 @@ def parse_spec(text: str, *, source: str = "<spec>") -> TaskSpec:
         if fmt.format == "csv" and not fmt.header and not fmt.columns:
             raise SpecError(f"{source}: a CSV without a header row needs data.columns, the column names in file order")
     return TaskSpec(
-        name=r.get(task, "name", str, where="task"),
+        name=r.name(task, "name", where="task"),
         description=r.get(task, "description", str, default="", where="task"),
         target=target,
         features=features,
@@ -226,7 +226,7 @@ def parse_spec(text: str, *, source: str = "<spec>") -> TaskSpec:
 
 def _parse_target(r: TomlReader, t: dict[str, Any]) -> Target:
     kind = r.choice(t, "kind", _TARGET_KINDS, where="target")
-    column = r.get(t, "column", str, where="target")
+    column = r.name(t, "column", where="target")
     if kind == "binary":
         positive = _levels(r, r.get(t, "positive", list, where="target"), "target.positive")
         negative = _levels(r, r.get(t, "negative", list, where="target"), "target.negative")
@@ -250,7 +250,7 @@ def _parse_target(r: TomlReader, t: dict[str, Any]) -> Target:
 
 def _parse_feature(r: TomlReader, index: int, t: dict[str, Any]) -> Feature:
     where = f"features[{index}]"
-    name = r.get(t, "name", str, where=where)
+    name = r.name(t, "name", where=where)
     where = f"features[{index}] ({name!r})"
     ftype = r.choice(t, "type", _FEATURE_TYPES, where=where)
     levels: tuple[Level, ...] = ()

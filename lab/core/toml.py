@@ -59,6 +59,13 @@ class TomlReader:
             raise self.fail(f"{where}.{key} = {value!r} should be a {kind.__name__}; fix its value")
         return value
 
+    def name(self, t: dict[str, Any], key: str, *, where: str) -> str:
+        """``t[key]`` as a name: a string with something in it."""
+        value: str = self.get(t, key, str, where=where)
+        if not value.strip():
+            raise self.fail(f"{where}.{key} is empty; give it a name (for a column: its name in the table)")
+        return value
+
     def choice(
         self, t: dict[str, Any], key: str, options: tuple[str, ...], *, default: Any = MISSING, where: str
     ) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,10 +158,13 @@ def parse_agreement(text: str, *, source: str = "<agreement>") -> Agreement:
     if min_rows < 1:
         raise r.fail(f"allow.min-rows = {min_rows!r}; give a whole number of rows, 1 or more")
     budget = r.get(allow, "epsilon-budget", float, default=None, where="allow")
-    if budget is not None and budget <= 0:
+    if budget is not None and not 0 < budget < math.inf:
         raise r.fail(f"allow.epsilon-budget = {budget!r}; give a positive number like 10.0, or omit it")
+    parties = tuple(r.strings(head, "parties", where="agreement"))
+    if not parties:
+        raise r.fail('agreement.parties is empty; name who agrees, e.g. parties = ["Your organisation", "Coordinator"]')
     return Agreement(
-        parties=tuple(r.strings(head, "parties", where="agreement")),
+        parties=parties,
         purpose=str(head.get("purpose", "")),
         expires=expires,
         tasks=tasks,
