@@ -105,11 +105,12 @@ def test_the_coordinator_lists_each_node_with_what_it_reported(deployed: tuple[D
     listed = deployment.type("coordinator", [lab(), "coordinator", "nodes", "--home", home, "--json"])
     rows = {row["name"]: row for row in json.loads(listed.stdout)}
     spec = load_spec(HEART / "task.toml")
+    locked = Environment.from_lock_file(ROOT / "environments" / "requirements.lock")
     assert set(rows) == set(NODES)  # the attacker never became a node
     for name in NODES:
         assert rows[name]["organisation"] == spec.organisation(name)
         assert rows[name]["status"] == "online" and rows[name]["last_seen"] == "now"
-        assert rows[name]["environment"] == Environment.current().fingerprint  # every host runs this checkout's
+        assert rows[name]["environment"] == locked.fingerprint  # every host runs the locked environment
 
 
 def test_an_attacker_with_the_ca_but_no_admitted_key_gets_nothing(deployed: tuple[Deployment, Any]) -> None:
