@@ -193,13 +193,13 @@ def pip_ca() -> list[str]:
     return ["--secret", f"id=pip-ca,src={cert}"] if cert and Path(cert).is_file() else []
 
 
-def build(target: str, base: str, torch_index: str) -> float:
+def build(target: str, base: str, torch_index: str, secrets: list[str]) -> float:
     started = time.monotonic()
     print(f"building {IMAGES[target]} (target {target})", flush=True)
     podman(
         "build", "--network", "host", "--file", "environments/Dockerfile", "--target", target,
         "--build-arg", f"BASE={base}", "--build-arg", f"TORCH_INDEX={torch_index}",
-        *pip_ca(), "--tag", IMAGES[target], str(ROOT),
+        *secrets, "--tag", IMAGES[target], str(ROOT),
     )  # fmt: skip
     return time.monotonic() - started
 
@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.base == BASE:
             make_base()
         torch_index = offer_torch_wheel()
-        took = {target: build(target, args.base, torch_index) for target in IMAGES}
+        secrets = pip_ca()
+        took = {target: build(target, args.base, torch_index, secrets) for target in IMAGES}
     except Missing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 from lab.contract import keys
 from lab.contract.records import finite, number, numbers, text, whole
+from lab.contract.settings import MAX_BATCH_SIZE, MAX_LEARNING_RATE, MAX_LOCAL_STEPS
 from lab.core.data import Table
 from lab.core.environment import Environment
 from lab.core.privacy import DPSettings
@@ -22,9 +23,6 @@ from lab.core.spec import TaskSpec
 from lab.errors import MessageError
 
 __all__ = [
-    "MAX_BATCH_SIZE",
-    "MAX_LEARNING_RATE",
-    "MAX_LOCAL_STEPS",
     "EvaluateReply",
     "Instructions",
     "NodeReport",
@@ -34,14 +32,6 @@ __all__ = [
     "audit_head",
     "carry_audit_head",
 ]
-
-
-#: The most minibatch updates and rows per minibatch a round may ask of a node: a run setting
-#: beyond them is refused by the coordinator, and a message beyond them by the node (a message
-#: cannot keep a node busy for days).
-MAX_LOCAL_STEPS = 100_000
-MAX_BATCH_SIZE = 100_000
-MAX_LEARNING_RATE = 1_000.0  # beyond it an SGD step overflows float32
 
 
 def _dp(text_: str) -> DPSettings | None:

@@ -12,11 +12,17 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
-from lab.contract.messages import MAX_BATCH_SIZE, MAX_LEARNING_RATE, MAX_LOCAL_STEPS
 from lab.contract.strategies import STRATEGIES
 from lab.errors import SettingsError
 
-__all__ = ["FILLED_IN", "RunSettings", "TYPES"]
+__all__ = ["FILLED_IN", "MAX_BATCH_SIZE", "MAX_LEARNING_RATE", "MAX_LOCAL_STEPS", "RunSettings", "TYPES"]
+
+#: The most minibatch updates and rows per minibatch a round may ask of a node: a run setting
+#: beyond them is refused by the coordinator, and a message beyond them by the node (a message
+#: cannot keep a node busy for days).
+MAX_LOCAL_STEPS = 100_000
+MAX_BATCH_SIZE = 100_000
+MAX_LEARNING_RATE = 1_000.0  # beyond it an SGD step overflows float32
 
 #: Python type of each setting's values, by field name.
 TYPES: dict[str, type] = {}
