@@ -67,21 +67,35 @@ def _site(context: Context) -> NodeSite:
     return NodeSite.from_node_config(context.node_config, context.node_id)
 
 
-def _remember(context: Context, spec: TaskSpec) -> None:
+def _remember(context: Context, spec: TaskSpec, run_id: int) -> None:
+    """Keep the spec a run's preparation received: in the run's context, and in the node's home,
+    where a node restarted in the middle of the run (a new context) finds it again."""
     specs = context.state.config_records.get(SPECS, ConfigRecord())
     specs[spec.sha256] = spec.text
     context.state.config_records[SPECS] = specs
+    kept = _site(context).prepared_path(run_id, spec.sha256)
+    if kept is not None:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(spec.text, encoding="utf-8")
 
 
-def _spec(context: Context, instructions: Instructions) -> TaskSpec:
+def _spec(context: Context, instructions: Instructions, run_id: int) -> TaskSpec:
     """The run's spec, received at preparation and named by its sha256 since."""
     specs = context.state.config_records.get(SPECS, ConfigRecord())
-    if instructions.spec_sha256 not in specs:
+    kept = _site(context).prepared_path(run_id, instructions.spec_sha256)
+    if instructions.spec_sha256 in specs:
+        text = str(specs[instructions.spec_sha256])
+    elif kept is not None and kept.is_file():
+        text = kept.read_text(encoding="utf-8")
+    else:
         raise MessageError(
             f"the task spec {instructions.spec_sha256[:12]}… of task {instructions.task!r} was not received at "
             "preparation in this run; the node takes part from the next run"
         )
-    return parse_spec(str(specs[instructions.spec_sha256]), source="the run's task spec")
+    spec = parse_spec(text, source="the run's task spec")
+    if spec.sha256 != instructions.spec_sha256:
+        raise MessageError(f"the kept task spec {str(kept)!r} does not match its fingerprint; remove it")
+    return spec
 
 
 class _Training:
@@ -92,7 +106,9 @@ class _Training:
 
     def asks(self, msg: Message, context: Context, agreement: Agreement) -> Request:
         instructions = Instructions.of(msg)
-        metrics = set(_spec(context, instructions).metrics) | ({keys.TRAIN_LOSS} if self.training else set())
+        metrics = set(_spec(context, instructions, msg.metadata.run_id).metrics) | (
+            {keys.TRAIN_LOSS} if self.training else set()
+        )
         outputs = {"metrics"} | ({"model-updates"} if self.training else set())
         # The row count is checked on the reply, once the rows are loaded.
         return _request(instructions, outputs, metrics, agreement.min_rows)
@@ -146,7 +162,7 @@ def _answering(kind: QueryKind[Any]) -> Any:
     def answer(msg: Message, context: Context) -> Message:
         query = QueryMessage.of(msg)
         spec = parse_spec(query.spec_text, source="the run's task spec")
-        _remember(context, spec)
+        _remember(context, spec, msg.metadata.run_id)
         site = _site(context)
         answered = kind.answer(spec, kind.parse_request(query.request), site, msg.metadata.run_id)
         reply = QueryReply(site.name, spec.organisation(site.name), json.dumps(answered))
@@ -166,7 +182,7 @@ def _report(site: NodeSite, spec: TaskSpec, data: NodeData, suppressed: str = ""
 def _inputs(msg: Message, context: Context) -> tuple[NodeSite, Instructions, TaskSpec, NodeData, int]:
     """The node, the message's instructions, the run's spec, and the node's rows checked against it."""
     site, instructions = _site(context), Instructions.of(msg)
-    spec = _spec(context, instructions)
+    spec = _spec(context, instructions, msg.metadata.run_id)
     data = load_node_data(site.name, site.table_path(), spec)
     return site, instructions, spec, data, check_rows(site, data)
 
@@ -201,9 +217,10 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's training rows."""
     site, instructions, spec, data, minimum = _inputs(msg, context)
     plan = DPPlan.make(instructions.dp, len(data.train)) if instructions.dp else None
+    ledger_run = instructions.dp.ledger_key(msg.metadata.run_id) if instructions.dp else msg.metadata.run_id
+    budget = agreement.epsilon_budget if (agreement := site.agreement) else None
     if plan is not None:  # refuses a run over the budget, before training
-        agreement = site.agreement
-        check_budget(site.ledger(), agreement.epsilon_budget if agreement else None, msg.metadata.run_id, plan)
+        check_budget(site.ledger(), budget, ledger_run, plan)
     predictor = _predictor(spec, instructions, msg)
     evaluated: dict[str, float] = {}
     if instructions.evaluate_first and len(data.test) >= minimum:
@@ -211,7 +228,7 @@ def train(msg: Message, context: Context) -> Message:
         evaluated = evaluate(predictor, data.test)
     server_round = instructions.server_round
     if plan is not None:
-        site.ledger().check_round(msg.metadata.run_id, server_round, plan)
+        site.ledger().check_round(ledger_run, server_round, plan, budget)
     steps, batch_size = instructions.local_steps, instructions.batch_size
     epsilon = None
     if plan is None:
@@ -236,7 +253,7 @@ def train(msg: Message, context: Context) -> Message:
         )
         if abs(sample_rate - plan.sample_rate) > 1e-12:
             raise TrainingError(f"DP-SGD sampled at {sample_rate}, the ledger would record {plan.sample_rate}")
-        entry = site.ledger().record(run_id=msg.metadata.run_id, server_round=server_round, plan=plan, task=spec.name)
+        entry = site.ledger().record(run_id=ledger_run, server_round=server_round, plan=plan, task=spec.name)
         epsilon = float(entry["epsilon"])
         loss = None  # in a DP run the loss on the training rows is not private: it stays at the node
     reply = TrainReply(

@@ -19,9 +19,11 @@ from federation.training import train
 from lab.contract import events
 from lab.contract.settings import RunSettings
 from lab.core.spec import TaskSpec, parse_spec
-from lab.errors import LabError
+from lab.errors import LabError, RunFailedError
 from lab.queries import kind_named
-from lab.registry.tracking import Tracker
+from lab.registry.checkpoints import resumable
+from lab.registry.runs import close_orphans, coordinator_tags
+from lab.registry.tracking import Tracker, patience, unreachable
 from lab.runtime.environ import ROSTER
 from lab.runtime.roster import names_by_id
 
@@ -52,32 +54,62 @@ def main(grid: Grid, context: Context) -> None:
         "lab.code.fab_hash": fab_hash,
         "lab.code.version": settings.code_version or "unknown",
     }
+    if settings.resume_run:
+        tags = {"lab.resumed_by.flwr.run_id": str(context.run_id), "lab.code.fab_hash": fab_hash}
     kept: dict[str, str] = {}
     try:
-        with tracker.run(
-            run_name=f"{spec.name}-{settings.query or settings.strategy}-{context.run_id}",
-            params={**settings.as_params(), "spec": spec.name, "spec_sha256": spec.sha256, "code.fab_hash": fab_hash},
-            tags=tags,
-        ):
-            try:
-                events.emit(
-                    "started",
-                    rounds=settings.num_rounds,
-                    strategy=settings.strategy,
-                    mlflow_run_id=tracker.run_id,
-                    flwr_run_id=context.run_id,
-                )
-                events.emit("done", **_run(grid, spec, settings, tracker, fab_hash))
-            except Exception as exc:
-                if not isinstance(exc, LabError):  # a bug: keep its traceback with the failed run
-                    kept = _keep_traceback(tracker)
-                raise
+        with patience(settings.tracking_timeout):
+            _record(grid, context, spec, settings, tracker, fab_hash, tags, kept)
     except Exception as exc:
-        reason = (
-            str(exc) if isinstance(exc, LabError) else f"internal error (a bug in the lab): {type(exc).__name__}: {exc}"
-        )
+        if isinstance(exc, LabError):
+            reason = str(exc)
+        elif unreachable(exc):
+            reason = (
+                f"the tracking store {settings.tracking_uri} could not be reached for {settings.tracking_timeout:.0f} "
+                f"s (tracking-timeout), so the run stopped and nothing was registered; once it is back, `lab runs "
+                f"--clean` closes the run and `lab run --resume {tracker.run_id or 'RUN_ID'}` continues it from its "
+                "last checkpoint"
+            )
+        else:
+            reason = f"internal error (a bug in the lab): {type(exc).__name__}: {exc}"
         events.emit("failed", reason=reason + kept.get("where", ""), traceback=kept.get("text"))
         raise
+
+
+def _record(
+    grid: Grid,
+    context: Context,
+    spec: TaskSpec,
+    settings: RunSettings,
+    tracker: Tracker,
+    fab_hash: str,
+    tags: dict[str, str],
+    kept: dict[str, str],
+) -> None:
+    """The run inside its MLflow run; the traceback of a bug goes into ``kept``."""
+    if tracker.enabled:  # runs a dead coordinator left RUNNING (this one's, when it resumes)
+        close_orphans(settings.tracking_uri)
+    if settings.resume_run:
+        _check_resumable(settings.tracking_uri, settings.resume_run, fab_hash)
+    with tracker.run(
+        run_name=f"{spec.name}-{settings.query or settings.strategy}-{context.run_id}",
+        params={**settings.as_params(), "spec": spec.name, "spec_sha256": spec.sha256, "code.fab_hash": fab_hash},
+        tags={**tags, **coordinator_tags()},
+        resume_run_id=settings.resume_run,
+    ):
+        try:
+            events.emit(
+                "started",
+                rounds=settings.num_rounds,
+                strategy=settings.strategy,
+                mlflow_run_id=tracker.run_id,
+                flwr_run_id=context.run_id,
+            )
+            events.emit("done", **_run(grid, spec, settings, tracker, fab_hash))
+        except Exception as exc:
+            if not isinstance(exc, LabError) and not unreachable(exc):  # a bug: keep its traceback
+                kept.update(_keep_traceback(tracker))
+            raise
 
 
 def _run(grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, fab_hash: str) -> dict[str, Any]:
@@ -89,6 +121,19 @@ def _run(grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, fa
     kind = kind_named(settings.query)
     request = kind.parse_request(settings.query_request)
     return kind.coordinate(spec, request, settings, asker(grid, spec, kind, settings), tracker, events.emit)
+
+
+def _check_resumable(tracking_uri: str, run_id: str, fab_hash: str) -> None:
+    """Refuse to resume a run that finished, still runs, or ran other code."""
+    run = resumable(tracking_uri, run_id)
+    if run.status == "RUNNING":
+        raise RunFailedError(f"run {run_id} is still running (its coordinator is alive); stop it before resuming")
+    ran = run.tags.get("lab.code.fab_hash", "")
+    if ran and ran != fab_hash:
+        raise RunFailedError(
+            f"run {run_id} ran the app with FAB hash {ran[:12]}..., this is {fab_hash[:12]}...: a resumed run must "
+            "run the same code; check out the commit it ran (its tag lab.code.version) or start a new run"
+        )
 
 
 def _keep_traceback(tracker: Tracker) -> dict[str, str]:

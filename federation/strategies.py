@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -10,6 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
+from federation.grid import DelegatingGrid
 from lab.contract import keys
 from lab.contract.messages import NodeReport
 from lab.contract.records import error_reason
@@ -19,6 +21,14 @@ from lab.errors import RunFailedError
 from lab.queries.prepare import Guard
 
 __all__ = ["ReportingStrategy", "RoundObserver", "make_strategy"]
+
+#: The server optimiser's state a checkpoint keeps (Flower's FedAdam and FedYogi moments).
+_OPTIMISER_STATE = ("m_t", "v_t")
+#: Seconds between two looks at which nodes are connected.
+_CONNECT_POLL = 0.5
+#: Seconds a round waits for a participant that is not connected (a restarted node reconnects
+#: within a few), before it goes on without it.
+_REJOIN_WAIT = 10.0
 
 
 class RoundObserver(Protocol):
@@ -35,19 +45,30 @@ class ReportingStrategy(Strategy):
     """One of Flower's strategies (``inner``, built from the lab's table of strategies), with the
     run's reporting around it; the aggregation itself stays Flower's.
 
-    It sends messages only to the nodes that accepted the task, screens every reply with the
-    coordinator's guard, hands it to the observer, fails the run when fewer than ``min_nodes``
-    nodes answered or the aggregate is not finite.
+    Each round it sends messages to the nodes that accepted the task and are connected (waiting
+    up to ``timeout`` seconds for ``min_nodes`` of them), each message expiring with the round so
+    that a node coming back late never trains on a closed round. It screens every reply with the
+    coordinator's guard, hands it to the observer, aggregates the kept replies in the order of
+    the nodes' names (the same sums on every rerun), and fails the run when fewer than
+    ``min_nodes`` nodes answered or the aggregate is not finite.
     """
 
     def __init__(
-        self, inner: FedAvg, participants: set[int], observer: RoundObserver, min_nodes: int, guard: Guard
+        self,
+        inner: FedAvg,
+        participants: dict[int, str],
+        observer: RoundObserver,
+        min_nodes: int,
+        guard: Guard,
+        timeout: float,
     ) -> None:
         self.inner = inner
-        self.participants = set(participants)
+        self.participants = dict(participants)
         self.observer = observer
         self.min_nodes = min_nodes
         self.guard = guard
+        self.timeout = timeout
+        self.absent: dict[str, str] = {}  # this round's participants that were not connected
 
     def summary(self) -> None:
         self.inner.summary()
@@ -55,8 +76,11 @@ class ReportingStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        messages = self.inner.configure_train(server_round, arrays, config, grid)
-        return [m for m in messages if m.metadata.dst_node_id in self.participants]
+        connected = self._connected(server_round, grid)
+        messages = list(self.inner.configure_train(server_round, arrays, config, _Only(grid, connected)))
+        for message in messages:
+            message.metadata.ttl = self.timeout
+        return messages
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -69,23 +93,61 @@ class ReportingStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         kept, excluded = self._screen(replies)
-        excluded.update(self.observer.dropped(self.participants, replies))
+        asked = [n for n in self.participants if self.participants[n] not in self.absent]
+        excluded.update(self.observer.dropped(asked, replies))
+        excluded.update(self.absent)
         self._require_enough(server_round, kept, "training", excluded)
         self.observer.on_train(server_round, kept, len(self.participants), excluded)
         # The observer has recorded every node's own metrics. Flower averages only metrics all
         # replies share, and a node may withhold its scores (too few test rows) or add its
         # epsilon: hand it the loss and the weight, which every train reply carries.
-        for reply in kept:
+        answered = [r for r in kept if not r.has_error()]
+        for reply in answered:
             for record in reply.content.metric_records.values():
                 for key in [k for k in record if k not in (keys.NUM_EXAMPLES, keys.TRAIN_LOSS)]:
                     del record[key]
-        arrays, metrics = self.inner.aggregate_train(server_round, kept)
+        answered.sort(key=lambda r: self.participants.get(r.metadata.src_node_id, ""))
+        arrays, metrics = self.inner.aggregate_train(server_round, answered)
         if arrays is not None and not all(np.isfinite(a.numpy()).all() for a in arrays.values()):
             raise RunFailedError(
                 f"round {server_round}: the aggregated model is not finite (NaN or infinite weights); "
                 "lower learning-rate or server-learning-rate and check the spec's scaling"
             )
         return arrays, metrics
+
+    def optimiser_state(self) -> dict[str, dict[str, np.ndarray]]:
+        """The server optimiser's state (FedAdam's and FedYogi's moments), for a checkpoint."""
+        return {name: dict(state) for name in _OPTIMISER_STATE if (state := getattr(self.inner, name, None))}
+
+    def restore(self, state: dict[str, dict[str, np.ndarray]]) -> None:
+        """Take up the server optimiser's state from a checkpoint."""
+        for name in _OPTIMISER_STATE:
+            if name in state:
+                setattr(self.inner, name, dict(state[name]))
+
+    def _connected(self, server_round: int, grid: Grid) -> set[int]:
+        """The participants connected now: all of them, or, after waiting ``_REJOIN_WAIT`` seconds
+        for a node that dropped to come back, at least ``min_nodes`` (waiting up to the timeout)."""
+        started = time.monotonic()
+        while True:
+            connected = set(grid.get_node_ids()) & set(self.participants)
+            waited = time.monotonic() - started
+            if len(connected) == len(self.participants) or waited >= self.timeout:
+                break
+            if len(connected) >= self.min_nodes and waited >= min(_REJOIN_WAIT, self.timeout):
+                break
+            time.sleep(_CONNECT_POLL)
+        self.absent = {
+            name: f"node {name!r} not connected when round {server_round} began"
+            for node_id, name in sorted(self.participants.items(), key=lambda item: item[1])
+            if node_id not in connected
+        }
+        if len(connected) < self.min_nodes:
+            raise RunFailedError(
+                f"round {server_round}: {len(connected)} of the {len(self.participants)} participating nodes "
+                f"connected within {self.timeout:.0f} s, fewer than min-nodes = {self.min_nodes}"
+            )
+        return connected
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
@@ -122,19 +184,33 @@ class ReportingStrategy(Strategy):
 
 
 def make_strategy(
-    settings: RunSettings, participants: set[int], observer: RoundObserver, guard: Guard
+    settings: RunSettings, participants: dict[int, str], observer: RoundObserver, guard: Guard
 ) -> ReportingStrategy:
-    """The run's strategy, as the lab's table of strategies builds it, with the run's reporting."""
+    """The run's strategy, as the lab's table of strategies builds it, with the run's reporting;
+    ``participants``: node id -> name of the nodes that accepted the task."""
     inner = STRATEGIES[settings.strategy].build(
         settings,
         fraction_train=1.0,
         # One message per node per round: nodes score the global model in the train message,
         # and the coordinator asks for the final model's scores once, after the last round.
         fraction_evaluate=0.0,
-        min_train_nodes=len(participants),
-        min_available_nodes=len(participants),
+        # Every participant connected when a round begins is sampled (ReportingStrategy waits
+        # for min-nodes of them), so Flower's own wait for a number of nodes is not needed.
+        min_train_nodes=1,
+        min_available_nodes=1,
         weighted_by_key=keys.NUM_EXAMPLES,
         arrayrecord_key=keys.ARRAYS,
         configrecord_key=keys.CONFIG,
     )
-    return ReportingStrategy(inner, participants, observer, settings.min_nodes, guard)
+    return ReportingStrategy(inner, participants, observer, settings.min_nodes, guard, settings.round_timeout)
+
+
+class _Only(DelegatingGrid):
+    """The grid, listing only the nodes ``nodes`` (what a round samples from)."""
+
+    def __init__(self, grid: Grid, nodes: set[int]) -> None:
+        super().__init__(grid)
+        self.nodes = nodes
+
+    def get_node_ids(self) -> Iterable[int]:
+        return sorted(self.nodes)

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from federation.asking import asker
 from federation.recorder import Recorder
+from federation.rounds import run_rounds
 from federation.secure_aggregation import run_secure_rounds
 from federation.strategies import make_strategy
 from lab.contract import keys
@@ -21,6 +23,7 @@ from lab.contract.messages import Instructions
 from lab.contract.settings import RunSettings
 from lab.core.environment import Environment
 from lab.core.model import build_model
+from lab.core.preprocess import Scaler
 from lab.core.privacy import DPSettings
 from lab.core.spec import TaskSpec
 from lab.core.training import predictor_from
@@ -28,6 +31,7 @@ from lab.errors import RunFailedError, SettingsError
 from lab.queries.base import Emit
 from lab.queries.prepare import KIND as PREPARE
 from lab.queries.prepare import Guard, Member, Preparation, PrepareRequest
+from lab.registry.checkpoints import Checkpoint, log_settings, resumable
 from lab.registry.packaging import check_packaging
 from lab.registry.tracking import AUDIT_HEADS, Tracker
 from lab.runtime.environ import ROSTER
@@ -39,35 +43,64 @@ __all__ = ["train"]
 def train(
     grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, emit: Emit, fab_hash: str
 ) -> dict[str, Any]:
-    """One training run end to end; its summary (every node's scores, the means, the model)."""
+    """One training run end to end; its summary (every node's scores, the means, the model).
+
+    A run that resumes (``settings.resume_run``) takes its model, server optimiser, scalers and
+    round from its last checkpoint; its nodes are asked again whether they take part.
+    """
     guard = _guard(spec, settings)
     check_packaging(spec)  # a task that cannot become a model fails now, not after the last round
-    request = PrepareRequest.of(settings, guard.lock)
+    resumed = _checkpoint(settings, tracker)
+    ledger_run = resumed.ledger_run if resumed else 0
+    request = PrepareRequest.of(settings, guard.lock, ledger_run)
     prepared = PREPARE.prepare(spec, request, settings, guard, asker(grid, spec, PREPARE, settings), tracker, emit)
     members = prepared.members
     if ROSTER.get():  # a coordinator's host: `lab coordinator nodes` shows what each node reported
         reports = {m.name: {"organisation": m.organisation, "environment": m.env_fingerprint} for m in members.values()}
         note_seen(Path(ROSTER.get()), reports, run=str(grid.run.run_id))
-    recorder = Recorder(members, tracker, emit, spec.metrics, settings.round_timeout)
-    instructions = _instructions(spec, settings, prepared)
-    initial = ArrayRecord(build_model(spec, seed=settings.seed).state_dict())
-    if settings.secure_aggregation:  # the same instructions, through SecAgg+
-        result = run_secure_rounds(grid, initial, instructions.to_record(), members, recorder, guard, settings, tracker)
+    if resumed is not None:
+        prepared = _as_checkpointed(prepared, resumed)
     else:
-        strategy = make_strategy(settings, set(members), recorder, guard)
-        result = strategy.start(
+        log_settings(tracker, settings)
+    recorder = Recorder(members, tracker, emit, spec.metrics, settings.round_timeout)
+    instructions = _instructions(spec, settings, prepared, ledger_run)
+    if settings.secure_aggregation:  # the same instructions, through SecAgg+
+        initial = ArrayRecord(build_model(spec, seed=settings.seed).state_dict())
+        result = run_secure_rounds(grid, initial, instructions.to_record(), members, recorder, guard, settings, tracker)
+        arrays = result.arrays
+    else:
+        strategy = make_strategy(settings, {n: m.name for n, m in members.items()}, recorder, guard)
+        if resumed is None:
+            initial = ArrayRecord(build_model(spec, seed=settings.seed).state_dict())
+        else:
+            initial = ArrayRecord({k: Array(v) for k, v in resumed.weights.items()})
+            strategy.restore(resumed.optimiser)
+        data = {m.name: m.data_fingerprint for m in members.values()}
+        mean, std = prepared.scaler.to_lists()
+        target = prepared.target_scaler.to_lists()
+        own_run = ledger_run or int(grid.run.run_id)
+
+        def keep(server_round: int, arrays: ArrayRecord) -> None:
+            weights = {k: a.numpy() for k, a in arrays.items()}
+            Checkpoint(server_round, weights, strategy.optimiser_state(), (mean, std), target, own_run, data).log(
+                tracker
+            )
+
+        arrays = run_rounds(
             grid,
+            strategy,
             initial,
-            num_rounds=settings.num_rounds,
+            rounds=range((resumed.server_round if resumed else 0) + 1, settings.num_rounds + 1),
             timeout=settings.round_timeout,
             train_config=instructions.to_record(),
+            after_round=keep,
         )
-    _evaluate_final(grid, result.arrays, instructions, members, recorder, settings)
+    _evaluate_final(grid, arrays, instructions, members, recorder, settings)
     if recorder.refusals:
         tracker.log_text(json.dumps(recorder.refusals, indent=2), "nodes/refusals-in-rounds.json")
     if recorder.audit_heads:
         tracker.log_text(json.dumps(recorder.audit_heads, indent=2), AUDIT_HEADS)
-    predictor = predictor_from(spec, prepared.scaler, result.arrays, prepared.target_scaler)
+    predictor = predictor_from(spec, prepared.scaler, arrays, prepared.target_scaler)
     if not predictor.is_finite():
         raise RunFailedError(
             "the federated model's weights are not finite numbers (the training diverged); nothing is registered: "
@@ -94,7 +127,36 @@ def train(
     return summary
 
 
-def _instructions(spec: TaskSpec, settings: RunSettings, prepared: Preparation) -> Instructions:
+def _checkpoint(settings: RunSettings, tracker: Tracker) -> Checkpoint | None:
+    """The last checkpoint of the run this one resumes (None for a new run)."""
+    if not settings.resume_run:
+        return None
+    if settings.secure_aggregation:
+        raise RunFailedError("a secure-aggregation run keeps no checkpoint and cannot be resumed; start it again")
+    done = resumable(settings.tracking_uri, settings.resume_run).checkpoint_round
+    return Checkpoint.load(tracker.tracking_uri, settings.resume_run, done)
+
+
+def _as_checkpointed(prepared: Preparation, checkpoint: Checkpoint) -> Preparation:
+    """The preparation with the checkpoint's scalers; a node whose table changed since is refused."""
+    changed = sorted(
+        m.name
+        for m in prepared.members.values()
+        if m.name in checkpoint.data and checkpoint.data[m.name] != m.data_fingerprint
+    )
+    if changed:
+        raise RunFailedError(
+            f"cannot resume: the table of node(s) {', '.join(changed)} changed since the run started (its "
+            "fingerprint differs from the checkpoint's); start a new run"
+        )
+    return replace(
+        prepared,
+        scaler=Scaler.from_lists(*checkpoint.scaler),
+        target_scaler=Scaler.from_lists(*checkpoint.target_scaler),
+    )
+
+
+def _instructions(spec: TaskSpec, settings: RunSettings, prepared: Preparation, ledger_run: int) -> Instructions:
     """What every train message says besides the model (and, without the training fields, every
     evaluate message)."""
     mean, std = prepared.scaler.to_lists()
@@ -112,7 +174,7 @@ def _instructions(spec: TaskSpec, settings: RunSettings, prepared: Preparation) 
         batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
         evaluate_first=True,
-        dp=DPSettings.of(settings),
+        dp=DPSettings.of(settings, ledger_run),
     )
 
 

@@ -37,7 +37,16 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 
-for command in (federation.demo, federation.run, federation.check, federation.stats, predict, evaluate, federation.ui):
+for command in (
+    federation.demo,
+    federation.run,
+    federation.runs,
+    federation.check,
+    federation.stats,
+    predict,
+    evaluate,
+    federation.ui,
+):
     app.command()(command)
 app.add_typer(env_app, name="env")
 app.add_typer(spec_app, name="spec")

@@ -14,13 +14,13 @@ from lab.cli.options import AgreementOption, NodeOption, SpecOption, TrackingUri
 from lab.cli.view import ProgressView, preflight_table, summary_table
 from lab.contract.settings import RunSettings
 from lab.contract.strategies import STRATEGIES
-from lab.core.spec import TaskSpec, load_spec
+from lab.core.spec import TaskSpec, load_spec, parse_spec
 from lab.errors import UsageError
 from lab.runtime.connection import Connection
 from lab.runtime.environ import WORKSPACE, tracking_uri_for
 from lab.runtime.run import RunResult, run_federation, run_on, run_settings
 
-__all__ = ["check", "demo", "run", "stats", "ui"]
+__all__ = ["check", "demo", "run", "runs", "stats", "ui"]
 
 console = Console()
 
@@ -92,15 +92,33 @@ class Federation:
             )
         return cls({}, {}, coordinator=Connection(coordinator, ca.resolve()), chosen=chosen or "")
 
-    def settings(self, spec: TaskSpec, workspace: Path, tracking_uri: str, values: dict[str, Any]) -> RunSettings:
-        """The run's settings for this federation (a coordinator's runs record on its tracking server)."""
+    def tracking_uri(self, workspace: Path, tracking_uri: str) -> str:
+        """Where this federation's runs are recorded (a coordinator's, on its tracking server)."""
         if self.coordinator is None:
-            uri = tracking_uri_for(workspace, tracking_uri)
-            return run_settings(spec, tracking_uri=uri, nodes=len(self.nodes), values=values)
+            return tracking_uri_for(workspace, tracking_uri)
         from lab.runtime.coordinator_host import tracking_uri_inside
 
+        return tracking_uri or tracking_uri_inside()
+
+    def settings(self, spec: TaskSpec, workspace: Path, tracking_uri: str, values: dict[str, Any]) -> RunSettings:
+        """The run's settings for this federation."""
+        uri = self.tracking_uri(workspace, tracking_uri)
+        if self.coordinator is None:
+            return run_settings(spec, tracking_uri=uri, nodes=len(self.nodes), values=values)
         values = {**values, "only-nodes": self.chosen} if self.chosen else values
-        return run_settings(spec, tracking_uri=tracking_uri or tracking_uri_inside(), nodes=0, values=values)
+        return run_settings(spec, tracking_uri=uri, nodes=0, values=values)
+
+    def resumed(self, run_id: str, workspace: Path, tracking_uri: str) -> RunSettings:
+        """The settings of MLflow run ``run_id``, to resume it on this federation."""
+        from lab.registry.checkpoints import resumable
+        from lab.runtime.app import code_version
+        from lab.runtime.environ import project_root
+
+        uri = self.tracking_uri(workspace, tracking_uri)
+        chosen = {"only_nodes": self.chosen} if self.chosen else {}
+        return resumable(uri, run_id).settings_for(
+            tracking_uri=uri, expected_nodes=len(self.nodes), code_version=code_version(project_root()), **chosen
+        )
 
     def describe(self) -> str:
         if self.coordinator is None:
@@ -156,7 +174,7 @@ def demo(
 
 
 def run(
-    spec: SpecOption,
+    spec: Annotated[Path | None, typer.Option(help="The task spec (TOML).")] = None,
     node: NodeOption = None,
     agreement: AgreementOption = None,
     coordinator: CoordinatorOption = None,
@@ -177,11 +195,29 @@ def run(
         typer.Option("--set", help=f"KEY=VALUE run setting; keys: {', '.join(RunSettings.user_keys())}."),
     ] = None,
     node_runtime: NodeRuntime = "warm",
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow RUN_ID of a run whose coordinator died: continue it from its last checkpoint, with its own "
+            "spec and settings (`lab runs` lists what can be resumed)."
+        ),
+    ] = None,
     workspace: Workspace = Path(WORKSPACE.default),
     tracking_uri: TrackingUri = "",
 ) -> None:
     """Train on the task in --spec: on local nodes, one per --node, or on a coordinator's nodes."""
     federation = Federation.of(node, agreement, coordinator, ca, nodes, secure=secure, node_runtime=node_runtime)
+    if resume:
+        if spec is not None or setting:
+            raise UsageError(
+                f"--resume {resume} goes on with the run's own spec and settings; leave out --spec and --set"
+            )
+        settings = federation.resumed(resume, workspace, tracking_uri)
+        resumed = parse_spec(settings.task_spec, source=f"the task spec of run {resume}")
+        summary_table(_federate(resumed, settings, federation, workspace=workspace), resumed.metrics)
+        return
+    if spec is None:
+        raise UsageError("give the task, --spec TASK.toml (or --resume RUN_ID to continue a run)")
     task = load_spec(spec)
     values: dict[str, Any] = {
         "num-rounds": rounds,
@@ -267,6 +303,36 @@ def stats(
         shown = ", ".join(result.summary["node_figures"])
         console.print(f"per-node figures allowed by agreement: {shown} (MLflow artifact analytics/nodes.json)")
     console.print(f"recorded in MLflow run {result.mlflow_run_id or '?'}; wall time {result.seconds:.0f} s")
+
+
+def runs(
+    clean: Annotated[
+        bool, typer.Option("--clean", help="Mark KILLED, with the reason, the runs a dead coordinator left RUNNING.")
+    ] = False,
+    limit: Annotated[int, typer.Option(help="How many of the newest runs to list.")] = 30,
+    workspace: Workspace = Path(WORKSPACE.default),
+    tracking_uri: TrackingUri = "",
+) -> None:
+    """The runs in the tracking store: their state, rounds checkpointed, and which can be resumed."""
+    from rich.table import Table as RichTable
+
+    from lab.registry.runs import close_orphans, list_runs
+
+    uri = tracking_uri_for(workspace, tracking_uri)
+    if clean:
+        closed = close_orphans(uri)
+        for run_id, reason in closed.items():
+            console.print(f"marked run {run_id} KILLED: {escape(reason)}")
+        if not closed:
+            console.print("no run was left RUNNING by a coordinator that is gone")
+    table = RichTable(title=f"Runs in {uri}")
+    for column in ("run id", "name", "state", "started", "rounds", "resumable", "note"):
+        table.add_column(column)
+    for row in list_runs(uri, limit=limit):
+        rounds = f"{row.rounds_done or 0}/{row.rounds}" if row.rounds is not None else ""
+        resumable = f"lab run --resume {row.run_id}" if row.resumable else ""
+        table.add_row(row.run_id, row.name, row.status, row.started, rounds, resumable, escape(row.note))
+    console.print(table)
 
 
 def ui(

@@ -38,6 +38,7 @@ FILLED_IN = frozenset(
         "query",
         "query_request",
         "admitted_nodes",
+        "resume_run",
     }
 )
 
@@ -69,6 +70,7 @@ class RunSettings:
     experiment: str = _setting("", "MLflow experiment; empty: the spec's name")
     environment_lock: str = _setting("", "the pinned environment's lock text (`lab run` fills it in)")
     round_timeout: float = _setting(600.0, "seconds to wait for the nodes' replies in one round")
+    tracking_timeout: float = _setting(60.0, "seconds the coordinator retries a tracking store it cannot reach")
     environment_policy: str = _setting("strict", "strict: nodes that differ from the lock are left out; warn: flagged")
     query: str = _setting("", "a query kind instead of training (catalog, stats; `lab check`, `lab stats`)")
     query_request: str = _setting("", "the query's request as JSON (its command fills it in)")
@@ -76,6 +78,7 @@ class RunSettings:
     admitted_nodes: str = _setting("", "node id -> admitted name (JSON) of an authenticated federation; empty: any")
     only_nodes: str = _setting("", "NAME,NAME: only these admitted nodes take part (empty: every connected node)")
     register: bool = _setting(True, "register the final model with the alias champion")
+    resume_run: str = _setting("", "MLflow run id this run continues from its last checkpoint (`lab run --resume`)")
     dp_noise_multiplier: float = _setting(0.0, "> 0: every node trains with DP-SGD (Opacus) at this noise")
     dp_target_epsilon: float = _setting(0.0, "> 0: each node picks the noise that keeps the run within it")
     dp_clipping_norm: float = _setting(1.0, "per-record gradient clipping (L2)")
@@ -157,7 +160,7 @@ class RunSettings:
                 raise SettingsError(
                     f"run setting {self.key(name)} = {getattr(self, name)!r}; give at most {most:,} (nodes refuse more)"
                 )
-        for name in ("learning_rate", "server_learning_rate", "round_timeout"):
+        for name in ("learning_rate", "server_learning_rate", "round_timeout", "tracking_timeout"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"run setting {self.key(name)} = {getattr(self, name)!r}; give a positive number")
         for name in ("dp_noise_multiplier", "dp_target_epsilon"):
@@ -176,7 +179,7 @@ class RunSettings:
 
     def as_params(self) -> dict[str, Any]:
         """The settings worth recording as MLflow params (not the texts the lab fills in)."""
-        hidden = {"task_spec", "tracking_uri", "environment_lock", "query_request"}
+        hidden = {"task_spec", "tracking_uri", "environment_lock", "query_request", "resume_run"}
         return {k: v for k, v in asdict(self).items() if k not in hidden}
 
 

@@ -43,9 +43,12 @@ class DPSettings:
     rounds: int
     local_steps: int
     batch_size: int
+    #: The run the nodes' ledgers book the spending under: 0 for the message's own run; a resumed
+    #: run books under its first attempt's Flower run id, so its ledgers show one run.
+    ledger_run: int = 0
 
     @classmethod
-    def of(cls, settings: Any) -> DPSettings | None:
+    def of(cls, settings: Any, ledger_run: int = 0) -> DPSettings | None:
         """From the run settings; None when the run trains without DP."""
         if not settings.differential_privacy:
             return None
@@ -57,7 +60,12 @@ class DPSettings:
             rounds=settings.num_rounds,
             local_steps=settings.local_steps,
             batch_size=settings.batch_size,
+            ledger_run=ledger_run,
         )
+
+    def ledger_key(self, run_id: int) -> int:
+        """The run a node books this spending under, for a message of Flower run ``run_id``."""
+        return self.ledger_run or run_id
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -41,7 +41,9 @@ class Ledger:
         return out
 
     def record(self, *, run_id: int, server_round: int, plan: DPPlan, task: str) -> dict[str, Any]:
-        """Add the round just trained; its ``epsilon`` is the run's total so far."""
+        """Add the round just trained; its ``epsilon`` is the run's total so far, over every round
+        this node trained for the run (a round trained again after its coordinator died counts twice)."""
+        trained = self.trainings(run_id) + 1
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "run_id": run_id,
@@ -52,23 +54,39 @@ class Ledger:
             "sample_rate": plan.sample_rate,
             "steps": plan.steps_per_round,
             "delta": plan.delta,
-            "epsilon": plan.epsilon_after(server_round),
+            "epsilon": plan.epsilon_after(trained),
         }
+        if trained != server_round:
+            entry["trainings"] = trained
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             fh.write(json.dumps(entry, sort_keys=True) + "\n")
         return entry
 
-    def check_round(self, run_id: int, server_round: int, plan: DPPlan) -> None:
-        """Refuse a round the run did not plan for, or one this node has already trained."""
+    def trainings(self, run_id: int) -> int:
+        """How many rounds this node has trained for run ``run_id``."""
+        return sum(1 for e in self.entries() if int(e["run_id"]) == run_id)
+
+    def check_round(self, run_id: int, server_round: int, plan: DPPlan, budget: float | None = None) -> None:
+        """Refuse a round the run did not plan for. A round already trained here (its coordinator
+        died before it kept the result, and the resumed run asks again) is trained again only
+        within the budget, counting both trainings."""
         if server_round > plan.rounds:
             raise Refusal(
                 "allow.epsilon-budget",
                 f"round {server_round} is beyond the {plan.rounds} rounds the run's epsilon was checked for",
             )
-        if any(int(e["run_id"]) == run_id and int(e["round"]) == server_round for e in self.entries()):
-            raise Refusal("allow.epsilon-budget", f"round {server_round} of run {run_id} was already trained here")
+        entries = [e for e in self.entries() if int(e["run_id"]) == run_id]
+        if not any(int(e["round"]) == server_round for e in entries):
+            return
+        again = plan.epsilon_after(len(entries) + 1) + self.spent(excluding=run_id)
+        if budget is not None and again > budget + 1e-9:
+            raise Refusal(
+                "allow.epsilon-budget",
+                f"round {server_round} of run {run_id} was already trained here; training it again would bring "
+                f"the epsilon spent to {again:.3f}, over the budget of {budget:g}",
+            )
 
     def runs(self) -> dict[int, dict[str, Any]]:
         """Per run: the task, rounds trained, last round's entry fields and the epsilon spent."""

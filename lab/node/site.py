@@ -44,6 +44,12 @@ class NodeSite:
         values = (self.name, self.data_path, self.agreement_path, self.audit_path, self.ledger_path)
         return {key: value for key, value in zip(NODE_CONFIG, values, strict=True) if value}
 
+    def prepared_path(self, run_id: int, spec_sha256: str) -> Path | None:
+        """Where the node keeps the spec run ``run_id`` prepared (beside its audit log)."""
+        if not self.audit_path:
+            return None
+        return Path(self.audit_path).parent / "prepared" / f"{run_id}-{spec_sha256}.toml"
+
     @cached_property
     def agreement(self) -> Agreement | None:
         """The node's data-use agreement, when it has one."""

@@ -61,9 +61,11 @@ class PrepareRequest:
     lock: Lock | None = None
 
     @classmethod
-    def of(cls, settings: RunSettings, lock: Environment | None) -> PrepareRequest:
+    def of(cls, settings: RunSettings, lock: Environment | None, ledger_run: int = 0) -> PrepareRequest:
+        """The request of a run; ``ledger_run``: the run a resumed run's DP spending is booked under."""
         pinned = Lock(lock.python, lock.platform, lock.pins, settings.environment_policy) if lock else None
-        return cls(settings.seed, settings.baseline_epochs, settings.strategy, DPSettings.of(settings), pinned)
+        dp = DPSettings.of(settings, ledger_run)
+        return cls(settings.seed, settings.baseline_epochs, settings.strategy, dp, pinned)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -214,9 +216,10 @@ class Prepare(QueryKind[PrepareRequest]):
         data = load_node_data(site.name, site.table_path(), spec)
         minimum = check_rows(site, data)
         plan = DPPlan.make(request.dp, len(data.train)) if request.dp else None
-        if plan is not None:
+        if plan is not None and request.dp is not None:
             agreement = site.agreement
-            check_budget(site.ledger(), agreement.epsilon_budget if agreement else None, run_id, plan)
+            budget = agreement.epsilon_budget if agreement else None
+            check_budget(site.ledger(), budget, request.dp.ledger_key(run_id), plan)
         sums, held_back = protect_column_sums(
             ColumnSums.of(encode(data.train.features, spec)), spec, len(data.train), minimum
         )

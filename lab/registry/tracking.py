@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -27,7 +28,9 @@ __all__ = [
     "close_unfinished",
     "recorded_audit_heads",
     "account",
+    "patience",
     "tracking_errors",
+    "unreachable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,6 +59,35 @@ def account(username: str = "", password: str = "", ca: Path | None = None) -> I
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextmanager
+def patience(seconds: float) -> Iterator[None]:
+    """Retry an unreachable tracking server for about ``seconds`` inside (MLflow's own retries,
+    backing off 1, 2, 4... seconds), then let MLflow's error through; restored after."""
+    retries = max(1, math.ceil(math.log2(seconds + 1)) + 1)
+    values = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the tracking server could not be reached (after MLflow's retries)."""
+    import requests
+
+    text = str(exc)
+    return isinstance(exc, requests.exceptions.ConnectionError) or (
+        isinstance(exc, mlflow.exceptions.MlflowException)
+        and ("Max retries exceeded" in text or "Connection refused" in text)
+    )
 
 
 @contextmanager
@@ -95,10 +127,11 @@ def close_unfinished(tracking_uri: str, run_id: str, status: str) -> None:
     the coordinator may have recorded as it was stopped.
     """
     client = MlflowClient(tracking_uri=tracking_uri)
-    current = client.get_run(run_id).info.status
-    if current == "RUNNING" or (status == "KILLED" and current == "FAILED"):
-        client.set_terminated(run_id, status)
-        logger.info("marked MLflow run %s %s", run_id, status)
+    with patience(3):  # a tracking server that is down is not waited for here
+        current = client.get_run(run_id).info.status
+        if current == "RUNNING" or (status == "KILLED" and current == "FAILED"):
+            client.set_terminated(run_id, status)
+            logger.info("marked MLflow run %s %s", run_id, status)
 
 
 class Tracker:
@@ -112,26 +145,48 @@ class Tracker:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.run_id: str | None = None
+        self._logged: dict[str, str] = {}  # params a resumed run logged before
 
     @contextmanager
-    def run(self, *, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator[Tracker]:
+    def run(
+        self, *, run_name: str, params: dict[str, Any], tags: dict[str, str], resume_run_id: str = ""
+    ) -> Iterator[Tracker]:
+        """Start an MLflow run, or continue run ``resume_run_id`` (its params stay as first logged)."""
         if not self.enabled:
             yield self
             return
         mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_experiment(self.experiment)
-        with mlflow.start_run(run_name=run_name, tags=tags) as active:
-            self.run_id = active.info.run_id
-            mlflow.log_params(params)
+        if resume_run_id:
+            self._logged = dict(MlflowClient().get_run(resume_run_id).data.params)
+            started = mlflow.start_run(run_id=resume_run_id, tags=tags)
+        else:
+            mlflow.set_experiment(self.experiment)
+            started = mlflow.start_run(run_name=run_name, tags=tags)
+        self.run_id = started.info.run_id
+        try:
+            self.log_params(params)
             yield self
+        except BaseException as exc:
+            # A tracking server that cannot be reached cannot record the end either: the run stays
+            # RUNNING until a coordinator finds its own was gone (lab.registry.runs).
+            if not unreachable(exc):
+                mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        mlflow.end_run()
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.enabled and metrics:
             mlflow.log_metrics(metrics, step=step)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        if self.enabled and params:
-            mlflow.log_params(params)
+        """Log ``params``; a resumed run keeps those its first attempt logged."""
+        fresh = {k: v for k, v in params.items() if k not in self._logged}
+        if self.enabled and fresh:
+            mlflow.log_params(fresh)
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str) -> None:
+        if self.enabled:
+            mlflow.log_artifacts(str(local_dir), artifact_path)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.enabled and tags:

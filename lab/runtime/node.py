@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,11 @@ from lab.runtime.processes import (
 __all__ = ["RUNTIMES", "Node", "node_config"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds a restarted process must run before its next exit is met without waiting.
+_STEADY = 30.0
+#: The longest wait between two restarts of a process that keeps exiting.
+_MOST_BACKOFF = 10.0
 
 #: How a node answers messages: its warm worker (lab.runtime.worker), or Flower's process per message.
 RUNTIMES = ("warm", "subprocess")
@@ -141,12 +148,21 @@ class Node(Started):
         self, start_supernode: Callable[[], LoggedProcess], start_worker: Callable[[], LoggedProcess]
     ) -> None:
         """Start again whatever of the node exits while it should run: the worker (the message it was
-        answering fails like a dropped node's), or the SuperNode (when its coordinator was away
-        longer than it retries)."""
+        answering fails like a dropped node's), or the SuperNode (killed, or its coordinator was away
+        longer than it retries). A SuperNode that keeps failing is started again less often, up to
+        every ``_MOST_BACKOFF`` seconds."""
+        backoff: dict[str, float] = {"process": 0.0, "worker": 0.0}
+        due: dict[str, float] = {"process": 0.0, "worker": 0.0}
         while not self._stopping.wait(0.5):
             for attribute, start in (("process", start_supernode), ("worker", start_worker)):
                 proc: LoggedProcess | None = getattr(self, attribute)
-                if proc is None or proc.popen.poll() is None or self._stopping.is_set():
+                if proc is None or self._stopping.is_set():
+                    continue
+                if proc.popen.poll() is None:
+                    if time.monotonic() - proc.started > _STEADY:
+                        backoff[attribute] = 0.0
+                    continue
+                if time.monotonic() < due[attribute]:
                     continue
                 logger.warning(
                     "node %s: %s exited (status %s); starting it again",
@@ -155,8 +171,42 @@ class Node(Started):
                     proc.popen.returncode,
                 )
                 proc.log_file.close()
+                if attribute == "process":
+                    self._release(proc.tail(100_000))
                 self.restarts += 1
                 setattr(self, attribute, start())
+                backoff[attribute] = min(max(2 * backoff[attribute], 1.0), _MOST_BACKOFF)
+                due[attribute] = time.monotonic() + backoff[attribute]
+
+    def _release(self, log_text: str) -> None:
+        """Tell the SuperLink that the node's SuperNode that exited is gone, so that the new one is
+        let in now rather than when the old one's heartbeats lapse (up to a minute): Flower's own
+        Fleet client, signed with the node's key, sends what a SuperNode sends when it stops.
+        Only an authenticated node has an identity to release; a failure is logged and waited out."""
+        ids = re.findall(r"SuperNode ID: (\d+)", log_text)
+        if self.auth_key is None or self.superlink.root_certificates is None or not ids:
+            return
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+        from flwr.proto.fleet_pb2 import DeactivateNodeRequest
+        from flwr.supercore.interceptors.http.runtime_version import RuntimeVersionHttpInterceptor
+        from flwr.supercore.protobuf.client import ProtobufClientInterceptor
+        from flwr.supernode.fleet_http_client import FleetHttpClient
+        from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
+
+        try:
+            key = load_ssh_private_key(self.auth_key.read_bytes(), password=None)
+            assert isinstance(key, ec.EllipticCurvePrivateKey)
+            interceptors: list[ProtobufClientInterceptor] = [
+                RuntimeVersionHttpInterceptor(component_name="SuperNode"),
+                NodeAuthHttpInterceptor(key, key.public_key()),
+            ]
+            address, certificates = self.superlink.address, str(self.superlink.root_certificates)
+            with FleetHttpClient.from_server_address(address, False, certificates, interceptors) as fleet:
+                fleet.DeactivateNode(DeactivateNodeRequest(node_id=int(ids[-1])))
+            logger.info("node %s: released its previous connection (node id %s)", self.site.name, ids[-1])
+        except Exception as exc:  # noqa: BLE001 - the SuperLink lets the node in once the heartbeats lapse
+            logger.warning("node %s: could not release its previous connection: %s", self.site.name, exc)
 
     def log_text(self) -> str:
         """The SuperNode's log so far."""

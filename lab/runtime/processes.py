@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -85,6 +85,7 @@ class LoggedProcess:
     popen: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes]
+    started: float = field(default_factory=time.monotonic)  # monotonic clock, when it was started
 
     def tail(self, lines: int = 15) -> str:
         """The last lines of its log."""

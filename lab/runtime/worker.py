@@ -113,6 +113,7 @@ class Worker:
         try:
             message, context, run, fab = pull_task_input(client)
             node = str(context.node_config.get("node-name", "?"))
+            logger.info("run %s: answering a %s message", message.metadata.run_id, message.metadata.message_type)
             check_app(fab.hash_str, message, node)  # before anything of the app is written or imported
             with self.lock:
                 os.environ[APP_HASH_ENV] = fab.hash_str

@@ -1,0 +1,119 @@
+"""The coordinator's MLflow runs: their state, whether they can be resumed, and the runs a dead
+coordinator left RUNNING, which are marked KILLED with the reason.
+
+Every coordinator tags its run with its host, process id and the process's start time. A run
+still RUNNING whose coordinator process is gone from that host is an orphan: nothing will ever
+finish it. The next run, a resume, and `lab runs --clean` close such runs; a run whose
+coordinator ran on another host is left to that host.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from lab.registry.checkpoints import ROUND_TAG
+from lab.registry.tracking import tracking_errors
+
+__all__ = ["KILLED_REASON", "RunRow", "close_orphans", "coordinator_gone", "coordinator_tags", "list_runs"]
+
+logger = logging.getLogger(__name__)
+
+HOST, PID, STARTED = "lab.coordinator.host", "lab.coordinator.pid", "lab.coordinator.started"
+#: The tag saying why a run was marked KILLED.
+KILLED_REASON = "lab.killed_reason"
+
+
+def coordinator_tags() -> dict[str, str]:
+    """Tags naming this process as a run's coordinator."""
+    return {
+        HOST: socket.gethostname(),
+        PID: str(os.getpid()),
+        STARTED: f"{psutil.Process().create_time():.3f}",
+    }
+
+
+def coordinator_gone(tags: dict[str, str]) -> str | None:
+    """Why the coordinator of a run with ``tags`` is known to be gone; None while it runs, or when
+    it ran on another host (this host cannot tell)."""
+    host, pid, started = tags.get(HOST), tags.get(PID), tags.get(STARTED)
+    if not host or not pid or not started or host != socket.gethostname():
+        return None
+    try:
+        process = psutil.Process(int(pid))
+        if abs(process.create_time() - float(started)) < 1.0 and process.status() != psutil.STATUS_ZOMBIE:
+            return None  # the same process, still running
+    except psutil.Error:  # gone (or a zombie whose details can no longer be read)
+        pass
+    return f"its coordinator (process {pid} on {host}) stopped without closing the run"
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One run as `lab runs` lists it."""
+
+    run_id: str
+    name: str
+    experiment: str
+    status: str
+    started: str
+    rounds_done: int | None  # the last checkpointed round of a training run
+    rounds: int | None
+    resumable: bool
+    note: str
+
+
+def list_runs(tracking_uri: str, *, limit: int = 50) -> list[RunRow]:
+    """The newest ``limit`` runs of every experiment, newest first."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    with tracking_errors(f"cannot list the runs of {tracking_uri!r}", "check the tracking URI"):
+        experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+        runs = client.search_runs(list(experiments), max_results=limit, order_by=["attributes.start_time DESC"])
+    rows = []
+    for run in runs:
+        tags, params = run.data.tags, run.data.params
+        done = int(tags[ROUND_TAG]) if ROUND_TAG in tags else None
+        rounds = int(params["num_rounds"]) if "num_rounds" in params and not params.get("query") else None
+        orphan = coordinator_gone(tags) if run.info.status == "RUNNING" else None
+        note = tags.get(KILLED_REASON, "") or (orphan or "")
+        rows.append(
+            RunRow(
+                run_id=run.info.run_id,
+                name=run.info.run_name or "",
+                experiment=experiments.get(run.info.experiment_id, run.info.experiment_id),
+                status=run.info.status,
+                started=time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000)),
+                rounds_done=done,
+                rounds=rounds,
+                resumable=done is not None and (run.info.status in ("FAILED", "KILLED") or orphan is not None),
+                note=note,
+            )
+        )
+    return rows
+
+
+def close_orphans(tracking_uri: str) -> dict[str, str]:
+    """Mark KILLED, with the reason, every RUNNING run whose coordinator is gone from this host."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    closed: dict[str, str] = {}
+    with tracking_errors(f"cannot close the orphaned runs of {tracking_uri!r}", "check the tracking URI"):
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        running = client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", max_results=1000)
+        for run in running:
+            reason = coordinator_gone(run.data.tags)
+            if reason is None:
+                continue
+            client.set_tag(run.info.run_id, KILLED_REASON, reason)
+            client.set_terminated(run.info.run_id, "KILLED")
+            logger.warning("marked MLflow run %s KILLED: %s", run.info.run_id, reason)
+            closed[run.info.run_id] = reason
+    return closed
