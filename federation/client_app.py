@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
@@ -81,6 +82,8 @@ def _remember(context: Context, spec: TaskSpec, run_id: int) -> None:
 
 def _spec(context: Context, instructions: Instructions, run_id: int) -> TaskSpec:
     """The run's spec, received at preparation and named by its sha256 since."""
+    if not re.fullmatch(r"[0-9a-f]{64}", instructions.spec_sha256):
+        raise MessageError(f"the message's {keys.SPEC_FINGERPRINT} is not a sha256 (64 hexadecimal digits)")
     specs = context.state.config_records.get(SPECS, ConfigRecord())
     kept = _site(context).prepared_path(run_id, instructions.spec_sha256)
     if instructions.spec_sha256 in specs:

@@ -88,6 +88,6 @@ def leftover_processes(workspace: Path) -> list[str]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Modules marked ``long`` (minutes each) go first: pytest-xdist hands out modules in this
-    order, so the two workers start on the longest and finish together instead of one waiting at
+    order, so the workers start on the longest and finish together instead of one waiting at
     the end for a long module handed out last."""
     items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: the rest keep their order

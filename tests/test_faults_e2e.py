@@ -32,7 +32,7 @@ pytestmark = pytest.mark.e2e
 SPEC = load_spec(HEART / "task.toml")
 NAMES = ("cleveland", "hungary", "va")
 #: Enough local steps that a node is still training when the test kills it (about a second).
-SLOW = {"baseline-epochs": 2, "local-steps": 1500, "round-timeout": 12}
+SLOW = {"baseline-epochs": 2, "local-steps": 1500, "round-timeout": 30}
 
 
 @pytest.fixture(scope="module")
@@ -82,44 +82,6 @@ def _in_background(federation: LocalFederation, settings: Any) -> tuple[threadin
     thread = threading.Thread(target=go, daemon=True)
     thread.start()
     return thread, outcome
-
-
-def test_a_node_killed_mid_round_is_left_out_of_that_round_and_takes_part_again(
-    federation: LocalFederation,
-) -> None:
-    before = {name: _answering(federation, name, "train") for name in NAMES}
-    thread, outcome = _in_background(federation, _settings(federation, **{**SLOW, "num-rounds": 4}))
-    cleveland, hungary = _node(federation, "cleveland"), _node(federation, "hungary")
-    restarts = cleveland.restarts, hungary.restarts
-
-    # Round 2: cleveland's SuperNode dies while its worker trains; the node restarts on its own.
-    _when(lambda: _answering(federation, "cleveland", "train") == before["cleveland"] + 2, "cleveland's round 2")
-    os.kill(cleveland.process.popen.pid, signal.SIGKILL)
-    # Round 3: the process answering hungary's message dies; the node starts another.
-    _when(lambda: _answering(federation, "hungary", "train") == before["hungary"] + 3, "hungary's round 3")
-    os.kill(hungary.worker.popen.pid, signal.SIGKILL)
-
-    thread.join(timeout=300)
-    assert "result" in outcome, outcome
-    result = outcome["result"]
-    assert [n["node"] for n in result.summary["nodes"]] == list(NAMES)
-    assert cleveland.restarts > restarts[0] and hungary.restarts > restarts[1]
-
-    client = MlflowClient(tracking_uri=_uri(federation))
-    run_id = result.mlflow_run_id
-    steps = {
-        name: sorted(m.step for m in client.get_metric_history(run_id, f"node.{name}.train_loss")) for name in NAMES
-    }
-    # cleveland's restarted SuperNode took part from the next round. A worker killed in the middle
-    # of a message leaves its SuperNode waiting for Flower's task heartbeat to lapse (about a
-    # minute) before it hands on the next message, so hungary may miss round 4 as well.
-    assert steps["cleveland"] == [1, 3, 4] and steps["va"] == [1, 2, 3, 4]
-    assert steps["hungary"][:2] == [1, 2] and 3 not in steps["hungary"]
-    missing = {m.step for m in client.get_metric_history(run_id, "refused_nodes")}
-    assert {2, 3} <= missing
-    refusals = json.loads(Path(client.download_artifacts(run_id, "nodes/refusals-in-rounds.json")).read_text())
-    dropped = {(r["round"], r["node"]) for r in refusals if r["stage"] == "train"}
-    assert {(2, "cleveland"), (3, "hungary")} <= dropped <= {(2, "cleveland"), (3, "hungary"), (4, "hungary")}
 
 
 def _serverapp(federation: LocalFederation) -> psutil.Process:
@@ -229,3 +191,40 @@ def test_a_private_run_resumes_without_spending_its_rounds_again(federation: Loc
         assert node["epsilon"] == pytest.approx(mine[-1]["epsilon"])
         assert not [e for e in ledger.entries() if e["task"] == SPEC.name and int(e["run_id"]) != first_flower_run
                     and e["time"] >= mine[0]["time"]]  # fmt: skip
+
+
+def test_a_node_killed_mid_round_is_left_out_of_that_round_and_takes_part_again(
+    federation: LocalFederation,
+) -> None:
+    before = {name: _answering(federation, name, "train") for name in NAMES}
+    thread, outcome = _in_background(federation, _settings(federation, **{**SLOW, "num-rounds": 4}))
+    cleveland, hungary = _node(federation, "cleveland"), _node(federation, "hungary")
+    restarts = cleveland.restarts, hungary.restarts
+
+    # Round 2: cleveland's SuperNode dies while its worker trains; the node restarts on its own.
+    _when(lambda: _answering(federation, "cleveland", "train") == before["cleveland"] + 2, "cleveland's round 2")
+    os.kill(cleveland.process.popen.pid, signal.SIGKILL)
+    # Round 3: the process answering hungary's message dies; the node starts another.
+    _when(lambda: _answering(federation, "hungary", "train") == before["hungary"] + 3, "hungary's round 3")
+    os.kill(hungary.worker.popen.pid, signal.SIGKILL)
+
+    thread.join(timeout=300)
+    assert "result" in outcome, outcome
+    result = outcome["result"]
+    assert [n["node"] for n in result.summary["nodes"]] == list(NAMES)
+    assert cleveland.restarts > restarts[0] and hungary.restarts > restarts[1]
+
+    client = MlflowClient(tracking_uri=_uri(federation))
+    run_id = result.mlflow_run_id
+    steps = {
+        name: sorted(m.step for m in client.get_metric_history(run_id, f"node.{name}.train_loss")) for name in NAMES
+    }
+    # Each node took part again from the next round: cleveland's restarted SuperNode, and
+    # hungary's SuperNode, whose new worker answered the message the killed one left.
+    assert steps == {"cleveland": [1, 3, 4], "hungary": [1, 2, 4], "va": [1, 2, 3, 4]}
+    missing = {(m.step, m.value) for m in client.get_metric_history(run_id, "refused_nodes")}
+    assert missing == {(2, 1.0), (3, 1.0)}
+    refusals = json.loads(Path(client.download_artifacts(run_id, "nodes/refusals-in-rounds.json")).read_text())
+    assert {(r["round"], r["node"]) for r in refusals} == {(2, "cleveland"), (3, "hungary")}
+    assert "dropped" in next(r["reason"] for r in refusals if r["node"] == "cleveland")
+    assert "worker stopped while answering" in next(r["reason"] for r in refusals if r["node"] == "hungary")

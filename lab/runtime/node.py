@@ -130,7 +130,10 @@ class Node(Started):
             "--node-config",
             node_config(self.site.node_config()),
         ]
-        worker = [sys.executable, "-m", "lab.runtime.worker", "--runtime-api", f"{LOOPBACK}:{runtime_api}"]
+        worker = [
+            sys.executable, "-m", "lab.runtime.worker", "--runtime-api", f"{LOOPBACK}:{runtime_api}",
+            "--in-flight", str(self.home / "in-flight"),
+        ]  # fmt: skip
 
         def start_supernode() -> LoggedProcess:
             return start_logged(f"node-{self.site.name}", supernode, env=env, log_path=log_path, cwd=self.home)

@@ -23,16 +23,22 @@ Flower's SuperNode creates a task for the stale message, finds the run finished 
 task behind without the message's content; the thread waiting for it gives up after Flower's
 object-pull limit while newer tasks are answered.
 
-The node's unit (lab.runtime.node) starts it with its SuperNode and restarts it if it dies; the
-message in flight then fails like a dropped node's.
+The node's unit (lab.runtime.node) starts it with its SuperNode and restarts it if it dies.
+While it answers a message the worker keeps the task's token, the message's header and the run's
+context in ``--in-flight DIR`` (the node's home, readable by its owner only); a worker started
+after one that died answers each message left there with an error reply ("the node's worker
+stopped while answering"), with Flower's own ``push_message`` and ``push_task_output``. The
+coordinator records it like a dropped node's, and the SuperNode, which hands on one message at a
+time, goes on to the next one at once instead of when Flower's task heartbeat lapses (a minute).
 
-    python -m lab.runtime.worker --runtime-api 127.0.0.1:PORT
+    python -m lab.runtime.worker --runtime-api 127.0.0.1:PORT [--in-flight DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -62,6 +68,7 @@ class Worker:
     loaded: dict[tuple[str, int], Any] = field(default_factory=dict)  # (FAB hash, run) -> ClientApp
     on_path: str | None = None  # the loaded app's folder, on sys.path while it is the current one
     lock: threading.Lock = field(default_factory=threading.Lock)  # one app at work at a time
+    in_flight: Path | None = None  # where the tasks being answered are kept (a worker that dies leaves them)
 
     def client(self, token: str | None = None) -> Any:
         from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
@@ -84,6 +91,7 @@ class Worker:
         from flwr.proto.runtime_pb2 import AcquireTaskRequest
         from flwr.supercore.constant import TaskType
 
+        self.recover()
         client = self.client()
         request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value])
         logger.info("warm worker serving the SuperNode at %s", self.address)
@@ -108,10 +116,11 @@ class Worker:
         client = self.client(token)
         heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
         heartbeat.start()
-        message, context, reply = None, None, None
+        message, context, reply, kept = None, None, None, None
         status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
         try:
             message, context, run, fab = pull_task_input(client)
+            kept = self._keep(token, message, context)
             node = str(context.node_config.get("node-name", "?"))
             logger.info("run %s: answering a %s message", message.metadata.run_id, message.metadata.message_type)
             check_app(fab.hash_str, message, node)  # before anything of the app is written or imported
@@ -134,6 +143,58 @@ class Worker:
                 push_task_output(client=client, context=context, sub_status=status, details=details)
                 heartbeat.stop()
                 client.close()
+                if kept is not None:
+                    kept.unlink(missing_ok=True)
+
+    def _keep(self, token: str, message: Any, context: Any) -> Path | None:
+        """Keep what answering ``message`` with an error needs, should this worker die."""
+        from flwr.app.message import remove_content_from_message
+        from flwr.common.serde import context_to_proto, message_to_proto
+
+        if self.in_flight is None:
+            return None
+        self.in_flight.mkdir(parents=True, exist_ok=True, mode=0o700)
+        header = message_to_proto(remove_content_from_message(message)).SerializeToString()
+        record = {
+            "token": token,
+            "message": header.hex(),
+            "context": context_to_proto(context).SerializeToString().hex(),
+        }
+        path = self.in_flight / f"{message.metadata.message_id[:32]}.json"
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(record), encoding="utf-8")
+        return path
+
+    def recover(self) -> None:
+        """Answer with an error every message a worker that died left in ``in_flight``."""
+        from flwr.app import Error, Message
+        from flwr.common.constant import ErrorCode, SubStatus
+        from flwr.common.serde import context_from_proto, message_from_proto
+        from flwr.proto.message_pb2 import Context as ProtoContext
+        from flwr.proto.message_pb2 import Message as ProtoMessage
+        from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+
+        for path in sorted(self.in_flight.glob("*.json")) if self.in_flight else []:
+            reason = "the node's worker stopped while answering this message; the node started another"
+            client = None
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+                message = message_from_proto(ProtoMessage.FromString(bytes.fromhex(record["message"])))
+                context = context_from_proto(ProtoContext.FromString(bytes.fromhex(record["context"])))
+                client = self.client(record["token"])
+                push_message(
+                    client, Message(Error(code=ErrorCode.CLIENT_APP_CRASHED, reason=reason), reply_to=message), context
+                )
+                push_task_output(client=client, context=context, sub_status=SubStatus.FAILED, details=reason)
+                logger.warning(
+                    "run %s: answered the message its previous worker left with an error", message.metadata.run_id
+                )
+            except Exception as exc:  # noqa: BLE001 - the task lapsed: Flower answers for it once its heartbeat does
+                logger.warning("could not answer a message the previous worker left (%s): %s", path.name, exc)
+            finally:
+                if client is not None:
+                    client.close()
+                path.unlink(missing_ok=True)
 
     def app(self, fab: Any, run: Any) -> Any:
         """The run's ClientApp: installed once per FAB hash, a fresh object for every run."""
@@ -175,11 +236,12 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m lab.runtime.worker --runtime-api HOST:PORT``."""
     parser = argparse.ArgumentParser(description="The node's warm worker.")
     parser.add_argument("--runtime-api", required=True, help="the SuperNode's Runtime API, HOST:PORT on loopback")
+    parser.add_argument("--in-flight", type=Path, help="where to keep the tasks being answered (the node's home)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per poll of the Runtime API
     with contextlib.suppress(KeyboardInterrupt):
-        Worker(args.runtime_api).serve()
+        Worker(args.runtime_api, in_flight=args.in_flight).serve()
 
 
 if __name__ == "__main__":
