@@ -7,7 +7,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup demo deploy-demo test images test-containers bench lint lock ui clean
+.PHONY: setup demo deploy-demo test images test-containers bench bench-load lint lock ui clean
 
 # The environment, installed exactly from the lock; redone when the lock or the project changes.
 $(BIN)/.installed: $(LOCK) pyproject.toml
@@ -41,6 +41,11 @@ test-containers: images
 # Quality, rounds to quality, overhead against bare Flower and scale: benchmarks/results.md (about 18 min).
 bench: setup
 	$(BIN)/python benchmarks/run.py
+
+# 16 SuperNodes, a training run and 100 federated-statistics queries on one standing federation:
+# benchmarks/load.md (processes, open files and memory from the first query to the last).
+bench-load: setup
+	$(BIN)/python benchmarks/load.py
 
 lint: setup
 	$(BIN)/ruff check lab federation tests benchmarks deploy

@@ -170,6 +170,9 @@ def test_a_run_whose_coordinator_was_killed_resumes_to_the_same_model_bit_for_bi
         assert set(mine.optimiser) == {"m_t", "v_t"}
     versions = client.search_model_versions(f"name = '{SPEC.name}' and run_id = '{run_id}'")
     assert len(versions) == 1  # registered once
+    again = run_lab("run", "--resume", run_id, "--node", f"va={SILOS['va']}", workspace=federation.workspace)
+    assert again.returncode == 2, again.stderr
+    assert f"run {run_id} finished; there is nothing to resume" in " ".join(again.stderr.split())
     assert resumed.summary["mean"] == pytest.approx(reference.summary["mean"], nan_ok=True)
 
 

@@ -1,0 +1,114 @@
+"""The tracking store going away in the middle of a run, for a few seconds or for good, on the real
+runtime with MLflow's own tracking server (its own federation: a node that lived through the
+coordinator faults of test_faults_e2e can answer a message late, see the README's "When things
+break")."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+
+from lab.core.spec import load_spec
+from lab.registry.checkpoints import ROUND_TAG
+from lab.runtime.local import LocalFederation, NodeSpec
+from lab.runtime.run import run_settings
+
+from .conftest import HEART, SILOS, leftover_processes
+from .test_faults_e2e import SLOW, _in_background, _when
+
+pytestmark = pytest.mark.e2e
+
+SPEC = load_spec(HEART / "task.toml")
+NAMES = ("cleveland", "hungary", "va")
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
+    workspace = tmp_path_factory.mktemp("outage") / "workspace"
+    with LocalFederation(workspace, [NodeSpec(name, SILOS[name]) for name in NAMES]) as running:
+        yield running
+    assert leftover_processes(workspace) == []
+
+
+def _settings(federation: LocalFederation, uri: str, **values: Any) -> Any:
+    return replace(run_settings(SPEC, tracking_uri=uri, nodes=len(NAMES), values=values), tracking_uri=uri)
+
+
+def _tracking_server(folder: Path, port: int) -> Any:
+    """MLflow's own tracking server on loopback at ``port``, its store in ``folder``."""
+    from lab.runtime.environ import private_environ
+    from lab.runtime.processes import LOOPBACK, executable, start_logged
+
+    argv = [
+        executable("mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+        "--artifacts-destination", str(folder / "artifacts"), "--host", LOOPBACK, "--port", str(port),
+        "--workers", "1",
+    ]  # fmt: skip
+    server = start_logged("tracking", argv, env=private_environ(), log_path=folder / "server.log", cwd=folder)
+    server.wait_listening(port, timeout=180.0)
+    return server
+
+
+def test_the_tracking_store_going_away_for_seconds_or_for_good(federation: LocalFederation, tmp_path: Path) -> None:
+    from lab.registry.runs import close_orphans
+    from lab.runtime.processes import free_port, stop_trees
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _tracking_server(tmp_path, port)
+    values = {**SLOW, "num-rounds": 4, "tracking-timeout": 60}
+    try:
+        # Away for a few seconds in the middle of the run: MLflow's retries carry the run over.
+        settings = _settings(federation, uri, **values)
+        thread, outcome = _in_background(federation, settings)
+        client = MlflowClient(tracking_uri=uri)
+        running: list[str] = []
+
+        def first_round_kept() -> bool:
+            if not running:
+                experiments = [e.experiment_id for e in client.search_experiments()]
+                running.extend(r.info.run_id for r in client.search_runs(experiments))
+            return bool(running) and int(client.get_run(running[0]).data.tags.get(ROUND_TAG, 0)) >= 1
+
+        _when(first_round_kept, "the first checkpoint")
+        stop_trees([server], grace=0)
+        time.sleep(5)
+        server = _tracking_server(tmp_path, port)
+        thread.join(timeout=300)
+        assert "result" in outcome, outcome
+        run_id = outcome["result"].mlflow_run_id
+        assert client.get_run(run_id).info.status == "FINISHED"
+        for name in NAMES:  # the record is complete: every round of every node
+            assert sorted(m.step for m in client.get_metric_history(run_id, f"node.{name}.train_loss")) == [1, 2, 3, 4]
+        assert client.get_run(run_id).data.tags[ROUND_TAG] == "4"
+        assert len(client.search_model_versions(f"run_id = '{run_id}'")) == 1
+
+        # Away for good: the run fails within its tracking-timeout, and nothing is registered.
+        settings = _settings(federation, uri, **{**values, "tracking-timeout": 5})
+        before = {r.info.run_id for r in client.search_runs([e.experiment_id for e in client.search_experiments()])}
+        thread, outcome = _in_background(federation, settings)
+        running.clear()
+
+        def next_first_round_kept() -> bool:
+            if not running:
+                experiments = [e.experiment_id for e in client.search_experiments()]
+                running.extend(r.info.run_id for r in client.search_runs(experiments) if r.info.run_id not in before)
+            return bool(running) and int(client.get_run(running[0]).data.tags.get(ROUND_TAG, 0)) >= 1
+
+        _when(next_first_round_kept, "the second run's first checkpoint")
+        stop_trees([server], grace=0)
+        thread.join(timeout=120)
+        assert "could not be reached for 5 s (tracking-timeout)" in outcome.get("error", ""), outcome
+        server = _tracking_server(tmp_path, port)
+        assert client.get_run(running[0]).info.status == "RUNNING"  # no one could close it
+        assert client.search_model_versions(f"run_id = '{running[0]}'") == []  # nothing half-registered
+        assert running[0] in close_orphans(uri)  # `lab runs --clean`: its coordinator is gone
+        assert client.get_run(running[0]).info.status == "KILLED"
+    finally:
+        stop_trees([server], grace=5)
