@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -41,16 +42,10 @@ AUDIT_HEADS = "nodes/audit-heads.json"
 
 
 @contextmanager
-def account(username: str = "", password: str = "", ca: Path | None = None) -> Iterator[None]:
-    """A tracking server account and CA for the calls inside, through MLflow's own environment
-    variables; nothing is written down, and the variables are restored after."""
-    credentials = {
-        "MLFLOW_TRACKING_USERNAME": username,
-        "MLFLOW_TRACKING_PASSWORD": password,
-        "MLFLOW_TRACKING_SERVER_CERT_PATH": str(ca.resolve()) if ca else "",
-    }
-    saved = {k: os.environ.get(k) for k in credentials}
-    os.environ.update({k: v for k, v in credentials.items() if v})
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` (the non-empty ones) in the environment for the calls inside, restored after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: v for k, v in values.items() if v})
     try:
         yield
     finally:
@@ -61,22 +56,23 @@ def account(username: str = "", password: str = "", ca: Path | None = None) -> I
                 os.environ[key] = value
 
 
-@contextmanager
-def patience(seconds: float) -> Iterator[None]:
+def account(username: str = "", password: str = "", ca: Path | None = None) -> contextlib.AbstractContextManager[None]:
+    """A tracking server account and CA for the calls inside, through MLflow's own environment
+    variables; nothing is written down, and the variables are restored after."""
+    return _environment(
+        {
+            "MLFLOW_TRACKING_USERNAME": username,
+            "MLFLOW_TRACKING_PASSWORD": password,
+            "MLFLOW_TRACKING_SERVER_CERT_PATH": str(ca.resolve()) if ca else "",
+        }
+    )
+
+
+def patience(seconds: float) -> contextlib.AbstractContextManager[None]:
     """Retry an unreachable tracking server for about ``seconds`` inside (MLflow's own retries,
     backing off 1, 2, 4... seconds), then let MLflow's error through; restored after."""
     retries = max(1, math.ceil(math.log2(seconds + 1)) + 1)
-    values = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return _environment({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"})
 
 
 def unreachable(exc: BaseException) -> bool:
