@@ -6,7 +6,9 @@
 - ``train``: score the received global model on the node's test split, train it locally, and
   return the update, the training loss and those scores (one message, one ClientApp process, a
   round);
-- ``evaluate``: the final global model's metrics on the node's test split.
+- ``evaluate``: the final global model's metrics on the node's test split;
+- ``evaluate.candidates``: the metrics of each model a message carries (the models coalitions of
+  nodes would have made, federation.contributions) on the node's test split, all in one reply.
 
 Train and evaluate messages name the task by its sha256 only. Every message is checked against
 the node's data-use agreement before any data is read, and every reply before it leaves
@@ -28,8 +30,18 @@ from flwr.clientapp import ClientApp
 from federation.governance import governed
 from federation.secure_aggregation import node_mod
 from lab.contract import keys
-from lab.contract.messages import EvaluateReply, Instructions, NodeReport, QueryMessage, QueryReply, TrainReply
+from lab.contract.messages import (
+    Candidates,
+    CandidateScores,
+    EvaluateReply,
+    Instructions,
+    NodeReport,
+    QueryMessage,
+    QueryReply,
+    TrainReply,
+)
 from lab.core.environment import Environment
+from lab.core.intervals import AUC_MIN_CLASS_ROWS
 from lab.core.model import Predictor
 from lab.core.preprocess import Scaler
 from lab.core.privacy import DPPlan
@@ -61,7 +73,7 @@ SPECS = "lab.specs"
 
 #: Metric keys other clauses than allow.metrics check: the row count (min-rows) and the privacy
 #: spent (the node's own accounting).
-_NOT_METRICS = {keys.NUM_EXAMPLES, keys.DP_EPSILON}
+_NOT_METRICS = {keys.NUM_EXAMPLES, keys.DP_EPSILON, keys.AUC_UNRELIABLE}
 
 
 def _site(context: Context) -> NodeSite:
@@ -193,6 +205,14 @@ def _inputs(msg: Message, context: Context) -> tuple[NodeSite, Instructions, Tas
 def _predictor(spec: TaskSpec, instructions: Instructions, msg: Message) -> Predictor:
     """The received global model, with the federation's scalers of the features and the target;
     a model or scaler that does not fit the task is refused, naming what does not fit."""
+    if keys.ARRAYS not in msg.content.array_records:
+        raise MessageError(f"the message carries no model (no {keys.ARRAYS!r} arrays)")
+    return _model(spec, instructions, msg.content.array_records[keys.ARRAYS])
+
+
+def _model(spec: TaskSpec, instructions: Instructions, arrays: ArrayRecord) -> Predictor:
+    """A model's parameters, with the federation's scalers, as a predictor (refused when it does
+    not fit the task)."""
     width = len(spec.encoded_names)
     mean, std = instructions.scaler_mean, instructions.scaler_std
     if len(mean) != width or len(std) != width:
@@ -204,11 +224,9 @@ def _predictor(spec: TaskSpec, instructions: Instructions, msg: Message) -> Pred
         raise MessageError(
             "the message's scaler holds a number that is not finite, or a deviation that is not positive"
         )
-    if keys.ARRAYS not in msg.content.array_records:
-        raise MessageError(f"the message carries no model (no {keys.ARRAYS!r} arrays)")
     target = Scaler.from_lists([instructions.target_mean], [instructions.target_std])
     try:
-        return predictor_from(spec, Scaler.from_lists(mean, std), msg.content.array_records[keys.ARRAYS], target)
+        return predictor_from(spec, Scaler.from_lists(mean, std), arrays, target)
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # torch's load_state_dict: shapes or names
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise MessageError(f"the message's model does not fit task {spec.name!r}: {first}") from None
@@ -279,5 +297,26 @@ def evaluate_model(msg: Message, context: Context) -> Message:
         withheld = f"metrics on the test split withheld: it has fewer rows than the minimum of {minimum}"
         return Message(EvaluateReply({}, 0, _report(site, spec, data, withheld)).to_record(), reply_to=msg)
     predictor = _predictor(spec, instructions, msg)
-    reply = EvaluateReply(evaluate(predictor, data.test), len(data.test), _report(site, spec, data))
+    reply = EvaluateReply(evaluate(predictor, data.test), len(data.test), _report(site, spec, data), _few(spec, data))
     return Message(reply.to_record(), reply_to=msg)
+
+
+def _few(spec: TaskSpec, data: NodeData) -> bool:
+    """Whether the AUC on the test split rests on too few rows of a class to be relied on."""
+    if spec.target.kind != "binary" or "auc" not in spec.metrics or data.test.target is None:
+        return False
+    positives = int((data.test.target == 1).sum())
+    return min(positives, len(data.test) - positives) < AUC_MIN_CLASS_ROWS
+
+
+@app.evaluate(keys.CANDIDATES_ACTION)
+@governed(_Training(False))
+def score_candidates(msg: Message, context: Context) -> Message:
+    """Score every candidate model the message carries on this node's test rows, in one reply."""
+    site, instructions, spec, data, minimum = _inputs(msg, context)
+    candidates = Candidates.of(msg)
+    if len(data.test) < minimum:  # neither the scores nor the small row count leave
+        withheld = f"metrics on the test split withheld: it has fewer rows than the minimum of {minimum}"
+        return Message(CandidateScores([], 0, _report(site, spec, data, withheld)).to_record(), reply_to=msg)
+    scores = [evaluate(_model(spec, instructions, arrays), data.test) for arrays in candidates.models]
+    return Message(CandidateScores(scores, len(data.test), _report(site, spec, data)).to_record(), reply_to=msg)

@@ -36,6 +36,7 @@ class Recorder:
         self.metric_names = metric_names
         self.refusals: list[dict[str, object]] = []  # refusals during the rounds, after preparation
         self.audit_heads: list[dict[str, object]] = []  # each reply's audit head: `lab node audit --against`
+        self.auc_unreliable: set[str] = set()  # nodes whose test split has under 5 rows of a class
 
     def dropped(self, asked: Iterable[int], replies: list[Message]) -> dict[str, str]:
         """The nodes asked that sent nothing back within the timeout (their link went down, or
@@ -83,7 +84,9 @@ class Recorder:
     def on_evaluate(self, server_round: int, replies: list[Message], asked: int, missing: dict[str, str]) -> None:
         """Log the scores of the global model after ``server_round`` (``missing``: the nodes that
         sent nothing back, by name, with why)."""
-        good = {r.metadata.src_node_id: EvaluateReply.of(r).metrics for r in replies if not r.has_error()}
+        evaluated = {r.metadata.src_node_id: EvaluateReply.of(r) for r in replies if not r.has_error()}
+        good = {node_id: reply.metrics for node_id, reply in evaluated.items()}
+        self.auc_unreliable |= {self.name_of(n) for n, reply in evaluated.items() if reply.auc_unreliable}
         mean = self._log_scores(server_round, good)
         self.sink.log_metrics(self._note_heads(server_round, "evaluate", replies), step=server_round)
         self.emit(

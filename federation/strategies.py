@@ -11,9 +11,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
+from federation.contributions import UpdateLog
 from federation.grid import DelegatingGrid
 from lab.contract import keys
-from lab.contract.messages import NodeReport
+from lab.contract.messages import NodeReport, TrainReply
 from lab.contract.records import error_reason
 from lab.contract.settings import RunSettings
 from lab.contract.strategies import STRATEGIES
@@ -50,7 +51,8 @@ class ReportingStrategy(Strategy):
     that a node coming back late never trains on a closed round. It screens every reply with the
     coordinator's guard, hands it to the observer, aggregates the kept replies in the order of
     the nodes' names (the same sums on every rerun), and fails the run when fewer than
-    ``min_nodes`` nodes answered or the aggregate is not finite.
+    ``min_nodes`` nodes answered or the aggregate is not finite. With ``updates``, every round's
+    aggregated updates are kept there (to value each node's contribution after the run).
     """
 
     def __init__(
@@ -61,8 +63,11 @@ class ReportingStrategy(Strategy):
         min_nodes: int,
         guard: Guard,
         timeout: float,
+        updates: UpdateLog | None = None,
     ) -> None:
         self.inner = inner
+        self.updates = updates
+        self.base: ArrayRecord | None = None  # the global model this round's nodes received
         self.participants = dict(participants)
         self.observer = observer
         self.min_nodes = min_nodes
@@ -77,6 +82,7 @@ class ReportingStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         connected = self._connected(server_round, grid)
+        self.base = arrays
         messages = list(self.inner.configure_train(server_round, arrays, config, _Only(grid, connected)))
         for message in messages:
             message.metadata.ttl = self.timeout
@@ -102,6 +108,13 @@ class ReportingStrategy(Strategy):
         # replies share, and a node may withhold its scores (too few test rows) or add its
         # epsilon: hand it the loss and the weight, which every train reply carries.
         answered = [r for r in kept if not r.has_error()]
+        if self.updates is not None and self.base is not None:
+            trained = {self.participants.get(r.metadata.src_node_id, "?"): TrainReply.of(r) for r in answered}
+            self.updates.add(
+                server_round,
+                self.base,
+                {name: (t.arrays, t.num_examples) for name, t in trained.items() if t.arrays is not None},
+            )
         for reply in answered:
             for record in reply.content.metric_records.values():
                 for key in [k for k in record if k not in (keys.NUM_EXAMPLES, keys.TRAIN_LOSS)]:
@@ -184,10 +197,15 @@ class ReportingStrategy(Strategy):
 
 
 def make_strategy(
-    settings: RunSettings, participants: dict[int, str], observer: RoundObserver, guard: Guard
+    settings: RunSettings,
+    participants: dict[int, str],
+    observer: RoundObserver,
+    guard: Guard,
+    updates: UpdateLog | None = None,
 ) -> ReportingStrategy:
     """The run's strategy, as the lab's table of strategies builds it, with the run's reporting;
-    ``participants``: node id -> name of the nodes that accepted the task."""
+    ``participants``: node id -> name of the nodes that accepted the task; ``updates``: where
+    every round's updates are kept, if anywhere."""
     inner = STRATEGIES[settings.strategy].build(
         settings,
         fraction_train=1.0,
@@ -202,7 +220,7 @@ def make_strategy(
         arrayrecord_key=keys.ARRAYS,
         configrecord_key=keys.CONFIG,
     )
-    return ReportingStrategy(inner, participants, observer, settings.min_nodes, guard, settings.round_timeout)
+    return ReportingStrategy(inner, participants, observer, settings.min_nodes, guard, settings.round_timeout, updates)
 
 
 class _Only(DelegatingGrid):

@@ -14,6 +14,7 @@ from flwr.app import Array, ArrayRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from federation.asking import asker
+from federation.contributions import UpdateLog, value_contributions
 from federation.recorder import Recorder
 from federation.rounds import run_rounds
 from federation.secure_aggregation import run_secure_rounds
@@ -22,6 +23,7 @@ from lab.contract import keys
 from lab.contract.messages import Instructions
 from lab.contract.settings import RunSettings
 from lab.core.environment import Environment
+from lab.core.intervals import compare, pooled_accuracy, wilson
 from lab.core.model import build_model
 from lab.core.preprocess import Scaler
 from lab.core.privacy import DPSettings
@@ -64,12 +66,13 @@ def train(
         log_settings(tracker, settings)
     recorder = Recorder(members, tracker, emit, spec.metrics, settings.round_timeout)
     instructions = _instructions(spec, settings, prepared, ledger_run)
+    updates = UpdateLog() if settings.contributions else None
     if settings.secure_aggregation:  # the same instructions, through SecAgg+
         initial = ArrayRecord(build_model(spec, seed=settings.seed).state_dict())
         result = run_secure_rounds(grid, initial, instructions.to_record(), members, recorder, guard, settings, tracker)
         arrays = result.arrays
     else:
-        strategy = make_strategy(settings, {n: m.name for n, m in members.items()}, recorder, guard)
+        strategy = make_strategy(settings, {n: m.name for n, m in members.items()}, recorder, guard, updates)
         if resumed is None:
             initial = ArrayRecord(build_model(spec, seed=settings.seed).state_dict())
         else:
@@ -106,8 +109,22 @@ def train(
             "the federated model's weights are not finite numbers (the training diverged); nothing is registered: "
             "lower learning-rate and check the spec's scaling"
         )
-    summary = _summary(members, spec)
-    tracker.log_metrics({f"final.{k}": v for k, v in summary["mean"].items() if _finite(v)}, step=settings.num_rounds)
+    summary = _summary(members, spec, recorder.auc_unreliable)
+    if updates is not None:
+        summary["contributions"] = value_contributions(
+            grid,
+            updates,
+            instructions,
+            {n: m.name for n, m in members.items()},
+            spec,
+            strategy=settings.strategy,
+            timeout=settings.round_timeout,
+            seed=settings.seed,
+            tracker=tracker,
+            emit=emit,
+        )
+    tracker.log_metrics(_final_metrics(summary), step=settings.num_rounds)
+    tracker.log_text(json.dumps(summary, indent=2, allow_nan=True), "nodes/summary.json")
     provenance = {
         "environment_fingerprint": guard.lock.fingerprint if guard.lock else "",
         "environment_policy": settings.environment_policy,
@@ -211,19 +228,9 @@ def _evaluate_final(
     recorder.on_evaluate(settings.num_rounds, replies, len(members), recorder.dropped(members, replies))
 
 
-def _summary(members: dict[int, Member], spec: TaskSpec) -> dict[str, Any]:
-    rows = [
-        {
-            "node": m.name,
-            "organisation": m.organisation,
-            "train_rows": m.train_rows,
-            "test_rows": m.test_rows,
-            "federated": m.final,
-            "local_only": m.baseline,
-            "epsilon": m.epsilon,
-        }
-        for m in sorted(members.values(), key=lambda m: m.name)
-    ]
+def _summary(members: dict[int, Member], spec: TaskSpec, auc_unreliable: set[str]) -> dict[str, Any]:
+    """Every node's scores with their intervals, the means, and the accuracy pooled over the nodes."""
+    rows = [_row(m, spec, m.name in auc_unreliable) for m in sorted(members.values(), key=lambda m: m.name)]
     mean: dict[str, float] = {}
     for metric in spec.metrics:
         for label, scores in (
@@ -232,7 +239,60 @@ def _summary(members: dict[int, Member], spec: TaskSpec) -> dict[str, Any]:
         ):
             values = [s[metric] for s in scores if _finite(s.get(metric))]
             mean[f"{label}.{metric}"] = float(np.mean(values)) if values else float("nan")
-    return {"nodes": rows, "mean": mean}
+    pooled: dict[str, Any] = {}
+    if "accuracy" in spec.metrics:
+        for label, side in (("federated", "final"), ("local_only", "baseline")):
+            found = pooled_accuracy((getattr(m, side).get("accuracy"), m.test_rows) for m in members.values())
+            if found is not None:
+                pooled[label] = {"accuracy": found[0], "test_rows": found[1], "interval": list(found[2])}
+        if {"federated", "local_only"} <= set(pooled):
+            pooled["comparison"] = compare(
+                tuple(pooled["federated"]["interval"]), tuple(pooled["local_only"]["interval"]), _SIDES
+            )
+    return {"nodes": rows, "mean": mean, "pooled": pooled}
+
+
+#: How the federated model and a local-only one are named when their intervals are compared.
+_SIDES = ("federated", "local-only")
+
+
+def _row(member: Member, spec: TaskSpec, auc_unreliable: bool) -> dict[str, Any]:
+    """One node's line of the summary: its rows and scores, and its accuracies' 95% intervals."""
+    row: dict[str, Any] = {
+        "node": member.name,
+        "organisation": member.organisation,
+        "train_rows": member.train_rows,
+        "test_rows": member.test_rows,
+        "federated": member.final,
+        "local_only": member.baseline,
+        "epsilon": member.epsilon,
+        "auc_unreliable": auc_unreliable,
+    }
+    if "accuracy" in spec.metrics:
+        federated = wilson(member.final.get("accuracy"), member.test_rows)
+        local = wilson(member.baseline.get("accuracy"), member.test_rows)
+        row["intervals"] = {
+            "federated": {"accuracy": list(federated)} if federated else {},
+            "local_only": {"accuracy": list(local)} if local else {},
+        }
+        row["comparison"] = compare(federated, local, _SIDES)
+    return row
+
+
+def _final_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The summary's means, intervals and pooled accuracies as MLflow metrics."""
+    metrics = {f"final.{k}": v for k, v in summary["mean"].items()}
+    for row in summary["nodes"]:
+        for side, intervals in row.get("intervals", {}).items():
+            for metric, (low, high) in intervals.items():
+                metrics[f"final.node.{row['node']}.{side}.{metric}_ci95_low"] = low
+                metrics[f"final.node.{row['node']}.{side}.{metric}_ci95_high"] = high
+    for side, pooled in summary["pooled"].items():
+        if isinstance(pooled, dict):
+            metrics[f"final.pooled.{side}.accuracy"] = pooled["accuracy"]
+            metrics[f"final.pooled.{side}.accuracy_ci95_low"] = pooled["interval"][0]
+            metrics[f"final.pooled.{side}.accuracy_ci95_high"] = pooled["interval"][1]
+    return {k: v for k, v in metrics.items() if _finite(v)}
 
 
 def _finite(value: Any) -> bool:

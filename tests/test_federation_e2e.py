@@ -46,7 +46,8 @@ def broken_silo(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def federated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabRun]:
-    """Two healthy hospitals and one whose file breaks the spec, two rounds of FedAvg."""
+    """Two healthy hospitals and one whose file breaks the spec, two rounds of FedAvg, each
+    hospital's contribution valued."""
     tmp = tmp_path_factory.mktemp("federation")
     broken = broken_silo(tmp)
     result = run_lab(
@@ -57,6 +58,8 @@ def federated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabRun]:
         "2",
         "--min-nodes",
         "2",
+        "--set",
+        "contributions=true",
         "--node",
         f"cleveland={SILOS['cleveland']}",
         "--node",
@@ -117,9 +120,41 @@ def test_evaluate_in_house_matches_the_federation_to_1e6(federated: LabRun) -> N
             workspace=federated.workspace,
         )
         assert result.returncode == 0, result.stderr
-        metrics = json.loads(result.stdout)["metrics"]
+        evaluated = json.loads(result.stdout)
+        metrics = evaluated["metrics"]
         for name in ("accuracy", "auc", "loss"):
             assert metrics[name] == pytest.approx(logged[f"node.{node}.{name}"], abs=1e-6)
+        # The same 95% interval in-house as the federation recorded for the node.
+        low, high = evaluated["intervals"]["accuracy"]
+        assert low == pytest.approx(logged[f"final.node.{node}.federated.accuracy_ci95_low"], abs=1e-9)
+        assert high == pytest.approx(logged[f"final.node.{node}.federated.accuracy_ci95_high"], abs=1e-9)
+        assert low < metrics["accuracy"] < high
+
+
+def test_each_accuracy_has_its_interval_and_each_hospital_its_contribution(federated: LabRun) -> None:
+    client = MlflowClient(tracking_uri=federated.tracking_uri)
+    run_id = client.get_model_version_by_alias("heart-disease", "champion").run_id
+    logged = client.get_run(run_id).data.metrics
+    summary = json.loads(Path(client.download_artifacts(run_id, "nodes/summary.json")).read_text())
+    rows = {row["node"]: row for row in summary["nodes"]}
+    correct = sum(round(rows[n]["federated"]["accuracy"] * rows[n]["test_rows"]) for n in rows)
+    total = sum(rows[n]["test_rows"] for n in rows)
+    pooled = summary["pooled"]["federated"]
+    assert pooled["test_rows"] == total and pooled["accuracy"] == pytest.approx(correct / total)
+    assert pooled["interval"][0] < pooled["accuracy"] < pooled["interval"][1]
+    assert logged["final.pooled.federated.accuracy"] == pytest.approx(correct / total)
+    for row in rows.values():
+        assert row["comparison"] in ("intervals overlap", "federated higher", "local-only higher")
+    contributions = json.loads(Path(client.download_artifacts(run_id, "contributions/contributions.json")).read_text())
+    assert contributions["method"] == "exact" and set(contributions["nodes"]) == {"cleveland", "hungary"}
+    # The whole coalition's rebuilt model is the federated model: the nodes scored it as it was scored.
+    assert contributions["full_model"] == pytest.approx(correct / total, abs=1e-9)
+    shapley = {n: v["shapley"] for n, v in contributions["nodes"].items()}
+    assert sum(shapley.values()) == pytest.approx(contributions["full_model"] - contributions["empty_model"])
+    for name, values in contributions["nodes"].items():
+        assert logged[f"contribution.shapley.{name}"] == pytest.approx(values["shapley"])
+    out = federated.result.stdout
+    assert "What each organisation's data contributed" in out and "95% intervals" in out
 
 
 def test_predict_writes_predictions_for_a_raw_silo(federated: LabRun, tmp_path: Path) -> None:

@@ -108,14 +108,25 @@ def evaluate(
     _warn_drift(drift.lines())
     result = evaluate_table(loaded, data, node=node, split=split)  # type: ignore[arg-type]
     if as_json:
-        out = {"metrics": result.metrics, "rows": result.rows, "split": result.split}
+        out = {
+            "metrics": result.metrics,
+            "rows": result.rows,
+            "split": result.split,
+            "intervals": {k: list(v) for k, v in result.intervals.items()},
+            "auc_unreliable": result.auc_unreliable,
+        }
         print(json.dumps({**out, "provenance": provenance(loaded, model, drift)}))
         return
     table = RichTable(title=f"{escape(source_label(data))}: {result.split} split, {result.rows} rows")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    table.add_column("95% interval", justify="right")
     for name, value in result.metrics.items():
-        table.add_row(name, fmt(value, 6))
+        interval = result.intervals.get(name)
+        shown = f"{interval[0]:.3f}–{interval[1]:.3f}" if interval else ""
+        if name == "auc" and result.auc_unreliable:
+            shown = f"unreliable: {result.smallest_class} row(s) of a class"
+        table.add_row(name, fmt(value, 6), shown)
     console.print(table)
 
 

@@ -14,9 +14,11 @@ from rich.table import Table as RichTable
 from lab.cli.options import fmt
 from lab.runtime.run import RunResult
 
-__all__ = ["ProgressView", "preflight_table", "summary_table"]
+__all__ = ["ProgressView", "contributions_table", "preflight_table", "summary_table"]
 
-console = Console()
+#: Output that goes to a file or a pipe (a log, a CI job) is not cut to 80 columns: the result
+#: tables stay whole. A terminal keeps its own width.
+console = Console(width=None if Console().is_terminal else 132)
 err = Console(stderr=True)
 
 
@@ -73,6 +75,11 @@ def _show(bar: Progress, task: TaskID, event: dict[str, Any], rounds: int, metri
             completed=event["round"],
             description=f"round {event['round']}/{rounds}: {event['answered']}/{event['asked']} nodes answered{shown}",
         )
+    elif kind == "valuing":
+        bar.console.print(
+            f"  valuing each of {event['nodes']} nodes' contribution: the nodes score every coalition's model "
+            f"({escape(str(event['metric']))})"
+        )
     elif kind == "evaluate":
         value = (event.get("mean") or {}).get(metric)
         bar.update(
@@ -108,7 +115,9 @@ def preflight_table(nodes: dict[str, Any]) -> None:
 
 
 def summary_table(result: RunResult, metrics: tuple[str, ...]) -> None:
-    """The federated model against each organisation's local-only model, and where it was registered."""
+    """The federated model against each organisation's local-only model, with 95% intervals of the
+    accuracies and what they let one say, each organisation's contribution, and where the model
+    was registered."""
     final = result.summary
     shown: list[str] = [m for m in ("accuracy", "auc", "rmse", "r2") if m in metrics] or list(metrics[:2])
     table = RichTable(title="Federated model vs. each organisation's local-only model (own test split)")
@@ -117,20 +126,76 @@ def summary_table(result: RunResult, metrics: tuple[str, ...]) -> None:
     for metric in shown:
         table.add_column(f"{metric}\nfederated", justify="right")
         table.add_column(f"{metric}\nlocal-only", justify="right")
+        if metric == "accuracy":
+            table.add_column("95% intervals", justify="left")
     private = any(row.get("epsilon") is not None for row in final["nodes"])
     if private:
         table.add_column("epsilon\nspent", justify="right")
+    unreliable = False
     for row in final["nodes"]:
         cells = [row["node"], str(row["test_rows"])]
+        intervals = row.get("intervals", {})
         for metric in shown:
-            cells += [fmt(row["federated"].get(metric)), fmt(row["local_only"].get(metric))]
+            for side in ("federated", "local_only"):
+                value = fmt(row[side].get(metric))
+                interval = intervals.get(side, {}).get(metric)
+                if interval:
+                    value += f" ({interval[0]:.2f}–{interval[1]:.2f})"
+                if metric == "auc" and row.get("auc_unreliable") and row[side].get(metric) is not None:
+                    value += "*"
+                    unreliable = True
+                cells.append(value)
+            if metric == "accuracy":
+                cells.append(row.get("comparison", ""))
         if private:
             cells.append(fmt(row.get("epsilon"), 2))
         table.add_row(*cells)
     mean = final["mean"]
-    means = [fmt(mean.get(f"{k}.{m}")) for m in shown for k in ("federated", "local_only")]
+    means = []
+    for metric in shown:
+        means += [fmt(mean.get(f"{k}.{metric}")) for k in ("federated", "local_only")]
+        if metric == "accuracy":
+            means.append("")
     table.add_row("[bold]mean[/]", "", *means, *([""] if private else []))
+    pooled = final.get("pooled") or {}
+    if "federated" in pooled and "accuracy" in shown:
+        cells = ["[bold]all nodes' rows[/]", str(pooled["federated"]["test_rows"])]
+        for side in ("federated", "local_only"):
+            found = pooled.get(side)
+            cells.append(
+                f"{found['accuracy']:.3f} ({found['interval'][0]:.2f}–{found['interval'][1]:.2f})" if found else ""
+            )
+        cells.append(pooled.get("comparison", ""))
+        cells += [""] * (2 * (len(shown) - 1) + (1 if private else 0))
+        table.add_row(*cells)
     console.print(table)
+    if unreliable:
+        console.print("* AUC on fewer than 5 test rows of a class: unreliable")
+    if "contributions" in final:
+        contributions_table(final["contributions"])
     if final.get("registered"):
         console.print(f"registered [bold]models:/{final['registered']}@champion[/] (version {final['version']})")
     console.print(f"wall time {result.seconds:.0f} s")
+
+
+def contributions_table(contributions: dict[str, Any]) -> None:
+    """What each organisation's data contributed: Shapley and leave-one-out values."""
+    if "unavailable" in contributions:
+        console.print(f"contributions not valued: {escape(contributions['unavailable'])}")
+        return
+    table = RichTable(title="What each organisation's data contributed")
+    table.add_column("node")
+    monte_carlo = contributions["method"] == "monte-carlo"
+    table.add_column("Shapley value" + (" ± s.e." if monte_carlo else ""), justify="right")
+    table.add_column("leave-one-out", justify="right")
+    for name, values in contributions["nodes"].items():
+        shapley = f"{values['shapley']:+.3f}"
+        if monte_carlo and values.get("standard_error") is not None:
+            shapley += f" ± {values['standard_error']:.3f}"
+        table.add_row(name, shapley, f"{values['leave_one_out']:+.3f}")
+    console.print(table)
+    how = "exact, every coalition" if not monte_carlo else f"Monte Carlo, {contributions['permutations']} orderings"
+    console.print(
+        f"{how}; utility: {escape(contributions['utility'])}; no node's updates "
+        f"{fmt(contributions['empty_model'])}, every node's {fmt(contributions['full_model'])}"
+    )

@@ -5,8 +5,9 @@ SuperLink and streams to ``flwr run --stream`` (and ``flwr log``), on the coordi
 from an analyst's machine alike. The runtime reads them back from that stream.
 
 Kinds: ``started`` (rounds, strategy, mlflow_run_id), ``joined``, ``warning``, ``refused``
-(node, reason), ``train`` and ``evaluate`` (round, answered, asked, mean, errors), and the last
-one, ``done`` (the run's summary) or ``failed`` (reason).
+(node, reason), ``train`` and ``evaluate`` (round, answered, asked, mean, errors), ``valuing``
+(nodes, metric: the nodes score the coalitions' models), and the last one, ``done`` (the run's
+summary) or ``failed`` (reason).
 """
 
 from __future__ import annotations

@@ -24,6 +24,12 @@ NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
 EVAL_PREFIX = "eval."  # in a train reply: the received global model's metrics on the test split
 DP_EPSILON = "dp-epsilon"  # in a train reply: epsilon this run has spent at the node so far
+AUC_UNRELIABLE = "auc-unreliable"  # in an evaluate reply: 1 when a class has under 5 test rows
+
+# Scoring coalitions' models (federation.contributions): an evaluate message of this action holds
+# one ArrayRecord per candidate model, CANDIDATE + its index; the reply one MetricRecord per candidate
+CANDIDATES_ACTION = "candidates"
+CANDIDATE = "candidate-"
 
 # A query message's config
 TASK_SPEC = "task-spec"  # the spec's text, sent once per run, in queries only

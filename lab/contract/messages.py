@@ -23,6 +23,8 @@ from lab.core.spec import TaskSpec
 from lab.errors import MessageError
 
 __all__ = [
+    "CandidateScores",
+    "Candidates",
     "EvaluateReply",
     "Instructions",
     "NodeReport",
@@ -201,11 +203,14 @@ class EvaluateReply:
     metrics: dict[str, float]
     num_examples: int
     node: NodeReport
+    auc_unreliable: bool = False  # a class has fewer than 5 rows in the test split
 
     def to_record(self) -> RecordDict:
         values: dict[str, Any] = dict(self.metrics)
         if self.metrics:
             values[keys.NUM_EXAMPLES] = self.num_examples
+        if self.auc_unreliable:
+            values[keys.AUC_UNRELIABLE] = 1
         return RecordDict({keys.METRICS: MetricRecord(values), keys.NODE: self.node.to_record()})
 
     @classmethod
@@ -215,10 +220,70 @@ class EvaluateReply:
         if report is None:
             raise MessageError("an evaluate reply has no NODE record")
         return cls(
-            metrics={k: number(metrics, k) for k in metrics if k != keys.NUM_EXAMPLES},
+            metrics={k: number(metrics, k) for k in metrics if k not in (keys.NUM_EXAMPLES, keys.AUC_UNRELIABLE)},
             num_examples=int(metrics.get(keys.NUM_EXAMPLES, 0)),  # type: ignore[arg-type]
             node=report,
+            auc_unreliable=bool(metrics.get(keys.AUC_UNRELIABLE, 0)),
         )
+
+
+#: The most candidate models one message may carry (every coalition of 8 nodes is 256).
+MAX_CANDIDATES = 4096
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Models for a node to score on its test split, in one message: each built by the coordinator
+    from the updates of one coalition of nodes (federation.contributions)."""
+
+    models: list[ArrayRecord]
+    instructions: Instructions
+
+    def to_record(self) -> RecordDict:
+        records: dict[str, Any] = {keys.CONFIG: self.instructions.to_record()}
+        records.update({f"{keys.CANDIDATE}{i}": arrays for i, arrays in enumerate(self.models)})
+        return RecordDict(records)
+
+    @classmethod
+    def of(cls, message: Message) -> Candidates:
+        found = {k: v for k, v in message.content.array_records.items() if k.startswith(keys.CANDIDATE)}
+        if not found or len(found) > MAX_CANDIDATES:
+            raise MessageError(f"a candidates message holds {len(found)} models; give 1 to {MAX_CANDIDATES}")
+        models = [found.get(f"{keys.CANDIDATE}{i}") for i in range(len(found))]
+        if any(m is None for m in models):
+            raise MessageError(f"a candidates message's models are not numbered {keys.CANDIDATE}0 to {len(found) - 1}")
+        return cls([m for m in models if m is not None], Instructions.of(message))
+
+
+@dataclass(frozen=True)
+class CandidateScores:
+    """A node's scores of each candidate model, in the candidates' order (empty when its test split
+    is under its minimum row count: the scores stay at the node)."""
+
+    scores: list[dict[str, float]]
+    num_examples: int
+    node: NodeReport
+
+    def to_record(self) -> RecordDict:
+        records: dict[str, Any] = {keys.NODE: self.node.to_record()}
+        for i, scored in enumerate(self.scores):
+            records[f"{keys.CANDIDATE}{i}"] = MetricRecord({**scored, keys.NUM_EXAMPLES: self.num_examples})
+        return RecordDict(records)
+
+    @classmethod
+    def of(cls, message: Message) -> CandidateScores:
+        report = NodeReport.of(message)
+        if report is None:
+            raise MessageError("a candidates reply has no NODE record")
+        found = message.content.metric_records
+        scores, rows = [], 0
+        for i in range(len(found)):
+            record = found.get(f"{keys.CANDIDATE}{i}")
+            if record is None:
+                raise MessageError(f"a candidates reply has no scores of candidate {i}")
+            scores.append({k: number(record, k) for k in record if k != keys.NUM_EXAMPLES})
+            rows = int(number(record, keys.NUM_EXAMPLES))
+        return cls(scores, rows, report)
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,9 @@ class RunSettings:
     admitted_nodes: str = _setting("", "node id -> admitted name (JSON) of an authenticated federation; empty: any")
     only_nodes: str = _setting("", "NAME,NAME: only these admitted nodes take part (empty: every connected node)")
     register: bool = _setting(True, "register the final model with the alias champion")
+    contributions: bool = _setting(
+        False, "value each node's data after training (Shapley, leave-one-out): nodes score subsets' models"
+    )
     resume_run: str = _setting("", "MLflow run id this run continues from its last checkpoint (`lab run --resume`)")
     dp_noise_multiplier: float = _setting(0.0, "> 0: every node trains with DP-SGD (Opacus) at this noise")
     dp_target_epsilon: float = _setting(0.0, "> 0: each node picks the noise that keeps the run within it")
@@ -147,6 +150,11 @@ class RunSettings:
             raise SettingsError(
                 f"run setting secure-aggregation = true needs {allowed} and min-nodes >= 2 (Flower's "
                 f"SecAgg+ runs on its legacy FedAvg); got strategy = {self.strategy!r}, min-nodes = {self.min_nodes}"
+            )
+        if self.secure_aggregation and self.contributions:
+            raise SettingsError(
+                "run setting contributions = true cannot go with secure-aggregation = true: contributions are "
+                "valued from each node's own updates, which SecAgg+ hides from the coordinator; drop one of them"
             )
         for name in ("num_rounds", "local_steps", "batch_size", "min_nodes"):
             if getattr(self, name) < 1:

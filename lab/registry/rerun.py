@@ -13,6 +13,7 @@ import pandas as pd
 
 from lab.core.data import load_table, read_raw, split_table
 from lab.core.environment import EnvDiff, Environment
+from lab.core.intervals import AUC_MIN_CLASS_ROWS, wilson
 from lab.core.metrics import compute_metrics
 from lab.core.sources import source_label
 from lab.errors import DataError, ModelError
@@ -112,6 +113,18 @@ class Evaluation:
     rows: int
     dropped: int
     split: Split
+    smallest_class: int | None = None  # a binary task's rarer class's rows (the AUC rests on them)
+
+    @property
+    def intervals(self) -> dict[str, tuple[float, float]]:
+        """95% Wilson intervals of the metrics that are proportions (accuracy)."""
+        found = wilson(self.metrics.get("accuracy"), self.rows)
+        return {"accuracy": found} if found else {}
+
+    @property
+    def auc_unreliable(self) -> bool:
+        """Whether the AUC rests on fewer than 5 rows of a class."""
+        return "auc" in self.metrics and self.smallest_class is not None and self.smallest_class < AUC_MIN_CLASS_ROWS
 
 
 def evaluate_table(
@@ -127,7 +140,11 @@ def evaluate_table(
     assert rows.target is not None
     scores = predictor.scores(rows.features)
     metrics = compute_metrics(scores, rows.target, predictor.spec, loss=predictor.loss(rows.features, rows.target))
-    return Evaluation(metrics=metrics, rows=len(rows), dropped=table.dropped, split=split)
+    smallest = None
+    if predictor.spec.target.kind == "binary":
+        positives = int((rows.target == 1).sum())
+        smallest = min(positives, len(rows) - positives)
+    return Evaluation(metrics=metrics, rows=len(rows), dropped=table.dropped, split=split, smallest_class=smallest)
 
 
 def predict_table(model: FederatedModel, data: str | Path, out: Path, *, node: str | None = None) -> tuple[int, int]:

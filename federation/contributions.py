@@ -1,0 +1,243 @@
+"""What each organisation's data contributed to the federated model, valued after the rounds.
+
+The coordinator keeps every node's update of every round (``UpdateLog``, fed by the strategy).
+The model a coalition of nodes would have made is rebuilt by re-aggregating only its members'
+updates, round after round, from the same starting model: each round, the coalition's members'
+updates weighted by their row counts, as FedAvg aggregates (a round where no member answered
+leaves the model as it was). The whole federation's rebuilt model is the federated model for
+FedAvg and FedProx; FedAdam's and FedYogi's server optimiser is not replayed, so there it is an
+approximation (the valuation says so).
+
+The nodes score every candidate model on their own test splits, all of them in one message per
+node (Monte Carlo, above eight nodes, asks once per position of its orderings); a node under its
+minimum row count keeps its scores. A coalition's utility is the spec's first metric pooled over
+the nodes' test rows (lab.core.valuation turns the utilities into Shapley and leave-one-out
+values). Runs with SecAgg+ cannot be valued: the coordinator never sees an individual update.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MessageType
+from flwr.serverapp import Grid
+
+from lab.contract import keys
+from lab.contract.messages import Candidates, CandidateScores, Instructions
+from lab.contract.records import error_reason
+from lab.core.spec import TaskSpec
+from lab.core.valuation import Coalition, Valuation, value
+from lab.errors import LabError, RunFailedError
+from lab.queries.base import Emit
+from lab.registry.tracking import Tracker
+
+__all__ = ["UpdateLog", "value_contributions"]
+
+logger = logging.getLogger(__name__)
+
+#: Metrics a larger value of which is better, in the order the utility is chosen from.
+_HIGHER_IS_BETTER = ("accuracy", "auc", "r2")
+#: The artifact holding the valuation.
+ARTIFACT = "contributions/contributions.json"
+
+
+@dataclass
+class UpdateLog:
+    """Every round's starting model and each node's update of it (its new weights minus the
+    starting ones) with its row count: what the strategy aggregated."""
+
+    start: dict[str, np.ndarray] | None = None
+    rounds: list[dict[str, tuple[dict[str, np.ndarray], int]]] = field(default_factory=list)
+    numbers: list[int] = field(default_factory=list)
+
+    def add(self, server_round: int, base: ArrayRecord, updates: Mapping[str, tuple[ArrayRecord, int]]) -> None:
+        """Keep round ``server_round``'s updates of ``base`` (node name -> its weights and rows)."""
+        before = {k: a.numpy().astype(np.float64) for k, a in base.items()}
+        if self.start is None:
+            self.start = before
+        self.rounds.append(
+            {
+                name: ({k: a.numpy().astype(np.float64) - before[k] for k, a in arrays.items()}, rows)
+                for name, (arrays, rows) in updates.items()
+            }
+        )
+        self.numbers.append(server_round)
+
+    @property
+    def nodes(self) -> list[str]:
+        """The nodes that sent at least one update."""
+        return sorted({name for updates in self.rounds for name in updates})
+
+    def model(self, coalition: Coalition) -> dict[str, np.ndarray]:
+        """The weights the coalition's updates alone make: each round, its members' updates
+        averaged by their rows and added to the coalition's model."""
+        assert self.start is not None
+        weights = {k: v.copy() for k, v in self.start.items()}
+        for updates in self.rounds:
+            members = [updates[n] for n in sorted(coalition) if n in updates]
+            total = sum(rows for _, rows in members)
+            for delta, rows in members:
+                for k in weights:
+                    weights[k] += delta[k] * (rows / total)
+        return weights
+
+
+def value_contributions(
+    grid: Grid,
+    log: UpdateLog,
+    instructions: Instructions,
+    node_ids: Mapping[int, str],
+    spec: TaskSpec,
+    *,
+    strategy: str,
+    timeout: float,
+    seed: int,
+    tracker: Tracker,
+    emit: Emit,
+) -> dict[str, Any]:
+    """Value every node's contribution, log it to the run, and return it; a valuation that cannot
+    be made (too few nodes scored) returns ``{"unavailable": why}`` and leaves the run as it is."""
+    if len(log.nodes) < 2:
+        return _unavailable(tracker, emit, "fewer than two nodes sent updates: there is nothing to compare")
+    metric, sign = _utility_metric(spec)
+    dtypes = {k: a.dtype for k, a in (log.start or {}).items()}
+    asked: dict[str, str] = {}
+
+    def score(coalitions: list[Coalition]) -> dict[Coalition, float]:
+        models = [ArrayRecord({k: Array(v.astype(dtypes[k])) for k, v in log.model(c).items()}) for c in coalitions]
+        scores = _scores(grid, Candidates(models, instructions), node_ids, timeout, asked)
+        return {c: sign * _pooled(metric, [(s[i], rows) for s, rows in scores]) for i, c in enumerate(coalitions)}
+
+    emit("valuing", nodes=len(log.nodes), metric=metric)
+    try:
+        valuation = value(log.nodes, score, seed=seed)
+    except LabError as exc:
+        return _unavailable(tracker, emit, str(exc))
+    result = _result(valuation, metric, sign, strategy, log.numbers, asked)
+    _log(tracker, result, valuation)
+    return result
+
+
+def _utility_metric(spec: TaskSpec) -> tuple[str, float]:
+    """The metric coalitions are scored by and its sign (utilities grow with quality)."""
+    for metric in _HIGHER_IS_BETTER:
+        if metric in spec.metrics:
+            return metric, 1.0
+    first = next((m for m in spec.metrics if m != "loss"), spec.metrics[0])
+    return first, -1.0
+
+
+def _scores(
+    grid: Grid, candidates: Candidates, node_ids: Mapping[int, str], timeout: float, asked: dict[str, str]
+) -> list[tuple[list[dict[str, float]], int]]:
+    """Every connected node's scores of the candidates (one message each), with its test rows."""
+    connected = sorted(set(grid.get_node_ids()) & set(node_ids))
+    content = candidates.to_record()
+    kind = f"{MessageType.EVALUATE}.{keys.CANDIDATES_ACTION}"
+    messages = [Message(content, dst_node_id=node_id, message_type=kind) for node_id in connected]
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    scored = []
+    for reply in replies:
+        name = node_ids.get(reply.metadata.src_node_id, f"node-{reply.metadata.src_node_id}")
+        if reply.has_error():
+            asked[name] = error_reason(reply)
+            continue
+        answer = CandidateScores.of(reply)
+        if not answer.scores:
+            asked[name] = answer.node.suppressed or "kept its scores"
+            continue
+        if len(answer.scores) != len(candidates.models):
+            asked[name] = f"scored {len(answer.scores)} of {len(candidates.models)} models"
+            continue
+        asked[name] = "scored"
+        scored.append((answer.scores, answer.num_examples))
+    for node_id in connected:
+        if node_id not in {r.metadata.src_node_id for r in replies}:
+            asked[node_ids[node_id]] = f"no reply within {timeout:.0f} s"
+    if not scored:
+        raise RunFailedError(f"no node scored the coalitions' models ({'; '.join(sorted(set(asked.values())))})")
+    return scored
+
+
+def _pooled(metric: str, scores: list[tuple[dict[str, float], int]]) -> float:
+    """The metric over every scoring node's test rows (weighted by its rows)."""
+    pairs = [(s[metric], rows) for s, rows in scores if metric in s and math.isfinite(s[metric])]
+    total = sum(rows for _, rows in pairs)
+    return sum(v * rows for v, rows in pairs) / total if total else math.nan
+
+
+def _result(
+    valuation: Valuation, metric: str, sign: float, strategy: str, rounds: list[int], asked: dict[str, str]
+) -> dict[str, Any]:
+    note = (
+        "Each coalition's model re-aggregates only its members' updates of every round (FedAvg's weighting); "
+        f"its utility is {'' if sign > 0 else 'minus '}{metric} pooled over the scoring nodes' test rows."
+    )
+    if strategy in ("fedadam", "fedyogi"):
+        note += f" {strategy}'s server optimiser is not replayed: the coalitions' models approximate it."
+    return {
+        "utility": f"{'' if sign > 0 else '-'}{metric} pooled over the scoring nodes' test rows",
+        "method": valuation.method,
+        "permutations": valuation.orderings or None,
+        "rounds": rounds,
+        "empty_model": valuation.empty,
+        "full_model": valuation.whole,
+        "coalitions_scored": len(valuation.utilities),
+        "scored_by": asked,
+        "nodes": {
+            name: {
+                "shapley": valuation.shapley[name],
+                "standard_error": valuation.standard_error[name],
+                "leave_one_out": valuation.leave_one_out[name],
+            }
+            for name in sorted(valuation.shapley)
+        },
+        "note": note,
+    }
+
+
+def _unavailable(tracker: Tracker, emit: Emit, reason: str) -> dict[str, Any]:
+    emit("warning", reason=f"contributions not valued: {reason}")
+    tracker.log_text(json.dumps({"unavailable": reason}, indent=2), ARTIFACT)
+    return {"unavailable": reason}
+
+
+def _log(tracker: Tracker, result: dict[str, Any], valuation: Valuation) -> None:
+    metrics: dict[str, float] = {}
+    for name, values in result["nodes"].items():
+        metrics[f"contribution.shapley.{name}"] = values["shapley"]
+        metrics[f"contribution.leave_one_out.{name}"] = values["leave_one_out"]
+        if values["standard_error"] is not None:
+            metrics[f"contribution.shapley_se.{name}"] = values["standard_error"]
+    tracker.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=0)
+    tracker.log_text(json.dumps(result, indent=2), ARTIFACT)
+    tracker.log_figure(_figure(result), "contributions/contributions.png")
+
+
+def _figure(result: dict[str, Any]) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["nodes"])
+    shapley = [result["nodes"][n]["shapley"] for n in names]
+    loo = [result["nodes"][n]["leave_one_out"] for n in names]
+    errors = [result["nodes"][n]["standard_error"] or 0.0 for n in names]
+    positions = np.arange(len(names))
+    figure, axes = plt.subplots(figsize=(6.4, 3.2))
+    axes.bar(positions - 0.2, shapley, 0.4, yerr=errors, label="Shapley value", color="#2b6cb0")
+    axes.bar(positions + 0.2, loo, 0.4, label="leave-one-out", color="#a0aec0")
+    axes.axhline(0, color="black", linewidth=0.8)
+    axes.set_xticks(positions, names)
+    axes.set_ylabel(f"contribution to {result['utility'].split(' ')[0]}")
+    axes.legend(frameon=False)
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
