@@ -1,4 +1,4 @@
-"""`lab demo`, `lab run`, `lab check`, `lab stats` and `lab ui`: a federation run from the command line."""
+"""`lab demo`, `lab run`, `lab check`, `lab mock`, `lab stats` and `lab ui`: a federation run from the command line."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from lab.runtime.environ import WORKSPACE, tracking_uri_for
 from lab.runtime.federation import Federation
 from lab.runtime.run import RunResult, run_settings
 
-__all__ = ["check", "demo", "run", "runs", "stats", "ui"]
+__all__ = ["check", "demo", "mock", "run", "runs", "stats", "ui"]
 
 console = Console()
 
@@ -187,6 +187,35 @@ def check(
     task = load_spec(spec)
     settings = federation.preflight_settings(task, workspace, tracking_uri)
     preflight_table(_federate(task, settings, federation, workspace=workspace).summary["preflight"])
+
+
+def mock(
+    spec: SpecOption,
+    rows: Annotated[int, typer.Option(help="Rows to draw per node (before the spec drops rows with missing values).")],
+    out: Annotated[Path, typer.Option(help="Folder for the mocks, NODE.synthetic.csv or .parquet (created).")],
+    node: NodeOption = None,
+    agreement: AgreementOption = None,
+    coordinator: CoordinatorOption = None,
+    ca: CaOption = None,
+    nodes: ChosenOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of the draws: the same catalogs and seed give the same mocks.")] = 0,
+    workspace: Workspace = Path(WORKSPACE.default),
+    tracking_uri: TrackingUri = "",
+) -> None:
+    """Mock tables to write code against: per node, the spec's columns drawn from the catalog the node
+    releases (level counts, histograms, missing counts; each column on its own), no real row in them."""
+    from lab.runtime.mock import check_request, mock_federation
+
+    federation = _federation(node, agreement, coordinator, ca, nodes)
+    task = load_spec(spec)
+    check_request(task, federation, rows, out)  # before any process starts
+    settings = federation.preflight_settings(task, workspace, tracking_uri)
+    with _progress(task, settings, federation, workspace) as view:
+        written = mock_federation(
+            spec, federation, rows, out, seed, workspace=workspace, tracking_uri=tracking_uri, on_event=view
+        )
+    for name, path in written.items():
+        console.print(f"wrote {escape(str(path))}: node {escape(name)}, {rows} synthetic rows", highlight=False)
 
 
 def stats(

@@ -12,6 +12,7 @@ no pattern across columns (no correlation, no row) survives.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,8 @@ def mock_table(catalog: Mapping[str, Any], spec: TaskSpec, *, node: str, rows: i
     rows : int
         How many rows to draw (1 or more).
     seed : int (default: 0)
-        Seed of the draws: the same catalog, spec and seed give the same rows.
+        Seed of the draws, with the node's name: the same catalog, spec, node and seed give the
+        same rows.
 
     Values are as the spec writes them (a level as listed, a number as a float, an integer
     column's as an int), None where missing.
@@ -72,7 +74,7 @@ def mock_table(catalog: Mapping[str, Any], spec: TaskSpec, *, node: str, rows: i
             "or leave the node out of the mock"
         )
     entries = {str(entry["column"]): entry for entry in catalog.get("columns", [])}
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, zlib.crc32(node.encode())])  # each node's own stream
     columns: dict[str, pd.Series] = {}
     target = spec.target
     for name, levels in [(f.name, f.levels if f.type == "categorical" else None) for f in spec.features] + [
