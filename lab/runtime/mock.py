@@ -103,8 +103,8 @@ def _check_nodes(spec: TaskSpec, federation: Federation) -> None:
     for name, source in federation.nodes.items():
         if listed and name not in spec.nodes:
             raise UsageError(
-                f"--node {name}: the spec lists the nodes {listed!r} and not {name!r}; a mock is written in the "
-                "format the spec gives its node, so name one of them (or add the node to the spec's [nodes])"
+                f"--node {name}: not a node of the spec, which lists {listed!r}; name one of them, or add it to "
+                "the spec's [nodes] (a mock is written in its node's format)"
             )
         if not source_exists(source):
             raise DataError(f"node {name!r}: {source!r} does not exist; give the path of its table")
