@@ -54,11 +54,16 @@ def mock_table(catalog: Mapping[str, Any], spec: TaskSpec, *, node: str, rows: i
         Seed of the draws, with the node's name: the same catalog, spec, node and seed give the
         same rows.
 
-    Values are as the spec writes them (a level as listed, a number as a float, an integer
-    column's as an int), None where missing.
+    Returns
+    -------
+    DataFrame
+        The spec's columns in its order, then ``synthetic`` (true): a level as the spec lists it, a
+        number as a float (an integer column's as an int), missing as None or NA.
 
     Raises
     ------
+    UsageError
+        If ``rows`` is under 1.
     DataError
         If the catalog lacks what a column needs (the node's row count or every count of the column
         hidden, no histogram, a column the table lacks), naming the node, the column and the fix; or
