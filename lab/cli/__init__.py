@@ -42,6 +42,7 @@ for command in (
     federation.run,
     federation.runs,
     federation.check,
+    federation.mock,
     federation.stats,
     predict,
     evaluate,

@@ -1,8 +1,10 @@
-"""`lab demo`, `lab run`, `lab check`, `lab stats` and `lab ui`: a federation run from the command line."""
+"""`lab demo`, `lab run`, `lab check`, `lab mock`, `lab stats` and `lab ui`: a federation run from the command line."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,11 +18,11 @@ from lab.contract.settings import RunSettings
 from lab.contract.strategies import STRATEGIES
 from lab.core.spec import TaskSpec, load_spec, parse_spec
 from lab.errors import UsageError
-from lab.runtime.connection import Connection
 from lab.runtime.environ import WORKSPACE, tracking_uri_for
-from lab.runtime.run import RunResult, run_federation, run_on, run_settings
+from lab.runtime.federation import Federation
+from lab.runtime.run import RunResult, run_settings
 
-__all__ = ["check", "demo", "run", "runs", "stats", "ui"]
+__all__ = ["check", "demo", "mock", "run", "runs", "stats", "ui"]
 
 console = Console()
 
@@ -47,87 +49,30 @@ NodeRuntime = Annotated[
 ]
 
 
-@dataclass(frozen=True)
-class Federation:
-    """Where a command runs: local nodes started for it, or a running coordinator's federation."""
-
-    nodes: dict[str, str]
-    agreements: dict[str, Path]
-    secure: bool = False
-    node_runtime: str = "warm"
-    coordinator: Connection | None = None
-    chosen: str = ""  # --nodes: the admitted nodes that take part (a coordinator's federation)
-
-    @classmethod
-    def of(
-        cls,
-        node: list[str] | None,
-        agreement: list[str] | None,
-        coordinator: str | None,
-        ca: Path | None,
-        chosen: str | None,
-        *,
-        secure: bool = False,
-        node_runtime: str = "warm",
-    ) -> Federation:
-        if coordinator is None:
-            if not node:
-                raise UsageError(
-                    "give the nodes, --node NAME=TABLE per node, or a coordinator, --coordinator HOST:PORT"
-                )
-            nodes = named_sources(node)
-            agreements = named_paths(agreement, "--agreement", _AGREEMENT_EXAMPLE)
-            if set(agreements) - set(nodes):
-                raise UsageError(f"--agreement names {sorted(set(agreements) - set(nodes))!r}, which no --node names")
-            if chosen:
-                raise UsageError("--nodes chooses among a coordinator's admitted nodes; with local nodes, give --node")
-            return cls(nodes, agreements, secure, node_runtime)
-        if node or agreement:
-            raise UsageError(
-                "--node and --agreement start local nodes; a coordinator's nodes run at their organisations"
-            )
-        if ca is None or not ca.is_file():
-            raise UsageError(
-                f"--ca {str(ca) if ca else ''!r}: give the federation's CA certificate to reach {coordinator}"
-            )
-        return cls({}, {}, coordinator=Connection(coordinator, ca.resolve()), chosen=chosen or "")
-
-    def tracking_uri(self, workspace: Path, tracking_uri: str) -> str:
-        """Where this federation's runs are recorded (a coordinator's, on its tracking server)."""
-        if self.coordinator is None:
-            return tracking_uri_for(workspace, tracking_uri)
-        from lab.runtime.coordinator_host import tracking_uri_inside
-
-        return tracking_uri or tracking_uri_inside()
-
-    def settings(self, spec: TaskSpec, workspace: Path, tracking_uri: str, values: dict[str, Any]) -> RunSettings:
-        """The run's settings for this federation."""
-        uri = self.tracking_uri(workspace, tracking_uri)
-        if self.coordinator is None:
-            return run_settings(spec, tracking_uri=uri, nodes=len(self.nodes), values=values)
-        values = {**values, "only-nodes": self.chosen} if self.chosen else values
-        return run_settings(spec, tracking_uri=uri, nodes=0, values=values)
-
-    def resumed(self, run_id: str, workspace: Path, tracking_uri: str) -> RunSettings:
-        """The settings of MLflow run ``run_id``, to resume it on this federation."""
-        from lab.registry.checkpoints import resumable
-        from lab.runtime.app import code_version
-        from lab.runtime.environ import project_root
-
-        uri = self.tracking_uri(workspace, tracking_uri)
-        chosen = {"only_nodes": self.chosen} if self.chosen else {}
-        return resumable(uri, run_id).settings_for(
-            tracking_uri=uri, expected_nodes=len(self.nodes), code_version=code_version(project_root()), **chosen
-        )
-
-    def describe(self) -> str:
-        if self.coordinator is None:
-            return f"{len(self.nodes)} nodes"
-        return f"the nodes of {self.coordinator.address}" + (f" ({self.chosen})" if self.chosen else "")
+def _federation(
+    node: list[str] | None,
+    agreement: list[str] | None,
+    coordinator: str | None,
+    ca: Path | None,
+    chosen: str | None,
+    *,
+    secure: bool = False,
+    node_runtime: str = "warm",
+) -> Federation:
+    """The federation the options name: local nodes (--node, --agreement) or a coordinator's."""
+    if coordinator is None:
+        if chosen:
+            raise UsageError("--nodes chooses among a coordinator's admitted nodes; with local nodes, give --node")
+        agreements = named_paths(agreement, "--agreement", _AGREEMENT_EXAMPLE)
+        return Federation.local(named_sources(node or []), agreements, secure=secure, node_runtime=node_runtime)
+    if node or agreement:
+        raise UsageError("--node and --agreement start local nodes; a coordinator's nodes run at their organisations")
+    return Federation.remote(coordinator, ca, chosen or "")
 
 
-def _federate(spec: TaskSpec, settings: RunSettings, federation: Federation, *, workspace: Path) -> RunResult:
-    """Run with a progress view: the rounds of a training run, or the nodes' answers to a query."""
+@contextmanager
+def _progress(spec: TaskSpec, settings: RunSettings, federation: Federation, workspace: Path) -> Iterator[ProgressView]:
+    """A progress view of a run: the rounds of a training run, or the nodes' answers to a query."""
     training = not settings.query
     rounds = settings.num_rounds if training else 1
     what = {"catalog": "pre-flight check", "stats": "federated analytics"}.get(
@@ -135,17 +80,13 @@ def _federate(spec: TaskSpec, settings: RunSettings, federation: Federation, *, 
     )
     console.print(f"[bold]{escape(spec.name)}[/]: {escape(federation.describe())}, {what}; workspace {workspace}")
     with ProgressView(rounds=rounds, metric=spec.metrics[0], training=training) as view:
-        if federation.coordinator is not None:
-            return run_on(federation.coordinator, settings, workspace=workspace, on_event=view)
-        return run_federation(
-            settings,
-            federation.nodes,
-            workspace=workspace,
-            agreements=federation.agreements,
-            secure=federation.secure,
-            node_runtime=federation.node_runtime,
-            on_event=view,
-        )
+        yield view
+
+
+def _federate(spec: TaskSpec, settings: RunSettings, federation: Federation, *, workspace: Path) -> RunResult:
+    """Run with a progress view."""
+    with _progress(spec, settings, federation, workspace) as view:
+        return federation.federate(settings, workspace=workspace, on_event=view)
 
 
 def demo(
@@ -170,7 +111,7 @@ def demo(
         # The demo values each hospital's contribution (SecAgg+ hides the updates that needs).
         values={"num-rounds": rounds, "strategy": strategy, "contributions": not secure},
     )
-    local = Federation(federation.nodes, federation.agreements, secure, node_runtime)
+    local = Federation.local(federation.nodes, federation.agreements, secure=secure, node_runtime=node_runtime)
     summary_table(_federate(spec, settings, local, workspace=workspace), spec.metrics)
 
 
@@ -207,7 +148,7 @@ def run(
     tracking_uri: TrackingUri = "",
 ) -> None:
     """Train on the task in --spec: on local nodes, one per --node, or on a coordinator's nodes."""
-    federation = Federation.of(node, agreement, coordinator, ca, nodes, secure=secure, node_runtime=node_runtime)
+    federation = _federation(node, agreement, coordinator, ca, nodes, secure=secure, node_runtime=node_runtime)
     if resume:
         if spec is not None or setting:
             raise UsageError(
@@ -243,10 +184,39 @@ def check(
     tracking_uri: TrackingUri = "",
 ) -> None:
     """Pre-flight: ask every node, through the federation, to check its table against the spec."""
-    federation = Federation.of(node, agreement, coordinator, ca, nodes)
+    federation = _federation(node, agreement, coordinator, ca, nodes)
     task = load_spec(spec)
-    settings = replace(federation.settings(task, workspace, tracking_uri, {}), query="catalog", min_nodes=1)
+    settings = federation.preflight_settings(task, workspace, tracking_uri)
     preflight_table(_federate(task, settings, federation, workspace=workspace).summary["preflight"])
+
+
+def mock(
+    spec: SpecOption,
+    rows: Annotated[int, typer.Option(help="Rows to draw per node (before the spec drops rows with missing values).")],
+    out: Annotated[Path, typer.Option(help="Folder for the mocks, NODE.synthetic.csv or .parquet (created).")],
+    node: NodeOption = None,
+    agreement: AgreementOption = None,
+    coordinator: CoordinatorOption = None,
+    ca: CaOption = None,
+    nodes: ChosenOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of the draws: the same catalogs and seed give the same mocks.")] = 0,
+    workspace: Workspace = Path(WORKSPACE.default),
+    tracking_uri: TrackingUri = "",
+) -> None:
+    """Mock tables to write code against: per node, the spec's columns drawn from the catalog the node
+    releases (level counts, histograms, missing counts; each column on its own), no real row in them."""
+    from lab.runtime.mock import check_request, mock_federation
+
+    federation = _federation(node, agreement, coordinator, ca, nodes)
+    task = load_spec(spec)
+    check_request(task, federation, rows, out)  # before any process starts
+    settings = federation.preflight_settings(task, workspace, tracking_uri)
+    with _progress(task, settings, federation, workspace) as view:
+        written = mock_federation(
+            spec, federation, rows, out, seed, workspace=workspace, tracking_uri=tracking_uri, on_event=view
+        )
+    for name, path in written.items():
+        console.print(f"wrote {escape(str(path))}: node {escape(name)}, {rows} synthetic rows", highlight=False)
 
 
 def stats(
@@ -275,7 +245,7 @@ def stats(
     from lab.cli.stats import parse_bins, parse_levels, stats_tables
     from lab.core.analytics import StatsRequest
 
-    federation = Federation.of(node, agreement, coordinator, ca, nodes)
+    federation = _federation(node, agreement, coordinator, ca, nodes)
     pair = None
     if crosstab:
         a, sep, b = crosstab.partition(",")

@@ -187,7 +187,7 @@ def node_catalog(
     agreement: Annotated[Path | None, typer.Option(help="Hide counts under this agreement's min-rows.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the catalog as JSON.")] = False,
 ) -> None:
-    """What the node holds, without rows: columns, types, missing counts, ranges, category counts."""
+    """What the node holds, without rows: columns, types, missing counts, ranges, category counts, histograms."""
     from lab.core.catalog import build_catalog
     from lab.core.spec import load_spec
 
@@ -198,10 +198,12 @@ def node_catalog(
         return
     title = f"{escape(source_label(data))}: {described['rows']} rows (counts under {min_rows} hidden)"
     table = RichTable(title=title)
-    for column in ("column", "role", "type", "missing", "range", "levels"):
+    for column in ("column", "role", "type", "missing", "range", "levels or histogram"):
         table.add_column(column)
     for c in described["columns"]:
         levels = ", ".join(f"{k}: {v}" for k, v in c.get("levels", {}).items())
+        if "histogram" in c:
+            levels = "bins " + " ".join(str(n) for n in c["histogram"]["counts"])
         span = "" if "range" not in c else f"{c['range'][0]:g} to {c['range'][1]:g}"
         table.add_row(c["column"], c["role"], c["type"], str(c["missing"]), span, levels)
     console.print(table)

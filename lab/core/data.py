@@ -19,6 +19,7 @@ from lab.errors import DataError
 
 __all__ = [
     "Table",
+    "as_levels",
     "check_column",
     "check_frame",
     "is_blank",
@@ -250,7 +251,7 @@ def _levels(
     raw: pd.Series, blank: pd.Series, levels: tuple[Level, ...], where: str, lines: np.ndarray, what: str, fix: str
 ) -> pd.Series:
     """Values mapped onto the spec's levels; a value the spec does not list is an error."""
-    values = _as_levels(raw.where(~blank), levels)
+    values = as_levels(raw.where(~blank), levels)
     unknown = values.isna() & ~blank
     if unknown.any():
         pos = int(np.flatnonzero(unknown.to_numpy())[0])
@@ -260,7 +261,7 @@ def _levels(
     return values
 
 
-def _as_levels(raw: pd.Series, levels: tuple[Level, ...]) -> pd.Series:
+def as_levels(raw: pd.Series, levels: tuple[Level, ...]) -> pd.Series:
     """Map raw values onto the spec's levels (numbers compare as numbers: "1.0" is 1)."""
     if all(isinstance(level, (int, float)) for level in levels):
         numbers = pd.to_numeric(raw, errors="coerce")

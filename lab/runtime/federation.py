@@ -1,0 +1,136 @@
+"""Where a command runs: local nodes started for it, or a running coordinator's federation; and the
+pre-flight (the catalog query) on it, which `lab check` and `lab mock` share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from lab.contract.settings import RunSettings
+from lab.core.sources import node_source
+from lab.core.spec import TaskSpec
+from lab.errors import UsageError
+from lab.runtime.connection import Connection
+from lab.runtime.environ import tracking_uri_for
+from lab.runtime.run import RunResult, run_federation, run_on, run_settings
+from lab.runtime.submit import Event
+
+__all__ = ["Federation", "preflight"]
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Local nodes (name -> table, started for the run), or a running coordinator's federation.
+
+    Build one with ``Federation.local`` or ``Federation.remote``.
+    """
+
+    nodes: dict[str, str] = field(default_factory=dict)
+    agreements: dict[str, Path] = field(default_factory=dict)
+    secure: bool = False
+    node_runtime: str = "warm"
+    coordinator: Connection | None = None
+    chosen: str = ""  # --nodes: the admitted nodes that take part (a coordinator's federation)
+
+    @classmethod
+    def local(
+        cls,
+        nodes: Mapping[str, str | Path],
+        agreements: Mapping[str, str | Path] | None = None,
+        *,
+        secure: bool = False,
+        node_runtime: str = "warm",
+    ) -> Federation:
+        """Nodes started on this machine: ``nodes`` maps each name to its table (a path or a
+        database URL), ``agreements`` some of them to their data-use agreement."""
+        if not nodes:
+            raise UsageError("give the nodes, --node NAME=TABLE per node, or a coordinator, --coordinator HOST:PORT")
+        unknown = sorted(set(agreements or {}) - set(nodes))
+        if unknown:
+            raise UsageError(f"--agreement names {unknown!r}, which no --node names")
+        return cls(
+            {name: node_source(str(table)) for name, table in nodes.items()},
+            {name: Path(path) for name, path in (agreements or {}).items()},
+            secure,
+            node_runtime,
+        )
+
+    @classmethod
+    def remote(cls, address: str, ca: Path | None, chosen: str = "") -> Federation:
+        """A coordinator's federation, reached at ``address`` (HOST:PORT) with its CA certificate;
+        ``chosen`` (NAME,NAME) limits it to some of its admitted nodes."""
+        if ca is None or not ca.is_file():
+            raise UsageError(f"--ca {str(ca) if ca else ''!r}: give the federation's CA certificate to reach {address}")
+        return cls(coordinator=Connection(address, ca.resolve()), chosen=chosen)
+
+    def tracking_uri(self, workspace: Path, tracking_uri: str) -> str:
+        """Where this federation's runs are recorded (a coordinator's, on its tracking server)."""
+        if self.coordinator is None:
+            return tracking_uri_for(workspace, tracking_uri)
+        from lab.runtime.coordinator_host import tracking_uri_inside
+
+        return tracking_uri or tracking_uri_inside()
+
+    def settings(self, spec: TaskSpec, workspace: Path, tracking_uri: str, values: dict[str, Any]) -> RunSettings:
+        """The run's settings for this federation."""
+        uri = self.tracking_uri(workspace, tracking_uri)
+        if self.coordinator is None:
+            return run_settings(spec, tracking_uri=uri, nodes=len(self.nodes), values=values)
+        values = {**values, "only-nodes": self.chosen} if self.chosen else values
+        return run_settings(spec, tracking_uri=uri, nodes=0, values=values)
+
+    def preflight_settings(self, spec: TaskSpec, workspace: Path, tracking_uri: str) -> RunSettings:
+        """The settings of the pre-flight: the catalog query, answered by whichever nodes can."""
+        return replace(self.settings(spec, workspace, tracking_uri, {}), query="catalog", min_nodes=1)
+
+    def resumed(self, run_id: str, workspace: Path, tracking_uri: str) -> RunSettings:
+        """The settings of MLflow run ``run_id``, to resume it on this federation."""
+        from lab.registry.checkpoints import resumable
+        from lab.runtime.app import code_version
+        from lab.runtime.environ import project_root
+
+        uri = self.tracking_uri(workspace, tracking_uri)
+        chosen = {"only_nodes": self.chosen} if self.chosen else {}
+        return resumable(uri, run_id).settings_for(
+            tracking_uri=uri, expected_nodes=len(self.nodes), code_version=code_version(project_root()), **chosen
+        )
+
+    def describe(self) -> str:
+        if self.coordinator is None:
+            return f"{len(self.nodes)} nodes"
+        return f"the nodes of {self.coordinator.address}" + (f" ({self.chosen})" if self.chosen else "")
+
+    def federate(
+        self, settings: RunSettings, *, workspace: Path, on_event: Callable[[Event], None] = lambda _: None
+    ) -> RunResult:
+        """Run ``settings`` on this federation: start the local nodes, or submit to the coordinator."""
+        if self.coordinator is not None:
+            return run_on(self.coordinator, settings, workspace=workspace, on_event=on_event)
+        return run_federation(
+            settings,
+            self.nodes,
+            workspace=workspace,
+            agreements=self.agreements,
+            secure=self.secure,
+            node_runtime=self.node_runtime,
+            on_event=on_event,
+        )
+
+
+def preflight(
+    spec: TaskSpec,
+    federation: Federation,
+    *,
+    workspace: Path,
+    tracking_uri: str = "",
+    on_event: Callable[[Event], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Every node's answer to the catalog query: its ``catalog`` and ``problems`` against the spec
+    (with its ``organisation``), or why it ``refused``; by node name."""
+    settings = federation.preflight_settings(spec, workspace, tracking_uri)
+    preflight: dict[str, Any] = federation.federate(settings, workspace=workspace, on_event=on_event).summary[
+        "preflight"
+    ]
+    return preflight
