@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from lab.core.analytics import stats_frame
 from lab.core.data import load_table
 from lab.node.audit import AuditLog
-from lab.runtime.run import federated_stats
+from lab.workbench import Workbench
 
 from .conftest import HEART, SILOS, agreement_file
 
@@ -39,18 +39,18 @@ def analysed(tmp_path_factory: pytest.TempPathFactory, heart_spec: Any) -> tuple
         "va": agreement("va", (', "analytics"]', "]")),
     }
     workspace = tmp / "workspace"
-    result = federated_stats(
-        HEART / "task.toml",
+    bench = Workbench.local(
         {name: SILOS[name] for name in NODES},
-        ["age", "chol"],
-        by="exang",
-        levels={"exang": ["0", "1"]},
-        crosstab=("cp", "restecg"),
-        correlation=True,
+        spec=HEART / "task.toml",
         agreements=agreements,
         workspace=workspace,
+        progress=False,
     )
-    return workspace, {**result.summary, "mlflow_run_id": result.mlflow_run_id}
+    result = bench.stats(
+        ["age", "chol"], by="exang", levels={"exang": ["0", "1"]}, crosstab=("cp", "restecg"), correlation=True
+    )
+    assert result.moments.loc[("age", "all"), "n"] == result.raw["stats"]["columns"]["age"]["groups"]["all"]["n"]
+    return workspace, {**result.raw, "mlflow_run_id": result.mlflow_run_id}
 
 
 def _concatenated(spec: Any, nodes: tuple[str, ...]) -> pd.DataFrame:

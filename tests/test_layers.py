@@ -8,7 +8,8 @@ from pathlib import Path
 from .conftest import ROOT
 
 #: lab's layers, each importing only itself and those before it.
-LAYERS = ["errors", "core", "contract", "node", "registry", "queries", "runtime", "cli"]
+#: The analyst's two fronts come last: the command line and the notebook workbench.
+LAYERS = ["errors", "core", "contract", "node", "registry", "queries", "runtime", "workbench", "cli"]
 
 
 def _modules(folder: str) -> dict[Path, ast.Module]:

@@ -58,3 +58,11 @@ def test_the_table_of_strategies_decides_what_goes_with_dp_and_secure_aggregatio
         if not kind.secure_aggregation:
             with pytest.raises(SettingsError, match="secure-aggregation"):
                 base.with_values({"strategy": name, "secure-aggregation": "true"})
+
+
+def test_contributions_are_refused_with_secure_aggregation_before_the_run() -> None:
+    base = RunSettings(task_spec="[task]")
+    assert base.with_values({"contributions": "true"}).contributions
+    assert base.with_values({"secure-aggregation": "true"}).secure_aggregation
+    with pytest.raises(SettingsError, match="SecAgg\\+ hides from the coordinator"):
+        base.with_values({"secure-aggregation": "true", "contributions": "true"})

@@ -1,5 +1,5 @@
 """`lab stats`: its options read into a query, and the pooled figures as tables (the query itself
-is lab.queries.stats, run by lab.runtime.run.federated_stats)."""
+is lab.queries.stats, run on a federation by lab.runtime.federation)."""
 
 from __future__ import annotations
 

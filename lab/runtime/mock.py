@@ -16,7 +16,7 @@ from lab.runtime.environ import WORKSPACE
 from lab.runtime.federation import Federation, preflight
 from lab.runtime.submit import Event
 
-__all__ = ["check_request", "mock_federation"]
+__all__ = ["check_request", "mock_federation", "mock_tables"]
 
 
 def mock_federation(
@@ -62,8 +62,17 @@ def mock_federation(
         column needs (lab.core.mock says which and the fix).
     """
     task = load_spec(spec)
-    folder = check_request(task, federation, rows, out)
+    check_request(task, federation, rows, out)
     answers = preflight(task, federation, workspace=Path(workspace), tracking_uri=tracking_uri, on_event=on_event)
+    return mock_tables(task, answers, rows, out, seed)
+
+
+def mock_tables(task: TaskSpec, answers: dict[str, Any], rows: int, out: str | Path, seed: int = 0) -> dict[str, Path]:
+    """The mocks of ``mock_federation`` from the nodes' pre-flight answers already gathered
+    (``lab.runtime.federation.preflight``): nothing is asked of the nodes again."""
+    if rows <= 0:
+        raise UsageError(f"--rows {rows}: give how many mock rows to draw per node, 1 or more")
+    folder = _writable(Path(out))
     tables = {
         name: mock_table(_catalog(name, answer), task, node=name, rows=rows, seed=seed)
         for name, answer in sorted(answers.items())

@@ -1,5 +1,5 @@
 """Run one task on a local federation: the engine behind `lab demo`, `lab run`, `lab check` and
-`lab stats`, and behind the notebook functions. It returns the run's result and hands every
+`lab stats`, and behind the notebook workbench (lab.workbench). It returns the run's result and hands every
 progress event to a callback; it prints nothing (the CLI draws the progress)."""
 
 from __future__ import annotations
@@ -13,17 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from lab.contract.settings import RunSettings
-from lab.core.analytics import DEFAULT_MIN_COUNT, StatsRequest
-from lab.core.sources import node_source, source_exists
-from lab.core.spec import TaskSpec, load_spec
+from lab.core.sources import source_exists
+from lab.core.spec import TaskSpec
 from lab.errors import DataError, LabError
 from lab.runtime.app import code_version
 from lab.runtime.connection import Connection
-from lab.runtime.environ import WORKSPACE, lock_path, project_root, tracking_uri_for
+from lab.runtime.environ import lock_path, project_root
 from lab.runtime.local import LocalFederation, NodeSpec
 from lab.runtime.submit import Event, new_run_dir, started_runs, submit_run
 
-__all__ = ["RunResult", "federated_stats", "run_federation", "run_on", "run_settings"]
+__all__ = ["RunResult", "run_federation", "run_on", "run_settings"]
 
 
 @dataclass(frozen=True)
@@ -146,50 +145,3 @@ def _close_runs(tracking_uri: str, run_ids: list[str], status: str) -> None:
     for run_id in run_ids if tracking_uri else []:
         with contextlib.suppress(Exception):  # a tracking server this host cannot reach
             close_unfinished(tracking_uri, run_id, status)
-
-
-def federated_stats(
-    spec: str | Path,
-    nodes: Mapping[str, str | Path],
-    columns: list[str],
-    *,
-    by: str | None = None,
-    crosstab: tuple[str, str] | None = None,
-    correlation: bool = False,
-    bins: dict[str, list[float]] | None = None,
-    levels: dict[str, list[str]] | None = None,
-    min_count: int = DEFAULT_MIN_COUNT,
-    agreements: dict[str, str | Path] | None = None,
-    workspace: str | Path = WORKSPACE.default,
-    tracking_uri: str = "",
-    on_event: Callable[[Event], None] = lambda _: None,
-) -> RunResult:
-    """Run one analytics query over a local federation, one node per entry of ``nodes``.
-
-    The result's summary holds the pooled figures (``stats``), what each node suppressed
-    (``notes``) and the figures of nodes whose agreement lets them be shown (``node_figures``). Means,
-    standard deviations and correlations equal those of the concatenated tables; quantiles are
-    interpolated from the pooled histogram (``approximate``).
-    """
-    spec_path = Path(spec)
-    request = StatsRequest(
-        columns=tuple(columns),
-        by=by,
-        crosstab=crosstab,
-        correlation=correlation,
-        edges=bins or {},
-        min_count=min_count,
-        levels=levels or {},
-    )
-    task = load_spec(spec_path)
-    request.check(task)  # a wrong column name fails here, before any process starts
-    workspace = Path(workspace)
-    settings = run_settings(task, tracking_uri=tracking_uri_for(workspace, tracking_uri), nodes=len(nodes))
-    settings = replace(settings, query="stats", query_request=request.to_json(), min_nodes=1)
-    return run_federation(
-        settings,
-        {name: node_source(str(path)) for name, path in nodes.items()},
-        workspace=workspace,
-        agreements={name: Path(path) for name, path in (agreements or {}).items()},
-        on_event=on_event,
-    )
