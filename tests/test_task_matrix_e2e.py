@@ -71,7 +71,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             "keep_going": True,
         }
     )
-    results = {r["case"]: r for r in simulated.run_jobs(jobs, 1, lambda _: None, tracking_uri=tracking)}
+    results = {r["case"]: r for r in simulated.run_jobs(jobs, 2, lambda _: None, tracking_uri=tracking)}
     plan = folder / "rerun.json"
     plan.write_text(
         json.dumps(
