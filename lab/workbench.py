@@ -14,14 +14,16 @@ pandas DataFrames, with a live progress display in JupyterLab (and lines on stde
 
 ``Workbench.local`` takes any nodes' tables, ``Workbench.connect`` a coordinator's federation
 (``lab run --coordinator``). Every call starts what it needs and stops it again, as the command
-line does; a mistake raises a ``lab.errors.LabError`` that says what to fix.
+line does, unless the nodes are kept up for several calls (``with bench.started() as live:``); a
+mistake raises a ``lab.errors.LabError`` that says what to fix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -281,6 +283,14 @@ class Workbench:
         tunnel from an analyst's machine); ``nodes`` (NAME,NAME) limits it to some of its nodes."""
         federation = Federation.remote(address, Path(ca), nodes)
         return cls(federation, Path(spec), Path(workspace), tracking_uri, progress)
+
+    @contextlib.contextmanager
+    def started(self) -> Iterator[Workbench]:
+        """This workbench with its local nodes kept running for every call in the ``with`` block
+        (each call otherwise starts and stops them, some seconds each); everything is stopped when
+        the block ends, fails or is interrupted."""
+        with self.federation.kept_up(self.workspace) as federation:
+            yield replace(self, federation=federation)
 
     def with_spec(self, spec: str | Path) -> Workbench:
         """The same federation, another task spec."""

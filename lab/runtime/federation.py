@@ -3,7 +3,9 @@ pre-flight (the catalog query) on it, which `lab check` and `lab mock` share."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from lab.core.spec import TaskSpec
 from lab.errors import UsageError
 from lab.runtime.connection import Connection
 from lab.runtime.environ import tracking_uri_for
+from lab.runtime.local import LocalFederation, NodeSpec
 from lab.runtime.run import RunResult, run_federation, run_on, run_settings
 from lab.runtime.submit import Event
 
@@ -33,6 +36,7 @@ class Federation:
     node_runtime: str = "warm"
     coordinator: Connection | None = None
     chosen: str = ""  # --nodes: the admitted nodes that take part (a coordinator's federation)
+    standing: LocalFederation | None = None  # the local nodes, kept running between runs (``kept_up``)
 
     @classmethod
     def local(
@@ -64,6 +68,18 @@ class Federation:
         if ca is None or not ca.is_file():
             raise UsageError(f"--ca {str(ca) if ca else ''!r}: give the federation's CA certificate to reach {address}")
         return cls(coordinator=Connection(address, ca.resolve()), chosen=chosen)
+
+    @contextlib.contextmanager
+    def kept_up(self, workspace: Path) -> Iterator[Federation]:
+        """This federation with its local nodes started once and kept running for every run until
+        the ``with`` block ends (then, or on a failure or Ctrl-C, every process is stopped); a
+        coordinator's federation is returned as it is."""
+        if self.coordinator is not None or self.standing is not None:
+            yield self
+            return
+        specs = [NodeSpec(n, p, agreement=self.agreements.get(n)) for n, p in self.nodes.items()]
+        with LocalFederation(workspace, specs, secure=self.secure, node_runtime=self.node_runtime) as live:
+            yield replace(self, standing=live)
 
     def tracking_uri(self, workspace: Path, tracking_uri: str) -> str:
         """Where this federation's runs are recorded (a coordinator's, on its tracking server)."""
@@ -105,9 +121,14 @@ class Federation:
     def federate(
         self, settings: RunSettings, *, workspace: Path, on_event: Callable[[Event], None] = lambda _: None
     ) -> RunResult:
-        """Run ``settings`` on this federation: start the local nodes, or submit to the coordinator."""
+        """Run ``settings`` on this federation: start the local nodes (or use them, kept up), or
+        submit to the coordinator."""
         if self.coordinator is not None:
             return run_on(self.coordinator, settings, workspace=workspace, on_event=on_event)
+        if self.standing is not None:
+            if self.standing.admitted:  # every node's key was admitted under its name
+                settings = replace(settings, admitted_nodes=json.dumps(self.standing.admitted))
+            return run_on(self.standing.connection, settings, workspace=workspace, on_event=on_event)
         return run_federation(
             settings,
             self.nodes,
