@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from lab.cli.options import PasswordFile, TrackingUri, Workspace, read_password
+from lab.errors import LabError
 from lab.runtime.environ import WORKSPACE, tracking_uri_for
 
 __all__ = ["report"]
@@ -34,13 +35,17 @@ def report(
     from lab.registry.tracking import account
 
     uri = tracking_uri_for(workspace, tracking_uri)
-    with account(user, read_password(password_file), ca):
+    password = read_password(password_file)
+    with account(user, password, ca):
         html = build_report(uri, run_id)
-        if log:
-            log_report(uri, run_id, html)
-    path = out or workspace / "reports" / f"{run_id}.html"
+    path = (out or workspace / "reports" / f"{run_id}.html").resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html, encoding="utf-8")
-    if log:
+    if log:  # after the page is written: an account that may read the run but not write to it still gets it
+        try:
+            with account(user, password, ca):
+                log_report(uri, run_id, html)
+        except LabError as exc:
+            raise type(exc)(f"{exc} (the page is written to {str(path)!r}; --no-log skips logging it)") from None
         console.print(f"logged to MLflow run {run_id} as {REPORT_ARTIFACT}", highlight=False)
-    print(path.resolve())
+    print(path)

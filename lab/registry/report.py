@@ -256,7 +256,8 @@ def _privacy(record: RunRecord) -> dict[str, Any]:
             return False
 
     private = positive("dp_target_epsilon") or positive("dp_noise_multiplier")
-    spent = {n: record.node_metric(n, "epsilon") for n in record.nodes}
+    summarised = {str(n.get("node")): n.get("epsilon") for n in (record.artifacts.get(SUMMARY) or {}).get("nodes", [])}
+    spent = {n: record.node_metric(n, "epsilon") or summarised.get(n) for n in record.nodes}
     rows = [
         (
             n,

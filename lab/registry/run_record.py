@@ -11,7 +11,7 @@ from typing import Any
 
 from lab.core.spec import TaskSpec, parse_spec
 from lab.errors import SpecError, UsageError
-from lab.registry.tracking import tracking_errors
+from lab.registry.tracking import patience, tracking_errors, unreachable
 
 __all__ = [
     "AGREEMENTS",
@@ -78,10 +78,17 @@ def read_run(tracking_uri: str, run_id: str) -> RunRecord:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=tracking_uri)
     try:
-        run = client.get_run(run_id)
-    except MlflowException as exc:
+        with patience(3):  # a tracking server that is down is not waited for minutes
+            client = MlflowClient(tracking_uri=tracking_uri)
+            run = client.get_run(run_id)
+    except Exception as exc:
+        if unreachable(exc):
+            raise UsageError(
+                f"the tracking store {tracking_uri!r} cannot be reached; check --tracking-uri and that its server runs"
+            ) from None
+        if not isinstance(exc, MlflowException):
+            raise
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(exc).lower():
             raise UsageError(f"no run {run_id!r} in the tracking store {tracking_uri!r}; {_FIX}") from None
         raise UsageError(
