@@ -11,7 +11,7 @@ from lab.node.agreement import FIELDS
 from lab.registry.report_figures import contributions_chart, round_curves
 from lab.registry.run_record import AGREEMENTS, CONTRIBUTIONS, FINGERPRINTS, REFUSALS, SUMMARY, RunRecord, read_run
 
-__all__ = ["NOT_RECORDED", "REPORT_ARTIFACT", "build_report", "log_report", "render"]
+__all__ = ["NOT_RECORDED", "REPORT_ARTIFACT", "build_report", "log_report", "number", "render", "with_interval"]
 
 #: Where the page goes in the run's artifacts.
 REPORT_ARTIFACT = "report/report.html"
@@ -76,7 +76,6 @@ class _Row:
     test_rows: str = ""
     cells: list[str] = field(default_factory=list)  # per metric: federated, local-only
     comparison: str = ""
-    note: str = ""
     kind: str = "node"  # node, mean or pooled (styled apart)
 
 
@@ -175,7 +174,7 @@ def _summary_table(summary: dict[str, Any], metrics: list[str]) -> dict[str, Any
             cells += [with_interval(pooled[metric], interval) if metric in pooled else "", ""]
         rows.append(_Row("pooled", test_rows=str(pooled.get("test_rows", "")), cells=cells, kind="pooled"))
         notes.append("pooled: the federated model scored on every node's test rows together.")
-    notes.append("Intervals in brackets are 95% intervals, as the coordinator recorded them.")
+    notes.append(f"In brackets: the interval the coordinator recorded with the score ({SUMMARY}).")
     if unreliable:
         notes.append("†: the AUC rests on too few cases of one class at that node to be relied on.")
     return {"rows": rows, "notes": notes, "compared": True}
