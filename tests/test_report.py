@@ -157,6 +157,7 @@ def test_contributions_privacy_and_agreements_of_a_run_that_recorded_them(store:
     assert "Shapley value" in text and "0.13" in text and "leave-one-out" in text
     assert html.count("data:image/png;base64,") == 2  # the round curves and the contributions chart
     assert "epsilon spent" in text and "2.40" in text and "2.50" in text  # each node's epsilon at the last round
+    assert "trains no local-only model" in text  # why a DP run's local-only column is empty
     assert "allow.epsilon-budget" in text and "8.0" in text and "25" in text
     assert "hungary : none: the node holds no data-use agreement" in text
     assert "unknown category '7'" in text  # the node refused at preparation
@@ -172,6 +173,7 @@ def test_an_older_run_says_what_it_did_not_record_and_still_shows_its_scores(
     assert f"comparison of federated with local-only: {NOT_RECORDED}" in text
     assert "0.76" in text and "0.71" in text  # cleveland's last round, and its local-only baseline
     assert "did not train with differential privacy" in text
+    assert "trains no local-only model" not in text
 
 
 def test_contributions_the_coordinator_could_not_compute_say_why(store: tuple[str, dict[str, str]]) -> None:

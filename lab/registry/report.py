@@ -81,13 +81,17 @@ class _Row:
 
 def _page(record: RunRecord) -> dict[str, Any]:
     metrics = list(record.spec.metrics)
+    private = _private(record)
+    table = _table(record, metrics)
+    if private:  # lab.queries.prepare: nothing trained without DP leaves a node in a DP run
+        table["notes"].append("A run with differential privacy trains no local-only model (it would leave without DP).")
     return {
         "title": f"{record.spec.name}: run {record.name or record.run_id}",
         "run": _run_facts(record),
         "settings": [(k, record.params[k]) for k in _SETTINGS if k in record.params],
         "metrics": metrics,
-        "table": _table(record, metrics),
-        "curves": _curves(record, metrics[0]) if metrics else None,
+        "table": table,
+        "curves": _curves(record, metrics[0], private) if metrics else None,
         "first_metric": metrics[0] if metrics else "",
         "contributions": _contributions(record),
         "privacy": _privacy(record),
@@ -201,14 +205,14 @@ def _metrics_table(record: RunRecord, metrics: list[str]) -> dict[str, Any]:
     return {"rows": rows, "notes": [note], "compared": False}
 
 
-def _curves(record: RunRecord, metric: str) -> str:
+def _curves(record: RunRecord, metric: str, private: bool) -> str:
     per_node = {n: record.histories.get(f"node.{n}.{metric}", []) for n in record.nodes}
     losses = {
         n: record.histories[f"node.{n}.train_loss"] for n in record.nodes if f"node.{n}.train_loss" in record.histories
     }
-    return round_curves(
-        metric, per_node, record.histories.get(f"mean.{metric}", []), record.histories.get("train_loss", []), losses
-    )
+    no_loss = "nodes training with differential privacy\nkeep their loss to themselves" if private else NOT_RECORDED
+    mean, loss = record.histories.get(f"mean.{metric}", []), record.histories.get("train_loss", [])
+    return round_curves(metric, per_node, mean, loss, losses, no_loss=no_loss)
 
 
 def _contributions(record: RunRecord) -> dict[str, Any]:
@@ -245,16 +249,14 @@ def _contributions(record: RunRecord) -> dict[str, Any]:
     }
 
 
+def _private(record: RunRecord) -> bool:
+    """Whether the run trained with differential privacy (a target epsilon or a noise multiplier)."""
+    return any((_float(record.params.get(k)) or 0.0) > 0 for k in ("dp_target_epsilon", "dp_noise_multiplier"))
+
+
 def _privacy(record: RunRecord) -> dict[str, Any]:
     params = record.params
-
-    def positive(key: str) -> bool:
-        try:
-            return float(params.get(key, "0")) > 0
-        except ValueError:
-            return False
-
-    private = positive("dp_target_epsilon") or positive("dp_noise_multiplier")
+    private = _private(record)
     summarised = {str(n.get("node")): n.get("epsilon") for n in (record.artifacts.get(SUMMARY) or {}).get("nodes", [])}
     spent = {n: record.node_metric(n, "epsilon") or summarised.get(n) for n in record.nodes}
     rows = [

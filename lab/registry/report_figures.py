@@ -24,9 +24,13 @@ def round_curves(
     mean: Curve,
     loss: Curve,
     loss_per_node: Mapping[str, Curve],
+    *,
+    no_loss: str = "not recorded for this run",
 ) -> str:
     """``metric`` by round for each node and their mean, beside the training loss (the run's
-    weighted loss, and each node's where it reported one); a base64 PNG."""
+    weighted loss, and each node's where it reported one); a base64 PNG.
+
+    ``no_loss`` is written in the loss's panel when no node reported one."""
     figure = Figure(figsize=(11, 3.8), dpi=100, layout="constrained")
     left, right = figure.subplots(1, 2)
     for i, (node, curve) in enumerate(per_node.items()):
@@ -42,13 +46,15 @@ def round_curves(
     right.set_title("training loss")
     right.set_xlabel("round")
     right.set_ylabel("loss")
-    for axes in (left, right):
+    for axes, missing in ((left, "not recorded for this run"), (right, no_loss)):
         axes.grid(alpha=0.3)
         if axes.has_data():
             axes.legend(fontsize=8, frameon=False)
             axes.xaxis.get_major_locator().set_params(integer=True)
         else:
-            axes.text(0.5, 0.5, "not recorded for this run", ha="center", va="center", transform=axes.transAxes)
+            axes.set_xticks([])
+            axes.set_yticks([])
+            axes.text(0.5, 0.5, missing, ha="center", va="center", wrap=True, transform=axes.transAxes)
     return _png(figure)
 
 
