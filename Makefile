@@ -6,8 +6,9 @@ LOCK   := environments/requirements.lock
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
 
-.PHONY: setup demo deploy-demo test images test-containers bench bench-load lint lock ui clean
+.PHONY: setup demo deploy-demo test images test-containers bench bench-load lint lock ui lab clean
 
 # The environment, installed exactly from the lock; redone when the lock or the project changes.
 $(BIN)/.installed: $(LOCK) pyproject.toml
@@ -54,6 +55,25 @@ lint: setup
 
 ui: setup
 	$(BIN)/lab ui
+
+# JupyterLab on notebooks/, on 127.0.0.1 with its token: the kernel is .venv's python (the kernelspec
+# "fedlab (.venv)", installed into .venv, not the user's home) and sees the workspace's tracking
+# store. Nothing is fetched from the internet (no news, update checks or extension installs: the
+# environment is the lock's). Ctrl-C stops it at once (no y/n prompt).
+LAB_WORKSPACE ?= workspace
+STORE   := $(abspath $(LAB_WORKSPACE))
+KERNEL  := $(VENV)/share/jupyter/kernels/fedlab/kernel.json
+AS_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
+$(KERNEL): $(BIN)/.installed
+	$(BIN)/python -m ipykernel install --sys-prefix --name fedlab --display-name "fedlab (.venv)"
+
+lab: setup $(KERNEL)
+	mkdir -p $(STORE)
+	LAB_WORKSPACE=$(STORE) MLFLOW_TRACKING_URI=sqlite:///$(STORE)/mlflow.db exec $(BIN)/jupyter lab \
+	    --notebook-dir=notebooks --no-browser --ip=127.0.0.1 --ServerApp.answer_yes=True $(AS_ROOT) \
+	    --MultiKernelManager.default_kernel_name=fedlab --LabApp.extension_manager=readonly \
+	    --LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate
 
 # Resolve environments/requirements.in into the hashed lock, in a scratch environment. Versions
 # already in the lock are kept (pip-compile starts from them); `make lock UPGRADE=1` moves every

@@ -47,6 +47,24 @@ def test_demo_agreement_allows_the_demo_task(heart_spec: TaskSpec) -> None:
     ]
 
 
+def test_clauses_for_a_run_name_what_is_checked_and_nothing_about_the_parties(heart_spec: TaskSpec) -> None:
+    text = agreement_text(heart_spec).replace("min-rows = 10", "min-rows = 20\nepsilon-budget = 6.0")
+    text = text.replace("[[tasks]]", '[[tasks]]\nname = "other-task"\nsha256 = "' + "1" * 64 + '"\n\n[[tasks]]')
+    clauses = parse_agreement(text, source="/home/cleveland/agreement.toml").clauses(heart_spec.name)
+    assert set(clauses) == {name for name, _, _ in parse_agreement(text).explain()} - {
+        "agreement.parties",
+        "agreement.purpose",
+    }
+    assert clauses["tasks"] == {heart_spec.name: heart_spec.sha256}  # not the other tasks it covers
+    assert clauses["allow.min-rows"] == 20
+    assert clauses["allow.epsilon-budget"] == 6.0
+    assert clauses["allow.apps"] == [FAB]
+    assert clauses["agreement.expires"] == "2030-01-01"
+    shown = json.dumps(clauses)
+    assert "Cleveland Clinic" not in shown and "/home/cleveland" not in shown and "other-task" not in shown
+    assert parse_agreement(text).clauses("unknown-task")["tasks"] == {"unknown-task": None}
+
+
 @pytest.mark.parametrize(
     ("overrides", "clause", "detail"),
     [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -15,9 +16,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from lab.core.spec import TaskSpec
 from lab.runtime.environ import private_environ
 
-from .conftest import HEART, ROOT, SILOS, lab_command, leftover_processes, run_lab
+from .conftest import HEART, ROOT, SILOS, agreement_file, lab_command, leftover_processes, run_lab
 
 pytestmark = pytest.mark.e2e
 
@@ -45,11 +47,12 @@ def broken_silo(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def federated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabRun]:
-    """Two healthy hospitals and one whose file breaks the spec, two rounds of FedAvg, each
-    hospital's contribution valued."""
+def federated(tmp_path_factory: pytest.TempPathFactory, heart_spec: TaskSpec) -> Iterator[LabRun]:
+    """Two healthy hospitals (Cleveland under a data-use agreement) and one whose file breaks the
+    spec, two rounds of FedAvg, each hospital's contribution valued."""
     tmp = tmp_path_factory.mktemp("federation")
     broken = broken_silo(tmp)
+    agreement = agreement_file(tmp, heart_spec, "cleveland", ("min-rows = 10", "min-rows = 12"))
     result = run_lab(
         "run",
         "--spec",
@@ -66,6 +69,8 @@ def federated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabRun]:
         f"hungary={SILOS['hungary']}",
         "--node",
         f"va={broken}",
+        "--agreement",
+        f"cleveland={agreement}",
         workspace=tmp / "workspace",
     )
     yield LabRun(tmp / "workspace", result, broken)
@@ -268,3 +273,74 @@ def test_rerun_notebook_matches_the_federation(federated: LabRun) -> None:
         del os.environ["LAB_WORKSPACE"]
     printed = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
     assert "in-house rerun matches the federation" in printed
+
+
+@dataclass(frozen=True)
+class Report:
+    run_id: str
+    result: subprocess.CompletedProcess[str]
+    page: Path
+
+
+@pytest.fixture(scope="module")
+def reported(federated: LabRun, tmp_path_factory: pytest.TempPathFactory) -> Report:
+    """`lab report` on the federation's run, the page written to a folder of its own."""
+    client = MlflowClient(tracking_uri=federated.tracking_uri)
+    run_id = client.get_model_version_by_alias("heart-disease", "champion").run_id
+    page = tmp_path_factory.mktemp("report") / "report.html"
+    return Report(run_id, run_lab("report", run_id, "--out", str(page), workspace=federated.workspace), page)
+
+
+def test_report_shows_every_organisation_and_section_and_is_logged_to_the_run(
+    federated: LabRun, reported: Report
+) -> None:
+    assert reported.result.returncode == 0, reported.result.stdout + reported.result.stderr
+    assert reported.result.stdout.strip().splitlines()[-1] == str(reported.page.resolve())
+    html = reported.page.read_text(encoding="utf-8")
+    for section in ("organisations", "rounds", "contributions", "privacy", "fingerprints", "agreements", "refusals"):
+        assert f'<section id="{section}">' in html
+    for node, organisation in (("cleveland", "Cleveland Clinic Foundation"), ("hungary", "Hungarian Institute")):
+        assert f'<td>{node}<div class="org">{organisation}' in html
+    assert "<code>allow.min-rows</code></td><td>12</td>" in html  # the clause Cleveland's node reported
+    assert "hungary</b>: none: the node holds no data-use agreement" in html
+    assert "unknown category &#39;7&#39;" in html  # VA, refused at preparation
+    assert html.count("data:image/png;base64,") >= 2  # the round curves and the contributions, inline
+    assert "not recorded for this run" not in html  # intervals and contributions are there
+    assert "Shapley" in html and "leave-one-out" in html
+    summary = json.loads(
+        Path(MlflowClient(federated.tracking_uri).download_artifacts(reported.run_id, "nodes/summary.json")).read_text()
+    )
+    low, high = summary["nodes"][0]["intervals"]["federated"]["accuracy"]
+    assert f"{low:.2f}–{high:.2f}" in html  # the node's interval as the end table shows it
+    client = MlflowClient(tracking_uri=federated.tracking_uri)
+    assert "report/report.html" in {a.path for a in client.list_artifacts(reported.run_id, "report")}
+    unknown = run_lab("report", "0" * 32, workspace=federated.workspace)
+    assert unknown.returncode == 2
+    assert f"no run {'0' * 32!r} in the tracking store" in unknown.stderr.replace("\n", "")
+    assert "Traceback" not in unknown.stdout + unknown.stderr
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="the report is checked in a headless Chromium, which is not installed (apt-get install chromium)",
+)
+def test_report_renders_in_a_headless_browser(reported: Report) -> None:
+    from PIL import Image
+
+    assert reported.result.returncode == 0, reported.result.stdout + reported.result.stderr
+    shot = reported.page.with_suffix(".png")
+    browser = subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         f"--screenshot={shot}", "--window-size=1200,2400", reported.page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert browser.returncode == 0 and shot.is_file(), browser.stderr
+    with Image.open(shot) as image:
+        assert image.format == "PNG" and image.size == (1200, 2400)
+        pixels = image.convert("RGB")
+        assert pixels.getpixel((10, 10)) == (0x16, 0x32, 0x4F)  # the page's own header: its style applied
+        colours = pixels.getcolors(maxcolors=1 << 20) or []
+        assert len(colours) > 500, f"{len(colours)} colours: the page rendered blank or without its figures"

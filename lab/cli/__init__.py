@@ -22,6 +22,7 @@ from lab.cli import federation
 from lab.cli.deploy import coordinator_app
 from lab.cli.governance import agreement_app, app_app, node_app
 from lab.cli.inhouse import env_app, evaluate, model_app, predict, spec_app
+from lab.cli.report import report
 from lab.errors import LabError
 from lab.runtime.environ import PRIVATE_ENV, WORKSPACE
 
@@ -41,6 +42,7 @@ for command in (
     federation.demo,
     federation.run,
     federation.runs,
+    report,
     federation.check,
     federation.mock,
     federation.stats,

@@ -7,6 +7,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lab.core.spec import TaskSpec
 from lab.core.toml import TomlReader
@@ -106,6 +107,23 @@ class Agreement:
         if training and self.requires_dp and not request.differential_privacy:
             clause = "allow.differential-privacy" if self.differential_privacy else "allow.epsilon-budget"
             raise Refusal(clause, "training must use differential privacy; this run does not")
+
+    def clauses(self, task: str) -> dict[str, Any]:
+        """The clauses a training run of ``task`` is checked against, by field name, for the
+        coordinator's record of the run: no parties, purpose or file path, and of the tasks only
+        this one (``None`` when the agreement does not cover it)."""
+        return {
+            "agreement.expires": self.expires.isoformat(),
+            "tasks": {task: self.tasks.get(task)},
+            "allow.strategies": sorted(self.strategies),
+            "allow.apps": sorted(self.apps),
+            "allow.outputs": sorted(self.outputs),
+            "allow.metrics": sorted(self.metrics),
+            "allow.min-rows": self.min_rows,
+            "allow.differential-privacy": self.differential_privacy,
+            "allow.epsilon-budget": self.epsilon_budget,
+            "allow.node-figures": self.node_figures,
+        }
 
     def explain(self) -> list[tuple[str, str, str]]:
         """(field, value, meaning) for every field, for `lab agreement check`."""

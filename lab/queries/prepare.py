@@ -100,6 +100,7 @@ class Member:
     epsilon: float | None = None  # differential privacy spent at the node by this run so far
     privacy: dict[str, float] = field(default_factory=dict)  # the node's DP plan (noise, planned epsilon)
     suppressed: str = ""  # what the node withheld under its minimum count
+    agreement: dict[str, Any] = field(default_factory=dict)  # the clauses the node checked this run against
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,7 @@ class Prepare(QueryKind[PrepareRequest]):
             f"dropped rows under {minimum} held back" if 0 < data.dropped < minimum else "",
         ]
         report = NodeReport.of_node(site.name, spec, env, data.train, "; ".join(note for note in suppressed if note))
+        agreement = site.agreement
         return {
             "report": asdict(report),
             # Counts under the minimum are sent as 0 (the report says they were held back).
@@ -251,6 +253,8 @@ class Prepare(QueryKind[PrepareRequest]):
             "target": _sums_json(target_sums(data.train)) if spec.target.kind == "regression" else None,
             "baseline": baseline,
             "suppressed": report.suppressed,
+            # What this run was checked against, for the coordinator's record (None: no agreement).
+            "agreement": agreement.clauses(spec.name) if agreement else None,
         }
 
     def prepare(
@@ -335,6 +339,7 @@ def _member(node_id: int, answer: dict[str, Any]) -> tuple[Member, ColumnSums, C
         warning=f"its environment differs from the lock ({answer['env_drift']})" if answer["env_drift"] else None,
         privacy={f"dp_{k}": float(v) for k, v in dp.items()},
         suppressed=str(answer.get("suppressed", "")),
+        agreement=_agreement(answer),
     )
     sums = answer["sums"]
     columns = ColumnSums(*(np.asarray(sums[k], dtype=np.float64) for k in ("count", "total", "squares")))
@@ -346,6 +351,19 @@ def _member(node_id: int, answer: dict[str, Any]) -> tuple[Member, ColumnSums, C
         columns,
         ColumnSums(*(np.asarray(target[k], dtype=np.float64) for k in ("count", "total", "squares"))),
     )
+
+
+#: What the coordinator records for a node that holds no agreement, or did not say (an older node).
+NO_AGREEMENT = {"agreement": "none: the node holds no data-use agreement, so nothing was checked against one"}
+UNREPORTED_AGREEMENT = {"agreement": "not reported by the node"}
+
+
+def _agreement(answer: dict[str, Any]) -> dict[str, Any]:
+    """The clauses a node's answer says it checked the run against."""
+    if "agreement" not in answer:
+        return dict(UNREPORTED_AGREEMENT)
+    clauses = answer["agreement"]
+    return dict(clauses) if isinstance(clauses, dict) else dict(NO_AGREEMENT)
 
 
 def _record(members: dict[int, Member], refusals: dict[str, str], tracker: Tracker, emit: Emit) -> None:
@@ -393,6 +411,8 @@ def _record(members: dict[int, Member], refusals: dict[str, str], tracker: Track
         for m in members.values()
     }
     tracker.log_text(json.dumps({"members": fingerprints, "refused": refusals}, indent=2), "nodes/fingerprints.json")
+    agreements = {m.name: m.agreement for m in sorted(members.values(), key=lambda m: m.name)}
+    tracker.log_text(json.dumps(agreements, indent=2), "nodes/agreements.json")
     tracker.log_metrics(
         {f"node.{m.name}.baseline.{k}": v for m in members.values() for k, v in m.baseline.items() if math.isfinite(v)},
         step=0,
