@@ -35,6 +35,7 @@ from lab.core.spec import TaskSpec
 from lab.core.valuation import Coalition, Valuation, value
 from lab.errors import LabError, RunFailedError
 from lab.queries.base import Emit
+from lab.registry.run_record import CONTRIBUTIONS
 from lab.registry.tracking import Tracker
 
 __all__ = ["UpdateLog", "value_contributions"]
@@ -43,8 +44,6 @@ logger = logging.getLogger(__name__)
 
 #: Metrics a larger value of which is better, in the order the utility is chosen from.
 _HIGHER_IS_BETTER = ("accuracy", "auc", "r2")
-#: The artifact holding the valuation.
-ARTIFACT = "contributions/contributions.json"
 
 
 @dataclass
@@ -204,7 +203,7 @@ def _result(
 
 def _unavailable(tracker: Tracker, emit: Emit, reason: str) -> dict[str, Any]:
     emit("warning", reason=f"contributions not valued: {reason}")
-    tracker.log_text(json.dumps({"unavailable": reason}, indent=2), ARTIFACT)
+    tracker.log_text(json.dumps({"unavailable": reason}, indent=2), CONTRIBUTIONS)
     return {"unavailable": reason}
 
 
@@ -216,7 +215,7 @@ def _log(tracker: Tracker, result: dict[str, Any], valuation: Valuation) -> None
         if values["standard_error"] is not None:
             metrics[f"contribution.shapley_se.{name}"] = values["standard_error"]
     tracker.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=0)
-    tracker.log_text(json.dumps(result, indent=2), ARTIFACT)
+    tracker.log_text(json.dumps(result, indent=2), CONTRIBUTIONS)
     tracker.log_figure(_figure(result), "contributions/contributions.png")
 
 

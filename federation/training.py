@@ -23,7 +23,7 @@ from lab.contract import keys
 from lab.contract.messages import Instructions
 from lab.contract.settings import RunSettings
 from lab.core.environment import Environment
-from lab.core.intervals import compare, pooled_accuracy, wilson
+from lab.core.intervals import LEVEL, compare, pooled_accuracy, wilson
 from lab.core.model import build_model
 from lab.core.preprocess import Scaler
 from lab.core.privacy import DPSettings
@@ -35,6 +35,7 @@ from lab.queries.prepare import KIND as PREPARE
 from lab.queries.prepare import Guard, Member, Preparation, PrepareRequest
 from lab.registry.checkpoints import Checkpoint, log_settings, resumable
 from lab.registry.packaging import check_packaging
+from lab.registry.run_record import REFUSALS, SUMMARY
 from lab.registry.tracking import AUDIT_HEADS, Tracker
 from lab.runtime.environ import ROSTER
 from lab.runtime.roster import note_seen
@@ -100,7 +101,7 @@ def train(
         )
     _evaluate_final(grid, arrays, instructions, members, recorder, settings)
     if recorder.refusals:
-        tracker.log_text(json.dumps(recorder.refusals, indent=2), "nodes/refusals-in-rounds.json")
+        tracker.log_text(json.dumps(recorder.refusals, indent=2), REFUSALS)
     if recorder.audit_heads:
         tracker.log_text(json.dumps(recorder.audit_heads, indent=2), AUDIT_HEADS)
     predictor = predictor_from(spec, prepared.scaler, arrays, prepared.target_scaler)
@@ -124,7 +125,7 @@ def train(
             emit=emit,
         )
     tracker.log_metrics(_final_metrics(summary), step=settings.num_rounds)
-    tracker.log_text(json.dumps(summary, indent=2, allow_nan=True), "nodes/summary.json")
+    tracker.log_text(json.dumps(summary, indent=2, allow_nan=True), SUMMARY)
     provenance = {
         "environment_fingerprint": guard.lock.fingerprint if guard.lock else "",
         "environment_policy": settings.environment_policy,
@@ -249,7 +250,7 @@ def _summary(members: dict[int, Member], spec: TaskSpec, auc_unreliable: set[str
             pooled["comparison"] = compare(
                 tuple(pooled["federated"]["interval"]), tuple(pooled["local_only"]["interval"]), _SIDES
             )
-    return {"nodes": rows, "mean": mean, "pooled": pooled}
+    return {"nodes": rows, "mean": mean, "pooled": pooled, "level": LEVEL}
 
 
 #: How the federated model and a local-only one are named when their intervals are compared.

@@ -45,7 +45,12 @@ SUMMARY = {
         },
     ],
     "mean": {"federated.accuracy": 0.788, "local_only.accuracy": 0.751},
-    "pooled": {"accuracy": 0.787, "interval": [0.73, 0.84], "test_rows": 193},
+    "pooled": {
+        "federated": {"accuracy": 0.787, "interval": [0.73, 0.84], "test_rows": 193},
+        "local_only": {"accuracy": 0.751, "interval": [0.69, 0.80], "test_rows": 193},
+        "comparison": "intervals overlap",
+    },
+    "level": 0.95,
 }
 CONTRIBUTIONS = {
     "utility": "mean accuracy of the final model over the nodes' test splits",
@@ -145,7 +150,8 @@ def test_scores_show_with_their_intervals_and_the_comparison(store: tuple[str, d
     text = _text(build_report(uri, runs["full"]))
     assert "0.78 (0.69–0.85)" in text and "0.76 (0.67–0.83)" in text
     assert "intervals overlap" in text and "federated higher" in text
-    assert "0.79 (0.73–0.84)" in text  # pooled over every test row
+    assert "0.79 (0.73–0.84)" in text and "0.75 (0.69–0.80)" in text  # pooled over every test row
+    assert "the 95% Wilson interval" in text
     assert "0.88 †" in text  # hungary's AUC flagged unreliable
     assert f"comparison of federated with local-only: {NOT_RECORDED}" not in text
 

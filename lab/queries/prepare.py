@@ -410,9 +410,11 @@ def _record(members: dict[int, Member], refusals: dict[str, str], tracker: Track
         }
         for m in members.values()
     }
-    tracker.log_text(json.dumps({"members": fingerprints, "refused": refusals}, indent=2), "nodes/fingerprints.json")
+    from lab.registry.run_record import AGREEMENTS, FINGERPRINTS  # the coordinator's side only: MLflow
+
+    tracker.log_text(json.dumps({"members": fingerprints, "refused": refusals}, indent=2), FINGERPRINTS)
     agreements = {m.name: m.agreement for m in sorted(members.values(), key=lambda m: m.name)}
-    tracker.log_text(json.dumps(agreements, indent=2), "nodes/agreements.json")
+    tracker.log_text(json.dumps(agreements, indent=2), AGREEMENTS)
     tracker.log_metrics(
         {f"node.{m.name}.baseline.{k}": v for m in members.values() for k, v in m.baseline.items() if math.isfinite(v)},
         step=0,

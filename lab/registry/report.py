@@ -171,14 +171,26 @@ def _summary_table(summary: dict[str, Any], metrics: list[str]) -> dict[str, Any
     )
     pooled = summary.get("pooled") or {}
     notes = []
-    if pooled:
+    if pooled.get("federated"):
         cells = []
-        for metric in metrics:  # the federated model only; its interval is the accuracy's
-            interval = pooled.get("interval") if metric == "accuracy" else None
-            cells += [with_interval(pooled[metric], interval) if metric in pooled else "", ""]
-        rows.append(_Row("pooled", test_rows=str(pooled.get("test_rows", "")), cells=cells, kind="pooled"))
-        notes.append("pooled: the federated model scored on every node's test rows together.")
-    notes.append(f"In brackets: the interval the coordinator recorded with the score ({SUMMARY}).")
+        for metric in metrics:  # accuracy only: the correct rows of every node over all their rows
+            for side in ("federated", "local_only"):
+                found = pooled.get(side) or {}
+                shown = metric == "accuracy" and "accuracy" in found
+                cells.append(with_interval(found["accuracy"], found.get("interval")) if shown else "")
+        rows.append(
+            _Row(
+                "pooled",
+                test_rows=str(pooled["federated"].get("test_rows", "")),
+                cells=cells,
+                comparison=str(pooled.get("comparison", "")),
+                kind="pooled",
+            )
+        )
+        notes.append("pooled: the accuracy over every node's test rows together (their correct rows summed).")
+    level = summary.get("level")
+    shown_level = f"the {level:.0%} Wilson interval" if isinstance(level, float) else "the interval"
+    notes.append(f"In brackets: {shown_level} the coordinator recorded with the score ({SUMMARY}).")
     if unreliable:
         notes.append("†: the AUC rests on too few cases of one class at that node to be relied on.")
     return {"rows": rows, "notes": notes, "compared": True}
