@@ -3,6 +3,7 @@ events as they come, and the result tables. Only the CLI prints."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import typer
@@ -17,8 +18,8 @@ from lab.runtime.run import RunResult
 __all__ = ["ProgressView", "contributions_table", "preflight_table", "summary_table"]
 
 #: Output that goes to a file or a pipe (a log, a CI job) is not cut to 80 columns: the result
-#: tables stay whole. A terminal keeps its own width.
-console = Console(width=None if Console().is_terminal else 132)
+#: tables stay whole. A terminal keeps its own width, and COLUMNS, where set, wins.
+console = Console(width=None if Console().is_terminal or "COLUMNS" in os.environ else 132)
 err = Console(stderr=True)
 
 

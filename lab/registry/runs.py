@@ -117,3 +117,20 @@ def close_orphans(tracking_uri: str) -> dict[str, str]:
             logger.warning("marked MLflow run %s KILLED: %s", run.info.run_id, reason)
             closed[run.info.run_id] = reason
     return closed
+
+
+def runs_of(tracking_uri: str, flower_run_ids: list[str]) -> list[str]:
+    """The MLflow runs the coordinators of these Flower runs opened (or resumed)."""
+    from mlflow import MlflowClient
+
+    if not flower_run_ids:
+        return []
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found: list[str] = []
+    with tracking_errors(f"cannot read the runs of {tracking_uri!r}", "check the tracking URI"):
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        for flower_id in flower_run_ids:
+            for tag in ("flwr.run_id", "lab.resumed_by.flwr.run_id"):
+                runs = client.search_runs(experiments, filter_string=f"tags.`{tag}` = '{int(flower_id)}'")
+                found += [r.info.run_id for r in runs if r.info.run_id not in found]
+    return found

@@ -94,7 +94,7 @@ def run_federation(
     except KeyboardInterrupt:
         # Every process of the federation is stopped now, so no coordinator can still record its
         # run FAILED after run_on marked it KILLED: mark it again.
-        _close_runs(settings.tracking_uri, started_runs(workspace.resolve(), wall), "KILLED")
+        _close_runs(settings.tracking_uri, _opened(settings.tracking_uri, workspace.resolve(), wall), "KILLED")
         raise
 
 
@@ -131,11 +131,23 @@ def run_on(
         for run_id in flower_runs:
             with contextlib.suppress(LabError):
                 connection.flwr_json(["stop", run_id], workspace / "flwr-home", what=f"stopping run {run_id}")
-        mlflow_runs += [r for r in started_runs(workspace, wall) if r not in mlflow_runs]
+        mlflow_runs += [r for r in _opened(settings.tracking_uri, workspace, wall) if r not in mlflow_runs]
         _close_runs(settings.tracking_uri, mlflow_runs, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     summary = {k: v for k, v in outcome.final.items() if k not in ("event", "time")}
     return RunResult(summary, time.monotonic() - started, mlflow_runs[0] if mlflow_runs else None, outcome.run_dir)
+
+
+def _opened(tracking_uri: str, workspace: Path, since: float) -> list[str]:
+    """The MLflow runs this workspace's coordinators opened since ``since``: those their events
+    named, and those the tracking store holds for the Flower runs `flwr run` started."""
+    from lab.registry.runs import runs_of
+
+    named, flower_runs = started_runs(workspace, since)
+    if tracking_uri:
+        with contextlib.suppress(Exception):  # a tracking server this host cannot reach
+            named += [r for r in runs_of(tracking_uri, flower_runs) if r not in named]
+    return named
 
 
 def _close_runs(tracking_uri: str, run_ids: list[str], status: str) -> None:

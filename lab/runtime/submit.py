@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -131,15 +132,24 @@ def follow_events(
     raise RunFailedError(f"the run did not finish within {timeout:.0f} s; see {str(path)!r}")
 
 
-def started_runs(workspace: Path, since: float) -> list[str]:
-    """MLflow runs the coordinators of this workspace's runs opened since ``since`` (wall clock),
-    as their streamed output says (for closing runs a stopped coordinator left open)."""
-    found: list[str] = []
+def started_runs(workspace: Path, since: float) -> tuple[list[str], list[str]]:
+    """The runs this workspace's coordinators started since ``since`` (wall clock), as each run's
+    output says, for closing what a stopped coordinator left open: the MLflow runs whose ``started``
+    event arrived, and every Flower run id `flwr run` reported (at once, while the events come
+    through Flower's log stream, which can lag)."""
+    mlflow_ids: list[str] = []
+    flower_ids: list[str] = []
     for output in sorted(workspace.glob(f"runs/*/{OUTPUT}")):
         if output.stat().st_mtime < since:
             continue
         for line in output.read_text(encoding="utf-8", errors="replace").splitlines():
+            if found := _STARTED.search(line):
+                flower_ids.append(found.group(1))
             event = events.parse(line)
             if event is not None and event["event"] == "started" and event.get("mlflow_run_id"):
-                found.append(str(event["mlflow_run_id"]))
-    return found
+                mlflow_ids.append(str(event["mlflow_run_id"]))
+    return mlflow_ids, flower_ids
+
+
+#: What `flwr run` prints once the SuperLink has accepted a run.
+_STARTED = re.compile(r"Successfully started run (\d+)")
