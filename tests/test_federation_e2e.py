@@ -256,6 +256,9 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
         env=private_environ(LAB_WORKSPACE=str(workspace)),
+        # As a terminal's foreground command: a suite started in the background (`make test &`)
+        # ignores SIGINT, and an ignored signal stays ignored in the processes it starts.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not _running_in(workspace):
