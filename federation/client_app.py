@@ -41,7 +41,7 @@ from lab.contract.messages import (
     TrainReply,
 )
 from lab.core.environment import Environment
-from lab.core.intervals import AUC_MIN_CLASS_ROWS
+from lab.core.metrics import AUC_MIN_CLASS_ROWS
 from lab.core.model import Predictor
 from lab.core.preprocess import Scaler
 from lab.core.privacy import DPPlan

@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from lab.core.analytics import DEFAULT_MIN_COUNT, StatsRequest
+from lab.core.analytics import DEFAULT_MIN_COUNT, StatsRequest, bin_labels
 from lab.core.spec import TaskSpec, load_spec
 from lab.errors import UsageError
 from lab.registry.rerun import Evaluation, evaluate_table, load_model
@@ -129,14 +129,8 @@ class StatsResult:
         figures = self.raw["stats"]["columns"].get(column)
         if figures is None or "histogram" not in figures:
             raise UsageError(f"no histogram of column {column!r} in this result; ask stats() for it")
-        edges = figures["bins"]
-        if figures["kind"] == "numeric":
-            labels = [f"< {edges[0]:g}"] + [f"{a:g} to {b:g}" for a, b in zip(edges, edges[1:], strict=False)]
-            labels.append(f">= {edges[-1]:g}")
-        else:
-            labels = [str(level) for level in edges]
         return pd.DataFrame(
-            {"bin": labels, "rows": figures["histogram"], "incomplete": figures["histogram_incomplete"]}
+            {"bin": bin_labels(figures), "rows": figures["histogram"], "incomplete": figures["histogram_incomplete"]}
         ).set_index("bin")
 
 

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
-from lab.cli.options import PasswordFile, TrackingUri, Workspace, read_password
+from lab.cli.options import PasswordFile, TrackingCa, TrackingUri, TrackingUser, Workspace, read_password
 from lab.core.sources import source_label
 from lab.errors import AgreementError, UsageError
 from lab.node.agreement import load_agreement, template
@@ -92,9 +92,9 @@ def node_audit(
     node: Annotated[str | None, typer.Option(help="The node's name in that run (default: the log's folder).")] = None,
     workspace: Workspace = Path(WORKSPACE.default),
     tracking_uri: TrackingUri = "",
-    user: Annotated[str, typer.Option(help="Your account on a coordinator's tracking server.")] = "",
+    user: TrackingUser = "",
     password_file: PasswordFile = None,
-    ca: Annotated[Path | None, typer.Option(help="The federation's CA certificate, to check the server's.")] = None,
+    ca: TrackingCa = None,
 ) -> None:
     """Print a node's audit log, or verify that no entry was edited, removed or reordered, and
     (--against RUN_ID) that none was cut off its end or rolled back since that run."""

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
-from lab.cli.options import PasswordFile, TrackingUri, Workspace, fmt, read_password
+from lab.cli.options import PasswordFile, TrackingCa, TrackingUri, Workspace, fmt, read_password
 from lab.core.sources import source_label
 from lab.errors import UsageError
 from lab.runtime.environ import WORKSPACE, lock_path, tracking_uri_for
@@ -36,7 +36,7 @@ def model_pull(
     out: Annotated[Path, typer.Option(help="Folder to write the model to (lab predict --model FOLDER).")],
     user: Annotated[str, typer.Option(help="Your tracking account (the coordinator made it when admitting you).")] = "",
     password_file: PasswordFile = None,
-    ca: Annotated[Path | None, typer.Option(help="The federation's CA certificate, to check the server's.")] = None,
+    ca: TrackingCa = None,
 ) -> None:
     """Fetch a registered model with its lock and fingerprints, to predict and evaluate offline."""
     from lab.registry.rerun import pull_model

@@ -16,6 +16,8 @@ __all__ = [
     "AgreementOption",
     "NodeOption",
     "PasswordFile",
+    "TrackingCa",
+    "TrackingUser",
     "SpecOption",
     "TrackingUri",
     "Workspace",
@@ -74,6 +76,8 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 PasswordFile = Annotated[Path | None, typer.Option(help="A file holding the account's password.")]
+TrackingUser = Annotated[str, typer.Option(help="Your account on a coordinator's tracking server.")]
+TrackingCa = Annotated[Path | None, typer.Option(help="The federation's CA certificate, to check the server's.")]
 
 
 def read_password(password_file: Path | None) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from lab.cli.options import PasswordFile, TrackingUri, Workspace, read_password
+from lab.cli.options import PasswordFile, TrackingCa, TrackingUri, TrackingUser, Workspace, read_password
 from lab.errors import LabError
 from lab.runtime.environ import WORKSPACE, tracking_uri_for
 
@@ -25,9 +25,9 @@ def report(
     log: Annotated[bool, typer.Option(help="Also log the page to the run, as its artifact report/report.html.")] = True,
     workspace: Workspace = Path(WORKSPACE.default),
     tracking_uri: TrackingUri = "",
-    user: Annotated[str, typer.Option(help="Your account on a coordinator's tracking server.")] = "",
+    user: TrackingUser = "",
     password_file: PasswordFile = None,
-    ca: Annotated[Path | None, typer.Option(help="The federation's CA certificate, to check the server's.")] = None,
+    ca: TrackingCa = None,
 ) -> None:
     """Write a training run's report: the per-organisation table with intervals, the round curves,
     the contributions, privacy spent per node, the fingerprints and the agreement clauses that applied."""

@@ -8,6 +8,7 @@ from typing import Any
 from rich.table import Table as RichTable
 
 from lab.cli.options import fmt
+from lab.core.analytics import bin_labels
 from lab.errors import UsageError
 
 __all__ = ["parse_bins", "parse_levels", "stats_tables"]
@@ -79,12 +80,7 @@ def stats_tables(result: dict[str, Any]) -> list[RichTable]:
     for column, figures in stats["columns"].items():
         if "histogram" not in figures:
             continue
-        edges = figures["bins"]
-        if figures["kind"] == "numeric":
-            labels = [f"< {edges[0]:g}"] + [f"{a:g} to {b:g}" for a, b in zip(edges, edges[1:], strict=False)]
-            labels.append(f">= {edges[-1]:g}")
-        else:
-            labels = [str(level) for level in edges]
+        labels = bin_labels(figures)
         table = RichTable(title=f"{column}: {'histogram' if figures['kind'] == 'numeric' else 'levels'}, all nodes")
         table.add_column("bin" if figures["kind"] == "numeric" else "level")
         table.add_column("rows", justify="right")

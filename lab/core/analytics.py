@@ -28,6 +28,7 @@ from lab.core.spec import TaskSpec
 from lab.errors import QueryError
 
 __all__ = [
+    "bin_labels",
     "DEFAULT_MIN_COUNT",
     "StatsRequest",
     "default_edges",
@@ -274,6 +275,15 @@ def _nan(value: Any) -> bool:
 
 def _label_or_none(value: Any) -> str | None:
     return None if value is None or _nan(value) else _label(value)
+
+
+def bin_labels(figures: dict[str, Any]) -> list[str]:
+    """The labels of a pooled column's histogram bins (``< a``, ``a to b``, ``>= z``) or levels."""
+    edges = figures["bins"]
+    if figures["kind"] != "numeric":
+        return [str(level) for level in edges]
+    inner = [f"{a:g} to {b:g}" for a, b in zip(edges, edges[1:], strict=False)]
+    return [f"< {edges[0]:g}", *inner, f">= {edges[-1]:g}"]
 
 
 def default_edges(moments: dict[str, dict[str, float]], bins: int = DEFAULT_BINS) -> dict[str, list[float]]:

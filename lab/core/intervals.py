@@ -11,14 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from scipy.stats import binomtest
+from lab.core.metrics import AUC_MIN_CLASS_ROWS
 
 __all__ = ["AUC_MIN_CLASS_ROWS", "LEVEL", "Interval", "compare", "pooled_accuracy", "wilson"]
 
 #: The confidence level of every interval the lab shows.
 LEVEL = 0.95
-#: An AUC is marked unreliable where a class has fewer test rows than this.
-AUC_MIN_CLASS_ROWS = 5
 
 Interval = tuple[float, float]
 
@@ -27,6 +25,8 @@ def wilson(accuracy: float | None, rows: int) -> Interval | None:
     """The 95% Wilson interval of an accuracy measured on ``rows`` rows (None without a score)."""
     if accuracy is None or not math.isfinite(accuracy) or rows <= 0:
         return None
+    from scipy.stats import binomtest  # SciPy's statistics take a second to import: only when asked
+
     correct = min(rows, max(0, round(accuracy * rows)))
     found = binomtest(correct, rows).proportion_ci(confidence_level=LEVEL, method="wilson")
     return float(found.low), float(found.high)

@@ -6,7 +6,10 @@ import numpy as np
 
 from lab.core.spec import TaskSpec
 
-__all__ = ["compute_metrics", "predictions"]
+__all__ = ["AUC_MIN_CLASS_ROWS", "compute_metrics", "predictions"]
+
+#: An AUC is marked unreliable where a class has fewer test rows than this.
+AUC_MIN_CLASS_ROWS = 5
 
 
 def predictions(scores: np.ndarray, spec: TaskSpec) -> np.ndarray:
