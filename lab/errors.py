@@ -18,6 +18,7 @@ with status 2 instead of showing a traceback. Anything else is a bug, kept with 
     ├── MessageError           a message between coordinator and node lacks a record or value
     ├── RuntimeStartError      a SuperLink or SuperNode did not start
     ├── RunFailedError         a federated run ended without its result
+    │   ├── CoordinatorLostError the coordinator (its ServerApp or SuperLink) stopped before the run's end
     │   └── UnmaskedUpdateError  a node's update reached the coordinator unmasked under SecAgg+
     └── ModelError             a registered model cannot be found, loaded or applied
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 __all__ = [
     "AgreementError",
     "ConfigError",
+    "CoordinatorLostError",
     "DataError",
     "EnvironmentDriftError",
     "LabError",
@@ -110,6 +112,10 @@ class RuntimeStartError(LabError):
 
 class RunFailedError(LabError):
     """A federated run ended without producing its result."""
+
+
+class CoordinatorLostError(RunFailedError):
+    """The coordinator (its ServerApp or its SuperLink) stopped before the run reported its end."""
 
 
 class UnmaskedUpdateError(RunFailedError):

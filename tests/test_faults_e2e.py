@@ -1,5 +1,6 @@
 """Faults on the real runtime: a node that dies in the middle of a round, and a coordinator that
-dies in the middle of a run and is resumed from its last checkpoint."""
+dies in the middle of a run (its ServerApp, or its SuperLink) and is resumed from its last
+checkpoint."""
 
 from __future__ import annotations
 
@@ -102,26 +103,32 @@ def _checkpointed(federation: LocalFederation, run_id: str) -> int:
     return int(tags.get(ROUND_TAG, 0))
 
 
-def _killed_after_round(federation: LocalFederation, settings: Any, server_round: int) -> tuple[str, dict[str, Any]]:
-    """Start a run, SIGKILL its ServerApp once round ``server_round`` is checkpointed; its MLflow run id."""
-    thread, outcome = _in_background(federation, settings)
+def _checkpointed_run(federation: LocalFederation, server_round: int) -> str:
+    """Wait until the running run has checkpointed round ``server_round``; its MLflow run id."""
+    client = MlflowClient(tracking_uri=_uri(federation))
     found: list[str] = []
 
     def checkpointed() -> bool:
         if not found:
-            runs = MlflowClient(tracking_uri=_uri(federation)).search_runs(
-                [e.experiment_id for e in MlflowClient(tracking_uri=_uri(federation)).search_experiments()],
-                filter_string="attributes.status = 'RUNNING'",
+            runs = client.search_runs(
+                [e.experiment_id for e in client.search_experiments()], filter_string="attributes.status = 'RUNNING'"
             )
             found.extend(r.info.run_id for r in runs)
         return bool(found) and _checkpointed(federation, found[0]) >= server_round
 
     _when(checkpointed, f"round {server_round}'s checkpoint")
+    return found[0]
+
+
+def _killed_after_round(federation: LocalFederation, settings: Any, server_round: int) -> tuple[str, dict[str, Any]]:
+    """Start a run, SIGKILL its ServerApp once round ``server_round`` is checkpointed; its MLflow run id."""
+    thread, outcome = _in_background(federation, settings)
+    run_id = _checkpointed_run(federation, server_round)
     _serverapp(federation).kill()
-    flower_run = MlflowClient(tracking_uri=_uri(federation)).get_run(found[0]).data.tags["flwr.run_id"]
+    flower_run = MlflowClient(tracking_uri=_uri(federation)).get_run(run_id).data.tags["flwr.run_id"]
     federation.connection.flwr_json(["stop", flower_run], federation.workspace / "flwr-home", what="stopping")
     thread.join(timeout=60)
-    return found[0], outcome
+    return run_id, outcome
 
 
 def _resume(federation: LocalFederation, run_id: str) -> Any:
@@ -231,3 +238,33 @@ def test_a_node_killed_mid_round_is_left_out_of_that_round_and_takes_part_again(
     assert {(r["round"], r["node"]) for r in refusals} == {(2, "cleveland"), (3, "hungary")}
     assert "dropped" in next(r["reason"] for r in refusals if r["node"] == "cleveland")
     assert "worker stopped while answering" in next(r["reason"] for r in refusals if r["node"] == "hungary")
+
+
+def test_a_run_whose_superlink_was_killed_resumes_once_the_coordinator_is_back(federation: LocalFederation) -> None:
+    values = {"num-rounds": 3, "baseline-epochs": 2, "local-steps": 50, "seed": 5}
+    thread, outcome = _in_background(federation, _settings(federation, **values))
+    run_id = _checkpointed_run(federation, 1)
+    assert federation.coordinator.process is not None
+    superlink = psutil.Process(federation.coordinator.process.popen.pid)
+    started = superlink.children(recursive=True)  # its SuperExec and the run's ServerApp
+    assert any("flwr-serverapp" in " ".join(p.cmdline()) for p in started), started
+    superlink.kill()
+    thread.join(timeout=120)
+    assert "error" in outcome, outcome
+    assert f"continue it with `lab run --resume {run_id}`" in outcome["error"]  # the run says how to go on
+    client = MlflowClient(tracking_uri=_uri(federation))
+    assert client.get_run(run_id).info.status == "FAILED"
+
+    # The ServerApp and SuperExec outlive their SuperLink (Flower detaches them): stopping the
+    # coordinator stops them too, and it starts again on its own state (nodes and runs kept).
+    federation.coordinator.stop()
+    assert [p.pid for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+    federation.coordinator.start()
+
+    resumed = _resume(federation, run_id)  # the nodes reconnected by themselves
+    assert resumed.mlflow_run_id == run_id
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags[ROUND_TAG] == "3"
+    for name in NAMES:
+        assert sorted({m.step for m in client.get_metric_history(run_id, f"node.{name}.train_loss")}) == [1, 2, 3]
+    assert len(client.search_model_versions(f"name = '{SPEC.name}' and run_id = '{run_id}'")) == 1

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,7 @@ class LoggedProcess:
     popen: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes]
+    tag: str = ""  # in LAB_PROCESS_TAGS of its environment and of everything it starts
     started: float = field(default_factory=time.monotonic)  # monotonic clock, when it was started
 
     def tail(self, lines: int = 15) -> str:
@@ -118,37 +120,58 @@ class LoggedProcess:
         )
 
 
+#: The environment variable naming, comma-separated, the lab's started processes a process descends
+#: from: a process orphaned when its parent died (Flower detaches flower-superexec, and a ServerApp
+#: outlives a killed SuperLink) is still found, and stopped, with the process that started it.
+TAGS_ENV = "LAB_PROCESS_TAGS"
+
+
 def start_logged(name: str, argv: list[str], *, env: dict[str, str], log_path: Path, cwd: Path) -> LoggedProcess:
     """Start ``argv`` in its own session, its output appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = log_path.open("ab")
     logger.info("starting %s: %s", name, " ".join(argv))
+    tag = uuid.uuid4().hex
+    inherited = env.get(TAGS_ENV, "")
     popen = subprocess.Popen(
         argv,
         stdout=log_file,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        env=env,
+        env={**env, TAGS_ENV: f"{inherited},{tag}" if inherited else tag},
         cwd=cwd,
         start_new_session=True,
     )
-    return LoggedProcess(name, popen, log_path, log_file)
+    return LoggedProcess(name, popen, log_path, log_file, tag)
+
+
+def _descendants(proc: LoggedProcess) -> list[psutil.Process]:
+    """The process and everything it started, its orphans included (found by its tag)."""
+    found: dict[int, psutil.Process] = {}
+    with contextlib.suppress(psutil.NoSuchProcess):
+        parent = psutil.Process(proc.popen.pid)
+        found = {p.pid: p for p in (parent, *parent.children(recursive=True))}
+    if proc.tag:
+        for other in psutil.process_iter():
+            if other.pid in found:
+                continue
+            with contextlib.suppress(psutil.Error):
+                if proc.tag in other.environ().get(TAGS_ENV, "").split(","):
+                    found[other.pid] = other
+    return list(found.values())
 
 
 def stop_trees(processes: Iterable[LoggedProcess], *, grace: float = 15.0) -> None:
     """Stop every process and everything it started.
 
     Flower detaches flower-superexec into its own session, so process groups are not enough: the
-    whole tree is collected first, by PID, then terminated, then killed after ``grace`` seconds.
+    whole tree, and any orphan of it (by its tag), is collected first, by PID, then terminated,
+    then killed after ``grace`` seconds.
     """
     processes = list(processes)
     tree: list[psutil.Process] = []
     for proc in processes:
-        try:
-            parent = psutil.Process(proc.popen.pid)
-            tree += [parent, *parent.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
+        tree += _descendants(proc)
     for member in reversed(tree):
         with contextlib.suppress(psutil.NoSuchProcess):
             member.terminate()

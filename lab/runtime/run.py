@@ -15,7 +15,7 @@ from typing import Any
 from lab.contract.settings import RunSettings
 from lab.core.sources import source_exists
 from lab.core.spec import TaskSpec
-from lab.errors import DataError, LabError
+from lab.errors import CoordinatorLostError, DataError, LabError
 from lab.runtime.app import code_version
 from lab.runtime.connection import Connection
 from lab.runtime.environ import lock_path, project_root
@@ -122,6 +122,8 @@ def run_on(
             flower_runs.extend([str(event["flwr_run_id"])] if event.get("flwr_run_id") else [])
         on_event(event)
 
+    if settings.resume_run:
+        _stop_earlier_attempts(connection, settings, workspace)
     try:
         outcome = submit_run(
             connection, settings, app_dir=project_root(), run_dir=new_run_dir(workspace), on_event=follow
@@ -133,9 +135,39 @@ def run_on(
                 connection.flwr_json(["stop", run_id], workspace / "flwr-home", what=f"stopping run {run_id}")
         mlflow_runs += [r for r in _opened(settings.tracking_uri, workspace, wall) if r not in mlflow_runs]
         _close_runs(settings.tracking_uri, mlflow_runs, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        if isinstance(exc, CoordinatorLostError) and (hint := _resume_hint(settings.tracking_uri, mlflow_runs)):
+            first, _, rest = str(exc).partition("\n")  # the hint before the tail of Flower's output
+            raise CoordinatorLostError(f"{first}\n{hint}\n{rest}".rstrip()) from exc
         raise
     summary = {k: v for k, v in outcome.final.items() if k not in ("event", "time")}
     return RunResult(summary, time.monotonic() - started, mlflow_runs[0] if mlflow_runs else None, outcome.run_dir)
+
+
+def _stop_earlier_attempts(connection: Connection, settings: RunSettings, workspace: Path) -> None:
+    """Stop, at the SuperLink, the Flower runs of a resumed run's earlier attempts: a SuperLink
+    killed and started again still lists them as running, and its nodes would go on pulling their
+    last messages before they take the resumed run's."""
+    from lab.registry.checkpoints import resumable
+
+    try:
+        tags = resumable(settings.tracking_uri, settings.resume_run).tags
+    except LabError:
+        return  # the ServerApp says why the run cannot be resumed
+    for key in ("flwr.run_id", "lab.resumed_by.flwr.run_id"):
+        if tags.get(key):
+            with contextlib.suppress(LabError):  # a SuperLink that never knew it, or has ended it
+                connection.flwr_json(["stop", tags[key]], workspace / "flwr-home", what=f"stopping run {tags[key]}")
+
+
+def _resume_hint(tracking_uri: str, mlflow_runs: list[str]) -> str:
+    """How to continue a failed training run from its last checkpoint, if it kept one."""
+    from lab.registry.checkpoints import resumable
+
+    for run_id in mlflow_runs if tracking_uri else []:
+        with contextlib.suppress(Exception):  # no checkpoint, or a tracking server this host cannot reach
+            kept = resumable(tracking_uri, run_id).checkpoint_round
+            return f"run {run_id} kept its model after round {kept}: continue it with `lab run --resume {run_id}`"
+    return ""
 
 
 def _opened(tracking_uri: str, workspace: Path, since: float) -> list[str]:

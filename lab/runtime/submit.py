@@ -15,7 +15,7 @@ import tomli_w
 
 from lab.contract import events
 from lab.contract.settings import RunSettings
-from lab.errors import RunFailedError
+from lab.errors import CoordinatorLostError, RunFailedError
 from lab.runtime.app import stage_app
 from lab.runtime.connection import FEDERATION, Connection
 from lab.runtime.processes import executable, stop_process
@@ -124,7 +124,7 @@ def follow_events(
             exited_at = exited_at or time.monotonic()
             if time.monotonic() - exited_at > 5:  # give the last events time to land
                 tail = "\n".join(path.read_text(errors="replace").splitlines()[-15:])
-                raise RunFailedError(
+                raise CoordinatorLostError(
                     f"`flwr run` ended (status {proc.returncode}) before the run reported "
                     f"its end; its output ends with:\n{tail}"
                 )
