@@ -10,7 +10,7 @@ benchmarks/load.md and benchmarks/load.json:
   their open file descriptors and their resident memory, after the 1st, 10th, 50th and 100th query;
 - the MLflow store consistent: one FINISHED run per run and query, none left RUNNING.
 
-    .venv/bin/python benchmarks/load.py [--nodes 16] [--queries 100] [--rounds 5]
+    .venv/bin/python benchmarks/load.py [--nodes 16] [--queries 100] [--rounds 5] [--out benchmarks/load]
 """
 
 from __future__ import annotations
@@ -51,26 +51,48 @@ TABLES = [
 OUT = Path(__file__).resolve().parent
 
 
-def footprint(federation: LocalFederation) -> dict[str, float]:
-    """Processes of the federation (every process it started, and theirs), open descriptors, RSS."""
-    tree: list[psutil.Process] = []
+#: Which part of the federation a process is, by the process the lab started (its name) and its command.
+ROLES = ("SuperLink", "SuperExec", "ServerApp", "SuperNodes", "workers")
+
+
+def _role(started: str, member: psutil.Process) -> str:
+    if started.startswith("node-"):
+        return "SuperNodes"
+    if started.startswith("worker-"):
+        return "workers"
+    command = " ".join(member.cmdline())
+    return "ServerApp" if "flwr-serverapp" in command else "SuperExec" if "flower-superexec" in command else "SuperLink"
+
+
+def footprint(federation: LocalFederation) -> dict[str, Any]:
+    """Processes of the federation (every process it started, and theirs), open descriptors, RSS
+    (in all, and by part: SuperLink, SuperExec, ServerApp, the SuperNodes, the nodes' workers)."""
+    tree: list[tuple[str, psutil.Process]] = []
     for proc in federation.processes:
         try:
             parent = psutil.Process(proc.popen.pid)
-            tree += [parent, *parent.children(recursive=True)]
+            tree += [(proc.name, member) for member in (parent, *parent.children(recursive=True))]
         except psutil.NoSuchProcess:
             continue
     fds, rss, alive = 0, 0, 0
-    for member in tree:
+    by_role = dict.fromkeys(ROLES, 0)
+    for started, member in tree:
         try:
             if member.status() == psutil.STATUS_ZOMBIE:
                 continue
             fds += member.num_fds()
-            rss += member.memory_info().rss
+            resident = member.memory_info().rss
+            rss += resident
+            by_role[_role(started, member)] += resident
             alive += 1
         except psutil.NoSuchProcess:
             continue
-    return {"processes": alive, "open_fds": fds, "rss_mib": round(rss / 2**20, 1)}
+    return {
+        "processes": alive,
+        "open_fds": fds,
+        "rss_mib": round(rss / 2**20, 1),
+        "rss_mib_by_part": {role: round(value / 2**20, 1) for role, value in by_role.items()},
+    }
 
 
 def main() -> None:
@@ -78,6 +100,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=16)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=OUT / "load", help="write OUT.md and OUT.json")
     args = parser.parse_args()
     spec = load_spec(DATA / "task.toml")
     nodes = [NodeSpec(f"site{i + 1:02d}", TABLES[i % len(TABLES)]) for i in range(args.nodes)]
@@ -139,16 +162,20 @@ def main() -> None:
                 "by_status": {s: sum(r.info.status == s for r in runs) for s in sorted({r.info.status for r in runs})},
             },
         }
-    (OUT / "load.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     rows = "\n".join(
-        f"| {i} | {s['processes']} | {s['open_fds']} | {s['rss_mib']} |" for i, s in sorted(samples.items())
+        f"| {i} | {s['processes']} | {s['open_fds']} | {s['rss_mib']} | "
+        + " | ".join(str(s["rss_mib_by_part"][role]) for role in ROLES)
+        + " |"
+        for i, s in sorted(samples.items())
     )
-    (OUT / "load.md").write_text(
+    args.out.with_suffix(".md").write_text(
         f"""# A standing federation under load
 
-`.venv/bin/python benchmarks/load.py` on {report["machine"]["cpus"]} CPUs: {args.nodes} SuperNodes on loopback
-(warm runtime), one {args.rounds}-round training run ({training["seconds"]} s, {training["nodes_in_final_table"]}
-nodes in the final table), then {args.queries} consecutive federated-statistics queries against the same federation.
+`.venv/bin/python benchmarks/load.py{_options(args)}` on {report["machine"]["cpus"]} CPUs:
+{args.nodes} SuperNodes on loopback (warm runtime), one {args.rounds}-round training run
+({training["seconds"]} s, {training["nodes_in_final_table"]} nodes in the final table), then {args.queries}
+consecutive federated-statistics queries against the same federation.
 
 - Query wall time: median {report["query_seconds"]["median"]} s, first {report["query_seconds"]["first"]} s,
   last {report["query_seconds"]["last"]} s, slowest {report["query_seconds"]["max"]} s.
@@ -157,17 +184,32 @@ nodes in the final table), then {args.queries} consecutive federated-statistics 
 - MLflow: {report["mlflow"]["runs"]} runs for {report["mlflow"]["expected"]} runs and queries, by status
   {report["mlflow"]["by_status"]}.
 
-| after query | processes | open file descriptors | resident memory (MiB) |
-| ---: | ---: | ---: | ---: |
+| after query | processes | open file descriptors | resident memory (MiB) | {" | ".join(ROLES)} |
+| ---: | ---: | ---: | ---: |{" ---: |" * len(ROLES)}
 {rows}
 
 Processes, descriptors and memory are summed over everything the federation started (the
-coordinator's SuperLink, SuperExec and ServerApps, each SuperNode and its worker); 0 is the
-standing federation after the training run, before the first query.
+coordinator's SuperLink, SuperExec and ServerApps, each SuperNode and its worker), and then by
+part (MiB); 0 is the standing federation after the training run, before the first query.
 """,
         encoding="utf-8",
     )
-    print((OUT / "load.md").read_text(encoding="utf-8"))
+    print(args.out.with_suffix(".md").read_text(encoding="utf-8"))
+
+
+def _options(args: argparse.Namespace) -> str:
+    """The options the benchmark ran with, as typed, where they differ from the defaults."""
+    given = [("--nodes", args.nodes, 16), ("--queries", args.queries, 100), ("--rounds", args.rounds, 5)]
+    out = [] if args.out == OUT / "load" else [f" --out {_relative(args.out)}"]
+    return "".join(f" {flag} {value}" for flag, value, default in given if value != default) + "".join(out)
+
+
+def _relative(path: Path) -> str:
+    """``path`` from the checkout's root where it lies inside it (no machine's folders in results)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 if __name__ == "__main__":
