@@ -148,11 +148,13 @@ def _stop_earlier_attempts(connection: Connection, settings: RunSettings, worksp
     killed and started again still lists them as running, and its nodes would go on pulling their
     last messages before they take the resumed run's."""
     from lab.registry.checkpoints import resumable
+    from lab.registry.tracking import patience
 
     try:
-        tags = resumable(settings.tracking_uri, settings.resume_run).tags
-    except LabError:
-        return  # the ServerApp says why the run cannot be resumed
+        with patience(3):
+            tags = resumable(settings.tracking_uri, settings.resume_run).tags
+    except Exception:  # noqa: BLE001
+        return  # it cannot be read from here: the ServerApp will say why the run cannot be resumed
     for key in ("flwr.run_id", "lab.resumed_by.flwr.run_id"):
         if tags.get(key):
             with contextlib.suppress(LabError):  # a SuperLink that never knew it, or has ended it
@@ -162,9 +164,10 @@ def _stop_earlier_attempts(connection: Connection, settings: RunSettings, worksp
 def _resume_hint(tracking_uri: str, mlflow_runs: list[str]) -> str:
     """How to continue a failed training run from its last checkpoint, if it kept one."""
     from lab.registry.checkpoints import resumable
+    from lab.registry.tracking import patience
 
     for run_id in mlflow_runs if tracking_uri else []:
-        with contextlib.suppress(Exception):  # no checkpoint, or a tracking server this host cannot reach
+        with contextlib.suppress(Exception), patience(3):  # no checkpoint, or a tracking server that is down
             kept = resumable(tracking_uri, run_id).checkpoint_round
             return f"run {run_id} kept its model after round {kept}: continue it with `lab run --resume {run_id}`"
     return ""
@@ -174,10 +177,12 @@ def _opened(tracking_uri: str, workspace: Path, since: float) -> list[str]:
     """The MLflow runs this workspace's coordinators opened since ``since``: those their events
     named, and those the tracking store holds for the Flower runs `flwr run` started."""
     from lab.registry.runs import runs_of
+    from lab.registry.tracking import patience
 
     named, flower_runs = started_runs(workspace, since)
     if tracking_uri:
-        with contextlib.suppress(Exception):  # a tracking server this host cannot reach
+        # A tracking server that is down is not waited for here (MLflow's own retries take minutes).
+        with contextlib.suppress(Exception), patience(3):
             named += [r for r in runs_of(tracking_uri, flower_runs) if r not in named]
     return named
 
