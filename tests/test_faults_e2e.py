@@ -45,6 +45,16 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFedera
     assert leftover_processes(workspace) == []
 
 
+@pytest.fixture
+def own_federation(tmp_path: Path) -> Iterator[LocalFederation]:
+    """A federation of its own: a test that kills the SuperLink must not meet nodes that earlier
+    faults left answering a stopped run's message late (the README's "When things break")."""
+    nodes = [NodeSpec(name, SILOS[name]) for name in NAMES]
+    with LocalFederation(tmp_path / "workspace", nodes, secure=True) as running:
+        yield running
+    assert leftover_processes(tmp_path / "workspace") == []
+
+
 def _uri(federation: LocalFederation) -> str:
     return f"sqlite:///{federation.workspace / 'mlflow.db'}"
 
@@ -250,7 +260,10 @@ def test_a_node_killed_mid_round_is_left_out_of_that_round_and_takes_part_again(
     assert "worker stopped while answering" in next(r["reason"] for r in refusals if r["node"] == "hungary")
 
 
-def test_a_run_whose_superlink_was_killed_resumes_once_the_coordinator_is_back(federation: LocalFederation) -> None:
+def test_a_run_whose_superlink_was_killed_resumes_once_the_coordinator_is_back(
+    own_federation: LocalFederation,
+) -> None:
+    federation = own_federation
     values = {"num-rounds": 3, "baseline-epochs": 2, "local-steps": 50, "seed": 5}
     since = time.time()
     thread, outcome = _in_background(federation, _settings(federation, **values))

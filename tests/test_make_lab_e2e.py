@@ -76,6 +76,20 @@ def _api(url: str, path: str, token: str, method: str = "GET") -> dict[str, obje
     raise AssertionError(f"{url}{path} refused every connection")
 
 
+def _wait_ready(kernel: psutil.Process) -> None:
+    """Wait until the kernel answers a kernel_info request on its own connection file."""
+    from jupyter_client import BlockingKernelClient
+
+    connection = next(arg for arg in kernel.cmdline() if arg.endswith(".json"))
+    client = BlockingKernelClient(connection_file=connection)
+    client.load_connection_file()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=120)
+    finally:
+        client.stop_channels()
+
+
 def _running(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -109,6 +123,7 @@ def test_make_lab_serves_the_notebooks_with_this_environment_and_stops_on_one_ct
             kernels = [p for p in server.children(recursive=True) if str(kernel_id) in " ".join(p.cmdline())]
             time.sleep(0.2)
         assert kernels, f"kernel {kernel_id} did not start"
+        _wait_ready(kernels[0])  # a kernel stopped while it still imports prints KeyboardInterrupt's traceback
         seen = kernels[0].environ()
         assert seen["LAB_WORKSPACE"] == str(workspace.resolve())
         assert seen["MLFLOW_TRACKING_URI"] == f"sqlite:///{workspace.resolve()}/mlflow.db"
