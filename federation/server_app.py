@@ -22,7 +22,7 @@ from lab.core.spec import TaskSpec, parse_spec
 from lab.errors import LabError, RunFailedError
 from lab.queries import kind_named
 from lab.registry.checkpoints import resumable
-from lab.registry.runs import close_orphans, coordinator_tags
+from lab.registry.runs import FLOWER_RUN, RESUMED_BY, close_orphans, coordinator_tags
 from lab.registry.tracking import Tracker, patience, unreachable
 from lab.runtime.environ import ROSTER
 from lab.runtime.roster import names_by_id
@@ -48,14 +48,14 @@ def main(grid: Grid, context: Context) -> None:
     tracker = Tracker(settings.tracking_uri, settings.experiment or spec.name)
     fab_hash = grid.run.fab_hash  # the app's code, as the SuperLink received it
     tags = {
-        "flwr.run_id": str(context.run_id),
+        FLOWER_RUN: str(context.run_id),
         "lab.spec": spec.name,
         "lab.spec_sha256": spec.sha256,
         "lab.code.fab_hash": fab_hash,
         "lab.code.version": settings.code_version or "unknown",
     }
     if settings.resume_run:
-        tags = {"lab.resumed_by.flwr.run_id": str(context.run_id), "lab.code.fab_hash": fab_hash}
+        tags = {RESUMED_BY: str(context.run_id), "lab.code.fab_hash": fab_hash}
     kept: dict[str, str] = {}
     try:
         with patience(settings.tracking_timeout):

@@ -99,8 +99,8 @@ def _serverapp(federation: LocalFederation) -> psutil.Process:
     assert federation.coordinator.process is not None
     found = []
     for process in psutil.Process(federation.coordinator.process.popen.pid).children(recursive=True):
-        try:  # earlier runs' ServerApps may linger as zombies until reaped
-            if process.status() != psutil.STATUS_ZOMBIE and "flwr-serverapp" in " ".join(process.cmdline()):
+        try:
+            if _alive(process) and "flwr-serverapp" in " ".join(process.cmdline()):
                 found.append(process)
         except psutil.Error:
             continue

@@ -18,15 +18,30 @@ from dataclasses import dataclass
 import psutil
 
 from lab.registry.checkpoints import ROUND_TAG
-from lab.registry.tracking import tracking_errors
+from lab.registry.tracking import patience, tracking_errors
 
-__all__ = ["KILLED_REASON", "RunRow", "close_orphans", "coordinator_gone", "coordinator_tags", "list_runs"]
+__all__ = [
+    "FLOWER_RUN",
+    "FLOWER_RUN_TAGS",
+    "KILLED_REASON",
+    "RESUMED_BY",
+    "RunRow",
+    "close_orphans",
+    "coordinator_gone",
+    "coordinator_tags",
+    "list_runs",
+    "run_tags",
+    "runs_of",
+]
 
 logger = logging.getLogger(__name__)
 
 HOST, PID, STARTED = "lab.coordinator.host", "lab.coordinator.pid", "lab.coordinator.started"
 #: The tag saying why a run was marked KILLED.
 KILLED_REASON = "lab.killed_reason"
+#: The tags naming the Flower run that opened an MLflow run, and the one that last resumed it.
+FLOWER_RUN, RESUMED_BY = "flwr.run_id", "lab.resumed_by.flwr.run_id"
+FLOWER_RUN_TAGS = (FLOWER_RUN, RESUMED_BY)
 
 
 def coordinator_tags() -> dict[str, str]:
@@ -130,7 +145,19 @@ def runs_of(tracking_uri: str, flower_run_ids: list[str]) -> list[str]:
     with tracking_errors(f"cannot read the runs of {tracking_uri!r}", "check the tracking URI"):
         experiments = [e.experiment_id for e in client.search_experiments()]
         for flower_id in flower_run_ids:
-            for tag in ("flwr.run_id", "lab.resumed_by.flwr.run_id"):
+            for tag in FLOWER_RUN_TAGS:
                 runs = client.search_runs(experiments, filter_string=f"tags.`{tag}` = '{int(flower_id)}'")
                 found += [r.info.run_id for r in runs if r.info.run_id not in found]
     return found
+
+
+def run_tags(tracking_uri: str, run_id: str) -> dict[str, str]:
+    """Run ``run_id``'s tags; none where the store cannot be read within about 3 s (a tracking
+    server that is down is not waited for: MLflow's own retries take minutes)."""
+    from mlflow import MlflowClient
+
+    try:
+        with patience(3):
+            return dict(MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.tags)
+    except Exception:  # noqa: BLE001
+        return {}

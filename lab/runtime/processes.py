@@ -145,18 +145,19 @@ def start_logged(name: str, argv: list[str], *, env: dict[str, str], log_path: P
     return LoggedProcess(name, popen, log_path, log_file, tag)
 
 
-def _descendants(proc: LoggedProcess) -> list[psutil.Process]:
-    """The process and everything it started, its orphans included (found by its tag)."""
+def _trees(processes: list[LoggedProcess]) -> list[psutil.Process]:
+    """The processes and everything they started, their orphans included (found by their tags,
+    in one pass over the host's processes)."""
     found: dict[int, psutil.Process] = {}
-    with contextlib.suppress(psutil.NoSuchProcess):
-        parent = psutil.Process(proc.popen.pid)
-        found = {p.pid: p for p in (parent, *parent.children(recursive=True))}
-    if proc.tag:
-        for other in psutil.process_iter():
-            if other.pid in found:
-                continue
+    for proc in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            parent = psutil.Process(proc.popen.pid)
+            found.update({p.pid: p for p in (parent, *parent.children(recursive=True))})
+    tags = {proc.tag for proc in processes if proc.tag}
+    for other in psutil.process_iter() if tags else ():
+        if other.pid not in found:
             with contextlib.suppress(psutil.Error):
-                if proc.tag in other.environ().get(TAGS_ENV, "").split(","):
+                if tags.intersection(other.environ().get(TAGS_ENV, "").split(",")):
                     found[other.pid] = other
     return list(found.values())
 
@@ -169,9 +170,7 @@ def stop_trees(processes: Iterable[LoggedProcess], *, grace: float = 15.0) -> No
     then killed after ``grace`` seconds.
     """
     processes = list(processes)
-    tree: list[psutil.Process] = []
-    for proc in processes:
-        tree += _descendants(proc)
+    tree = _trees(processes)
     for member in reversed(tree):
         with contextlib.suppress(psutil.NoSuchProcess):
             member.terminate()

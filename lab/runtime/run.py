@@ -123,16 +123,19 @@ def run_on(
         on_event(event)
 
     if settings.resume_run:
-        _stop_earlier_attempts(connection, settings, workspace)
+        # A SuperLink killed and started again still lists the earlier attempts' Flower runs as
+        # running, and its nodes would go on pulling their last messages before the resumed run's.
+        from lab.registry.runs import FLOWER_RUN_TAGS, run_tags
+
+        tags = run_tags(settings.tracking_uri, settings.resume_run)
+        _stop_flower_runs(connection, [tags[key] for key in FLOWER_RUN_TAGS if tags.get(key)], workspace)
     try:
         outcome = submit_run(
             connection, settings, app_dir=project_root(), run_dir=new_run_dir(workspace), on_event=follow
         )
     except BaseException as exc:
         # The coordinator may go on, or have been stopped before it could close its MLflow run.
-        for run_id in flower_runs:
-            with contextlib.suppress(LabError):
-                connection.flwr_json(["stop", run_id], workspace / "flwr-home", what=f"stopping run {run_id}")
+        _stop_flower_runs(connection, flower_runs, workspace)
         mlflow_runs += [r for r in _opened(settings.tracking_uri, workspace, wall) if r not in mlflow_runs]
         _close_runs(settings.tracking_uri, mlflow_runs, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         if isinstance(exc, CoordinatorLostError) and (hint := _resume_hint(settings.tracking_uri, mlflow_runs)):
@@ -143,32 +146,20 @@ def run_on(
     return RunResult(summary, time.monotonic() - started, mlflow_runs[0] if mlflow_runs else None, outcome.run_dir)
 
 
-def _stop_earlier_attempts(connection: Connection, settings: RunSettings, workspace: Path) -> None:
-    """Stop, at the SuperLink, the Flower runs of a resumed run's earlier attempts: a SuperLink
-    killed and started again still lists them as running, and its nodes would go on pulling their
-    last messages before they take the resumed run's."""
-    from lab.registry.checkpoints import resumable
-    from lab.registry.tracking import patience
-
-    try:
-        with patience(3):
-            tags = resumable(settings.tracking_uri, settings.resume_run).tags
-    except Exception:  # noqa: BLE001
-        return  # it cannot be read from here: the ServerApp will say why the run cannot be resumed
-    for key in ("flwr.run_id", "lab.resumed_by.flwr.run_id"):
-        if tags.get(key):
-            with contextlib.suppress(LabError):  # a SuperLink that never knew it, or has ended it
-                connection.flwr_json(["stop", tags[key]], workspace / "flwr-home", what=f"stopping run {tags[key]}")
+def _stop_flower_runs(connection: Connection, run_ids: list[str], workspace: Path) -> None:
+    """Stop these Flower runs at the SuperLink, where it still knows them as running."""
+    for run_id in run_ids:
+        with contextlib.suppress(LabError):  # a SuperLink that never knew it, has ended it, or is gone
+            connection.flwr_json(["stop", run_id], workspace / "flwr-home", what=f"stopping run {run_id}")
 
 
 def _resume_hint(tracking_uri: str, mlflow_runs: list[str]) -> str:
     """How to continue a failed training run from its last checkpoint, if it kept one."""
-    from lab.registry.checkpoints import resumable
-    from lab.registry.tracking import patience
+    from lab.registry.checkpoints import ROUND_TAG
+    from lab.registry.runs import run_tags
 
     for run_id in mlflow_runs if tracking_uri else []:
-        with contextlib.suppress(Exception), patience(3):  # no checkpoint, or a tracking server that is down
-            kept = resumable(tracking_uri, run_id).checkpoint_round
+        if kept := run_tags(tracking_uri, run_id).get(ROUND_TAG):
             return f"run {run_id} kept its model after round {kept}: continue it with `lab run --resume {run_id}`"
     return ""
 
