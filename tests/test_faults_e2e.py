@@ -115,15 +115,10 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
-def _checkpointed(federation: LocalFederation, run_id: str) -> int:
-    tags = MlflowClient(tracking_uri=_uri(federation)).get_run(run_id).data.tags
-    return int(tags.get(ROUND_TAG, 0))
-
-
-def _checkpointed_run(federation: LocalFederation, server_round: int, since: float) -> str:
-    """Wait until the run started after ``since`` (time.time()) has checkpointed round
-    ``server_round``; its MLflow run id."""
-    client = MlflowClient(tracking_uri=_uri(federation))
+def checkpointed_run(tracking_uri: str, server_round: int, since: float) -> str:
+    """Wait until the run started after ``since`` (time.time()) in the store at ``tracking_uri``
+    has checkpointed round ``server_round``; its MLflow run id."""
+    client = MlflowClient(tracking_uri=tracking_uri)
     found: list[str] = []
 
     def checkpointed() -> bool:
@@ -133,7 +128,7 @@ def _checkpointed_run(federation: LocalFederation, server_round: int, since: flo
                 filter_string=f"attributes.status = 'RUNNING' and attributes.start_time >= {int(since * 1000)}",
             )
             found.extend(r.info.run_id for r in runs)
-        return bool(found) and _checkpointed(federation, found[0]) >= server_round
+        return bool(found) and int(client.get_run(found[0]).data.tags.get(ROUND_TAG, 0)) >= server_round
 
     _when(checkpointed, f"round {server_round}'s checkpoint")
     return found[0]
@@ -143,7 +138,7 @@ def _killed_after_round(federation: LocalFederation, settings: Any, server_round
     """Start a run, SIGKILL its ServerApp once round ``server_round`` is checkpointed; its MLflow run id."""
     since = time.time()
     thread, outcome = _in_background(federation, settings)
-    run_id = _checkpointed_run(federation, server_round, since)
+    run_id = checkpointed_run(_uri(federation), server_round, since)
     _serverapp(federation).kill()
     flower_run = MlflowClient(tracking_uri=_uri(federation)).get_run(run_id).data.tags["flwr.run_id"]
     federation.connection.flwr_json(["stop", flower_run], federation.workspace / "flwr-home", what="stopping")
@@ -267,7 +262,7 @@ def test_a_run_whose_superlink_was_killed_resumes_once_the_coordinator_is_back(
     values = {"num-rounds": 3, "baseline-epochs": 2, "local-steps": 50, "seed": 5}
     since = time.time()
     thread, outcome = _in_background(federation, _settings(federation, **values))
-    run_id = _checkpointed_run(federation, 1, since)
+    run_id = checkpointed_run(_uri(federation), 1, since)
     assert federation.coordinator.process is not None
     superlink = psutil.Process(federation.coordinator.process.popen.pid)
     serverapp = _serverapp(federation)

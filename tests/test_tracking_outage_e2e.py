@@ -20,7 +20,7 @@ from lab.runtime.local import LocalFederation, NodeSpec
 from lab.runtime.run import run_settings
 
 from .conftest import HEART, SILOS, leftover_processes
-from .test_faults_e2e import _in_background, _when
+from .test_faults_e2e import _in_background, checkpointed_run
 
 pytestmark = pytest.mark.e2e
 
@@ -66,17 +66,10 @@ def test_the_tracking_store_going_away_for_seconds_or_for_good(federation: Local
     try:
         # Away for a few seconds in the middle of the run: MLflow's retries carry the run over.
         settings = _settings(federation, uri, **values)
+        since = time.time()
         thread, outcome = _in_background(federation, settings)
         client = MlflowClient(tracking_uri=uri)
-        running: list[str] = []
-
-        def first_round_kept() -> bool:
-            if not running:
-                experiments = [e.experiment_id for e in client.search_experiments()]
-                running.extend(r.info.run_id for r in client.search_runs(experiments))
-            return bool(running) and int(client.get_run(running[0]).data.tags.get(ROUND_TAG, 0)) >= 1
-
-        _when(first_round_kept, "the first checkpoint")
+        checkpointed_run(uri, 1, since)
         stop_trees([server], grace=0)
         time.sleep(5)
         server = _tracking_server(tmp_path, port)
@@ -91,24 +84,16 @@ def test_the_tracking_store_going_away_for_seconds_or_for_good(federation: Local
 
         # Away for good: the run fails within its tracking-timeout, and nothing is registered.
         settings = _settings(federation, uri, **{**values, "tracking-timeout": 5})
-        before = {r.info.run_id for r in client.search_runs([e.experiment_id for e in client.search_experiments()])}
+        since = time.time()
         thread, outcome = _in_background(federation, settings)
-        running.clear()
-
-        def next_first_round_kept() -> bool:
-            if not running:
-                experiments = [e.experiment_id for e in client.search_experiments()]
-                running.extend(r.info.run_id for r in client.search_runs(experiments) if r.info.run_id not in before)
-            return bool(running) and int(client.get_run(running[0]).data.tags.get(ROUND_TAG, 0)) >= 1
-
-        _when(next_first_round_kept, "the second run's first checkpoint")
+        lost = checkpointed_run(uri, 1, since)
         stop_trees([server], grace=0)
         thread.join(timeout=300)  # a guard against a hang: each call to the store waits its timeout
         assert "could not be reached for 5 s (tracking-timeout)" in outcome.get("error", ""), outcome
         server = _tracking_server(tmp_path, port)
-        assert client.get_run(running[0]).info.status == "RUNNING"  # no one could close it
-        assert client.search_model_versions(f"run_id = '{running[0]}'") == []  # nothing half-registered
-        assert running[0] in close_orphans(uri)  # `lab runs --clean`: its coordinator is gone
-        assert client.get_run(running[0]).info.status == "KILLED"
+        assert client.get_run(lost).info.status == "RUNNING"  # no one could close it
+        assert client.search_model_versions(f"run_id = '{lost}'") == []  # nothing half-registered
+        assert lost in close_orphans(uri)  # `lab runs --clean`: its coordinator is gone
+        assert client.get_run(lost).info.status == "KILLED"
     finally:
         stop_trees([server], grace=5)
