@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -113,12 +114,52 @@ def test_app_not_on_the_allow_list_is_refused(heart_spec: TaskSpec) -> None:
         ("expires = 2030-01-01", 'expires = "soon"', "give a date like 2027-06-30"),
         ('"catalog", "analytics"]', '"catalog", "rows"]', r"allow.outputs has \['rows'\]"),
         ("min-rows = 10", "min-rows = 0", "1 or more"),
-        ("[allow]", "[permit]", r"missing table \[allow\]"),
+        ("[allow]", "[permit]", r"unknown key 'permit'"),
+        ("[limits]", "", r"allow.min-batch-size belongs under \[limits\]"),
+        ("min-batch-size = 16", "min-batch-size = 0", r"limits.min-batch-size = 0; give a number 1 or more"),
+        ("max-learning-rate = 1.0", "max-learning-rate = 1e-9", "above limits.max-learning-rate"),
+        ("max-delta = 1e-05", "max-delta = 1.5", "max-delta = 1.5; give a probability"),
+        ("max-cells = 500", "max-cells = 5.5", "max-cells = 5.5 should be a int"),
     ],
 )
 def test_invalid_agreement_names_the_field_and_the_fix(heart_spec: TaskSpec, old: str, new: str, message: str) -> None:
     with pytest.raises(LabError, match=message):
         parse_agreement(agreement_text(heart_spec).replace(old, new), source="cleveland.toml")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "nearest"),
+    [
+        ("min-rows = 10", "min-row = 50", "allow.min-rows"),
+        ("node-figures = false", "node_figures = true", "allow.node-figures"),
+        ("max-rounds = 50", "max-round = 5", "limits.max-rounds"),
+        ("purpose =", "purpse =", "agreement.purpose"),
+        ('sha256 = "', 'sha265 = "', "tasks[0].sha256"),
+    ],
+)
+def test_a_key_the_lab_does_not_know_is_refused_with_the_nearest_known_one(
+    heart_spec: TaskSpec, old: str, new: str, nearest: str
+) -> None:
+    # `min-row = 50` used to be valid, and min-rows stayed 10: a threshold the organisation never had.
+    with pytest.raises(LabError, match=f"unknown key .*did you mean '{re.escape(nearest)}'") as info:
+        parse_agreement(agreement_text(heart_spec).replace(old, new), source="cleveland.toml")
+    assert str(info.value).startswith("cleveland.toml: ")
+
+
+def test_the_template_writes_every_limit_with_its_default_and_a_silent_agreement_holds_the_defaults(
+    heart_spec: TaskSpec,
+) -> None:
+    from dataclasses import fields
+
+    from lab.node.limits import Limits
+
+    text = agreement_text(heart_spec)
+    for f in fields(Limits):
+        assert f"\n{Limits.key(f.name)} = {getattr(Limits(), f.name)!r}\n" in text
+    head, _, _ = text.partition("[limits]")
+    assert parse_agreement(head).limits == Limits() == parse_agreement(text).limits
+    raised = parse_agreement(text.replace("min-batch-size = 16", "min-batch-size = 4"))
+    assert raised.limits.min_batch_size == 4 and raised.clauses(heart_spec.name)["limits.min-batch-size"] == 4
 
 
 def test_audit_chain_verifies_and_detects_an_edit(tmp_path: Path) -> None:

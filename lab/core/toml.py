@@ -3,7 +3,9 @@ the file, the key, the bad value and the fix."""
 
 from __future__ import annotations
 
+import difflib
 import tomllib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lab.errors import ConfigError
@@ -28,6 +30,24 @@ class TomlReader:
     def fail(self, message: str) -> ConfigError:
         """An error about this file: ``raise reader.fail("key = 1; give ...")``."""
         return self.error(f"{self.source}: {message}")
+
+    def only(
+        self, t: dict[str, Any], known: Iterable[str], *, where: str, elsewhere: Mapping[str, str] | None = None
+    ) -> None:
+        """Refuse a key of ``t`` this file kind does not know, naming the nearest known one (or,
+        from ``elsewhere``, the table it belongs in): a misspelt key would otherwise be read as
+        absent, and its default would hold unseen."""
+        names = list(known)
+        for key in t:
+            if key in names:
+                continue
+            if elsewhere and key in elsewhere:
+                raise self.fail(f"{where}.{key} belongs under [{elsewhere[key]}]; move it there")
+            near = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+            prefix = f"{where}." if where else ""
+            hint = f"did you mean {prefix + near[0]!r}?" if near else f"the known keys are {sorted(names)!r}"
+            place = prefix + key
+            raise self.fail(f"unknown key {place!r}; {hint} (an unknown key is never ignored)")
 
     def table(self, key: str, *, required: bool = True) -> dict[str, Any]:
         value = self.raw.get(key, MISSING)

@@ -12,6 +12,7 @@ from typing import Any
 from lab.core.spec import TaskSpec
 from lab.core.toml import TomlReader
 from lab.errors import AgreementError, Refusal
+from lab.node.limits import LIMIT_FIELDS, LIMIT_KEYS, Limits, parse_limits
 
 __all__ = ["OUTPUTS", "Agreement", "Request", "load_agreement", "parse_agreement", "template"]
 
@@ -38,6 +39,15 @@ FIELDS = {
     "allow.differential-privacy": "whether training must use differential privacy",
     "allow.epsilon-budget": "total epsilon all runs together may spend on the node's rows (implies DP training)",
     "allow.node-figures": "whether the coordinator may show this node's own analytics figures, not only pooled ones",
+    **LIMIT_FIELDS,
+}
+
+#: The keys each table of an agreement may hold (any other key is refused, naming the nearest).
+_KEYS = {
+    "": ("agreement", "tasks", "allow", "limits"),
+    "agreement": ("parties", "purpose", "expires"),
+    "tasks": ("name", "sha256"),
+    "allow": tuple(name.removeprefix("allow.") for name in FIELDS if name.startswith("allow.")),
 }
 
 
@@ -70,6 +80,7 @@ class Agreement:
     differential_privacy: bool
     node_figures: bool = False
     epsilon_budget: float | None = None
+    limits: Limits = Limits()
     source: str = "<agreement>"
 
     @property
@@ -123,6 +134,7 @@ class Agreement:
             "allow.differential-privacy": self.differential_privacy,
             "allow.epsilon-budget": self.epsilon_budget,
             "allow.node-figures": self.node_figures,
+            **self.limits.values(),
         }
 
     def explain(self) -> list[tuple[str, str, str]]:
@@ -140,6 +152,7 @@ class Agreement:
             "allow.differential-privacy": "required" if self.differential_privacy else "not required",
             "allow.epsilon-budget": "none" if self.epsilon_budget is None else f"{self.epsilon_budget:g}",
             "allow.node-figures": "shown" if self.node_figures else "pooled figures only",
+            **{name: f"{value:g}" for name, value in self.limits.values().items()},
         }
         return [(name, values[name], meaning) for name, meaning in FIELDS.items()]
 
@@ -158,12 +171,16 @@ def parse_agreement(text: str, *, source: str = "<agreement>") -> Agreement:
     """Validate agreement TOML (see ``load_agreement``)."""
     template_hint = "`lab agreement template --spec task.toml --organisation NAME` prints a complete agreement"
     r = TomlReader(text, source, error=AgreementError, example=template_hint)
+    r.only(r.raw, _KEYS[""], where="")
     head, allow = r.table("agreement"), r.table("allow")
+    r.only(head, _KEYS["agreement"], where="agreement")
+    r.only(allow, _KEYS["allow"], where="allow", elsewhere=dict.fromkeys(LIMIT_KEYS, "limits"))
     expires = head.get("expires")
     if not isinstance(expires, dt.date) or isinstance(expires, dt.datetime):
         raise r.fail(f"agreement.expires = {expires!r}; give a date like 2027-06-30")
     tasks = {}
     for i, task in enumerate(r.array_of_tables("tasks", required=True)):
+        r.only(task, _KEYS["tasks"], where=f"tasks[{i}]")
         name, sha = task.get("name"), task.get("sha256")
         if not isinstance(name, str) or not isinstance(sha, str) or len(sha) != 64:
             raise r.fail(f"tasks[{i}] needs a name and the spec's 64-hex sha256 (`lab spec hash` prints it)")
@@ -194,6 +211,7 @@ def parse_agreement(text: str, *, source: str = "<agreement>") -> Agreement:
         differential_privacy=r.get(allow, "differential-privacy", bool, default=False, where="allow"),
         node_figures=r.get(allow, "node-figures", bool, default=False, where="allow"),
         epsilon_budget=budget,
+        limits=parse_limits(r),
         source=source,
     )
 
@@ -224,4 +242,8 @@ metrics = {json.dumps(metrics)}
 min-rows = 10
 differential-privacy = false
 node-figures = false
-"""
+
+# What a message may ask of this node: it refuses, naming the clause, whatever goes beyond these
+# (each value here is the default that holds where the agreement says nothing).
+[limits]
+{Limits().as_toml()}"""
