@@ -38,8 +38,8 @@ from mlflow import MlflowClient  # noqa: E402
 
 from lab.core.analytics import StatsRequest  # noqa: E402
 from lab.core.spec import load_spec  # noqa: E402
-from lab.runtime.local import LocalFederation, NodeSpec  # noqa: E402
-from lab.runtime.run import run_on, run_settings  # noqa: E402
+from lab.runtime.local import LocalFederation  # noqa: E402
+from lab.runtime.run import node_specs, run_on, run_settings  # noqa: E402
 
 DATA = ROOT / "data" / "heart-disease"
 TABLES = [
@@ -103,9 +103,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT / "load", help="write OUT.md and OUT.json")
     args = parser.parse_args()
     spec = load_spec(DATA / "task.toml")
-    nodes = [NodeSpec(f"site{i + 1:02d}", TABLES[i % len(TABLES)]) for i in range(args.nodes)]
+    tables = {f"site{i + 1:02d}": str(TABLES[i % len(TABLES)]) for i in range(args.nodes)}
     with tempfile.TemporaryDirectory() as tmp:
         workspace = Path(tmp) / "workspace"
+        nodes = node_specs(tables, None, workspace=workspace, spec=spec)  # each with the default agreement
         uri = f"sqlite:///{workspace / 'mlflow.db'}"
         started = time.monotonic()
         with LocalFederation(workspace, nodes) as federation:

@@ -6,7 +6,8 @@ runtime runs the same apps (``federation.server_app.app``, ``federation.client_a
 unchanged), the nodes served by Ray actors. Only two things are added around the ClientApp here:
 
 - each simulated node is given the ``node-name`` and ``data-path`` a real SuperNode gets from its
-  ``--node-config`` (the simulation runtime only numbers its nodes);
+  ``--node-config`` (the simulation runtime only numbers its nodes), and runs without an agreement
+  on purpose (``no-agreement``: these are benchmarks on public data, which no agreement governs);
 - every message is measured: bytes in and out (Flower's ``count_bytes`` of each record) and the
   peak memory of the process that handled it.
 """
@@ -64,7 +65,13 @@ class SimulatedNodes(ClientApp):
 
     def __call__(self, message: Message, context: Context) -> Message:
         node = self.nodes[int(context.node_config["partition-id"])]
-        context.node_config = {**context.node_config, "node-name": node.name, "data-path": node.data_path}
+        # Benchmark nodes on public data hold no agreement, on purpose (a SuperNode's --no-agreement).
+        context.node_config = {
+            **context.node_config,
+            "node-name": node.name,
+            "data-path": node.data_path,
+            "no-agreement": "true",
+        }
         started = time.monotonic()
         reply = self.app(message, context)
         row = {

@@ -119,6 +119,13 @@ class _Training:
     def __init__(self, training: bool) -> None:
         self.training = training
 
+    def asked(self, msg: Message, context: Context) -> dict[str, Any]:
+        asked = Instructions.of(msg).describe()
+        models = [r for k, r in msg.content.array_records.items() if k == keys.ARRAYS or k.startswith(keys.CANDIDATE)]
+        asked["models"] = len(models)
+        asked["parameters"] = sum(a.numpy().size for a in models[0].values()) if models else 0
+        return asked
+
     def asks(self, msg: Message, context: Context, agreement: Agreement) -> Request:
         instructions = Instructions.of(msg)
         metrics = set(_spec(context, instructions, msg.metadata.run_id).metrics) | (
@@ -161,6 +168,12 @@ class _Query:
     def __init__(self, kind: QueryKind[Any]) -> None:
         self.kind = kind
 
+    def asked(self, msg: Message, context: Context) -> dict[str, Any]:
+        query = QueryMessage.of(msg)
+        spec = parse_spec(query.spec_text, source="the run's task spec")
+        described = self.kind.describe(self.kind.parse_request(query.request))
+        return {"query": self.kind.name, "task": spec.name, "spec_sha256": spec.sha256, "request": described}
+
     def asks(self, msg: Message, context: Context, agreement: Agreement) -> Request:
         query = QueryMessage.of(msg)
         spec = parse_spec(query.spec_text, source="the run's task spec")
@@ -191,7 +204,7 @@ for _kind in KINDS.values():
 
 
 def _report(site: NodeSite, spec: TaskSpec, data: NodeData, suppressed: str = "") -> NodeReport:
-    return NodeReport.of_node(site.name, spec, Environment.current(), data.train, suppressed)
+    return NodeReport.of_node(site.name, spec, Environment.current(), data.train, suppressed, key=site.secret)
 
 
 def _inputs(msg: Message, context: Context) -> tuple[NodeSite, Instructions, TaskSpec, NodeData, int]:

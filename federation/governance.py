@@ -9,14 +9,14 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from flwr.app import Context, Error, Message, RecordDict
 
 from lab.contract import keys
 from lab.contract.messages import NodeReport, carry_audit_head
 from lab.errors import LabError, Refusal
-from lab.node.agreement import Agreement, Request
+from lab.node.agreement import UNBOUND, Agreement, Request
 from lab.node.audit import AuditHead, AuditLog
 from lab.node.guard import APP_HASH_ENV
 from lab.node.site import NodeSite
@@ -31,6 +31,10 @@ Handler = Callable[[Message, Context], Message]
 class Checks(Protocol):
     """What a message asks of the node before any data is read, and what its reply releases."""
 
+    def asked(self, msg: Message, context: Context) -> dict[str, Any]:
+        """What the message asks, in full, for the node's audit log (before anything is checked)."""
+        ...
+
     def asks(self, msg: Message, context: Context, agreement: Agreement) -> Request: ...
 
     def releases(self, msg: Message, reply: Message, context: Context, agreement: Agreement) -> Request: ...
@@ -43,8 +47,11 @@ def governed(checks: Checks) -> Callable[[Handler], Handler]:
     def decorate(handler: Handler) -> Handler:
         def wrapped(msg: Message, context: Context) -> Message:
             site = NodeSite.from_node_config(context.node_config, context.node_id)
+            asked = _asked(checks, msg, context)
             try:
                 agreement = site.agreement
+                if agreement is None and not site.no_agreement:
+                    raise Refusal("agreement", UNBOUND)
                 if agreement is not None:
                     agreement.check(checks.asks(msg, context, agreement))
                 reply = handler(msg, context)
@@ -53,14 +60,14 @@ def governed(checks: Checks) -> Callable[[Handler], Handler]:
             except LabError as exc:
                 clause = exc.clause if isinstance(exc, Refusal) else None
                 logger.error("node %s refused the %s message: %s", site.name, msg.metadata.message_type, exc)
-                _audit(site.audit_path, msg, "refused", clause=clause, reason=str(exc))
+                _audit(site, msg, asked, "refused", clause=clause, reason=str(exc))
                 return Message(Error(code=keys.REFUSED, reason=f"node {site.name!r} refused: {exc}"), reply_to=msg)
             except Exception as exc:  # a bug in the lab: one line to the coordinator, the traceback kept here
                 where = _keep_traceback(site.audit_path, msg)
                 reason = f"internal error (a bug in the lab): {type(exc).__name__}: {exc}; {where}"
-                _audit(site.audit_path, msg, "failed", reason=reason)
+                _audit(site, msg, asked, "failed", reason=reason)
                 return Message(Error(code=keys.FAILED, reason=f"node {site.name!r} failed: {reason}"), reply_to=msg)
-            head = _audit(site.audit_path, msg, "accepted", reply=reply)
+            head = _audit(site, msg, asked, "accepted", reply=reply)
             if head is not None:  # the coordinator records it: a log later cut or rolled back is found
                 carry_audit_head(reply, head.count, head.hash)
             return reply
@@ -83,26 +90,43 @@ def _keep_traceback(audit_path: str, msg: Message) -> str:
     return f"the traceback is in the node's home, errors/{path.name}"
 
 
+#: What every audit entry of a node started with --no-agreement says of it.
+NO_AGREEMENT = "none: started with --no-agreement, so no clause was checked"
+
+
+def _asked(checks: Checks, msg: Message, context: Context) -> dict[str, Any]:
+    """What the message asks, or why it cannot be read (the refusal that follows says more)."""
+    try:
+        return checks.asked(msg, context)
+    except Exception as exc:  # noqa: BLE001 - a malformed message is still recorded
+        config = msg.content.config_records.get(keys.CONFIG)
+        return {"unreadable": f"{type(exc).__name__}: {exc}"[:500], "keys": sorted(config) if config else []}
+
+
 def _audit(
-    path: str,
+    site: NodeSite,
     msg: Message,
+    asked: dict[str, Any],
     decision: str,
     *,
     clause: str | None = None,
     reason: str | None = None,
     reply: Message | None = None,
 ) -> AuditHead | None:
-    if not path:
+    if not site.audit_path:
         return None
-    return AuditLog(path).append(
+    extra = {"agreement": NO_AGREEMENT} if site.no_agreement else {}
+    return AuditLog(site.audit_path, site.secret).append(
         run_id=msg.metadata.run_id,
         app_hash=os.environ.get(APP_HASH_ENV, "unchecked"),
         message_type=msg.metadata.message_type,
+        asked=asked,
         decision=decision,
         clause=clause,
         reason=reason,
         left_node=_left_node(reply.content) if reply is not None else [],
         suppressed=_suppressed(reply) if reply is not None else "",
+        **extra,
     )
 
 

@@ -283,7 +283,7 @@ class Workbench:
         """This workbench with its local nodes kept running for every call in the ``with`` block
         (each call otherwise starts and stops them, some seconds each); everything is stopped when
         the block ends, fails or is interrupted."""
-        with self.federation.kept_up(self.workspace) as federation:
+        with self.federation.kept_up(self.workspace, self.task) as federation:
             yield replace(self, federation=federation)
 
     def with_spec(self, spec: str | Path) -> Workbench:

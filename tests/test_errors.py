@@ -53,13 +53,16 @@ def test_a_nodes_bug_is_an_error_reply_an_audit_entry_and_a_traceback_in_its_hom
     context = Context(
         run_id=7,
         node_id=3,
-        node_config=NodeSite("va", "", audit_path=str(audit)).node_config(),
+        node_config=NodeSite("va", "", audit_path=str(audit), no_agreement=True).node_config(),
         state=RecordDict(),
         run_config={},
     )
     message = Message(RecordDict({keys.CONFIG: ConfigRecord()}), dst_node_id=3, message_type="query.catalog")
 
-    class Unused:  # the node has no agreement: nothing is checked
+    class Unused:  # the node runs without an agreement on purpose: nothing is checked
+        def asked(self, *args: object) -> dict[str, object]:
+            return {"query": "catalog"}
+
         def asks(self, *args: object) -> Request:
             raise AssertionError
 
@@ -76,7 +79,8 @@ def test_a_nodes_bug_is_an_error_reply_an_audit_entry_and_a_traceback_in_its_hom
     assert len(kept) == 1 and "ZeroDivisionError: a bug" in kept[0].read_text()
     assert f"errors/{kept[0].name}" in reply.error.reason
     [entry] = AuditLog(audit).entries()
-    assert entry["decision"] == "failed"
+    assert entry["decision"] == "failed" and entry["asked"] == {"query": "catalog"}
+    assert entry["agreement"].startswith("none: started with --no-agreement")
 
 
 def test_a_bug_in_the_command_line_is_one_line_and_a_kept_traceback(tmp_path: Path) -> None:

@@ -61,7 +61,8 @@ def measure(workspace: Path, rounds: int = 5, quiet_wait: float = 0.0) -> dict[s
         labs[runtime] = run_lab(workspace / folder, rounds, runtime)
     lab, lab_sub = labs["warm"], labs["subprocess"]
     waited += [wait_quiet(quiet_wait)] if quiet_wait > 0 else []
-    nodes = [NodeSpec(name, DATA / file) for name, file in DEMO_NODES.items()]
+    # The bare app is not the lab's: its nodes hold no agreement (none could approve it), as Flower's own.
+    nodes = [NodeSpec(name, DATA / file, no_agreement=True) for name, file in DEMO_NODES.items()]
     bare: dict[str, dict[str, Any]] = {}
     bare_ws = workspace / "bare"
     # Bare Flower as a Flower user runs it: a flwr-clientapp process per message (not the lab's warm worker).

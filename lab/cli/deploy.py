@@ -142,7 +142,10 @@ def node_start(
     key: Annotated[Path, typer.Option(help="The node's private key (`lab node enroll`).")],
     data: Annotated[str, typer.Option(help="The node's table: a CSV or Parquet file, or a database URL.")],
     home: Annotated[Path, typer.Option(help="The node's home: its audit log, ledger and Flower home.")],
-    agreement: Annotated[Path | None, typer.Option(help="The node's data-use agreement.")] = None,
+    agreement: Annotated[Path | None, typer.Option(help="The node's data-use agreement, which it enforces.")] = None,
+    no_agreement: Annotated[
+        bool, typer.Option("--no-agreement", help="Run without an agreement, on purpose: nothing is checked.")
+    ] = False,
     node_runtime: NodeRuntime = "warm",
 ) -> None:
     """Run this organisation's node in the foreground: the SuperNode with the node's gate, agreement,
@@ -155,12 +158,18 @@ def node_start(
     for option, path in (("--ca", ca), ("--key", key), ("--agreement", agreement)):
         if path is not None and not path.is_file():
             raise UsageError(f"{option} {str(path)!r} does not exist; give the path of the file")
+    if (agreement is None) == (not no_agreement):
+        raise UsageError(
+            "give the node's data-use agreement, --agreement FILE (`lab agreement template` starts one), or start "
+            "it knowingly without one, --no-agreement; a node without either answers nothing"
+        )
     node = Node.at_home(
         name,
         node_source(data),
         home,
         Connection(coordinator, ca.resolve()),
         agreement=agreement,
+        no_agreement=no_agreement,
         auth_key=key.resolve(),
         runtime=node_runtime,
     )
@@ -169,6 +178,8 @@ def node_start(
     signal.signal(signal.SIGTERM, _interrupt)
     with node:
         console.print(f"[green]node {escape(name)} started[/], connecting to {escape(coordinator)} (home {node.home})")
+        if no_agreement:
+            console.print("  [yellow]no agreement[/] (--no-agreement): nothing is checked; each audit entry says so")
         connected = False
         while True:
             log = node.log_text()

@@ -12,7 +12,16 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from lab.cli.options import AgreementOption, NodeOption, SpecOption, TrackingUri, Workspace, named_paths, named_sources
+from lab.cli.options import (
+    AgreementOption,
+    NoAgreementOption,
+    NodeOption,
+    SpecOption,
+    TrackingUri,
+    Workspace,
+    named_paths,
+    named_sources,
+)
 from lab.cli.view import ProgressView, preflight_table, summary_table
 from lab.contract.settings import RunSettings
 from lab.contract.strategies import STRATEGIES
@@ -56,17 +65,22 @@ def _federation(
     ca: Path | None,
     chosen: str | None,
     *,
+    no_agreement: bool = False,
     secure: bool = False,
     node_runtime: str = "warm",
 ) -> Federation:
-    """The federation the options name: local nodes (--node, --agreement) or a coordinator's."""
+    """The federation the options name: local nodes (--node, --agreement or --no-agreement) or a coordinator's."""
     if coordinator is None:
         if chosen:
             raise UsageError("--nodes chooses among a coordinator's admitted nodes; with local nodes, give --node")
         agreements = named_paths(agreement, "--agreement", _AGREEMENT_EXAMPLE)
-        return Federation.local(named_sources(node or []), agreements, secure=secure, node_runtime=node_runtime)
-    if node or agreement:
-        raise UsageError("--node and --agreement start local nodes; a coordinator's nodes run at their organisations")
+        return Federation.local(
+            named_sources(node or []), agreements, no_agreement=no_agreement, secure=secure, node_runtime=node_runtime
+        )
+    if node or agreement or no_agreement:
+        raise UsageError(
+            "--node, --agreement and --no-agreement start local nodes; a coordinator's nodes run at their organisations"
+        )
     return Federation.remote(coordinator, ca, chosen or "")
 
 
@@ -120,6 +134,7 @@ def run(
     spec: Annotated[Path | None, typer.Option(help="The task spec (TOML).")] = None,
     node: NodeOption = None,
     agreement: AgreementOption = None,
+    no_agreement: NoAgreementOption = False,
     coordinator: CoordinatorOption = None,
     ca: CaOption = None,
     nodes: ChosenOption = None,
@@ -149,7 +164,9 @@ def run(
     tracking_uri: TrackingUri = "",
 ) -> None:
     """Train on the task in --spec: on local nodes, one per --node, or on a coordinator's nodes."""
-    federation = _federation(node, agreement, coordinator, ca, nodes, secure=secure, node_runtime=node_runtime)
+    federation = _federation(
+        node, agreement, coordinator, ca, nodes, no_agreement=no_agreement, secure=secure, node_runtime=node_runtime
+    )
     if resume:
         if spec is not None or setting:
             raise UsageError(
@@ -178,6 +195,7 @@ def check(
     spec: SpecOption,
     node: NodeOption = None,
     agreement: AgreementOption = None,
+    no_agreement: NoAgreementOption = False,
     coordinator: CoordinatorOption = None,
     ca: CaOption = None,
     nodes: ChosenOption = None,
@@ -185,7 +203,7 @@ def check(
     tracking_uri: TrackingUri = "",
 ) -> None:
     """Pre-flight: ask every node, through the federation, to check its table against the spec."""
-    federation = _federation(node, agreement, coordinator, ca, nodes)
+    federation = _federation(node, agreement, coordinator, ca, nodes, no_agreement=no_agreement)
     task = load_spec(spec)
     settings = federation.preflight_settings(task, workspace, tracking_uri)
     preflight_table(_federate(task, settings, federation, workspace=workspace).summary["preflight"])
@@ -197,6 +215,7 @@ def mock(
     out: Annotated[Path, typer.Option(help="Folder for the mocks, NODE.synthetic.csv or .parquet (created).")],
     node: NodeOption = None,
     agreement: AgreementOption = None,
+    no_agreement: NoAgreementOption = False,
     coordinator: CoordinatorOption = None,
     ca: CaOption = None,
     nodes: ChosenOption = None,
@@ -208,7 +227,7 @@ def mock(
     releases (level counts, histograms, missing counts; each column on its own), no real row in them."""
     from lab.runtime.mock import check_request, mock_federation
 
-    federation = _federation(node, agreement, coordinator, ca, nodes)
+    federation = _federation(node, agreement, coordinator, ca, nodes, no_agreement=no_agreement)
     task = load_spec(spec)
     check_request(task, federation, rows, out)  # before any process starts
     settings = federation.preflight_settings(task, workspace, tracking_uri)
@@ -225,6 +244,7 @@ def stats(
     spec: SpecOption,
     node: NodeOption = None,
     agreement: AgreementOption = None,
+    no_agreement: NoAgreementOption = False,
     coordinator: CoordinatorOption = None,
     ca: CaOption = None,
     nodes: ChosenOption = None,
@@ -246,7 +266,7 @@ def stats(
     from lab.cli.stats import parse_bins, parse_levels, stats_tables
     from lab.core.analytics import StatsRequest
 
-    federation = _federation(node, agreement, coordinator, ca, nodes)
+    federation = _federation(node, agreement, coordinator, ca, nodes, no_agreement=no_agreement)
     pair = None
     if crosstab:
         a, sep, b = crosstab.partition(",")

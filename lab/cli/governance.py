@@ -18,6 +18,7 @@ from lab.core.sources import source_label
 from lab.errors import AgreementError, UsageError
 from lab.node.agreement import load_agreement, template
 from lab.node.audit import AuditHead, AuditLog
+from lab.node.site import SECRET_FILE
 from lab.runtime.app import app_hash
 from lab.runtime.environ import WORKSPACE, tracking_uri_for
 
@@ -90,6 +91,9 @@ def node_audit(
         typer.Option(help="With --verify: also check the log still reaches every head this MLflow run recorded."),
     ] = None,
     node: Annotated[str | None, typer.Option(help="The node's name in that run (default: the log's folder).")] = None,
+    secret: Annotated[
+        Path | None, typer.Option(help="The node's secret, the key of its chain (default: node.secret beside the log).")
+    ] = None,
     workspace: Workspace = Path(WORKSPACE.default),
     tracking_uri: TrackingUri = "",
     user: TrackingUser = "",
@@ -98,9 +102,9 @@ def node_audit(
 ) -> None:
     """Print a node's audit log, or verify that no entry was edited, removed or reordered, and
     (--against RUN_ID) that none was cut off its end or rolled back since that run."""
-    audit = AuditLog(log)
     if not log.is_file():
         raise UsageError(f"audit log {str(log)!r} does not exist; a node writes it at nodes/NAME/audit.jsonl")
+    audit = AuditLog(log, _secret(secret or log.parent / SECRET_FILE) if verify else b"")
     if against and not verify:
         raise UsageError("--against checks the log against a run: give --verify with it")
     if verify:
@@ -207,6 +211,16 @@ def node_catalog(
         span = "" if "range" not in c else f"{c['range'][0]:g} to {c['range'][1]:g}"
         table.add_row(c["column"], c["role"], c["type"], str(c["missing"]), span, levels)
     console.print(table)
+
+
+def _secret(path: Path) -> bytes:
+    """The node's secret (the key of its audit chain), read from ``path``."""
+    if not path.is_file():
+        raise UsageError(
+            f"the node's secret {str(path)!r} does not exist: the chain is keyed with it; give it with --secret "
+            "(it stays in the node's home, readable by its owner only)"
+        )
+    return bytes.fromhex(path.read_text(encoding="utf-8").strip())
 
 
 def _left(record: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from lab.runtime.environ import TRACKING_URI, WORKSPACE
 
 __all__ = [
     "AgreementOption",
+    "NoAgreementOption",
     "NodeOption",
     "PasswordFile",
     "TrackingCa",
@@ -42,7 +43,17 @@ NodeOption = Annotated[
     ),
 ]
 AgreementOption = Annotated[
-    list[str] | None, typer.Option(help="NAME=PATH of a node's data-use agreement, which it then enforces.")
+    list[str] | None,
+    typer.Option(
+        help="NAME=PATH of a local node's data-use agreement, which it then enforces (a local node given none "
+        "enforces the default one, written to its home)."
+    ),
+]
+NoAgreementOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-agreement", help="Start the nodes without any agreement, on purpose: nothing is checked, all is audited."
+    ),
 ]
 
 _NODE_EXAMPLE = "cleveland=data/cleveland.csv"

@@ -7,6 +7,7 @@ the nodes' agreements check.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -108,6 +109,25 @@ class Instructions:
     def of(cls, message: Message) -> Instructions:
         return cls.from_record(_config(message))
 
+    def describe(self) -> dict[str, Any]:
+        """What these instructions ask, in full, as a node's audit log records it (the scaler by
+        its sha256)."""
+        scaler = json.dumps([self.scaler_mean, self.scaler_std, self.target_mean, self.target_std])
+        return {
+            "task": self.task,
+            "spec_sha256": self.spec_sha256,
+            "strategy": self.strategy,
+            "round": self.server_round,
+            "seed": self.seed,
+            "local_steps": self.local_steps,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "proximal_mu": self.proximal_mu,
+            "evaluate_first": self.evaluate_first,
+            "differential_privacy": asdict(self.dp) if self.dp else None,
+            "scaler_sha256": hashlib.sha256(scaler.encode()).hexdigest(),
+        }
+
 
 @dataclass(frozen=True)
 class NodeReport:
@@ -124,15 +144,18 @@ class NodeReport:
     suppressed: str = ""
 
     @classmethod
-    def of_node(cls, name: str, spec: TaskSpec, env: Environment, train: Table, suppressed: str = "") -> NodeReport:
-        """The report of node ``name`` that used ``spec`` in ``env`` and trains on ``train``."""
+    def of_node(
+        cls, name: str, spec: TaskSpec, env: Environment, train: Table, suppressed: str = "", *, key: bytes = b""
+    ) -> NodeReport:
+        """The report of node ``name`` that used ``spec`` in ``env`` and trains on ``train`` (its
+        fingerprint keyed with the node's secret ``key``)."""
         return cls(
             name,
             spec.organisation(name),
             env.fingerprint,
             env.python,
             env.platform,
-            train.fingerprint,
+            train.fingerprint(key),
             len(train),
             spec.sha256,
             suppressed,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import hmac
 import io
 import logging
 from dataclasses import dataclass
@@ -48,13 +49,16 @@ class Table:
     def __len__(self) -> int:
         return len(self.features)
 
-    @property
-    def fingerprint(self) -> str:
-        """sha256 of the rows as loaded (typed features and encoded target), in order."""
+    def fingerprint(self, key: bytes = b"") -> str:
+        """HMAC-SHA256 under ``key`` (the node's secret) of the rows as loaded (typed features and
+        encoded target), in order: the same rows give the same fingerprint at the same node, and
+        without the key no one can confirm a guess of the rows (all but one known, say) against it."""
         frame = self.features.copy()
         if self.target is not None:
             frame["__target__"] = self.target
-        return hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()
+        digest = hmac.new(key, ",".join(map(str, frame.columns)).encode(), hashlib.sha256)
+        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+        return digest.hexdigest()
 
     def take(self, index: np.ndarray) -> Table:
         """The rows at the given positions."""

@@ -14,7 +14,13 @@ from lab.core.toml import TomlReader
 from lab.errors import AgreementError, Refusal
 from lab.node.limits import LIMIT_FIELDS, LIMIT_KEYS, Limits, parse_limits
 
-__all__ = ["OUTPUTS", "Agreement", "Request", "load_agreement", "parse_agreement", "template"]
+__all__ = ["OUTPUTS", "UNBOUND", "Agreement", "Request", "load_agreement", "parse_agreement", "template"]
+
+#: Why a node that holds no agreement refuses, unless its operator started it so on purpose.
+UNBOUND = (
+    "the node holds no data-use agreement, so it answers nothing; its operator gives it one (`lab node start "
+    "--agreement FILE`) or starts it knowingly without one (`--no-agreement`: nothing is checked)"
+)
 
 #: What a reply can carry out of a node.
 OUTPUTS = {

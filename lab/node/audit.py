@@ -1,9 +1,16 @@
-"""A node's audit log: append-only JSON lines, each holding the hash of the one before."""
+"""A node's audit log: append-only JSON lines, each holding the keyed hash of the one before.
+
+Every entry's hash is an HMAC-SHA256 with the node's own secret (lab.node.site): whoever can write
+the file but does not hold the secret cannot write a chain that verifies, and a chain cannot be
+rebuilt after an entry was edited. A log kept without a secret (a node with no home) is chained
+with the empty key, which anyone can recompute.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import json
 import time
 from dataclasses import dataclass
@@ -15,9 +22,9 @@ __all__ = ["GENESIS", "AuditHead", "AuditLog", "Problem"]
 GENESIS = "0" * 64
 
 
-def _digest(entry: dict[str, Any]) -> str:
+def _digest(entry: dict[str, Any], key: bytes) -> str:
     body = {k: v for k, v in entry.items() if k != "hash"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hmac.new(key, json.dumps(body, sort_keys=True, separators=(",", ":")).encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -39,15 +46,17 @@ class AuditHead:
 
 
 class AuditLog:
-    """Every decision a node takes on a message, and what left the node, chained by sha256.
+    """Every decision a node takes on a message, what the message asked and what left the node,
+    chained by HMAC-SHA256 with ``key`` (the node's secret).
 
     Editing an entry breaks its own hash; removing or reordering entries breaks the link to
     the previous hash. Cutting entries off the end leaves a valid shorter chain: ``against``
     finds that from the heads a run recorded.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, key: bytes = b"") -> None:
         self.path = Path(path)
+        self.key = key
 
     def append(self, **fields: Any) -> AuditHead:
         """Add one entry (time and chain fields are filled in); safe across processes. Returns the
@@ -61,7 +70,7 @@ class AuditLog:
                 if line.strip():
                     last, count = json.loads(line).get("hash", GENESIS), count + 1
             entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields, "prev": last}
-            entry["hash"] = _digest(entry)
+            entry["hash"] = _digest(entry, self.key)
             fh.seek(0, 2)
             fh.write(json.dumps(entry, sort_keys=True) + "\n")
             fh.flush()
@@ -90,8 +99,11 @@ class AuditLog:
                 problems.append(Problem(number, "not valid JSON: the line was edited"))
                 previous = ""
                 continue
-            if entry.get("hash") != _digest(entry):
-                problems.append(Problem(number, "its content does not match its hash: the entry was edited"))
+            if entry.get("hash") != _digest(entry, self.key):
+                problems.append(
+                    Problem(number, "its content does not match its keyed hash: the entry was edited (or written "
+                            "without the node's secret)")
+                )  # fmt: skip
             if entry.get("prev") != previous:
                 problems.append(
                     Problem(

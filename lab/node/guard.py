@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import Refusal
-from lab.node.agreement import load_agreement
+from lab.node.agreement import UNBOUND, load_agreement
 from lab.node.audit import AuditLog
+from lab.node.site import node_secret
 
-__all__ = ["AGREEMENT_ENV", "APP_HASH_ENV", "AUDIT_ENV", "main", "write_shim"]
+__all__ = ["AGREEMENT_ENV", "APP_HASH_ENV", "AUDIT_ENV", "NO_AGREEMENT_ENV", "main", "write_shim"]
 
 AGREEMENT_ENV = "LAB_AGREEMENT"
+NO_AGREEMENT_ENV = "LAB_NO_AGREEMENT"  # "1": the operator started the node without an agreement on purpose
 AUDIT_ENV = "LAB_AUDIT_LOG"
 APP_HASH_ENV = "LAB_APP_HASH"  # set for the app once its hash is approved, for its audit entries
 
@@ -58,21 +60,26 @@ def main() -> None:
 
 def check_app(fab_hash: str, message: Any, node: str) -> None:
     """Refuse (raise Refusal naming the node and the clause) unless the node's agreement is in
-    force and allows this app."""
+    force and allows this app; a node with no agreement refuses every app, unless its operator
+    started it without one on purpose."""
     path = os.environ.get(AGREEMENT_ENV, "")
-    if not path:
+    if not path and os.environ.get(NO_AGREEMENT_ENV) == "1":
         return
-    agreement = load_agreement(path)
     try:
+        if not path:
+            raise Refusal("agreement", UNBOUND)
+        agreement = load_agreement(path)
         agreement.check_in_force()
         agreement.check_app(fab_hash)
     except Refusal as refusal:
         if os.environ.get(AUDIT_ENV):
             metadata = getattr(message, "metadata", None)
-            AuditLog(os.environ[AUDIT_ENV]).append(
+            audit = os.environ[AUDIT_ENV]
+            AuditLog(audit, node_secret(Path(audit).parent)).append(
                 run_id=getattr(metadata, "run_id", None),
                 app_hash=fab_hash,
                 message_type=getattr(metadata, "message_type", None),
+                asked={"app": fab_hash},
                 decision="refused",
                 clause=refusal.clause,
                 reason=str(refusal),

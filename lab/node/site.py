@@ -1,11 +1,16 @@
 """One organisation's site as its node sees it: its name, its table, and its own records.
 
 A SuperNode is started with these in its node config (lab.runtime.node writes them): the node's
-name, where its table is, and in its home its agreement, audit log and privacy ledger.
+name, where its table is, and in its home its agreement, audit log and privacy ledger. The home
+also holds the node's secret (``node.secret``, readable by its owner only), the key of its audit
+chain and of its data fingerprint, which never leaves the node.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -17,10 +22,14 @@ from lab.errors import DataError
 from lab.node.agreement import Agreement, load_agreement
 from lab.node.ledger import Ledger
 
-__all__ = ["NODE_CONFIG", "NodeSite"]
+__all__ = ["NODE_CONFIG", "SECRET_FILE", "NodeSite", "node_secret"]
 
-#: The node-config keys a lab SuperNode is started with.
-NODE_CONFIG = ("node-name", "data-path", "agreement", "audit-log", "privacy-ledger")
+#: The node-config keys a lab SuperNode is started with ("no-agreement": its operator started it
+#: without an agreement on purpose, ``--no-agreement``).
+NODE_CONFIG = ("node-name", "data-path", "agreement", "audit-log", "privacy-ledger", "no-agreement")
+
+#: The node's secret, in its home.
+SECRET_FILE = "node.secret"
 
 
 @dataclass(frozen=True)
@@ -32,16 +41,18 @@ class NodeSite:
     agreement_path: str = ""
     audit_path: str = ""
     ledger_path: str = ""
+    no_agreement: bool = False  # started without an agreement on purpose: nothing is checked, all is audited
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any], node_id: int) -> NodeSite:
         """The site of a SuperNode started with the lab's node config."""
-        name, data, agreement, audit, ledger = (str(node_config.get(key, "")) for key in NODE_CONFIG)
-        return cls(name or f"node-{node_id}", data, agreement, audit, ledger)
+        name, data, agreement, audit, ledger, unbound = (str(node_config.get(key, "")) for key in NODE_CONFIG)
+        return cls(name or f"node-{node_id}", data, agreement, audit, ledger, unbound.lower() == "true")
 
     def node_config(self) -> dict[str, str]:
         """The node config a SuperNode is started with (empty entries left out)."""
-        values = (self.name, self.data_path, self.agreement_path, self.audit_path, self.ledger_path)
+        unbound = "true" if self.no_agreement else ""
+        values = (self.name, self.data_path, self.agreement_path, self.audit_path, self.ledger_path, unbound)
         return {key: value for key, value in zip(NODE_CONFIG, values, strict=True) if value}
 
     def prepared_path(self, run_id: int, spec_sha256: str) -> Path | None:
@@ -82,3 +93,27 @@ class NodeSite:
     def home(self) -> Path | None:
         """The node's home: the folder of its audit log."""
         return Path(self.audit_path).parent if self.audit_path else None
+
+    @cached_property
+    def secret(self) -> bytes:
+        """The node's secret, made on first use (empty for a node with no home: nothing is keyed)."""
+        return node_secret(self.home) if self.home is not None else b""
+
+
+def node_secret(home: Path) -> bytes:
+    """The secret in ``home`` (32 random bytes), written readable by its owner only the first time."""
+    path = home / SECRET_FILE
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        draft = home / f".{SECRET_FILE}.{os.getpid()}"
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as fh:
+            fh.write(secrets.token_hex(32) + "\n")
+        with contextlib.suppress(FileExistsError):  # another process of the node made it first: keep that one
+            os.link(draft, path)  # whole or not at all
+        draft.unlink()
+    text = path.read_text(encoding="utf-8").strip()
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise DataError(f"the node's secret {str(path)!r} is not hexadecimal; restore it from a backup") from None

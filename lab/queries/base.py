@@ -8,6 +8,7 @@ node's answer (run by the ClientApp behind the node's agreement check) and the c
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,6 +67,11 @@ class QueryKind(ABC, Generic[RequestT]):
     @abstractmethod
     def parse_request(self, text: str) -> RequestT:
         """The request from its JSON text (``to_json`` of the kind's request type)."""
+
+    def describe(self, request: RequestT) -> Any:
+        """The request in full, as the node's audit log records it (its JSON, by default)."""
+        to_json = getattr(request, "to_json", None)
+        return json.loads(to_json()) if to_json is not None else None
 
     @abstractmethod
     def answer(self, spec: TaskSpec, request: RequestT, site: NodeSite, run_id: int) -> dict[str, Any]:

@@ -185,6 +185,13 @@ class Prepare(QueryKind[PrepareRequest]):
     def parse_request(self, text: str) -> PrepareRequest:
         return PrepareRequest.from_json(text)
 
+    def describe(self, request: PrepareRequest) -> Any:
+        """The request, its lock named by its fingerprint and policy (the pins are the lock's)."""
+        described = json.loads(request.to_json())
+        if request.lock is not None:
+            described["lock"] = {"fingerprint": request.lock.environment().fingerprint, "policy": request.lock.policy}
+        return described
+
     def asks(self, spec: TaskSpec, request: PrepareRequest, agreement: Agreement) -> Request:
         outputs = {"metrics"} | ({"statistics"} if spec.scaling == "federated" else set())
         return Request(
@@ -237,7 +244,8 @@ class Prepare(QueryKind[PrepareRequest]):
             *held_back,
             f"dropped rows under {minimum} held back" if 0 < data.dropped < minimum else "",
         ]
-        report = NodeReport.of_node(site.name, spec, env, data.train, "; ".join(note for note in suppressed if note))
+        notes = "; ".join(note for note in suppressed if note)
+        report = NodeReport.of_node(site.name, spec, env, data.train, notes, key=site.secret)
         agreement = site.agreement
         return {
             "report": asdict(report),

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.core.spec import load_spec
-from lab.node.agreement import template
-from lab.runtime.app import app_hash
+from lab.runtime.agreements import default_agreements
 from lab.runtime.environ import project_root
 
 __all__ = ["DEMO_NODES", "Demo", "demo_federation"]
@@ -30,18 +29,10 @@ class Demo:
     agreements: dict[str, Path]
 
 
-def demo_federation(workspace: Path, *, agreements: bool = True) -> Demo:
-    """The demo's files; with ``agreements``, each hospital's agreement approving this task and
-    this checkout's app (its FAB hash) is written to its home in ``workspace``."""
+def demo_federation(workspace: Path) -> Demo:
+    """The demo's files, each hospital's agreement approving this task and this checkout's app (its
+    FAB hash) written to its home in ``workspace``."""
     data = project_root() / "data" / "heart-disease"
     spec_path = data / "task.toml"
     nodes = {name: str(data / file) for name, file in DEMO_NODES.items()}
-    written: dict[str, Path] = {}
-    if agreements:
-        spec, fab_hash = load_spec(spec_path), app_hash()
-        for name in DEMO_NODES:
-            path = workspace / "nodes" / name / "agreement.toml"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(template(spec, fab_hash, spec.organisation(name)), encoding="utf-8")
-            written[name] = path
-    return Demo(spec_path, nodes, written)
+    return Demo(spec_path, nodes, default_agreements(workspace, load_spec(spec_path), list(DEMO_NODES)))

@@ -16,8 +16,8 @@ from lab.core.spec import TaskSpec
 from lab.errors import UsageError
 from lab.runtime.connection import Connection
 from lab.runtime.environ import tracking_uri_for
-from lab.runtime.local import LocalFederation, NodeSpec
-from lab.runtime.run import RunResult, run_federation, run_on, run_settings
+from lab.runtime.local import LocalFederation
+from lab.runtime.run import RunResult, node_specs, run_federation, run_on, run_settings
 from lab.runtime.submit import Event
 
 __all__ = ["Federation", "preflight"]
@@ -31,7 +31,8 @@ class Federation:
     """
 
     nodes: dict[str, str] = field(default_factory=dict)
-    agreements: dict[str, Path] = field(default_factory=dict)
+    agreements: dict[str, Path] = field(default_factory=dict)  # the others get the default (lab.runtime.agreements)
+    no_agreement: bool = False  # --no-agreement: the local nodes start without one, on purpose
     secure: bool = False
     node_runtime: str = "warm"
     coordinator: Connection | None = None
@@ -44,19 +45,24 @@ class Federation:
         nodes: Mapping[str, str | Path],
         agreements: Mapping[str, str | Path] | None = None,
         *,
+        no_agreement: bool = False,
         secure: bool = False,
         node_runtime: str = "warm",
     ) -> Federation:
         """Nodes started on this machine: ``nodes`` maps each name to its table (a path or a
-        database URL), ``agreements`` some of them to their data-use agreement."""
+        database URL), ``agreements`` some of them to their data-use agreement (the others enforce
+        the default one); ``no_agreement``: none of them holds one, on purpose."""
         if not nodes:
             raise UsageError("give the nodes, --node NAME=TABLE per node, or a coordinator, --coordinator HOST:PORT")
         unknown = sorted(set(agreements or {}) - set(nodes))
         if unknown:
             raise UsageError(f"--agreement names {unknown!r}, which no --node names")
+        if no_agreement and agreements:
+            raise UsageError("--no-agreement starts every local node without an agreement: drop --agreement")
         return cls(
             {name: node_source(str(table)) for name, table in nodes.items()},
             {name: Path(path) for name, path in (agreements or {}).items()},
+            no_agreement,
             secure,
             node_runtime,
         )
@@ -70,14 +76,14 @@ class Federation:
         return cls(coordinator=Connection(address, ca.resolve()), chosen=chosen)
 
     @contextlib.contextmanager
-    def kept_up(self, workspace: Path) -> Iterator[Federation]:
-        """This federation with its local nodes started once and kept running for every run until
-        the ``with`` block ends (then, or on a failure or Ctrl-C, every process is stopped); a
-        coordinator's federation is returned as it is."""
+    def kept_up(self, workspace: Path, spec: TaskSpec) -> Iterator[Federation]:
+        """This federation with its local nodes started once (their default agreements for ``spec``)
+        and kept running for every run until the ``with`` block ends (then, or on a failure or
+        Ctrl-C, every process is stopped); a coordinator's federation is returned as it is."""
         if self.coordinator is not None or self.standing is not None:
             yield self
             return
-        specs = [NodeSpec(n, p, agreement=self.agreements.get(n)) for n, p in self.nodes.items()]
+        specs = node_specs(self.nodes, self.agreements, workspace=workspace, spec=spec, no_agreement=self.no_agreement)
         with LocalFederation(workspace, specs, secure=self.secure, node_runtime=self.node_runtime) as live:
             yield replace(self, standing=live)
 
@@ -134,6 +140,7 @@ class Federation:
             self.nodes,
             workspace=workspace,
             agreements=self.agreements,
+            no_agreement=self.no_agreement,
             secure=self.secure,
             node_runtime=self.node_runtime,
             on_event=on_event,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.core.sources import node_source
+from lab.errors import UsageError
 from lab.runtime.connection import Connection
 from lab.runtime.coordinator import Coordinator
 from lab.runtime.node import Node
@@ -29,10 +30,16 @@ class NodeSpec:
     name: str
     data_path: str | Path
     env: dict[str, str] = field(default_factory=dict)  # extra environment for this node's processes
-    agreement: Path | None = None  # the node's data-use agreement; None: no agreement is enforced
+    agreement: Path | None = None  # the node's data-use agreement, which it enforces
+    no_agreement: bool = False  # no agreement on purpose (--no-agreement): nothing is checked, all is audited
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_path", node_source(str(self.data_path)))
+        if (self.agreement is None) == (not self.no_agreement):
+            raise UsageError(
+                f"node {self.name!r}: give it an agreement, or start it without one on purpose (no_agreement, "
+                "`--no-agreement`), not both and not neither"
+            )
 
 
 @dataclass
@@ -85,6 +92,7 @@ class LocalFederation(Started):
                 self.workspace / "nodes" / spec.name,
                 self.connection,
                 agreement=spec.agreement,
+                no_agreement=spec.no_agreement,
                 auth_key=auth_key,
                 env=spec.env,
                 log_path=self.logs / f"node-{spec.name}.log",

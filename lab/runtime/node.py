@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.errors import RuntimeStartError
-from lab.node.guard import AGREEMENT_ENV, AUDIT_ENV, write_shim
-from lab.node.site import NodeSite
+from lab.node.agreement import UNBOUND
+from lab.node.guard import AGREEMENT_ENV, AUDIT_ENV, NO_AGREEMENT_ENV, write_shim
+from lab.node.site import NodeSite, node_secret
 from lab.runtime.connection import Connection
 from lab.runtime.environ import process_environ
 from lab.runtime.processes import (
@@ -84,9 +85,11 @@ class Node(Started):
         superlink: Connection,
         *,
         agreement: Path | None = None,
+        no_agreement: bool = False,
         **options: object,
     ) -> Node:
-        """A node whose audit log and ledger live in ``home``."""
+        """A node whose audit log, ledger and secret live in ``home``; it enforces ``agreement``, or
+        none when its operator says so (``no_agreement``)."""
         home = home.resolve()
         site = NodeSite(
             name,
@@ -94,6 +97,7 @@ class Node(Started):
             str(agreement.resolve()) if agreement else "",
             str(home / "audit.jsonl"),
             str(home / "privacy.jsonl"),
+            no_agreement=no_agreement,
         )
         return cls(site, home, superlink, **options)  # type: ignore[arg-type]
 
@@ -102,10 +106,16 @@ class Node(Started):
         warm runtime, its worker, which is restarted if it dies."""
         if self.runtime not in RUNTIMES:
             raise RuntimeStartError(f"node runtime {self.runtime!r}; choose one of {list(RUNTIMES)!r}")
+        if not self.site.agreement_path and not self.site.no_agreement:
+            raise RuntimeStartError(f"node {self.site.name!r}: {UNBOUND}")
         self.home.mkdir(parents=True, exist_ok=True)
+        node_secret(self.home)  # the key of its audit chain and data fingerprint, made before any message
         env = {**process_environ(self.home), **self.env, AUDIT_ENV: self.site.audit_path}
         if self.site.agreement_path:
             env[AGREEMENT_ENV] = self.site.agreement_path
+        else:
+            env[NO_AGREEMENT_ENV] = "1"
+            logger.warning("node %s starts without an agreement (--no-agreement): it checks nothing", self.site.name)
         isolation: list[str] = []
         if self.runtime == "subprocess":  # Flower's flwr-clientapp per message, behind the node's gate
             gate = write_shim(self.home / "bin")

@@ -14,15 +14,16 @@ from typing import Any
 
 from lab.contract.settings import RunSettings
 from lab.core.sources import source_exists
-from lab.core.spec import TaskSpec
-from lab.errors import CoordinatorLostError, DataError, LabError
+from lab.core.spec import TaskSpec, parse_spec
+from lab.errors import CoordinatorLostError, DataError, LabError, UsageError
+from lab.runtime.agreements import default_agreements
 from lab.runtime.app import code_version
 from lab.runtime.connection import Connection
 from lab.runtime.environ import lock_path, project_root
 from lab.runtime.local import LocalFederation, NodeSpec
 from lab.runtime.submit import Event, new_run_dir, started_runs, submit_run
 
-__all__ = ["RunResult", "run_federation", "run_on", "run_settings"]
+__all__ = ["RunResult", "node_specs", "run_federation", "run_on", "run_settings"]
 
 
 @dataclass(frozen=True)
@@ -65,18 +66,39 @@ def run_settings(
     return filled.with_values(dict(values or {}))
 
 
+def node_specs(
+    nodes: Mapping[str, str],
+    agreements: Mapping[str, Path] | None,
+    *,
+    workspace: Path,
+    spec: TaskSpec,
+    no_agreement: bool = False,
+) -> list[NodeSpec]:
+    """The local nodes: each with its agreement, the default one for ``spec`` written into its home
+    where none is given (lab.runtime.agreements), or none at all with ``no_agreement``."""
+    given = dict(agreements or {})
+    if no_agreement:
+        if given:
+            raise UsageError("--no-agreement starts every local node without an agreement: drop --agreement")
+        return [NodeSpec(n, p, no_agreement=True) for n, p in nodes.items()]
+    given.update(default_agreements(workspace.resolve(), spec, [n for n in nodes if n not in given]))
+    return [NodeSpec(n, p, agreement=given[n]) for n, p in nodes.items()]
+
+
 def run_federation(
     settings: RunSettings,
     nodes: Mapping[str, str],
     *,
     workspace: Path,
     agreements: Mapping[str, Path] | None = None,
+    no_agreement: bool = False,
     secure: bool = False,
     node_runtime: str = "warm",
     on_event: Callable[[Event], None] = lambda _: None,
 ) -> RunResult:
     """Start a federation of ``nodes`` (name -> table) in ``workspace``, run, stop everything;
-    ``node_runtime`` says how the nodes answer (lab.runtime.node.RUNTIMES).
+    ``node_runtime`` says how the nodes answer (lab.runtime.node.RUNTIMES). A node given no
+    agreement enforces the default one (``node_specs``), unless ``no_agreement``.
 
     Raises LabError (RunFailedError) with the reason when the run fails; every process is stopped
     and the coordinator's MLflow run closed in any case (KILLED on Ctrl-C, FAILED otherwise).
@@ -84,7 +106,8 @@ def run_federation(
     for name, source in nodes.items():
         if not source_exists(source) and settings.query != "catalog":  # a pre-flight lets the node report it
             raise DataError(f"node {name!r}: {source!r} does not exist; give the path of its table")
-    specs = [NodeSpec(n, p, agreement=(agreements or {}).get(n)) for n, p in nodes.items()]
+    spec = parse_spec(settings.task_spec, source="the run's task spec")
+    specs = node_specs(nodes, agreements, workspace=workspace, spec=spec, no_agreement=no_agreement)
     wall = time.time()
     try:
         with LocalFederation(workspace, specs, secure=secure, node_runtime=node_runtime) as federation:
