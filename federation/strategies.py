@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
@@ -41,6 +41,8 @@ class RoundObserver(Protocol):
 
     def dropped(self, asked: Iterable[int], replies: list[Message]) -> dict[str, str]: ...
 
+    def warn(self, node: str, reason: str) -> None: ...
+
 
 class ReportingStrategy(Strategy):
     """One of Flower's strategies (``inner``, built from the lab's table of strategies), with the
@@ -53,6 +55,11 @@ class ReportingStrategy(Strategy):
     the nodes' names (the same sums on every rerun), and fails the run when fewer than
     ``min_nodes`` nodes answered or the aggregate is not finite. With ``updates``, every round's
     aggregated updates are kept there (to value each node's contribution after the run).
+
+    No one node can take the model: a reply is weighted by no more than the training rows its node
+    declared at preparation (``declared``: node id -> rows), whatever row count it claims, and with
+    ``clip_norm`` > 0 every node's update (its model minus the global one it received) is scaled to
+    that L2 norm at most before it is aggregated.
     """
 
     def __init__(
@@ -64,8 +71,13 @@ class ReportingStrategy(Strategy):
         guard: Guard,
         timeout: float,
         updates: UpdateLog | None = None,
+        *,
+        declared: dict[int, int] | None = None,
+        clip_norm: float = 0.0,
     ) -> None:
         self.inner = inner
+        self.declared = dict(declared or {})
+        self.clip_norm = clip_norm
         self.updates = updates
         self.base: ArrayRecord | None = None  # the global model this round's nodes received
         self.participants = dict(participants)
@@ -108,6 +120,8 @@ class ReportingStrategy(Strategy):
         # replies share, and a node may withhold its scores (too few test rows) or add its
         # epsilon: hand it the loss and the weight, which every train reply carries.
         answered = [r for r in kept if not r.has_error()]
+        for reply in answered:
+            self._bound(reply)
         if self.updates is not None and self.base is not None:
             trained = {self.participants.get(r.metadata.src_node_id, "?"): TrainReply.of(r) for r in answered}
             self.updates.add(
@@ -127,6 +141,31 @@ class ReportingStrategy(Strategy):
                 "lower learning-rate or server-learning-rate and check the spec's scaling"
             )
         return arrays, metrics
+
+    def _bound(self, reply: Message) -> None:
+        """Weight a reply by no more than its node's declared training rows, and clip its update."""
+        node_id = reply.metadata.src_node_id
+        name = self.participants.get(node_id, f"node-{node_id}")
+        for record in reply.content.metric_records.values():
+            claimed = record.get(keys.NUM_EXAMPLES)
+            declared = self.declared.get(node_id)
+            if isinstance(claimed, int | float) and declared is not None and claimed > declared:
+                record[keys.NUM_EXAMPLES] = declared
+                self.observer.warn(
+                    name,
+                    f"node {name!r} claimed {claimed:g} training rows, {declared} at preparation: weighted by "
+                    f"{declared}",
+                )
+        arrays = reply.content.array_records.get(keys.ARRAYS)
+        if self.clip_norm <= 0 or arrays is None or self.base is None:
+            return
+        base = {k: a.numpy().astype(np.float64) for k, a in self.base.items()}
+        delta = {k: a.numpy().astype(np.float64) - base[k] for k, a in arrays.items() if k in base}
+        norm = float(np.sqrt(sum(float((d**2).sum()) for d in delta.values())))
+        if norm > self.clip_norm:
+            scale = self.clip_norm / norm
+            for k, d in delta.items():
+                arrays[k] = Array((base[k] + d * scale).astype(arrays[k].numpy().dtype))
 
     def optimiser_state(self) -> dict[str, dict[str, np.ndarray]]:
         """The server optimiser's state (FedAdam's and FedYogi's moments), for a checkpoint."""
@@ -202,10 +241,12 @@ def make_strategy(
     observer: RoundObserver,
     guard: Guard,
     updates: UpdateLog | None = None,
+    declared: dict[int, int] | None = None,
 ) -> ReportingStrategy:
     """The run's strategy, as the lab's table of strategies builds it, with the run's reporting;
     ``participants``: node id -> name of the nodes that accepted the task; ``updates``: where
-    every round's updates are kept, if anywhere."""
+    every round's updates are kept, if anywhere; ``declared``: node id -> the training rows each
+    declared at preparation (the most its reply is weighted by)."""
     inner = STRATEGIES[settings.strategy].build(
         settings,
         fraction_train=1.0,
@@ -220,7 +261,17 @@ def make_strategy(
         arrayrecord_key=keys.ARRAYS,
         configrecord_key=keys.CONFIG,
     )
-    return ReportingStrategy(inner, participants, observer, settings.min_nodes, guard, settings.round_timeout, updates)
+    return ReportingStrategy(
+        inner,
+        participants,
+        observer,
+        settings.min_nodes,
+        guard,
+        settings.round_timeout,
+        updates,
+        declared=declared,
+        clip_norm=settings.clip_update_norm,
+    )
 
 
 class _Only(DelegatingGrid):

@@ -67,5 +67,29 @@ STRATEGIES: dict[str, StrategyKind] = {
             "FedYogi",
             reads={"server_learning_rate": "eta", "learning_rate": "eta_l"},
         ),
+        # Robust to a node that sends an outlying update (a scaled one, to take the model over).
+        StrategyKind(
+            "fedmedian",
+            "the coordinate-wise median of the nodes' models, unmoved by one outlying update",
+            "FedMedian",
+        ),
+        StrategyKind(
+            "fedtrimmedavg",
+            "the mean of each coordinate after trim-fraction of the highest and lowest nodes' values are cut",
+            "FedTrimmedAvg",
+            reads={"trim_fraction": "beta"},
+        ),
+        StrategyKind(
+            "krum",
+            "the one node's model closest to the others (Krum), byzantine-nodes of them assumed malicious",
+            "Krum",
+            reads={"byzantine_nodes": "num_malicious_nodes"},
+        ),
+        StrategyKind(
+            "multikrum",
+            "the average of the krum-selected nodes' models closest to the others (MultiKrum)",
+            "MultiKrum",
+            reads={"byzantine_nodes": "num_malicious_nodes", "krum_selected": "num_nodes_to_select"},
+        ),
     )
 }
