@@ -318,7 +318,6 @@ class Workbench:
         crosstab: tuple[str, str] | None = None,
         correlation: bool = False,
         bins: dict[str, list[float]] | None = None,
-        levels: dict[str, list[str]] | None = None,
         min_count: int = DEFAULT_MIN_COUNT,
     ) -> StatsResult:
         """Federated statistics over every node's table (``lab stats``), small counts suppressed."""
@@ -330,7 +329,6 @@ class Workbench:
             correlation=correlation,
             edges=bins or {},
             min_count=min_count,
-            levels=levels or {},
         )
         request.check(task)  # a wrong column name fails here, before any process starts
         settings = self.federation.settings(task, self.workspace, self.tracking_uri, {})

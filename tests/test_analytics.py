@@ -43,9 +43,7 @@ def test_pooled_moments_and_correlation_equal_the_concatenated_tables(frames, sp
 
 
 def test_grouped_moments_and_histogram_equal_the_concatenated_tables(frames, spec):
-    request = StatsRequest(
-        columns=("age",), by="sex", edges={"age": [30, 40, 50, 60, 70]}, min_count=1, levels={"sex": ["0", "1"]}
-    )
+    request = StatsRequest(columns=("age",), by="sex", edges={"age": [30, 40, 50, 60, 70]}, min_count=1)
     pooled = pool(_summaries(frames, spec, request), request)
     everything = pd.concat(frames.values(), ignore_index=True)
     age = pooled["columns"]["age"]
@@ -132,12 +130,12 @@ def test_two_small_groups_are_not_released_as_a_small_sum(spec):
 
 
 def test_small_groups_hide_their_sums_and_a_complement(spec):
-    frame = pd.DataFrame({"age": [40.0] * 20 + [70.0] * 3 + [55.0] * 9, "sex": [0.0] * 20 + [1.0] * 3 + [2.0] * 9})
-    request = StatsRequest(columns=("age",), by="sex", min_count=5, levels={"sex": ["0", "1", "2"]})
-    summary = node_summary(frame, spec, request)["columns"]["age"]
+    frame = pd.DataFrame({"chol": [200.0] * 20 + [300.0] * 9 + [250.0] * 3, "age": [40.0] * 20 + [55.0] * 9 + [70.0] * 3})
+    request = StatsRequest(columns=("chol",), by="age", edges={"age": [50.0, 60.0]}, min_count=5)
+    summary = node_summary(frame, spec, request)["columns"]["chol"]
     assert summary["n"][:3] == [20.0, None, None]  # 3 is small; 9 goes with it, else 32 - 20 - 9 = 3
     assert summary["sum"][1] is None and summary["sum"][2] is None
-    assert summary["n"][3] == 32.0 and summary["total_sum"] == frame["age"].sum()
+    assert summary["n"][3] == 32.0 and summary["total_sum"] == frame["chol"].sum()
 
 
 def test_default_edges_come_from_pooled_figures():
@@ -156,11 +154,11 @@ def test_every_figure_of_a_reply_comes_from_the_same_rows(spec):
     assert summary["columns"]["age"]["total_sum"] == summary["correlation"]["sum"][0]
 
 
-def test_groups_come_from_the_request_never_from_a_nodes_values(spec):
-    with pytest.raises(LabError, match="--levels age="):
+def test_groups_come_from_the_spec_or_bins_never_from_a_nodes_values(spec):
+    with pytest.raises(LabError, match="give its groups as bins, e.g. --bins age="):
         StatsRequest(columns=("chol",), by="age").check(spec)
     frame = pd.DataFrame({"chol": [200.0] * 12, "exang": [0.0] * 6 + [1.0] * 5 + [7.0]})
-    request = StatsRequest(columns=("chol",), by="exang", levels={"exang": ["0", "1"]})
+    request = StatsRequest(columns=("chol",), by="exang")  # the spec's levels of exang: 0 and 1
     summary = node_summary(frame, spec, request)
     assert summary["groups"] == ["0", "1"] and summary["columns"]["chol"]["n"] == [6.0, 5.0, 11.0]
 

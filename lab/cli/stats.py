@@ -11,19 +11,7 @@ from lab.cli.options import fmt
 from lab.core.analytics import bin_labels
 from lab.errors import UsageError
 
-__all__ = ["parse_bins", "parse_levels", "stats_tables"]
-
-
-def parse_levels(items: list[str]) -> dict[str, list[str]]:
-    """``col=a,b,c`` into the groups of a numeric column used in --by or --crosstab."""
-    levels: dict[str, list[str]] = {}
-    for item in items:
-        column, sep, value = item.partition("=")
-        names = [v.strip() for v in value.split(",") if v.strip()]
-        if not sep or not column or not names:
-            raise UsageError(f"--levels {item!r}: give COLUMN=LEVEL,LEVEL,..., e.g. --levels sex=0,1")
-        levels[column.strip()] = names
-    return levels
+__all__ = ["parse_bins", "stats_tables"]
 
 
 def parse_bins(items: list[str]) -> dict[str, list[float]]:

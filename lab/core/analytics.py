@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -53,13 +54,15 @@ class StatsRequest:
     ``edges`` gives each numeric column's inner bin edges; values below the first edge and from
     the last edge up fall into two open-ended outer bins, so no bin reveals an extreme value.
     ``moments_only`` asks for counts, sums and sums of squares only (the first of two passes,
-    from which default edges are set). ``levels`` gives the groups of a numeric column used in
-    ``by`` or ``crosstab`` (categorical columns use the spec's levels): groups are never taken from
-    a node's data, where they could reveal one person's value.
+    from which default edges are set). The groups of a ``by`` or ``crosstab`` column are the
+    spec's levels of it or, for a numeric column the spec lists none of, its bins (``edges``):
+    groups are never taken from a node's data, nor from the request, where they could single out
+    one person's value.
 
     Every figure of one reply is computed over the same rows: those with a value in every column
-    the request names (and, for ``by`` and ``crosstab`` columns, one of the levels). Figures over
-    different row sets could be subtracted from each other.
+    the request names (and, for ``by`` and ``crosstab`` columns, one of the groups). Figures over
+    different row sets could be subtracted from each other; the node's audit across answers
+    (lab.node.releases) refuses the combinations that would.
     """
 
     columns: tuple[str, ...]
@@ -69,7 +72,6 @@ class StatsRequest:
     edges: dict[str, list[float]] = field(default_factory=dict)
     min_count: int = DEFAULT_MIN_COUNT
     moments_only: bool = False
-    levels: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def used(self) -> list[str]:
@@ -91,7 +93,6 @@ class StatsRequest:
             edges={k: [float(e) for e in v] for k, v in raw.get("edges", {}).items()},
             min_count=int(raw.get("min_count", DEFAULT_MIN_COUNT)),
             moments_only=bool(raw.get("moments_only")),
-            levels={k: [str(v) for v in vs] for k, vs in raw.get("levels", {}).items()},
         )
 
     def check(self, spec: TaskSpec) -> None:
@@ -104,17 +105,15 @@ class StatsRequest:
         if not self.columns and not self.crosstab:
             raise QueryError("name at least one column, e.g. `lab stats age chol --by sex`")
         for column, edges in self.edges.items():
-            if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+            finite = all(isinstance(e, float) and math.isfinite(e) for e in edges)
+            if len(edges) < 2 or not finite or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
                 raise QueryError(f"bins for {column!r} = {edges!r}; give increasing edges, e.g. {column}=30:80:10")
         if self.min_count < DEFAULT_MIN_COUNT:
             raise QueryError(f"min-count {self.min_count} is below the floor of {DEFAULT_MIN_COUNT}")
         for column in [*([self.by] if self.by else []), *(self.crosstab or ())]:
-            if not is_categorical(column, spec) and not self.levels.get(column):
-                raise QueryError(
-                    f"column {column!r} is numeric in task {spec.name!r}: give its groups, e.g. --levels {column}=0,1 "
-                    "(groups are never read from a node's data)"
-                )
-        for column in set(self.edges) - set(self.columns):
+            _grouping(column, spec, self)  # the spec's levels, or bins: a numeric column without either fails
+        grouping = {*([self.by] if self.by else []), *(self.crosstab or ())}
+        for column in set(self.edges) - set(self.columns) - grouping:
             raise QueryError(
                 f"--bins names {column!r}, which is not among the columns asked for {list(self.columns)!r}"
             )
@@ -136,8 +135,9 @@ def is_categorical(column: str, spec: TaskSpec) -> bool:
     return spec.target.column == column and spec.target.kind != "regression"
 
 
-def _levels(column: str, spec: TaskSpec, given: dict[str, list[str]]) -> list[str]:
-    """A grouping column's levels: the spec's, or the request's; never a node's own values."""
+def spec_levels(column: str, spec: TaskSpec) -> list[str] | None:
+    """A column's levels as the spec gives them (a feature's, or a class target's), as text; None
+    for a numeric column the spec lists no levels of."""
     for feature in spec.features:
         if feature.name == column and feature.levels:
             return [_label(level) for level in feature.levels]
@@ -145,9 +145,37 @@ def _levels(column: str, spec: TaskSpec, given: dict[str, list[str]]) -> list[st
         return ["0", "1"]
     if column == spec.target.column and spec.target.kind == "multiclass":
         return [str(i) for i in range(len(spec.target.classes))]
-    if given.get(column):
-        return list(given[column])
-    raise QueryError(f"column {column!r} has no levels in the spec; give them with --levels {column}=A,B")
+    return None
+
+
+def _grouping(
+    column: str, spec: TaskSpec, request: StatsRequest
+) -> tuple[list[str], Callable[[pd.Series], np.ndarray]]:
+    """A grouping column's groups and a function giving each row's group (-1: none of them): the
+    spec's levels, or for a numeric column without them the request's bins; never a node's values."""
+    levels = spec_levels(column, spec)
+    if levels is not None:
+        lookup = {level: i for i, level in enumerate(levels)}
+
+        def by_level(values: pd.Series) -> np.ndarray:
+            index: np.ndarray = values.map(lambda v: lookup.get(_label_or_none(v) or "", -1)).to_numpy(dtype=int)
+            return index
+
+        return levels, by_level
+    edges = request.edges.get(column)
+    if not edges:
+        raise QueryError(
+            f"column {column!r} is numeric and the spec lists no levels of it: give its groups as bins, e.g. "
+            f"--bins {column}=30:80:10 (groups are never read from a node's data)"
+        )
+
+    def by_bin(values: pd.Series) -> np.ndarray:
+        x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+        index = _bin_index(x, edges).astype(int)
+        index[np.isnan(x)] = -1
+        return np.asarray(index)
+
+    return bin_labels({"kind": "numeric", "bins": edges}), by_bin
 
 
 def _label(value: Any) -> str:
@@ -177,7 +205,14 @@ def _bin_index(values: np.ndarray, edges: list[float]) -> np.ndarray:
 
 
 def node_summary(frame: pd.DataFrame, spec: TaskSpec, request: StatsRequest) -> dict[str, Any]:
-    """This node's summary for ``request``, small cells already suppressed.
+    """This node's summary for ``request``, small cells already suppressed (``summarise``'s figures)."""
+    return summarise(frame, spec, request)[0]
+
+
+def summarise(frame: pd.DataFrame, spec: TaskSpec, request: StatsRequest) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """This node's summary for ``request``, small cells already suppressed, and the rows behind
+    every count it releases (one boolean mask over ``frame``'s rows each; a sum is released only
+    with the count of its rows).
 
     For each column and each group of ``request.by`` (one group when None): the count, sum and
     sum of squares (numeric), a histogram over the request's edges (numeric) or level counts
@@ -186,32 +221,34 @@ def node_summary(frame: pd.DataFrame, spec: TaskSpec, request: StatsRequest) -> 
     """
     m = request.min_count
     notes: list[str] = []
-    frame = _common_rows(frame, spec, request)
-    groups = _levels(request.by, spec, request.levels) if request.by else ["all"]
-    group_of = frame[request.by].map(_label_or_none) if request.by else None
+    common = _common_mask(frame, spec, request)
+    if request.by:
+        groups, group_index = _grouping(request.by, spec, request)
+        of_group = np.where(common, group_index(frame[request.by]), -1)
+    else:
+        groups, of_group = ["all"], np.where(common, 0, -1)
     out: dict[str, Any] = {"groups": groups, "columns": {}, "notes": notes}
+    released: list[np.ndarray] = []
     for column in request.columns:
-        values = frame[column]
-        present = pd.Series(True, index=frame.index)
         categorical = is_categorical(column, spec)
-        cats = _levels(column, spec, request.levels) if categorical else []
-        n_bins = len(request.edges.get(column, [])) + 1 if not categorical else len(cats)
+        values = frame[column]
+        if categorical:
+            cats, level_index = _grouping(column, spec, request)
+            of_bin, n_bins = np.where(common, level_index(values), -1), len(cats)
+        elif column in request.edges:
+            x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+            of_bin, n_bins = np.where(common, _bin_index(x, request.edges[column]), -1), len(request.edges[column]) + 1
+        else:
+            of_bin, n_bins = np.where(common, 0, -1), 1
         counts = np.zeros((len(groups), n_bins))
         sums = np.zeros(len(groups))
         squares = np.zeros(len(groups))
-        for g, group in enumerate(groups):
-            rows = present if group_of is None else present & (group_of == group)
-            selected = values[rows]
-            if categorical:
-                labels = selected.map(_label)
-                counts[g] = [float((labels == c).sum()) for c in cats]
-            else:
-                x = selected.to_numpy(dtype=float)
+        for g in range(len(groups)):
+            in_group = of_group == g
+            counts[g] = np.bincount(of_bin[in_group & (of_bin >= 0)], minlength=n_bins)[:n_bins]
+            if not categorical:
+                x = pd.to_numeric(values[in_group], errors="coerce").to_numpy(dtype=float)
                 sums[g], squares[g] = float(x.sum()), float((x**2).sum())
-                if column in request.edges:
-                    counts[g] = np.bincount(_bin_index(x, request.edges[column]), minlength=n_bins)[:n_bins]
-                else:
-                    counts[g, 0] = len(x)
         # One count table per column (groups x bins or levels, with margins): the group sizes are
         # its row totals, so hiding a small group and hiding a small cell follow the same rule.
         table = _count_table(counts, m, margins=request.by is not None)
@@ -224,9 +261,11 @@ def node_summary(frame: pd.DataFrame, spec: TaskSpec, request: StatsRequest) -> 
             entry["squares"] = [None if sizes[g] is None else squares[g] for g in range(len(groups))]
             entry["total_sum"] = float(sums.sum()) if grand is not None else None
             entry["total_squares"] = float(squares.sum()) if grand is not None else None
-        if categorical or (column in request.edges and not request.moments_only):
+        shown_bins = categorical or (column in request.edges and not request.moments_only)
+        if shown_bins:
             entry["counts"] = cells
             entry["bins"] = cats if categorical else request.edges[column]
+        released += _cell_masks(cells, of_group, of_bin, with_bins=shown_bins)
         if table["suppressed"]:
             notes.append(
                 f"{column}: {table['primary']} count(s) under {m} suppressed, and "
@@ -235,16 +274,17 @@ def node_summary(frame: pd.DataFrame, spec: TaskSpec, request: StatsRequest) -> 
         out["columns"][column] = entry
     if request.crosstab and not request.moments_only:
         a, b = request.crosstab
-        la, lb = _levels(a, spec, request.levels), _levels(b, spec, request.levels)
-        xa, xb = frame[a].map(_label_or_none), frame[b].map(_label_or_none)
-        cells = np.array([[float(((xa == i) & (xb == j)).sum()) for j in lb] for i in la])
-        table = _count_table(cells, m)
+        (la, index_a), (lb, index_b) = _grouping(a, spec, request), _grouping(b, spec, request)
+        xa, xb = np.where(common, index_a(frame[a]), -1), np.where(common, index_b(frame[b]), -1)
+        cells_ab = np.array([[float(((xa == i) & (xb == j)).sum()) for j in range(len(lb))] for i in range(len(la))])
+        table = _count_table(cells_ab, m)
         out["crosstab"] = {"rows": la, "columns": lb, "cells": table["cells"]}
+        released += _cell_masks(table["cells"], xa, xb, with_bins=True)
         if table["suppressed"]:
             notes.append(f"crosstab {a} x {b}: {table['suppressed']} cell(s) suppressed ({table['primary']} under {m})")
     if request.correlation and not request.moments_only:
         numeric = [c for c in request.columns if not is_categorical(c, spec)]
-        complete = frame[numeric].astype(float)  # the common rows: no value is missing
+        complete = frame[common][numeric].astype(float)  # the common rows: no value is missing
         if len(complete) >= m and numeric:
             x = complete.to_numpy()
             out["correlation"] = {
@@ -253,20 +293,39 @@ def node_summary(frame: pd.DataFrame, spec: TaskSpec, request: StatsRequest) -> 
                 "sum": x.sum(axis=0).tolist(),
                 "products": (x.T @ x).tolist(),
             }
+            released.append(common.copy())
         else:
             notes.append(f"correlation: {len(complete)} complete rows, under {m}; not released")
-    return out
+    return out, released
 
 
-def _common_rows(frame: pd.DataFrame, spec: TaskSpec, request: StatsRequest) -> pd.DataFrame:
+def _cell_masks(
+    cells: list[list[float | None]], of_row: np.ndarray, of_column: np.ndarray, *, with_bins: bool
+) -> list[np.ndarray]:
+    """The rows behind each released count of a table with margins (rows x columns, the last of
+    each a total): ``of_row`` and ``of_column`` give each row's row and column (-1: neither)."""
+    rows, columns = len(cells) - 1, len(cells[0]) - 1
+    masks = []
+    for i, line in enumerate(cells):
+        for j, value in enumerate(line):
+            if value is None or (j < columns and not with_bins):
+                continue
+            in_row = of_row == i if i < rows else of_row >= 0
+            in_column = of_column == j if j < columns else of_column >= 0
+            masks.append(in_row & in_column)
+    return masks
+
+
+def _common_mask(frame: pd.DataFrame, spec: TaskSpec, request: StatsRequest) -> np.ndarray:
     """The rows every figure of the reply is computed over: a value in every named column, and
-    one of the levels in each grouping or crosstab column."""
+    one of the groups of each grouping or crosstab column."""
     keep = pd.Series(True, index=frame.index)
     for column in request.used:
         keep &= frame[column].map(lambda v: v is not None and not _nan(v))
+    keep_array: np.ndarray = np.array(keep, dtype=bool)
     for column in [*([request.by] if request.by else []), *(request.crosstab or ())]:
-        keep &= frame[column].map(_label_or_none).isin(_levels(column, spec, request.levels))
-    return frame[keep.to_numpy()]
+        keep_array &= _grouping(column, spec, request)[1](frame[column]) >= 0
+    return keep_array
 
 
 def _nan(value: Any) -> bool:

@@ -42,7 +42,11 @@ _METRICS = {
 
 @dataclass(frozen=True)
 class Feature:
-    """One input column: its type, categorical levels and missing-value policy."""
+    """One input column: its type, levels and missing-value policy.
+
+    A categorical column's levels are its values, one model input each; a numeric column may list
+    levels too (the values of a 0/1 column, say): the groups analytics may count it by, while the
+    model reads it as a number."""
 
     name: str
     type: FeatureType
@@ -254,10 +258,12 @@ def _parse_feature(r: TomlReader, index: int, t: dict[str, Any]) -> Feature:
     where = f"features[{index}] ({name!r})"
     ftype = r.choice(t, "type", _FEATURE_TYPES, where=where)
     levels: tuple[Level, ...] = ()
-    if ftype == "categorical":
+    if ftype == "categorical" or "levels" in t:  # a numeric column's levels: the groups analytics counts by
         levels = _levels(r, r.get(t, "levels", list, where=where), f"{where}.levels")
         if len(levels) < 2 or len(set(levels)) != len(levels):
             raise SpecError(f"{r.source}: {where}.levels = {list(levels)!r}; list two or more distinct levels")
+        if ftype == "numeric" and not all(isinstance(v, int | float) for v in levels):
+            raise SpecError(f"{r.source}: {where}.levels = {list(levels)!r}; a numeric column's levels are numbers")
     return Feature(
         name=name,
         type=ftype,

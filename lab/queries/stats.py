@@ -8,18 +8,53 @@ import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from lab.contract.settings import RunSettings
-from lab.core.analytics import StatsRequest, default_edges, is_categorical, node_summary, pool, stats_frame
-from lab.core.data import load_table
+from lab.core.analytics import StatsRequest, default_edges, is_categorical, pool, stats_frame, summarise
+from lab.core.data import check_frame, read_raw
+from lab.core.sources import source_label
 from lab.core.spec import TaskSpec
-from lab.errors import RunFailedError
+from lab.errors import Refusal, RunFailedError
+from lab.node.limits import Limits
+from lab.node.releases import line_count
 from lab.node.site import NodeSite
 from lab.queries.base import Ask, Emit, QueryKind
 
 if TYPE_CHECKING:  # the nodes import the queries too: no MLflow there
     from lab.registry.tracking import Tracker
 
-__all__ = ["KIND", "Stats", "histogram_figure"]
+__all__ = ["KIND", "Stats", "check_bins", "check_cells", "histogram_figure"]
+
+
+def check_bins(request: StatsRequest, frame: Any, limits: Limits) -> None:
+    """Refuse bins narrower than ``limits.min-bin-width`` standard deviations of the column here."""
+    for column, edges in request.edges.items():
+        values = np.asarray(frame[column], dtype=float)
+        values = values[~np.isnan(values)]
+        spread = float(values.std()) if len(values) > 1 else 0.0
+        narrowest = float(np.diff(edges).min())
+        if spread > 0 and narrowest < limits.min_bin_width * spread:
+            raise Refusal(
+                "limits.min-bin-width",
+                f"a bin of {column!r} {narrowest:g} wide is narrower than {limits.min_bin_width:g} of the column's "
+                "standard deviations here: so narrow a bin holds one person's value",
+            )
+
+
+def check_cells(summary: dict[str, Any], limits: Limits) -> None:
+    """Refuse an answer of more counts than ``limits.max-cells`` (shown or suppressed)."""
+    cells = sum(len(entry["n"]) + sum(map(len, entry.get("counts", []))) for entry in summary["columns"].values())
+    cells += sum(map(len, summary.get("crosstab", {}).get("cells", [])))
+    if cells > limits.max_cells:
+        raise Refusal("limits.max-cells", f"the answer would hold {cells} counts, more than {limits.max_cells}")
+
+
+def _on_lines(mask: np.ndarray, lines: np.ndarray, size: int) -> np.ndarray:
+    """A mask over a table's kept rows, as a mask over the lines of its file."""
+    out = np.zeros(size, dtype=bool)
+    out[lines[mask]] = True
+    return out
 
 
 class Stats(QueryKind[StatsRequest]):
@@ -30,11 +65,32 @@ class Stats(QueryKind[StatsRequest]):
         return StatsRequest.from_json(text)
 
     def answer(self, spec: TaskSpec, request: StatsRequest, site: NodeSite, run_id: int) -> dict[str, Any]:
+        """The node's summary, held to its limits (the spec's groups, bins no narrower than its
+        clause, no more counts than its clause) and to everything it released before: an answer
+        that would let a small count be worked out with earlier ones is refused."""
         request.check(spec)
         request = replace(request, min_count=site.min_count(request.min_count))
-        table = load_table(site.table_path(), spec, node=site.name)
-        summary = node_summary(stats_frame(table, spec), spec, request)
+        file_format = spec.format_for(site.name)
+        raw, offset = read_raw(site.table_path(), file_format)
+        source = source_label(site.table_path())
+        table = check_frame(raw, spec, source=source, file_format=file_format, offset=offset)
+        frame = stats_frame(table, spec)
         agreement = site.agreement
+        if agreement is not None:
+            check_bins(request, frame, agreement.limits)
+        summary, cells = summarise(frame, spec, request)
+        if agreement is not None:
+            check_cells(summary, agreement.limits)
+            history = site.releases(raw)
+            lines = [_on_lines(mask, table.line, line_count(len(raw))) for mask in cells]
+            if history.audit(lines, request.min_count) is not None:
+                raise Refusal(
+                    "allow.min-rows",
+                    f"with what this node answered before, this answer would let a count under {request.min_count} "
+                    "rows be worked out by differencing; ask for groups, bins and columns that do not overlap "
+                    "earlier ones so closely",
+                )
+            history.keep(lines)
         return {
             "summary": summary,
             "publish": bool(agreement and agreement.node_figures),
