@@ -58,15 +58,19 @@ def governed(checks: Checks) -> Callable[[Handler], Handler]:
                 if agreement is not None and not reply.has_error():
                     agreement.check(checks.releases(msg, reply, context, agreement))
             except LabError as exc:
+                # The operator's log and the audit entry say everything; off the node goes only what
+                # names no file, database URL or cell value (LabError.off_node).
                 clause = exc.clause if isinstance(exc, Refusal) else None
                 logger.error("node %s refused the %s message: %s", site.name, msg.metadata.message_type, exc)
                 _audit(site, msg, asked, "refused", clause=clause, reason=str(exc))
-                return Message(Error(code=keys.REFUSED, reason=f"node {site.name!r} refused: {exc}"), reply_to=msg)
+                said = exc.off_node()
+                return Message(Error(code=keys.REFUSED, reason=f"node {site.name!r} refused: {said}"), reply_to=msg)
             except Exception as exc:  # a bug in the lab: one line to the coordinator, the traceback kept here
                 where = _keep_traceback(site.audit_path, msg)
                 reason = f"internal error (a bug in the lab): {type(exc).__name__}: {exc}; {where}"
                 _audit(site, msg, asked, "failed", reason=reason)
-                return Message(Error(code=keys.FAILED, reason=f"node {site.name!r} failed: {reason}"), reply_to=msg)
+                said = f"internal error (a bug in the lab): {type(exc).__name__}; {where}"  # its text may hold data
+                return Message(Error(code=keys.FAILED, reason=f"node {site.name!r} failed: {said}"), reply_to=msg)
             head = _audit(site, msg, asked, "accepted", reply=reply)
             if head is not None:  # the coordinator records it: a log later cut or rolled back is found
                 carry_audit_head(reply, head.count, head.hash)

@@ -48,7 +48,20 @@ __all__ = [
 
 
 class LabError(Exception):
-    """A mistake the user can fix, or a condition they must know of; its message says what and how."""
+    """A mistake the user can fix, or a condition they must know of; its message says what and how.
+
+    ``public``: what a node may say of it to the coordinator, where the message itself names what
+    must stay on the node (a file path, a database URL, a cell's value, its line); None: the
+    message may leave as it is.
+    """
+
+    def __init__(self, *args: object, public: str | None = None) -> None:
+        super().__init__(*args)
+        self.public = public
+
+    def off_node(self) -> str:
+        """What a node's error reply says of this error."""
+        return self.public if self.public is not None else str(self)
 
 
 class UsageError(LabError):
@@ -76,7 +89,11 @@ class QueryError(ConfigError):
 
 
 class DataError(LabError):
-    """A table is missing, unreadable, or does not fit the task spec."""
+    """A table is missing, unreadable, or does not fit the task spec (its message may name the
+    file, a line and a value: off the node it says only what ``public`` says)."""
+
+    def off_node(self) -> str:
+        return self.public or "the node's table cannot be used for this task; its operator sees why in the node's log"
 
 
 class EnvironmentDriftError(LabError):
@@ -84,13 +101,18 @@ class EnvironmentDriftError(LabError):
 
 
 class Refusal(LabError):
-    """A message the node's agreement does not allow; ``clause`` names the field that refused it.
+    """A message the node does not answer; ``clause`` names the agreement's field that refused it
+    (``allow.metrics``, ``limits.min-batch-size``), or the node's own rule: ``agreement`` (it holds
+    none), ``plan`` (the message departs from the run's booked plan), ``secure-aggregation`` (a
+    SecAgg+ message the node cannot trust).
 
     ``relayed``: ``reason`` is a refusal already worded elsewhere (a handler's error reply), kept as is.
     """
 
     def __init__(self, clause: str, reason: str, *, relayed: bool = False) -> None:
-        super().__init__(reason if relayed else f"agreement clause {clause}: {reason}")
+        of_agreement = clause.partition(".")[0] in ("agreement", "tasks", "allow", "limits") and "." in clause
+        named = f"agreement clause {clause}" if of_agreement or clause == "tasks" else f"rule {clause}"
+        super().__init__(reason if relayed else f"{named}: {reason}")
         self.clause = clause
 
 

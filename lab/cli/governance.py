@@ -202,14 +202,17 @@ def node_catalog(
         return
     title = f"{escape(source_label(data))}: {described['rows']} rows (counts under {min_rows} hidden)"
     table = RichTable(title=title)
-    for column in ("column", "role", "type", "missing", "range", "levels or histogram"):
+    for column in ("column", "role", "type", "missing", "not in the spec", "levels or histogram"):
         table.add_column(column)
     for c in described["columns"]:
         levels = ", ".join(f"{k}: {v}" for k, v in c.get("levels", {}).items())
         if "histogram" in c:
-            levels = "bins " + " ".join(str(n) for n in c["histogram"]["counts"])
-        span = "" if "range" not in c else f"{c['range'][0]:g} to {c['range'][1]:g}"
-        table.add_row(c["column"], c["role"], c["type"], str(c["missing"]), span, levels)
+            edges = c["histogram"]["edges"]
+            levels = f"{edges[0]:g} to {edges[-1]:g} in {len(edges) - 1} bins: " + " ".join(
+                str(n) for n in c["histogram"]["counts"]
+            )
+        odd = c.get("unknown", c.get("not_numbers", ""))
+        table.add_row(c["column"], c["role"], c["type"], str(c["missing"]), str(odd), levels)
     console.print(table)
 
 

@@ -82,7 +82,8 @@ def read_raw(source: str | Path, file_format: FileFormat) -> tuple[pd.DataFrame,
     path = Path(source)
     if not path.is_file():
         raise DataError(
-            f"{str(path)!r} does not exist or is not a file; check the path (on a node: its data-path setting)"
+            f"{str(path)!r} does not exist or is not a file; check the path (on a node: its data-path setting)",
+            public="the node's table is not where its operator said it is (its data-path setting)",
         )
     fmt = file_format.format
     if path.suffix.lower() in (".parquet", ".pq"):
@@ -103,7 +104,9 @@ def read_raw(source: str | Path, file_format: FileFormat) -> tuple[pd.DataFrame,
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(
             f"{str(path)!r} cannot be read as {fmt.upper()}: {reason}; check the file against the format "
-            "the spec gives for this node (format, header, delimiter, columns)"
+            "the spec gives for this node (format, header, delimiter, columns)",
+            public=f"the node's table cannot be read as {fmt.upper()}: check the format the spec gives for this node "
+            "(format, header, delimiter, columns)",
         ) from None
     return frame, 2 if file_format.header else 1
 
@@ -123,7 +126,9 @@ def _decoded(path: Path, encoding: str) -> str:
         raise DataError(
             f"{str(path)!r}, line {line}: byte 0x{data[exc.start]:02x} (after {context[:-1]!r}) is not valid "
             f'{encoding}; set the file\'s encoding in the spec (encoding = {other!r}, or "latin-1", under '
-            "[data] or this node's [nodes.NAME] table), or save the file as UTF-8"
+            "[data] or this node's [nodes.NAME] table), or save the file as UTF-8",
+            public=f"the node's table is not valid {encoding}: set its encoding in the spec (this node's "
+            "[nodes.NAME] table)",
         ) from None
 
 
@@ -158,7 +163,8 @@ def check_frame(
     if missing_cols:
         raise DataError(
             f"{source!r} has no column {missing_cols[0]!r} (the spec needs {missing_cols!r}); "
-            f"the file has {list(map(str, frame.columns))!r}: rename the column or fix the spec"
+            f"the file has {list(map(str, frame.columns))!r}: rename the column or fix the spec",
+            public=f"the node's table has no column {missing_cols[0]!r} (the spec needs {missing_cols!r})",
         )
     frame = frame.reset_index(drop=True)
     lines = np.arange(len(frame)) + offset
@@ -184,7 +190,9 @@ def check_frame(
         raise DataError(
             f"{source!r} has no rows left after dropping rows with missing values "
             f"({len(frame)} read; column {worst!r} is missing in {int(missing[worst].sum())}); "
-            f'set missing = "impute" for that feature in the spec, or supply complete rows'
+            f'set missing = "impute" for that feature in the spec, or supply complete rows',
+            public=f"the node's table has no row left after dropping rows with missing values (most of them in "
+            f'column {worst!r}): set missing = "impute" for that feature in the spec',
         )
     if dropped:
         logger.info("%s: dropped %d of %d rows with missing values", source, dropped, len(frame))
@@ -210,7 +218,8 @@ def split_table(table: Table, spec: TaskSpec) -> tuple[Table, Table]:
     if len(table) < 4:
         raise DataError(
             f"{table.source!r} has {len(table)} usable rows, too few to split into train and test; "
-            "a node needs at least 4"
+            "a node needs at least 4",
+            public="the node's table has too few usable rows to split into train and test",
         )
     train_idx, test_idx = train_test_split(
         index, test_size=spec.test_fraction, random_state=spec.split_seed, stratify=stratify
@@ -233,34 +242,49 @@ def check_column(
     blank = is_blank(raw, file_format)
     where = f"{source!r}, line {{line}}, column {feature.name!r}"
     if feature.type == "numeric":
-        return _numbers(raw, blank, where, lines, file_format), blank
+        return _numbers(raw, blank, where, lines, file_format, f"column {feature.name!r}"), blank
     fix = f"the spec allows {list(feature.levels)!r}: add the level to the spec or correct the value"
-    return _levels(raw, blank, feature.levels, where, lines, "unknown category", fix), blank
+    return _levels(raw, blank, feature.levels, where, lines, "unknown category", fix, f"column {feature.name!r}"), blank
 
 
-def _numbers(raw: pd.Series, blank: pd.Series, where: str, lines: np.ndarray, file_format: FileFormat) -> pd.Series:
-    """Numeric values; text that is neither a number nor the missing token is an error."""
+def _numbers(
+    raw: pd.Series, blank: pd.Series, where: str, lines: np.ndarray, file_format: FileFormat, column: str
+) -> pd.Series:
+    """Numeric values; text that is neither a number nor the missing token is an error (``column``:
+    how it names the column off the node, without the file, line or value)."""
     values = pd.to_numeric(raw.where(~blank), errors="coerce").astype(float)
     bad = values.isna() & ~blank
     if bad.any():
         pos = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(
             f"{where.format(line=lines[pos])}: {raw.iloc[pos]!r} is not a number ({int(bad.sum())} such rows); "
-            f"fix the value, or mark it missing with {file_format.missing_token or 'an empty field'!r}"
+            f"fix the value, or mark it missing with {file_format.missing_token or 'an empty field'!r}",
+            public=f"{column} of the node's table holds text that is not a number (its operator sees which rows, "
+            "in the node's log)",
         )
     return values
 
 
 def _levels(
-    raw: pd.Series, blank: pd.Series, levels: tuple[Level, ...], where: str, lines: np.ndarray, what: str, fix: str
+    raw: pd.Series,
+    blank: pd.Series,
+    levels: tuple[Level, ...],
+    where: str,
+    lines: np.ndarray,
+    what: str,
+    fix: str,
+    column: str,
 ) -> pd.Series:
-    """Values mapped onto the spec's levels; a value the spec does not list is an error."""
+    """Values mapped onto the spec's levels; a value the spec does not list is an error (``column``:
+    how it names the column off the node)."""
     values = as_levels(raw.where(~blank), levels)
     unknown = values.isna() & ~blank
     if unknown.any():
         pos = int(np.flatnonzero(unknown.to_numpy())[0])
         raise DataError(
-            f"{where.format(line=lines[pos])}: {what} {raw.iloc[pos]!r} ({int(unknown.sum())} such rows); {fix}"
+            f"{where.format(line=lines[pos])}: {what} {raw.iloc[pos]!r} ({int(unknown.sum())} such rows); {fix}",
+            public=f"{column} of the node's table holds a value the spec does not list (its operator sees which rows, "
+            "in the node's log)",
         )
     return values
 
@@ -282,7 +306,8 @@ def _target(
     blank = is_blank(raw, file_format)
     where = f"{source!r}, line {{line}}, target column {target.column!r}"
     if target.kind == "regression":
-        return _numbers(raw, blank, where, lines, file_format).fillna(0.0).to_numpy(dtype=np.float32), blank
+        named = f"target column {target.column!r}"
+        return _numbers(raw, blank, where, lines, file_format, named).fillna(0.0).to_numpy(dtype=np.float32), blank
     if target.kind == "binary":
         levels: tuple[Level, ...] = target.negative + target.positive
         codes = [0.0] * len(target.negative) + [1.0] * len(target.positive)
@@ -290,7 +315,7 @@ def _target(
         levels = target.classes
         codes = [float(i) for i in range(len(levels))]
     fix = f"the spec maps {list(levels)!r}: add it to the spec's target or correct the value"
-    values = _levels(raw, blank, levels, where, lines, "unknown value", fix)
+    values = _levels(raw, blank, levels, where, lines, "unknown value", fix, f"target column {target.column!r}")
     code_of = dict(zip(levels, codes, strict=True))
     encoded = values.map(lambda v: code_of.get(v, 0.0) if v is not None else 0.0)
     return encoded.to_numpy(dtype=np.float32), blank

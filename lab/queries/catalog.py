@@ -7,7 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from lab.contract.settings import RunSettings
-from lab.core.catalog import build_catalog, preflight
+from lab.core.catalog import describe, preflight
 from lab.core.disclosure import DEFAULT_MIN_COUNT
 from lab.core.spec import TaskSpec
 from lab.errors import DataError
@@ -32,13 +32,27 @@ class Catalog(QueryKind[None]):
         return None
 
     def answer(self, spec: TaskSpec, request: None, site: NodeSite, run_id: int) -> dict[str, Any]:
+        """The spec's columns in the node's table, and its problems against the spec. Counts that
+        would, with what the node released before, let a small count be worked out (lab.node.releases)
+        are held back: then only the row count and the problems leave."""
         agreement = site.agreement
         min_rows = max(DEFAULT_MIN_COUNT, agreement.min_rows if agreement else CATALOG_MIN_COUNT)
         path = site.data_path
         try:
-            described = build_catalog(path, spec, node=site.name, min_rows=min_rows)
+            described, cells, raw = describe(path, spec, node=site.name, min_rows=min_rows)
         except DataError:  # the pre-flight below says why the table cannot be read
-            described = {}
+            described, cells, raw = {}, [], None
+        if agreement is not None and raw is not None:
+            history = site.releases(raw)
+            if history.audit(cells, min_rows) is not None:
+                described = {
+                    "rows": described["rows"],
+                    "columns": [{k: entry[k] for k in ("column", "role", "type")} for entry in described["columns"]],
+                    "held_back": "the columns' counts: with what this node released before, they would let a "
+                    f"count under {min_rows} be worked out by differencing",
+                }
+                cells = cells[-1:] if isinstance(described["rows"], int) else []  # the row count alone
+            history.keep(cells)
         return {"catalog": described, "problems": preflight(path, spec, node=site.name)}
 
     def coordinate(
