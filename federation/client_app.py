@@ -48,16 +48,16 @@ from lab.core.privacy import DPPlan
 from lab.core.spec import TaskSpec, parse_spec
 from lab.core.training import (
     NodeData,
-    evaluate,
     load_node_data,
     node_seed,
     predictor_from,
+    score,
     train_locally,
     train_privately,
 )
-from lab.errors import MessageError, TrainingError
+from lab.errors import MessageError, Refusal, TrainingError
 from lab.node.agreement import Agreement, Request
-from lab.node.ledger import check_budget
+from lab.node.holding import Hold
 from lab.node.site import NodeSite
 from lab.queries import KINDS, QueryKind
 from lab.queries.prepare import check_rows
@@ -109,7 +109,10 @@ def _spec(context: Context, instructions: Instructions, run_id: int) -> TaskSpec
         )
     spec = parse_spec(text, source="the run's task spec")
     if spec.sha256 != instructions.spec_sha256:
-        raise MessageError(f"the kept task spec {str(kept)!r} does not match its fingerprint; remove it")
+        raise MessageError(
+            f"the kept task spec {str(kept)!r} does not match its fingerprint; remove it",
+            public="the task spec the node kept for this run does not match its fingerprint",
+        )
     return spec
 
 
@@ -141,7 +144,8 @@ class _Training:
             outputs.add("model-updates")
         for record in reply.content.metric_records.values():
             rows = int(record.get(keys.NUM_EXAMPLES, 0))  # type: ignore[arg-type]
-            names = {k.removeprefix(keys.EVAL_PREFIX) for k in record} - _NOT_METRICS
+            named = {k.removeprefix(keys.EVAL_PREFIX) for k in record if not k.startswith(keys.NOISE_PREFIX)}
+            names = named - _NOT_METRICS
             metrics |= names
             if names:
                 outputs.add("metrics")
@@ -248,21 +252,23 @@ def _model(spec: TaskSpec, instructions: Instructions, arrays: ArrayRecord) -> P
 @app.train(mods=[node_mod])  # SecAgg+ rounds only; plain rounds pass through
 @governed(_Training(True))
 def train(msg: Message, context: Context) -> Message:
-    """Train the received global model on this node's training rows."""
+    """Train the received global model on this node's training rows, as the run's booking holds it."""
     site, instructions, spec, data, minimum = _inputs(msg, context)
-    plan = DPPlan.make(instructions.dp, len(data.train)) if instructions.dp else None
-    ledger_run = instructions.dp.ledger_key(msg.metadata.run_id) if instructions.dp else msg.metadata.run_id
+    hold = Hold.of(site, msg.metadata.run_id)
+    hold.train(instructions)  # the planned optimisation, a round within the plan, the run's scaler
+    server_round = instructions.server_round
+    plan = _dp_plan(hold, instructions)
+    key = hold.key or str(msg.metadata.run_id)
     budget = agreement.epsilon_budget if (agreement := site.agreement) else None
-    if plan is not None:  # refuses a run over the budget, before training
-        check_budget(site.ledger(), budget, ledger_run, plan)
+    if plan is not None:  # a round beyond the plan, trained before, or over the budget is refused
+        site.ledger().check_round(key, server_round, plan, budget)
     predictor = _predictor(spec, instructions, msg)
-    evaluated: dict[str, float] = {}
+    evaluated, noise = {}, {}
     if instructions.evaluate_first and len(data.test) >= minimum:
         # One message per round: the global model is scored here instead of in an extra message.
-        evaluated = evaluate(predictor, data.test)
-    server_round = instructions.server_round
-    if plan is not None:
-        site.ledger().check_round(ledger_run, server_round, plan, budget)
+        released = score(predictor, data.test, scale=hold.scale("round"), min_class_rows=minimum)
+        hold.released("round", [released])
+        evaluated, noise = released.metrics, released.noise
     steps, batch_size = instructions.local_steps, instructions.batch_size
     epsilon = None
     if plan is None:
@@ -276,20 +282,26 @@ def train(msg: Message, context: Context) -> Message:
             proximal_mu=instructions.proximal_mu,
         )
     else:
-        _, sample_rate = train_privately(
+        _, sample_rate, taken = train_privately(
             predictor,
             data.train,
-            steps=steps,
+            steps=plan.steps_per_round,
             noise_multiplier=plan.noise_multiplier,
             clipping_norm=plan.clipping_norm,
             batch_size=batch_size,
             learning_rate=instructions.learning_rate,
         )
-        if abs(sample_rate - plan.sample_rate) > 1e-12:
-            raise TrainingError(f"DP-SGD sampled at {sample_rate}, the ledger would record {plan.sample_rate}")
-        entry = site.ledger().record(run_id=ledger_run, server_round=server_round, plan=plan, task=spec.name)
+        if abs(sample_rate - plan.sample_rate) > 1e-12 or taken != plan.steps_per_round:
+            raise TrainingError(
+                f"DP-SGD took {taken} steps at sampling rate {sample_rate}; the plan booked {plan.steps_per_round} "
+                f"at {plan.sample_rate}"
+            )
+        entry = site.ledger().record(
+            key=key, run_id=msg.metadata.run_id, server_round=server_round, plan=plan, task=spec.name, steps=taken
+        )
         epsilon = float(entry["epsilon"])
         loss = None  # in a DP run the loss on the training rows is not private: it stays at the node
+    hold.trained(server_round)
     reply = TrainReply(
         ArrayRecord(predictor.model.state_dict()),
         len(data.train),
@@ -297,20 +309,43 @@ def train(msg: Message, context: Context) -> Message:
         evaluated,
         loss,
         epsilon,
+        noise,
     )
     return Message(reply.to_record(), reply_to=msg)
+
+
+def _dp_plan(hold: Hold, instructions: Instructions) -> DPPlan | None:
+    """The DP plan the node trains with: its booking's (the message's DP settings must be the run's)."""
+    if instructions.dp is None:
+        return None
+    if hold.booking is None or hold.booking.dp_plan is None:
+        raise Refusal("plan", "the message asks for differential privacy its run's preparation did not plan here")
+    if hold.booking.dp != instructions.dp:
+        raise Refusal("plan", "the message's differential privacy settings are not those the run planned")
+    return hold.booking.dp_plan
+
+
+def _withheld(site: NodeSite, spec: TaskSpec, data: NodeData, minimum: int) -> NodeReport:
+    return _report(
+        site, spec, data, f"metrics on the test split withheld: it has fewer rows than the minimum of {minimum}"
+    )
 
 
 @app.evaluate()
 @governed(_Training(False))
 def evaluate_model(msg: Message, context: Context) -> Message:
-    """Evaluate the received global model on this node's test rows."""
+    """Evaluate the received global model on this node's test rows (once per run)."""
     site, instructions, spec, data, minimum = _inputs(msg, context)
+    hold = Hold.of(site, msg.metadata.run_id)
+    hold.pin(instructions)
     if len(data.test) < minimum:  # neither the scores nor the small row count leave
-        withheld = f"metrics on the test split withheld: it has fewer rows than the minimum of {minimum}"
-        return Message(EvaluateReply({}, 0, _report(site, spec, data, withheld)).to_record(), reply_to=msg)
+        return Message(EvaluateReply({}, 0, _withheld(site, spec, data, minimum)).to_record(), reply_to=msg)
+    scale = hold.scale("final")
     predictor = _predictor(spec, instructions, msg)
-    reply = EvaluateReply(evaluate(predictor, data.test), len(data.test), _report(site, spec, data), _few(spec, data))
+    released = score(predictor, data.test, scale=scale, min_class_rows=minimum)
+    hold.released("final", [released])
+    few = _few(spec, data)
+    reply = EvaluateReply(released.metrics, len(data.test), _report(site, spec, data), few, released.noise)
     return Message(reply.to_record(), reply_to=msg)
 
 
@@ -325,11 +360,21 @@ def _few(spec: TaskSpec, data: NodeData) -> bool:
 @app.evaluate(keys.CANDIDATES_ACTION)
 @governed(_Training(False))
 def score_candidates(msg: Message, context: Context) -> Message:
-    """Score every candidate model the message carries on this node's test rows, in one reply."""
+    """Score every candidate model the message carries on this node's test rows, in one reply, as
+    many as the run planned for its contribution valuation."""
     site, instructions, spec, data, minimum = _inputs(msg, context)
     candidates = Candidates.of(msg)
+    hold = Hold.of(site, msg.metadata.run_id)
+    hold.pin(instructions)
     if len(data.test) < minimum:  # neither the scores nor the small row count leave
-        withheld = f"metrics on the test split withheld: it has fewer rows than the minimum of {minimum}"
-        return Message(CandidateScores([], 0, _report(site, spec, data, withheld)).to_record(), reply_to=msg)
-    scores = [evaluate(_model(spec, instructions, arrays), data.test) for arrays in candidates.models]
-    return Message(CandidateScores(scores, len(data.test), _report(site, spec, data)).to_record(), reply_to=msg)
+        return Message(CandidateScores([], 0, _withheld(site, spec, data, minimum)).to_record(), reply_to=msg)
+    scale = hold.scale("candidate", len(candidates.models))
+    released = [
+        score(_model(spec, instructions, arrays), data.test, scale=scale, min_class_rows=minimum)
+        for arrays in candidates.models
+    ]
+    hold.released("candidate", released)
+    scores = [r.metrics for r in released]
+    noise = released[0].noise if released else {}
+    reply = CandidateScores(scores, len(data.test), _report(site, spec, data), noise)
+    return Message(reply.to_record(), reply_to=msg)

@@ -48,6 +48,10 @@ class Recorder:
             if n not in answered
         }
 
+    def warn(self, node: str, reason: str) -> None:
+        """Tell whoever follows the run of something the coordinator did about a node's reply."""
+        self.emit("warning", node=node, reason=reason)
+
     def name_of(self, node_id: int) -> str:
         member = self.members.get(node_id)
         return member.name if member else f"node-{node_id}"
@@ -86,6 +90,9 @@ class Recorder:
         sent nothing back, by name, with why)."""
         evaluated = {r.metadata.src_node_id: EvaluateReply.of(r) for r in replies if not r.has_error()}
         good = {node_id: reply.metrics for node_id, reply in evaluated.items()}
+        for node_id, reply in evaluated.items():
+            if (member := self.members.get(node_id)) is not None:
+                member.final_noise = dict(reply.noise)
         self.auc_unreliable |= {self.name_of(n) for n, reply in evaluated.items() if reply.auc_unreliable}
         mean = self._log_scores(server_round, good)
         self.sink.log_metrics(self._note_heads(server_round, "evaluate", replies), step=server_round)

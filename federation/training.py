@@ -13,7 +13,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from federation.asking import asker
+from federation.asking import asker, chosen
 from federation.contributions import UpdateLog, value_contributions
 from federation.recorder import Recorder
 from federation.rounds import run_rounds
@@ -54,8 +54,7 @@ def train(
     guard = _guard(spec, settings)
     check_packaging(spec)  # a task that cannot become a model fails now, not after the last round
     resumed = _checkpoint(settings, tracker)
-    ledger_run = resumed.ledger_run if resumed else 0
-    request = PrepareRequest.of(settings, guard.lock, ledger_run)
+    request = PrepareRequest.of(settings, guard.lock, nodes=len(chosen(grid, settings)))
     prepared = PREPARE.prepare(spec, request, settings, guard, asker(grid, spec, PREPARE, settings), tracker, emit)
     members = prepared.members
     if ROSTER.get():  # a coordinator's host: `lab coordinator nodes` shows what each node reported
@@ -66,14 +65,16 @@ def train(
     else:
         log_settings(tracker, settings)
     recorder = Recorder(members, tracker, emit, spec.metrics, settings.round_timeout)
-    instructions = _instructions(spec, settings, prepared, ledger_run)
+    instructions = _instructions(spec, settings, prepared)
     updates = UpdateLog() if settings.contributions else None
     if settings.secure_aggregation:  # the same instructions, through SecAgg+
         initial = ArrayRecord(build_model(spec, seed=settings.seed).state_dict())
         result = run_secure_rounds(grid, initial, instructions.to_record(), members, recorder, guard, settings, tracker)
         arrays = result.arrays
     else:
-        strategy = make_strategy(settings, {n: m.name for n, m in members.items()}, recorder, guard, updates)
+        names = {n: m.name for n, m in members.items()}
+        declared = {n: m.train_rows for n, m in members.items()}
+        strategy = make_strategy(settings, names, recorder, guard, updates, declared)
         if resumed is None:
             initial = ArrayRecord(build_model(spec, seed=settings.seed).state_dict())
         else:
@@ -82,13 +83,10 @@ def train(
         data = {m.name: m.data_fingerprint for m in members.values()}
         mean, std = prepared.scaler.to_lists()
         target = prepared.target_scaler.to_lists()
-        own_run = ledger_run or int(grid.run.run_id)
 
         def keep(server_round: int, arrays: ArrayRecord) -> None:
             weights = {k: a.numpy() for k, a in arrays.items()}
-            Checkpoint(server_round, weights, strategy.optimiser_state(), (mean, std), target, own_run, data).log(
-                tracker
-            )
+            Checkpoint(server_round, weights, strategy.optimiser_state(), (mean, std), target, data).log(tracker)
 
         arrays = run_rounds(
             grid,
@@ -174,7 +172,7 @@ def _as_checkpointed(prepared: Preparation, checkpoint: Checkpoint) -> Preparati
     )
 
 
-def _instructions(spec: TaskSpec, settings: RunSettings, prepared: Preparation, ledger_run: int) -> Instructions:
+def _instructions(spec: TaskSpec, settings: RunSettings, prepared: Preparation) -> Instructions:
     """What every train message says besides the model (and, without the training fields, every
     evaluate message)."""
     mean, std = prepared.scaler.to_lists()
@@ -192,7 +190,7 @@ def _instructions(spec: TaskSpec, settings: RunSettings, prepared: Preparation, 
         batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
         evaluate_first=True,
-        dp=DPSettings.of(settings, ledger_run),
+        dp=DPSettings.of(settings),
     )
 
 
@@ -243,7 +241,10 @@ def _summary(members: dict[int, Member], spec: TaskSpec, auc_unreliable: set[str
     pooled: dict[str, Any] = {}
     if "accuracy" in spec.metrics:
         for label, side in (("federated", "final"), ("local_only", "baseline")):
-            found = pooled_accuracy((getattr(m, side).get("accuracy"), m.test_rows) for m in members.values())
+            found = pooled_accuracy(
+                (getattr(m, side).get("accuracy"), m.test_rows, getattr(m, f"{side}_noise").get("accuracy", 0.0))
+                for m in members.values()
+            )
             if found is not None:
                 pooled[label] = {"accuracy": found[0], "test_rows": found[1], "interval": list(found[2])}
         if {"federated", "local_only"} <= set(pooled):
@@ -266,12 +267,14 @@ def _row(member: Member, spec: TaskSpec, auc_unreliable: bool) -> dict[str, Any]
         "test_rows": member.test_rows,
         "federated": member.final,
         "local_only": member.baseline,
+        # Each score's noise (its standard deviation), as the node released it (lab.core.scores).
+        "noise": {"federated": member.final_noise, "local_only": member.baseline_noise},
         "epsilon": member.epsilon,
         "auc_unreliable": auc_unreliable,
     }
     if "accuracy" in spec.metrics:
-        federated = wilson(member.final.get("accuracy"), member.test_rows)
-        local = wilson(member.baseline.get("accuracy"), member.test_rows)
+        federated = wilson(member.final.get("accuracy"), member.test_rows, member.final_noise.get("accuracy", 0.0))
+        local = wilson(member.baseline.get("accuracy"), member.test_rows, member.baseline_noise.get("accuracy", 0.0))
         row["intervals"] = {
             "federated": {"accuracy": list(federated)} if federated else {},
             "local_only": {"accuracy": list(local)} if local else {},

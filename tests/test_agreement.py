@@ -71,7 +71,7 @@ def test_clauses_for_a_run_name_what_is_checked_and_nothing_about_the_parties(he
     [
         ({"task_sha256": "0" * 64}, "tasks", "has sha256 000000000000"),
         ({"task": "other-task"}, "tasks", "'other-task' is not covered"),
-        ({"strategy": "krum"}, "allow.strategies", "'krum' is not allowed"),
+        ({"strategy": "scaffold"}, "allow.strategies", "'scaffold' is not allowed"),
         ({"outputs": frozenset({"analytics"})}, "allow.outputs", "analytics may not leave"),
         ({"metrics": frozenset({"f1"})}, "allow.metrics", "'f1' may not leave"),
         ({"rows": 9}, "allow.min-rows", "9 rows are fewer than the minimum of 10"),

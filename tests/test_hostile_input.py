@@ -338,7 +338,13 @@ def _sent(folder: Path, kind: str, config: dict[str, Any], arrays: dict[str, Any
 
     audit = AuditLog(folder / "wire" / "audit.jsonl")
     before = len(audit.entries())
-    node_config = {"node-name": "cleveland", "data-path": str(HEART / "processed.cleveland.data")}
+    # Unbound (--no-agreement): the message reaches the handlers whatever it asks; an agreement's
+    # limits would refuse most of these before they are read (tests/attacks plays those).
+    node_config = {
+        "node-name": "cleveland",
+        "data-path": str(HEART / "processed.cleveland.data"),
+        "no-agreement": "true",
+    }
     context = Context(7, 11, {**node_config, "audit-log": str(audit.path)}, RecordDict(), {})
     context.state.config_records[SPECS] = ConfigRecord({SPEC.sha256: SPEC.text})
     model = ArrayRecord({name: Array(values) for name, values in arrays.items()}) if arrays else ArrayRecord()

@@ -252,10 +252,11 @@ def stats(
     crosstab: Annotated[str | None, typer.Option(help="A,B: counts of two categorical columns.")] = None,
     correlation: Annotated[bool, typer.Option("--correlation", help="Correlation matrix of the columns.")] = False,
     bins: Annotated[
-        list[str] | None, typer.Option(help="COLUMN=LOW:HIGH:WIDTH histogram bins (default: from pooled mean and sd).")
-    ] = None,
-    levels: Annotated[
-        list[str] | None, typer.Option(help="COLUMN=A,B: groups of a numeric --by or --crosstab column, e.g. sex=0,1.")
+        list[str] | None,
+        typer.Option(
+            help="COLUMN=LOW:HIGH:WIDTH histogram bins (default: from pooled mean and sd); for a numeric --by or "
+            "--crosstab column the spec lists no levels of, its groups."
+        ),
     ] = None,
     min_count: Annotated[int, typer.Option(help="Smallest count a node releases (5 at least).")] = 5,
     workspace: Workspace = Path(WORKSPACE.default),
@@ -263,7 +264,7 @@ def stats(
 ) -> None:
     """Federated analytics: counts, means, sds, quantiles, histograms, crosstabs and correlations
     pooled over every node's table, small counts suppressed at each node."""
-    from lab.cli.stats import parse_bins, parse_levels, stats_tables
+    from lab.cli.stats import parse_bins, stats_tables
     from lab.core.analytics import StatsRequest
 
     federation = _federation(node, agreement, coordinator, ca, nodes, no_agreement=no_agreement)
@@ -281,7 +282,6 @@ def stats(
         correlation=correlation,
         edges=parse_bins(bins or []),
         min_count=min_count,
-        levels=parse_levels(levels or []),
     )
     request.check(task)  # a wrong column name fails here, before any process starts
     settings = federation.settings(task, workspace, tracking_uri, {})

@@ -25,6 +25,7 @@ TRAIN_LOSS = "train-loss"
 EVAL_PREFIX = "eval."  # in a train reply: the received global model's metrics on the test split
 DP_EPSILON = "dp-epsilon"  # in a train reply: epsilon this run has spent at the node so far
 AUC_UNRELIABLE = "auc-unreliable"  # in an evaluate reply: 1 when a class has under 5 test rows
+NOISE_PREFIX = "noise."  # a released score's noise: its standard deviation (lab.core.scores), metric by metric
 
 # Scoring coalitions' models (federation.contributions): an evaluate message of this action holds
 # one ArrayRecord per candidate model, CANDIDATE + its index; the reply one MetricRecord per candidate

@@ -176,10 +176,26 @@ class NodeReport:
         return cls.from_record(message.content.config_records[keys.NODE])
 
 
+def _noise(record: MetricRecord) -> dict[str, float]:
+    """A reply's noise of each released score (its standard deviation), by metric."""
+    return {k.removeprefix(keys.NOISE_PREFIX): number(record, k) for k in record if k.startswith(keys.NOISE_PREFIX)}
+
+
+def _scores(record: MetricRecord, prefix: str = "") -> dict[str, float]:
+    """A reply's released scores (``prefix``: of a train reply's received model), by metric."""
+    skip = (keys.NUM_EXAMPLES, keys.AUC_UNRELIABLE, keys.TRAIN_LOSS, keys.DP_EPSILON)
+    return {
+        k.removeprefix(prefix): number(record, k)
+        for k in record
+        if k.startswith(prefix) and not k.startswith(keys.NOISE_PREFIX) and k not in skip
+    }
+
+
 @dataclass(frozen=True)
 class TrainReply:
     """A node's trained model, its row count (the weight), its scores of the model it received
-    (``evaluated``: the previous round's global model), its training loss and epsilon spent."""
+    (``evaluated``: the previous round's global model, with each score's ``noise``), its training
+    loss and epsilon spent."""
 
     arrays: ArrayRecord | None  # None in a SecAgg+ round: the coordinator sees only masked vectors
     num_examples: int
@@ -187,9 +203,11 @@ class TrainReply:
     evaluated: dict[str, float] = field(default_factory=dict)
     train_loss: float | None = None
     epsilon: float | None = None
+    noise: dict[str, float] = field(default_factory=dict)
 
     def to_record(self) -> RecordDict:
         metrics: dict[str, Any] = {keys.EVAL_PREFIX + k: v for k, v in self.evaluated.items()}
+        metrics.update({keys.NOISE_PREFIX + k: v for k, v in self.noise.items()})
         if self.train_loss is not None:
             metrics[keys.TRAIN_LOSS] = self.train_loss
         if self.epsilon is not None:
@@ -211,25 +229,27 @@ class TrainReply:
             arrays=content.array_records.get(keys.ARRAYS),
             num_examples=int(number(metrics, keys.NUM_EXAMPLES)),
             node=report,
-            evaluated={
-                k.removeprefix(keys.EVAL_PREFIX): number(metrics, k) for k in metrics if k.startswith(keys.EVAL_PREFIX)
-            },
+            evaluated=_scores(metrics, keys.EVAL_PREFIX),
             train_loss=number(metrics, keys.TRAIN_LOSS) if keys.TRAIN_LOSS in metrics else None,
             epsilon=number(metrics, keys.DP_EPSILON) if keys.DP_EPSILON in metrics else None,
+            noise=_noise(metrics),
         )
 
 
 @dataclass(frozen=True)
 class EvaluateReply:
-    """A node's scores of the final model on its test split (empty when they stay at the node)."""
+    """A node's scores of the final model on its test split (empty when they stay at the node),
+    with each score's noise."""
 
     metrics: dict[str, float]
     num_examples: int
     node: NodeReport
     auc_unreliable: bool = False  # a class has fewer than 5 rows in the test split
+    noise: dict[str, float] = field(default_factory=dict)
 
     def to_record(self) -> RecordDict:
         values: dict[str, Any] = dict(self.metrics)
+        values.update({keys.NOISE_PREFIX + k: v for k, v in self.noise.items()})
         if self.metrics:
             values[keys.NUM_EXAMPLES] = self.num_examples
         if self.auc_unreliable:
@@ -243,10 +263,11 @@ class EvaluateReply:
         if report is None:
             raise MessageError("an evaluate reply has no NODE record")
         return cls(
-            metrics={k: number(metrics, k) for k in metrics if k not in (keys.NUM_EXAMPLES, keys.AUC_UNRELIABLE)},
+            metrics=_scores(metrics),
             num_examples=int(metrics.get(keys.NUM_EXAMPLES, 0)),  # type: ignore[arg-type]
             node=report,
             auc_unreliable=bool(metrics.get(keys.AUC_UNRELIABLE, 0)),
+            noise=_noise(metrics),
         )
 
 
@@ -281,16 +302,18 @@ class Candidates:
 @dataclass(frozen=True)
 class CandidateScores:
     """A node's scores of each candidate model, in the candidates' order (empty when its test split
-    is under its minimum row count: the scores stay at the node)."""
+    is under its minimum row count: the scores stay at the node), and each score's noise."""
 
     scores: list[dict[str, float]]
     num_examples: int
     node: NodeReport
+    noise: dict[str, float] = field(default_factory=dict)
 
     def to_record(self) -> RecordDict:
         records: dict[str, Any] = {keys.NODE: self.node.to_record()}
+        noise = {keys.NOISE_PREFIX + k: v for k, v in self.noise.items()}
         for i, scored in enumerate(self.scores):
-            records[f"{keys.CANDIDATE}{i}"] = MetricRecord({**scored, keys.NUM_EXAMPLES: self.num_examples})
+            records[f"{keys.CANDIDATE}{i}"] = MetricRecord({**scored, **noise, keys.NUM_EXAMPLES: self.num_examples})
         return RecordDict(records)
 
     @classmethod
@@ -299,14 +322,14 @@ class CandidateScores:
         if report is None:
             raise MessageError("a candidates reply has no NODE record")
         found = message.content.metric_records
-        scores, rows = [], 0
+        scores, rows, noise = [], 0, {}
         for i in range(len(found)):
             record = found.get(f"{keys.CANDIDATE}{i}")
             if record is None:
                 raise MessageError(f"a candidates reply has no scores of candidate {i}")
-            scores.append({k: number(record, k) for k in record if k != keys.NUM_EXAMPLES})
-            rows = int(number(record, keys.NUM_EXAMPLES))
-        return cls(scores, rows, report)
+            scores.append(_scores(record))
+            rows, noise = int(number(record, keys.NUM_EXAMPLES)), _noise(record)
+        return cls(scores, rows, report, noise)
 
 
 @dataclass(frozen=True)

@@ -57,10 +57,16 @@ class RunSettings:
     secure_aggregation: bool = _setting(False, "SecAgg+: the coordinator sees only the sum of the updates")
     num_rounds: int = _setting(5, "federated rounds")
     local_steps: int = _setting(100, "minibatch updates per node per round")
-    batch_size: int = _setting(4, "rows per minibatch")
+    batch_size: int = _setting(16, "rows per minibatch (nodes refuse fewer than their limits.min-batch-size)")
     learning_rate: float = _setting(0.05, "the nodes' SGD learning rate")
     proximal_mu: float = _setting(0.1, "FedProx's proximal term weight")
     server_learning_rate: float = _setting(0.1, "FedAdam's and FedYogi's server step size")
+    trim_fraction: float = _setting(0.2, "FedTrimmedAvg's share of nodes cut at each end of every coordinate")
+    byzantine_nodes: int = _setting(0, "Krum's and MultiKrum's number of nodes assumed malicious")
+    krum_selected: int = _setting(2, "MultiKrum's number of nodes whose models are averaged")
+    clip_update_norm: float = _setting(
+        0.0, "> 0: the coordinator scales every node's update (its model minus the global one) to this L2 norm at most"
+    )
     seed: int = _setting(42, "seed of the initial model, the nodes' minibatches and baselines")
     min_nodes: int = _setting(2, "the run fails if fewer nodes take part")
     expected_nodes: int = _setting(0, "nodes to wait for before starting (0: min-nodes)")
@@ -171,6 +177,13 @@ class RunSettings:
         for name in ("learning_rate", "server_learning_rate", "round_timeout", "tracking_timeout"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"run setting {self.key(name)} = {getattr(self, name)!r}; give a positive number")
+        if not 0 <= self.trim_fraction < 0.5:
+            raise SettingsError(f"run setting trim-fraction = {self.trim_fraction!r}; give a share from 0 to below 0.5")
+        for name in ("byzantine_nodes", "clip_update_norm"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"run setting {self.key(name)} = {getattr(self, name)!r}; give 0 or more")
+        if self.krum_selected < 1:
+            raise SettingsError(f"run setting krum-selected = {self.krum_selected!r}; give 1 or more")
         for name in ("dp_noise_multiplier", "dp_target_epsilon"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"run setting {self.key(name)} = {getattr(self, name)!r}; give 0 (off) or more")

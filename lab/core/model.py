@@ -107,6 +107,16 @@ class Predictor:
         with torch.no_grad():
             return float(loss_fn(self.spec)(self.model(self.inputs(features)), self.targets(y)))
 
+    def row_losses(self, features: pd.DataFrame, y: np.ndarray) -> np.ndarray:
+        """Each row's loss, as ``loss`` averages them."""
+        self.model.eval()
+        criterion = loss_fn(self.spec)
+        setattr(criterion, "reduction", "none")  # noqa: B010 - every loss of loss_fn has it
+        with torch.no_grad():
+            out = criterion(self.model(self.inputs(features)), self.targets(y))
+        losses: np.ndarray = out.numpy().reshape(len(y)).astype(np.float64)
+        return losses
+
     def is_finite(self) -> bool:
         """Whether every parameter is a finite number (training that diverged leaves NaN or inf)."""
         return all(bool(torch.isfinite(p).all()) for p in self.model.state_dict().values())

@@ -34,21 +34,16 @@ def epsilon_for(noise_multiplier: float, sample_rate: float, steps: int, delta: 
 
 @dataclass(frozen=True)
 class DPSettings:
-    """The run's differential privacy, as every node needs it to plan its own noise."""
+    """The run's differential privacy, as every node needs it to plan its own noise (the rounds,
+    steps and minibatch it plans for are the run's plan's, lab.contract.plan)."""
 
     noise_multiplier: float
     target_epsilon: float
     clipping_norm: float
     delta: float
-    rounds: int
-    local_steps: int
-    batch_size: int
-    #: The run the nodes' ledgers book the spending under: 0 for the message's own run; a resumed
-    #: run books under its first attempt's Flower run id, so its ledgers show one run.
-    ledger_run: int = 0
 
     @classmethod
-    def of(cls, settings: Any, ledger_run: int = 0) -> DPSettings | None:
+    def of(cls, settings: Any) -> DPSettings | None:
         """From the run settings; None when the run trains without DP."""
         if not settings.differential_privacy:
             return None
@@ -57,15 +52,7 @@ class DPSettings:
             target_epsilon=settings.dp_target_epsilon,
             clipping_norm=settings.dp_clipping_norm,
             delta=settings.dp_delta,
-            rounds=settings.num_rounds,
-            local_steps=settings.local_steps,
-            batch_size=settings.batch_size,
-            ledger_run=ledger_run,
         )
-
-    def ledger_key(self, run_id: int) -> int:
-        """The run a node books this spending under, for a message of Flower run ``run_id``."""
-        return self.ledger_run or run_id
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -87,10 +74,11 @@ class DPPlan:
     rounds: int
 
     @classmethod
-    def make(cls, dp: DPSettings, rows: int) -> DPPlan:
-        """The plan for a node with ``rows`` training rows; with a target epsilon the noise is the
-        least that keeps the whole run within it at this node's sampling rate."""
-        sample_rate = 1.0 / math.ceil(rows / dp.batch_size)  # what Opacus' Poisson loader samples at
+    def make(cls, dp: DPSettings, rows: int, *, rounds: int, local_steps: int, batch_size: int) -> DPPlan:
+        """The plan for a node with ``rows`` training rows and a run of ``rounds`` rounds of
+        ``local_steps`` minibatches of ``batch_size``; with a target epsilon the noise is the least
+        that keeps the whole run within it at this node's sampling rate."""
+        sample_rate = 1.0 / math.ceil(rows / batch_size)  # what Opacus' Poisson loader samples at
         noise_multiplier = dp.noise_multiplier
         if dp.target_epsilon > 0:
             from opacus.accountants.utils import get_noise_multiplier
@@ -100,13 +88,17 @@ class DPPlan:
                     target_epsilon=dp.target_epsilon,
                     target_delta=dp.delta,
                     sample_rate=sample_rate,
-                    steps=dp.local_steps * dp.rounds,
+                    steps=local_steps * rounds,
                     accountant="rdp",
                 )
             )
         if noise_multiplier <= 0:
             raise SettingsError("differential privacy needs dp-noise-multiplier > 0 or dp-target-epsilon > 0")
-        return cls(noise_multiplier, dp.clipping_norm, dp.delta, sample_rate, dp.local_steps, dp.rounds)
+        return cls(noise_multiplier, dp.clipping_norm, dp.delta, sample_rate, local_steps, rounds)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> DPPlan:
+        return cls(**raw)
 
     def epsilon_after(self, rounds: int) -> float:
         """Epsilon spent by this run after ``rounds`` rounds."""

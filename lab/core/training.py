@@ -17,6 +17,7 @@ from lab.core.data import Table, load_table, split_table
 from lab.core.metrics import compute_metrics
 from lab.core.model import Predictor, build_model, loss_fn
 from lab.core.preprocess import ColumnSums, Scaler, encode
+from lab.core.scores import Released, release
 from lab.core.spec import TaskSpec
 from lab.errors import DataError, TrainingError
 
@@ -29,6 +30,7 @@ __all__ = [
     "local_baseline",
     "node_seed",
     "predictor_from",
+    "score",
     "target_scaler_of",
     "target_sums",
     "train_locally",
@@ -130,7 +132,7 @@ def train_privately(
     clipping_norm: float,
     batch_size: int,
     learning_rate: float,
-) -> tuple[float, float]:
+) -> tuple[float, float, int]:
     """DP-SGD with Opacus: ``steps`` Poisson-sampled minibatches (rate ``1 / ceil(rows / batch_size)``),
     each record's gradient clipped to ``clipping_norm``, Gaussian noise of ``noise_multiplier *
     clipping_norm`` added to each step's sum. Returns (mean training loss, sampling rate used).
@@ -183,7 +185,7 @@ def train_privately(
     if not predictor.is_finite():
         raise _diverged("the model's weights are no longer finite numbers", learning_rate)
     finite = [v for v in losses if not np.isnan(v)]
-    return (float(np.mean(finite)) if finite else float("nan")), float(private_loader.sample_rate)
+    return (float(np.mean(finite)) if finite else float("nan")), float(private_loader.sample_rate), len(losses)
 
 
 def evaluate(predictor: Predictor, table: Table) -> dict[str, float]:
@@ -193,8 +195,27 @@ def evaluate(predictor: Predictor, table: Table) -> dict[str, float]:
     return compute_metrics(scores, table.target, predictor.spec, loss=predictor.loss(table.features, table.target))
 
 
-def local_baseline(spec: TaskSpec, data: NodeData, *, epochs: int, seed: int) -> dict[str, float]:
-    """Train a model on this node's rows only (own scaling, Adam, lr 0.001, batch 4) and test it.
+def score(predictor: Predictor, table: Table, *, scale: float, min_class_rows: int = 1) -> Released:
+    """The scores a node releases of ``predictor`` on ``table``: exact at ``scale`` 0 (a node that
+    holds no agreement), else each metric noised at ``scale`` times its row bound (lab.core.scores)."""
+    if scale <= 0:
+        return Released(evaluate(predictor, table), {}, 0.0)
+    assert table.target is not None
+    return release(
+        predictor.scores(table.features),
+        table.target,
+        predictor.spec,
+        scale=scale,
+        loss_rows=predictor.row_losses(table.features, table.target),
+        target_mean=float(predictor.target_scaler.mean[0]),
+        target_std=float(predictor.target_scaler.std[0]),
+        min_class_rows=min_class_rows,
+    )
+
+
+def local_baseline(spec: TaskSpec, data: NodeData, *, epochs: int, seed: int) -> Predictor | None:
+    """A model trained on this node's rows only (own scaling, Adam, lr 0.001, batch 4), or None
+    when its training diverged (the node still takes part, without a reference).
 
     This is the local-only reference an organisation compares the federated model with.
     """
@@ -209,10 +230,10 @@ def local_baseline(spec: TaskSpec, data: NodeData, *, epochs: int, seed: int) ->
         train_locally(
             predictor, data.train, steps=steps, batch_size=4, learning_rate=0.001, seed=seed, optimizer="adam"
         )
-    except TrainingError as exc:  # the reference is missing, the node still takes part
+    except TrainingError as exc:
         logger.warning("node %s: the local-only baseline is left out: %s", data.name, exc)
-        return {}
-    return evaluate(predictor, data.test)
+        return None
+    return predictor
 
 
 def target_scaler_of(spec: TaskSpec, table: Table) -> Scaler:

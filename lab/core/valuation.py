@@ -28,7 +28,7 @@ from itertools import combinations
 
 import numpy as np
 
-__all__ = ["EXACT_LIMIT", "Coalition", "Score", "Valuation", "coalitions", "value"]
+__all__ = ["EXACT_LIMIT", "Coalition", "Score", "Valuation", "coalitions", "models_needed", "value"]
 
 #: The most members whose Shapley values are computed exactly (2**8 = 256 coalitions).
 EXACT_LIMIT = 8
@@ -64,6 +64,16 @@ def coalitions(members: Iterable[str]) -> list[Coalition]:
     """Every coalition of ``members``, the empty one and the whole included, smallest first."""
     names = sorted(members)
     return [frozenset(c) for size in range(len(names) + 1) for c in combinations(names, size)]
+
+
+def models_needed(members: int, orderings: int = 0) -> int:
+    """The most coalitions ``value`` has scored for ``members`` members: every one up to
+    ``EXACT_LIMIT``, else the empty one, the whole, each ordering's prefixes and the leave-one-outs."""
+    if members <= 0:
+        return 0
+    if members <= EXACT_LIMIT:
+        return int(2**members)
+    return 2 + (orderings or 10 * members) * members + members
 
 
 def value(

@@ -21,7 +21,9 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from lab.contract.plan import RunPlan
 from lab.core.toml import TomlReader
+from lab.errors import Refusal
 
 __all__ = ["LIMIT_FIELDS", "LIMIT_KEYS", "Limits", "parse_limits"]
 
@@ -79,6 +81,51 @@ class Limits:
         for f in fields(self):
             lines += [f"# {f.metadata['meaning']}", f"{self.key(f.name)} = {getattr(self, f.name)!r}"]
         return "\n".join(lines) + "\n"
+
+    def check_plan(self, plan: RunPlan, *, train_rows: int, parameters: int, candidates: int, runs_today: int) -> None:
+        """Refuse a run whose plan goes beyond a limit, naming the clause (at its preparation,
+        before a row is used): ``parameters`` of the spec's model, the ``candidates`` its
+        valuation would have scored, the runs the node prepared in the last 24 hours."""
+        problems = [
+            ("min_batch_size", plan.batch_size < self.min_batch_size,
+             f"a minibatch of {plan.batch_size} rows is smaller than {self.min_batch_size}: an update from so few "
+             "rows can be read back into them"),
+            ("max_local_steps", plan.local_steps > self.max_local_steps,
+             f"{plan.local_steps:,} local steps per round are more than {self.max_local_steps:,}"),
+            ("max_rounds", plan.rounds > self.max_rounds, f"{plan.rounds} rounds are more than {self.max_rounds}"),
+            ("min_learning_rate", plan.learning_rate < self.min_learning_rate,
+             f"learning rate {plan.learning_rate:g} is below {self.min_learning_rate:g}"),
+            ("max_learning_rate", plan.learning_rate > self.max_learning_rate,
+             f"learning rate {plan.learning_rate:g} is above {self.max_learning_rate:g}"),
+            ("max_parameters_per_row", parameters > self.max_parameters_per_row * train_rows,
+             f"the model's {parameters:,} parameters are more than {self.max_parameters_per_row:g} per training row "
+             f"({train_rows} rows): a model that large can hold its rows"),
+            ("max_candidates", candidates > self.max_candidates,
+             f"valuing contributions over {plan.nodes} nodes would have {candidates:,} models scored, more than "
+             f"{self.max_candidates:,}"),
+            ("max_runs_per_day", runs_today >= self.max_runs_per_day,
+             f"{runs_today} training runs were prepared here in the last 24 hours, the most allowed"),
+        ]  # fmt: skip
+        for name, refused, reason in problems:
+            if refused:
+                raise Refusal(self.clause(name), reason)
+
+    def check_privacy(self, *, delta: float, train_rows: int, planned_epsilon: float) -> None:
+        """Refuse a differentially private run whose delta is above the limit or 1 / training rows
+        (a delta that large lets a row out with that probability), or that plans too much epsilon."""
+        if delta > self.max_delta:
+            raise Refusal(self.clause("max_delta"), f"dp-delta = {delta:g} is above {self.max_delta:g}")
+        if delta >= 1 / train_rows:
+            raise Refusal(
+                self.clause("max_delta"),
+                f"dp-delta = {delta:g} is not below 1 / {train_rows} training rows: with it one row could leave whole",
+            )
+        if planned_epsilon > self.max_epsilon_per_run + 1e-9:
+            raise Refusal(
+                self.clause("max_epsilon_per_run"),
+                f"the run plans epsilon {planned_epsilon:.3f} on the training rows, more than "
+                f"{self.max_epsilon_per_run:g}",
+            )
 
     def values(self) -> dict[str, Any]:
         """Every clause by its agreement key (``limits.KEY``), for a run's record."""

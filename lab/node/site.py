@@ -21,6 +21,7 @@ from lab.core.disclosure import DEFAULT_MIN_COUNT
 from lab.errors import DataError
 from lab.node.agreement import Agreement, load_agreement
 from lab.node.ledger import Ledger
+from lab.node.releases import ReleaseHistory, table_version
 
 __all__ = ["NODE_CONFIG", "SECRET_FILE", "NodeSite", "node_secret"]
 
@@ -81,7 +82,10 @@ class NodeSite:
         return self.data_path
 
     def ledger(self) -> Ledger:
-        """The node's privacy ledger; an error when the node was started without one."""
+        """The node's privacy ledger (``privacy.jsonl`` in its home, unless its node config names
+        another); an error when the node was started with neither."""
+        if not self.ledger_path and self.home is not None:
+            return Ledger(self.home / "privacy.jsonl")
         if not self.ledger_path:
             raise DataError(
                 f"node {self.name!r} has no privacy ledger for a differentially private run; start the SuperNode "
@@ -93,6 +97,16 @@ class NodeSite:
     def home(self) -> Path | None:
         """The node's home: the folder of its audit log."""
         return Path(self.audit_path).parent if self.audit_path else None
+
+    def releases(self, raw: Any) -> ReleaseHistory:
+        """The counts this node released about this version of its table (``raw``: as read); an
+        error for a node with no home to keep them in."""
+        if self.home is None:
+            raise DataError(
+                f"node {self.name!r} holds an agreement but no home to keep what it released in; start it with "
+                "its home (`lab node start --home DIR`)"
+            )
+        return ReleaseHistory(self.home / "released", table_version(raw), len(raw))
 
     @cached_property
     def secret(self) -> bytes:

@@ -15,16 +15,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lab.contract.messages import NodeReport
+from lab.contract.plan import RunPlan
 from lab.contract.settings import RunSettings
 from lab.core.analytics import protect_column_sums
 from lab.core.environment import EnvDiff, Environment
 from lab.core.preprocess import ColumnSums, Scaler, encode
 from lab.core.privacy import DPPlan, DPSettings
 from lab.core.spec import TaskSpec
-from lab.core.training import NodeData, load_node_data, local_baseline, node_seed, target_sums
+from lab.core.training import NodeData, load_node_data, local_baseline, node_seed, score, target_sums
 from lab.errors import EnvironmentDriftError, Refusal, RunFailedError
 from lab.node.agreement import Agreement, Request
-from lab.node.ledger import check_budget
+from lab.node.holding import Hold, book
 from lab.node.site import NodeSite
 from lab.queries.base import Answers, Ask, Emit, QueryKind
 
@@ -51,21 +52,22 @@ class Lock:
 
 @dataclass(frozen=True)
 class PrepareRequest:
-    """What a node needs to prepare: the seed and baseline, the strategy and DP plan its agreement
-    checks, and the lock its environment is held to."""
+    """What a node needs to prepare: the seed and baseline, the strategy, the run's plan and DP
+    settings its agreement checks, and the lock its environment is held to."""
 
     seed: int
     baseline_epochs: int
     strategy: str
+    plan: RunPlan
     dp: DPSettings | None = None
     lock: Lock | None = None
 
     @classmethod
-    def of(cls, settings: RunSettings, lock: Environment | None, ledger_run: int = 0) -> PrepareRequest:
-        """The request of a run; ``ledger_run``: the run a resumed run's DP spending is booked under."""
+    def of(cls, settings: RunSettings, lock: Environment | None, *, nodes: int) -> PrepareRequest:
+        """The request of a run with these settings, put to ``nodes`` nodes."""
         pinned = Lock(lock.python, lock.platform, lock.pins, settings.environment_policy) if lock else None
-        dp = DPSettings.of(settings, ledger_run)
-        return cls(settings.seed, settings.baseline_epochs, settings.strategy, dp, pinned)
+        plan = RunPlan.of(settings, nodes=nodes)
+        return cls(settings.seed, settings.baseline_epochs, settings.strategy, plan, DPSettings.of(settings), pinned)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -77,6 +79,7 @@ class PrepareRequest:
             seed=int(raw["seed"]),
             baseline_epochs=int(raw["baseline_epochs"]),
             strategy=str(raw["strategy"]),
+            plan=RunPlan.from_dict(raw["plan"]),
             dp=DPSettings(**raw["dp"]) if raw.get("dp") else None,
             lock=Lock(**raw["lock"]) if raw.get("lock") else None,
         )
@@ -92,11 +95,13 @@ class Member:
     train_rows: int
     test_rows: int
     baseline: dict[str, float]
+    baseline_noise: dict[str, float] = field(default_factory=dict)  # each baseline score's noise (its sd)
     env_fingerprint: str = ""
     data_fingerprint: str = ""
     env_pins: list[str] | None = None
     warning: str | None = None
     final: dict[str, float] = field(default_factory=dict)
+    final_noise: dict[str, float] = field(default_factory=dict)  # each final score's noise (its sd)
     epsilon: float | None = None  # differential privacy spent at the node by this run so far
     privacy: dict[str, float] = field(default_factory=dict)  # the node's DP plan (noise, planned epsilon)
     suppressed: str = ""  # what the node withheld under its minimum count
@@ -152,8 +157,8 @@ def check_rows(site: NodeSite, data: NodeData) -> int:
     if len(data.train) < minimum:
         raise Refusal(
             "allow.min-rows",
-            f"{len(data.train)} training rows are fewer than the minimum of {minimum}: a model update "
-            "from so few rows can reveal them",
+            f"the node has fewer training rows than the minimum of {minimum} (its operator sees how many): a model "
+            "update from so few rows can reveal them",
         )
     return minimum
 
@@ -219,24 +224,33 @@ class Prepare(QueryKind[PrepareRequest]):
         )
 
     def answer(self, spec: TaskSpec, request: PrepareRequest, site: NodeSite, run_id: int) -> dict[str, Any]:
-        """Check the environment and the table, share column sums for scaling, run the local-only baseline."""
+        """Check the environment and the table, check and book the run's plan, share column sums for
+        scaling, run the local-only baseline."""
         env, drift = check_environment(request.lock, site.name)
         data = load_node_data(site.name, site.table_path(), spec)
         minimum = check_rows(site, data)
-        plan = DPPlan.make(request.dp, len(data.train)) if request.dp else None
-        if plan is not None and request.dp is not None:
-            agreement = site.agreement
-            budget = agreement.epsilon_budget if agreement else None
-            check_budget(site.ledger(), budget, request.dp.ledger_key(run_id), plan)
+        # Metrics on fewer rows than the minimum do not leave; in a DP run nothing trained without
+        # DP does either, so the local-only baseline is skipped.
+        with_baseline = len(data.test) >= minimum and request.dp is None
+        booking = book(
+            site, spec, request.plan, request.dp, train_rows=len(data.train), baseline=with_baseline, run_id=run_id
+        )
+        plan = booking.dp_plan if booking is not None else unbound_dp_plan(request.plan, request.dp, len(data.train))
         sums, held_back = protect_column_sums(
             ColumnSums.of(encode(data.train.features, spec)), spec, len(data.train), minimum
         )
-        seed = node_seed(request.seed, site.name, 0)
         baseline: dict[str, float] = {}
-        # Metrics on fewer rows than the minimum do not leave; in a DP run nothing trained without
-        # DP does either, so the local-only baseline is skipped.
-        if len(data.test) >= minimum and plan is None:
-            baseline = local_baseline(spec, data, epochs=request.baseline_epochs, seed=seed)
+        noise: dict[str, float] = {}
+        trained = (
+            local_baseline(spec, data, epochs=request.baseline_epochs, seed=node_seed(request.seed, site.name, 0))
+            if with_baseline
+            else None
+        )
+        if trained is not None:
+            hold = Hold(site, booking)
+            released = score(trained, data.test, scale=hold.scale("baseline"), min_class_rows=minimum)
+            hold.released("baseline", [released])
+            baseline, noise = released.metrics, released.noise
         suppressed = [
             f"metrics on the test split withheld: it has fewer rows than the minimum of {minimum}"
             if len(data.test) < minimum
@@ -257,6 +271,7 @@ class Prepare(QueryKind[PrepareRequest]):
             "dp": {"noise_multiplier": plan.noise_multiplier, "planned_epsilon": plan.planned_epsilon}
             if plan
             else None,
+            "noise": noise,
             "sums": _sums_json(sums),
             "target": _sums_json(target_sums(data.train)) if spec.target.kind == "regression" else None,
             "baseline": baseline,
@@ -311,6 +326,13 @@ class Prepare(QueryKind[PrepareRequest]):
         return {"members": sorted(m.name for m in prepared.members.values())}
 
 
+def unbound_dp_plan(plan: RunPlan, dp: DPSettings | None, train_rows: int) -> DPPlan | None:
+    """The DP plan of a node that holds no agreement (and books nothing): the run's, as it asks."""
+    if dp is None:
+        return None
+    return DPPlan.make(dp, train_rows, rounds=plan.rounds, local_steps=plan.local_steps, batch_size=plan.batch_size)
+
+
 def _too_few(members: dict[int, Member], refusals: dict[str, str], settings: RunSettings, gathered: Answers) -> None:
     wanted = max(settings.expected_nodes, settings.min_nodes)
     if gathered.asked < wanted:
@@ -341,6 +363,7 @@ def _member(node_id: int, answer: dict[str, Any]) -> tuple[Member, ColumnSums, C
         train_rows=int(report["train_rows"]),
         test_rows=int(answer["test_rows"]),
         baseline={k: float(v) for k, v in answer["baseline"].items()},
+        baseline_noise={k: float(v) for k, v in answer.get("noise", {}).items()},
         env_fingerprint=report["env_fingerprint"],
         data_fingerprint=report["data_sha256"],
         env_pins=list(answer["env_pins"]),

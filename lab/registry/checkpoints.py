@@ -43,7 +43,6 @@ class Checkpoint:
     optimiser: dict[str, dict[str, np.ndarray]]  # the server optimiser's state (FedAdam's m_t, v_t), by name
     scaler: tuple[list[float], list[float]]  # the features' federated means and deviations
     target_scaler: tuple[list[float], list[float]]
-    ledger_run: int  # the Flower run id the nodes' privacy ledgers book this run under
     data: dict[str, str] = field(default_factory=dict)  # node name -> its table's fingerprint
 
     def log(self, tracker: Tracker) -> None:
@@ -58,7 +57,6 @@ class Checkpoint:
             "round": self.server_round,
             "scaler": list(self.scaler),
             "target_scaler": list(self.target_scaler),
-            "ledger_run": self.ledger_run,
             "data": self.data,
             "weights": list(self.weights),
             "optimiser": {name: list(state) for name, state in self.optimiser.items()},
@@ -92,7 +90,6 @@ class Checkpoint:
             },
             scaler=(list(state["scaler"][0]), list(state["scaler"][1])),
             target_scaler=(list(state["target_scaler"][0]), list(state["target_scaler"][1])),
-            ledger_run=int(state["ledger_run"]),
             data={str(k): str(v) for k, v in state["data"].items()},
         )
 
