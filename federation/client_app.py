@@ -103,9 +103,10 @@ def _spec(context: Context, instructions: Instructions, run_id: int) -> TaskSpec
     elif kept is not None and kept.is_file():
         text = kept.read_text(encoding="utf-8")
     else:
-        raise MessageError(
+        raise Refusal(
+            "plan",
             f"the task spec {instructions.spec_sha256[:12]}… of task {instructions.task!r} was not received at "
-            "preparation in this run; the node takes part from the next run"
+            "preparation in this run (a run's messages follow its preparation); the node takes part from the next run",
         )
     spec = parse_spec(text, source="the run's task spec")
     if spec.sha256 != instructions.spec_sha256:
@@ -175,7 +176,7 @@ class _Query:
     def asked(self, msg: Message, context: Context) -> dict[str, Any]:
         query = QueryMessage.of(msg)
         spec = parse_spec(query.spec_text, source="the run's task spec")
-        described = self.kind.describe(self.kind.parse_request(query.request))
+        described = self.kind.describe(query.request)
         return {"query": self.kind.name, "task": spec.name, "spec_sha256": spec.sha256, "request": described}
 
     def asks(self, msg: Message, context: Context, agreement: Agreement) -> Request:

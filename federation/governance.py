@@ -21,7 +21,7 @@ from lab.node.audit import AuditHead, AuditLog
 from lab.node.guard import APP_HASH_ENV
 from lab.node.site import NodeSite
 
-__all__ = ["Checks", "governed"]
+__all__ = ["Checks", "audit_stage", "governed"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,20 @@ def _audit(
         suppressed=_suppressed(reply) if reply is not None else "",
         **extra,
     )
+
+
+def audit_stage(
+    site: NodeSite,
+    msg: Message,
+    asked: dict[str, Any],
+    decision: str,
+    *,
+    clause: str | None = None,
+    reason: str | None = None,
+    reply: Message | None = None,
+) -> None:
+    """Record a message a mod answers without a handler (a SecAgg+ stage) in the node's audit log."""
+    _audit(site, msg, asked, decision, clause=clause, reason=reason, reply=reply)
 
 
 def _suppressed(reply: Message) -> str:

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import (
     Code,
@@ -62,6 +62,7 @@ from lab.contract import keys
 from lab.contract.messages import NodeReport
 from lab.contract.records import error_reason
 from lab.errors import MessageError, Refusal, RunFailedError, TrainingError, UnmaskedUpdateError
+from lab.node.site import NodeSite
 
 if TYPE_CHECKING:  # the node imports this module too: no MLflow there
     from federation.recorder import Recorder
@@ -293,7 +294,75 @@ def node_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Me
         return call_next(msg, context)  # a plain training round: untouched
     from flwr.client.mod import secaggplus_mod
 
-    return secaggplus_mod(msg, context, lambda m, c: _train_legacy(m, c, call_next))
+    from federation.governance import audit_stage
+
+    stage, asked = _stage(msg)
+    site = NodeSite.from_node_config(context.node_config, context.node_id)
+    try:
+        _trust(stage, asked, msg.metadata.dst_node_id, context)
+    except Refusal as refusal:
+        logger.error("node %s refused the SecAgg+ %s stage: %s", site.name, stage, refusal)
+        audit_stage(site, msg, asked, "refused", clause=refusal.clause, reason=str(refusal))
+        return Message(Error(code=keys.REFUSED, reason=f"node {site.name!r} refused: {refusal}"), reply_to=msg)
+    reply = secaggplus_mod(msg, context, lambda m, c: _train_legacy(m, c, call_next))
+    if stage != Stage.COLLECT_MASKED_VECTORS:  # that stage trains: its handler's own audit entry records it
+        audit_stage(site, msg, asked, "accepted", reply=reply)
+    return reply
+
+
+#: Where a node keeps what it saw of a SecAgg+ round (the node ids at key exchange, the threshold).
+_SEEN = "lab.secagg"
+
+
+def _stage(msg: Message) -> tuple[str, dict[str, Any]]:
+    """A SecAgg+ message's stage, and what it asks (for the audit log)."""
+    configs = msg.content.config_records[RECORD_KEY_CONFIGS]
+    stage = str(configs.get(Key.STAGE, "?"))
+    asked: dict[str, Any] = {"secure_aggregation": stage}
+    if stage == Stage.SETUP:
+        asked.update({k: configs.get(k) for k in (Key.SAMPLE_NUMBER, Key.SHARE_NUMBER, Key.THRESHOLD)})
+    elif stage == Stage.SHARE_KEYS:
+        asked["nodes"] = sorted(int(k) for k in configs if k != Key.STAGE and k.isdigit())
+    elif stage == Stage.UNMASK:
+        asked["active"] = [int(n) for n in configs.get(Key.ACTIVE_NODE_ID_LIST, [])]  # type: ignore[union-attr]
+        asked["dead"] = [int(n) for n in configs.get(Key.DEAD_NODE_ID_LIST, [])]  # type: ignore[union-attr]
+    return stage, asked
+
+
+def _trust(stage: str, asked: dict[str, Any], own: int, context: Context) -> None:
+    """Refuse a SecAgg+ message a node cannot trust, before Flower's mod acts on it: a threshold at
+    or below half the nodes (a minority of them could help unmask one), and an unmask request whose
+    lists overlap, name nodes not seen at key exchange, or call this node dead (it sent its masked
+    vector: shares of both its masks would give its update away)."""
+    seen = context.state.config_records.get(_SEEN, ConfigRecord())
+    if stage == Stage.SETUP:
+        nodes, threshold = int(asked[Key.SAMPLE_NUMBER] or 0), int(asked[Key.THRESHOLD] or 0)
+        if threshold <= nodes / 2:
+            raise Refusal(
+                "secure-aggregation",
+                f"a reconstruction threshold of {threshold} for {nodes} nodes is not above half of them: so few "
+                "could together unmask one node's update",
+            )
+        context.state.config_records[_SEEN] = ConfigRecord({"threshold": threshold, "nodes": []})
+    elif stage == Stage.SHARE_KEYS:
+        seen["nodes"] = list(asked["nodes"])
+        context.state.config_records[_SEEN] = seen
+    elif stage == Stage.UNMASK:
+        active, dead = set(asked["active"]), set(asked["dead"])
+        known = {int(n) for n in seen.get("nodes", [])}  # type: ignore[union-attr]
+        if active & dead:
+            raise Refusal(
+                "secure-aggregation",
+                f"the unmask request lists node(s) {sorted(active & dead)} both as active and as dropped: the shares "
+                "of both their masks would give their updates away",
+            )
+        if not known or (active | dead) - known:
+            raise Refusal(
+                "secure-aggregation",
+                f"the unmask request names node(s) {sorted((active | dead) - known)} not seen at key exchange",
+            )
+        if own in dead:
+            raise Refusal("secure-aggregation", "the unmask request calls this node dropped, which sent its vector")
 
 
 def _train_legacy(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

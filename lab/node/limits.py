@@ -88,8 +88,8 @@ class Limits:
         valuation would have scored, the runs the node prepared in the last 24 hours."""
         problems = [
             ("min_batch_size", plan.batch_size < self.min_batch_size,
-             f"a minibatch of {plan.batch_size} rows is smaller than {self.min_batch_size}: an update from so few "
-             "rows can be read back into them"),
+             f"minibatches of {plan.batch_size} row(s) are smaller than {self.min_batch_size}: an update from so "
+             "few rows can be read back into them"),
             ("max_local_steps", plan.local_steps > self.max_local_steps,
              f"{plan.local_steps:,} local steps per round are more than {self.max_local_steps:,}"),
             ("max_rounds", plan.rounds > self.max_rounds, f"{plan.rounds} rounds are more than {self.max_rounds}"),

@@ -68,10 +68,10 @@ class QueryKind(ABC, Generic[RequestT]):
     def parse_request(self, text: str) -> RequestT:
         """The request from its JSON text (``to_json`` of the kind's request type)."""
 
-    def describe(self, request: RequestT) -> Any:
-        """The request in full, as the node's audit log records it (its JSON, by default)."""
-        to_json = getattr(request, "to_json", None)
-        return json.loads(to_json()) if to_json is not None else None
+    def describe(self, text: str) -> Any:
+        """The request as it came (its JSON text), in full, for the node's audit log: what the
+        coordinator asked, not only what the node read of it."""
+        return json.loads(text) if text else None
 
     @abstractmethod
     def answer(self, spec: TaskSpec, request: RequestT, site: NodeSite, run_id: int) -> dict[str, Any]:

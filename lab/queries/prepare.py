@@ -190,11 +190,13 @@ class Prepare(QueryKind[PrepareRequest]):
     def parse_request(self, text: str) -> PrepareRequest:
         return PrepareRequest.from_json(text)
 
-    def describe(self, request: PrepareRequest) -> Any:
-        """The request, its lock named by its fingerprint and policy (the pins are the lock's)."""
-        described = json.loads(request.to_json())
-        if request.lock is not None:
-            described["lock"] = {"fingerprint": request.lock.environment().fingerprint, "policy": request.lock.policy}
+    def describe(self, text: str) -> Any:
+        """The request as it came, its lock named by its fingerprint and policy (the pins are the lock's)."""
+        described = json.loads(text)
+        lock = described.get("lock") if isinstance(described, dict) else None
+        if isinstance(lock, dict):
+            pinned = Lock(**lock).environment()
+            described["lock"] = {"fingerprint": pinned.fingerprint, "policy": lock.get("policy")}
         return described
 
     def asks(self, spec: TaskSpec, request: PrepareRequest, agreement: Agreement) -> Request:

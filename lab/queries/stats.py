@@ -15,7 +15,7 @@ from lab.core.analytics import StatsRequest, default_edges, is_categorical, pool
 from lab.core.data import check_frame, read_raw
 from lab.core.sources import source_label
 from lab.core.spec import TaskSpec
-from lab.errors import Refusal, RunFailedError
+from lab.errors import QueryError, Refusal, RunFailedError
 from lab.node.limits import Limits
 from lab.node.releases import line_count
 from lab.node.site import NodeSite
@@ -68,7 +68,10 @@ class Stats(QueryKind[StatsRequest]):
         """The node's summary, held to its limits (the spec's groups, bins no narrower than its
         clause, no more counts than its clause) and to everything it released before: an answer
         that would let a small count be worked out with earlier ones is refused."""
-        request.check(spec)
+        try:
+            request.check(spec)
+        except QueryError as exc:  # groups and bins come from the spec; a request cannot name its own
+            raise Refusal("spec", str(exc)) from None
         request = replace(request, min_count=site.min_count(request.min_count))
         file_format = spec.format_for(site.name)
         raw, offset = read_raw(site.table_path(), file_format)

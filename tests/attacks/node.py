@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid
 
 from lab.contract import keys
 from lab.contract.messages import Candidates, Instructions, QueryMessage, QueryReply
@@ -36,6 +38,7 @@ from lab.queries.prepare import PrepareRequest
 from ..conftest import HEART, SILOS
 
 SPEC = load_spec(HEART / "task.toml")
+HEART_TEXT = SPEC.text
 WIDTH = len(SPEC.encoded_names)
 #: The plan the lab's demo declares (lab.contract.settings defaults), with contributions valued.
 HONEST = RunPlan(rounds=5, local_steps=100, batch_size=16, learning_rate=0.05, scored_rounds=5, contributions=True,
@@ -67,18 +70,23 @@ def identity_scaler(spec: TaskSpec = SPEC) -> tuple[list[float], list[float]]:
 @dataclass
 class Node:
     """One organisation's node with its agreement (the template's defaults, ``clauses`` replaced
-    as (old, new) text), answering in this process."""
+    as (old, new) text), answering in this process; ``bound=False``: started without one, on purpose
+    (``--no-agreement``, a node that holds nothing back) or, with ``knowing=False``, not."""
 
     home: Path
     name: str = "cleveland"
     table: Path = SILOS["cleveland"]
     spec: TaskSpec = SPEC
     clauses: tuple[tuple[str, str], ...] = ()
+    bound: bool = True
+    knowing: bool = True
     node_id: int = 11
     contexts: dict[int, Context] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
+        if not self.bound:
+            return
         text = template(self.spec, "ab" * 32, self.spec.organisation(self.name))
         for old, new in self.clauses:
             assert old in text, old
@@ -90,20 +98,27 @@ class Node:
         return NodeSite(
             self.name,
             str(self.table),
-            str(self.home / "agreement.toml"),
+            str(self.home / "agreement.toml") if self.bound else "",
             str(self.home / "audit.jsonl"),
             str(self.home / "privacy.jsonl"),
+            no_agreement=not self.bound and self.knowing,
         )
 
     def send(self, message_type: str, content: RecordDict, run_id: int) -> Message:
         """One message of run ``run_id`` to the node, as its SuperNode hands it over; the reply."""
+        with _as_run(run_id, self.node_id):
+            return self.deliver(Message(content, dst_node_id=self.node_id, message_type=message_type))
+
+    def deliver(self, message: Message) -> Message:
+        """A message a coordinator made, answered by the node's ClientApp with the run's context."""
         from federation.client_app import app
 
+        run_id = message.metadata.run_id
         context = self.contexts.setdefault(
             run_id, Context(run_id, self.node_id, self.site.node_config(), RecordDict(), {})
         )
         with _as_run(run_id, self.node_id):
-            return app(Message(content, dst_node_id=self.node_id, message_type=message_type), context)
+            return app(message, context)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -155,6 +170,13 @@ class Node:
         return Ledger(self.home / "privacy.jsonl")
 
 
+def _on_the_wire(message: Message) -> Message:
+    """The message as the node receives it: serialised and read back, as Flower's transport does."""
+    from flwr.common.serde import message_from_proto, message_to_proto
+
+    return message_from_proto(message_to_proto(message))
+
+
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({name: Array(np.asarray(values, dtype=np.float32)) for name, values in arrays.items()})
 
@@ -171,3 +193,42 @@ def refused(reply: Message, clause: str) -> str:
     assert reply.error.code == keys.REFUSED, reply.error.reason
     assert f" {clause}: " in reply.error.reason, reply.error.reason
     return str(reply.error.reason)
+
+
+class Nodes(Grid):
+    """Flower's Grid as a coordinator's ServerApp sees it, delivering each message to its node in
+    this process: what the lab's coordinator code (or an attacker's) runs on, unchanged."""
+
+    def __init__(self, nodes: list[Node], run_id: int) -> None:
+        self.nodes = {node.node_id: node for node in nodes}
+        self._run = SimpleNamespace(run_id=run_id, fab_hash="ab" * 32)
+
+    def set_run(self, run: Any) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Any:
+        return self._run
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return sorted(self.nodes)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise NotImplementedError("this grid only sends and receives")
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise NotImplementedError("this grid only sends and receives")
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return [self.nodes[m.metadata.dst_node_id].deliver(_on_the_wire(m)) for m in messages]
+
+    @contextlib.contextmanager
+    def coordinating(self) -> Iterator[Nodes]:
+        """While the coordinator's code runs: Flower stamps its messages with the run's identity."""
+        with _as_run(int(self._run.run_id), 0):
+            yield self
