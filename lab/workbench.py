@@ -255,11 +255,14 @@ class Workbench:
         *,
         spec: str | Path,
         agreements: Mapping[str, str | Path] | None = None,
+        no_agreement: bool = False,
         workspace: str | Path = WORKSPACE.default,
         progress: bool = True,
     ) -> Workbench:
-        """Nodes started on this machine for each call: ``nodes`` maps a name to its table."""
-        return cls(Federation.local(nodes, agreements), Path(spec), Path(workspace), progress=progress)
+        """Nodes started on this machine for each call: ``nodes`` maps a name to its table; a node not
+        in ``agreements`` enforces the default agreement (``no_agreement``: none holds one, on purpose)."""
+        federation = Federation.local(nodes, agreements, no_agreement=no_agreement)
+        return cls(federation, Path(spec), Path(workspace), progress=progress)
 
     @classmethod
     def connect(

@@ -130,7 +130,9 @@ def test_two_small_groups_are_not_released_as_a_small_sum(spec):
 
 
 def test_small_groups_hide_their_sums_and_a_complement(spec):
-    frame = pd.DataFrame({"chol": [200.0] * 20 + [300.0] * 9 + [250.0] * 3, "age": [40.0] * 20 + [55.0] * 9 + [70.0] * 3})
+    frame = pd.DataFrame(
+        {"chol": [200.0] * 20 + [300.0] * 9 + [250.0] * 3, "age": [40.0] * 20 + [55.0] * 9 + [70.0] * 3}
+    )
     request = StatsRequest(columns=("chol",), by="age", edges={"age": [50.0, 60.0]}, min_count=5)
     summary = node_summary(frame, spec, request)["columns"]["chol"]
     assert summary["n"][:3] == [20.0, None, None]  # 3 is small; 9 goes with it, else 32 - 20 - 9 = 3

@@ -46,9 +46,7 @@ def analysed(tmp_path_factory: pytest.TempPathFactory, heart_spec: Any) -> tuple
         workspace=workspace,
         progress=False,
     )
-    result = bench.stats(
-        ["age", "chol"], by="exang", levels={"exang": ["0", "1"]}, crosstab=("cp", "restecg"), correlation=True
-    )
+    result = bench.stats(["age", "chol"], by="exang", crosstab=("cp", "restecg"), correlation=True)
     assert result.moments.loc[("age", "all"), "n"] == result.raw["stats"]["columns"]["age"]["groups"]["all"]["n"]
     return workspace, {**result.raw, "mlflow_run_id": result.mlflow_run_id}
 

@@ -61,8 +61,10 @@ def _recorded_run(deployment: Deployment) -> dict[str, Any]:
         deployment.recorded(
             "version = client.get_model_version_by_alias('heart-disease', 'champion')\n"
             "run = client.get_run(version.run_id)\n"
+            "summary = json.load(open(client.download_artifacts(version.run_id, 'nodes/summary.json')))\n"
+            "noise = {row['node']: row['noise']['federated'] for row in summary['nodes']}\n"
             "print(json.dumps({'version': version.version, 'status': run.info.status, 'metrics': run.data.metrics,"
-            " 'params': run.data.params}))\n"
+            " 'params': run.data.params, 'noise': noise}))\n"
         )
     )
 
@@ -79,11 +81,14 @@ def test_an_organisation_reruns_the_champion_in_house_and_gets_what_was_recorded
     deployed: tuple[Deployment, Any],
 ) -> None:
     deployment, _ = deployed
-    recorded = _recorded_run(deployment)["metrics"]
+    run = _recorded_run(deployment)
+    recorded, noise = run["metrics"], run["noise"]
     for organisation in ("cleveland", "va"):
         metrics = deployment.pull_and_evaluate(organisation)["metrics"]
         for name in ("accuracy", "auc", "loss"):
-            assert metrics[name] == pytest.approx(recorded[f"node.{organisation}.{name}"], abs=1e-6)
+            # The node released its scores with noise of this sd (its default agreement); in-house is exact.
+            sd = noise[organisation][name]
+            assert 0 < sd < 0.3 and metrics[name] == pytest.approx(recorded[f"node.{organisation}.{name}"], abs=5 * sd)
 
 
 def test_each_node_audit_log_holds_exactly_the_messages_it_answered(deployed: tuple[Deployment, Any]) -> None:

@@ -17,6 +17,7 @@ from mlflow.artifacts import download_artifacts
 
 from lab.core.environment import Environment
 from lab.core.spec import load_spec
+from lab.runtime.agreements import default_agreements
 from lab.runtime.environ import private_environ
 from lab.runtime.local import LocalFederation, NodeSpec
 from lab.runtime.run import run_settings
@@ -67,10 +68,11 @@ def overlay(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def federate(workspace: Path, overlay: Path, **settings: Any) -> Federation:
     """Cleveland and Hungary as locked, VA drifted; one round."""
+    agreed = default_agreements(workspace, load_spec(HEART / "task.toml"), ["cleveland", "hungary", "va"])
     nodes = [
-        NodeSpec("cleveland", SILOS["cleveland"]),
-        NodeSpec("hungary", SILOS["hungary"]),
-        NodeSpec("va", SILOS["va"], env={"PYTHONPATH": str(overlay)}),
+        NodeSpec("cleveland", SILOS["cleveland"], agreement=agreed["cleveland"]),
+        NodeSpec("hungary", SILOS["hungary"], agreement=agreed["hungary"]),
+        NodeSpec("va", SILOS["va"], env={"PYTHONPATH": str(overlay)}, agreement=agreed["va"]),
     ]
     tracking_uri = f"sqlite:///{workspace / 'mlflow.db'}"
     config = run_settings(
@@ -137,8 +139,11 @@ def test_equal_fingerprints_and_seeds_give_the_same_model_bit_for_bit(
 ) -> None:
     again = federate(tmp_path / "workspace", overlay)
     first, second = strict.run().data.params, again.run().data.params
-    for key in [k for k in first if k.startswith("node.")] + ["seed", "spec_sha256"]:
+    fingerprints = [k for k in first if k.startswith("node.") and k.endswith(".data_sha256")]
+    for key in [k for k in first if k.startswith("node.") and k not in fingerprints] + ["seed", "spec_sha256"]:
         assert first[key] == second[key], key
+    # Each node's data fingerprint is keyed with the secret of its home: other homes, other keys.
+    assert fingerprints and all(first[key] != second[key] for key in fingerprints)
     a, b = strict.weights(), again.weights()
     assert a.keys() == b.keys()
     assert all(a[k].tobytes() == b[k].tobytes() for k in a)

@@ -22,9 +22,9 @@ from lab.core.spec import load_spec
 from lab.errors import LabError
 from lab.node.ledger import Ledger
 from lab.registry.checkpoints import ROUND_TAG, Checkpoint, resumable
-from lab.registry.runs import KILLED_REASON, list_runs
-from lab.runtime.local import LocalFederation, NodeSpec
-from lab.runtime.run import run_on, run_settings
+from lab.registry.runs import KILLED_REASON, RESUMED_BY, list_runs
+from lab.runtime.local import LocalFederation
+from lab.runtime.run import node_specs, run_on, run_settings
 
 from .conftest import HEART, SILOS, leftover_processes, run_lab
 
@@ -33,13 +33,13 @@ pytestmark = pytest.mark.e2e
 SPEC = load_spec(HEART / "task.toml")
 NAMES = ("cleveland", "hungary", "va")
 #: Enough local steps that a node is still training when the test kills it (about a second).
-SLOW = {"baseline-epochs": 2, "local-steps": 1500, "round-timeout": 30}
+SLOW = {"baseline-epochs": 2, "local-steps": 1000, "round-timeout": 30}  # 1000: the default limit
 
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
     workspace = tmp_path_factory.mktemp("faults") / "workspace"
-    nodes = [NodeSpec(name, SILOS[name]) for name in NAMES]
+    nodes = node_specs({n: str(SILOS[n]) for n in NAMES}, None, workspace=workspace, spec=SPEC)
     with LocalFederation(workspace, nodes, secure=True) as running:
         yield running
     assert leftover_processes(workspace) == []
@@ -49,7 +49,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFedera
 def own_federation(tmp_path: Path) -> Iterator[LocalFederation]:
     """A federation of its own: a test that kills the SuperLink must not meet nodes that earlier
     faults left answering a stopped run's message late (the README's "When things break")."""
-    nodes = [NodeSpec(name, SILOS[name]) for name in NAMES]
+    nodes = node_specs({n: str(SILOS[n]) for n in NAMES}, None, workspace=tmp_path / "workspace", spec=SPEC)
     with LocalFederation(tmp_path / "workspace", nodes, secure=True) as running:
         yield running
     assert leftover_processes(tmp_path / "workspace") == []
@@ -195,27 +195,37 @@ def test_a_run_whose_coordinator_was_killed_resumes_to_the_same_model_bit_for_bi
     again = run_lab("run", "--resume", run_id, "--node", f"va={SILOS['va']}", workspace=federation.workspace)
     assert again.returncode == 2, again.stderr
     assert f"run {run_id} finished; there is nothing to resume" in " ".join(again.stderr.split())
-    assert resumed.summary["mean"] == pytest.approx(reference.summary["mean"], nan_ok=True)
+    # The same model, so the same scores, each released with noise: within it of the reference's.
+    for key, value in reference.summary["mean"].items():
+        assert resumed.summary["mean"][key] == pytest.approx(value, abs=0.25, nan_ok=True), key
 
 
 def test_a_private_run_resumes_without_spending_its_rounds_again(federation: LocalFederation) -> None:
-    values = {"num-rounds": 3, "baseline-epochs": 2, "local-steps": 50, "dp-noise-multiplier": 1.0}
+    # A target every node's default agreement allows (at most 10 a run): each plans its own noise.
+    values = {"num-rounds": 3, "baseline-epochs": 2, "local-steps": 50, "dp-target-epsilon": 5.0}
     run_id, _ = _killed_after_round(federation, _settings(federation, **values), 1)
-    first_flower_run = int(MlflowClient(tracking_uri=_uri(federation)).get_run(run_id).data.tags["flwr.run_id"])
+    tags = MlflowClient(tracking_uri=_uri(federation)).get_run(run_id).data.tags
+    first_flower_run = int(tags["flwr.run_id"])
     resumed = _resume(federation, run_id)
+    resumed_flower_run = int(MlflowClient(tracking_uri=_uri(federation)).get_run(run_id).data.tags[RESUMED_BY])
     assert all(row["epsilon"] is not None for row in resumed.summary["nodes"])
     for name in NAMES:
         ledger = Ledger(federation.workspace / "nodes" / name / "privacy.jsonl")
-        mine = [e for e in ledger.entries() if e["task"] == SPEC.name and int(e["run_id"]) == first_flower_run]
-        assert sorted({e["round"] for e in mine}) == [1, 2, 3], name  # one run in the ledger, every round
+        attempts = (first_flower_run, resumed_flower_run)
+        mine = [e for e in ledger.entries() if e["kind"] == "training" and int(e["run_id"]) in attempts]
+        assert sorted({e["round"] for e in mine}) == [1, 2, 3], name  # every round, none beyond the plan
         trained = len(mine)  # a round the killed coordinator never kept is trained, and counted, twice
         assert trained in (3, 4), mine
+        # Each attempt prepared anew: a booking of its own, under a key the node drew, whose spending
+        # adds to the other's (the resume is not booked under the run id the coordinator names).
+        bookings = {e["key"]: int(e["run_id"]) for e in mine}
+        assert sorted(bookings.values()) == sorted(attempts)
         runs = ledger.runs()
-        assert runs[first_flower_run]["epsilon"] == pytest.approx(mine[-1]["epsilon"])
+        total = sum(runs[key]["epsilon"] for key in bookings)
+        assert ledger.spent() >= total > max(runs[key]["epsilon"] for key in bookings)
+        resumed_key = next(key for key, flower_run in bookings.items() if flower_run == resumed_flower_run)
         node = next(row for row in resumed.summary["nodes"] if row["node"] == name)
-        assert node["epsilon"] == pytest.approx(mine[-1]["epsilon"])
-        assert not [e for e in ledger.entries() if e["task"] == SPEC.name and int(e["run_id"]) != first_flower_run
-                    and e["time"] >= mine[0]["time"]]  # fmt: skip
+        assert node["epsilon"] == pytest.approx(runs[resumed_key]["epsilon"])
 
 
 def test_a_node_killed_mid_round_is_left_out_of_that_round_and_takes_part_again(

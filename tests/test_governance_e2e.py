@@ -22,7 +22,7 @@ from lab.runtime.app import app_hash
 from lab.runtime.environ import private_environ
 from lab.runtime.local import LocalFederation, NodeSpec
 from lab.runtime.processes import free_port
-from lab.runtime.run import run_settings
+from lab.runtime.run import node_specs, run_settings
 from lab.runtime.security import enroll_node
 from lab.runtime.submit import new_run_dir, submit_run
 
@@ -139,8 +139,9 @@ def test_accepted_messages_record_what_left_the_node(governed: Governed) -> None
 def test_audit_verify_detects_an_edited_entry(governed: Governed, tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     log.write_text(governed.audit("cleveland").path.read_text())
+    secret = str(governed.workspace / "nodes" / "cleveland" / "node.secret")  # the chain's key
     ok = subprocess.run(
-        [*lab_command(), "node", "audit", str(log), "--verify"],
+        [*lab_command(), "node", "audit", str(log), "--verify", "--secret", secret],
         capture_output=True,
         text=True,
         env=private_environ(),
@@ -153,7 +154,7 @@ def test_audit_verify_detects_an_edited_entry(governed: Governed, tmp_path: Path
     lines[1] = json.dumps(entry, sort_keys=True)
     log.write_text("\n".join(lines) + "\n")
     broken = subprocess.run(
-        [*lab_command(), "node", "audit", str(log), "--verify"],
+        [*lab_command(), "node", "audit", str(log), "--verify", "--secret", secret],
         capture_output=True,
         text=True,
         env=private_environ(),
@@ -193,7 +194,10 @@ def test_preflight_table_names_the_node_with_a_bad_column(tmp_path: Path) -> Non
     assert result.returncode == 1, result.stdout + result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("│")]
     va = [row for row in rows if row.split("│")[1].strip() == "va"]
-    assert va and "cp" in va[0].split("│")[3] and "unknown category '7'" in va[0]
+    assert va and "cp" in va[0].split("│")[3] and "holds a value the spec does not list" in va[0]
+    assert "'7'" not in va[0]  # the value itself stays at the node: its own log names it, and the line
+    said = (tmp_path / "workspace" / "logs" / "node-va-worker.log").read_text()
+    assert "unknown category '7'" in said and "line 5" in said
     assert any(row.split("│")[1].strip() == "cleveland" and "fits the spec" in row for row in rows)
     assert "1 of 2 nodes do not fit the spec" in result.stderr
 
@@ -231,8 +235,10 @@ def _wait_and_clean(proc: subprocess.Popen[bytes], log: Path) -> str:
 
 
 def test_secure_federation_admits_only_registered_nodes_over_tls(tmp_path: Path) -> None:
-    nodes = [NodeSpec("cleveland", SILOS["cleveland"]), NodeSpec("va", SILOS["va"])]
     workspace = tmp_path / "workspace"
+    nodes = node_specs(
+        {"cleveland": str(SILOS["cleveland"]), "va": str(SILOS["va"])}, None, workspace=workspace, spec=SPEC
+    )
     config = run_settings(
         SPEC,
         tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}",
@@ -271,8 +277,10 @@ def test_audit_verify_against_the_run_finds_a_log_cut_at_its_end(governed: Gover
     log.parent.mkdir()
     log.write_text(governed.audit("cleveland").path.read_text())
 
+    secret = str(governed.workspace / "nodes" / "cleveland" / "node.secret")
+
     def audit(*args: str) -> subprocess.CompletedProcess[str]:
-        argv = [*lab_command(), "node", "audit", str(log), "--verify", *args]
+        argv = [*lab_command(), "node", "audit", str(log), "--verify", "--secret", secret, *args]
         return subprocess.run(argv, capture_output=True, text=True, env=private_environ(), check=False)
 
     against = ("--against", governed.run_id, "--workspace", str(governed.workspace))

@@ -17,8 +17,8 @@ from mlflow import MlflowClient
 from lab.core.spec import load_spec
 from lab.node.audit import AuditLog
 from lab.runtime.app import app_hash
-from lab.runtime.local import LocalFederation, NodeSpec
-from lab.runtime.run import run_settings
+from lab.runtime.local import LocalFederation
+from lab.runtime.run import node_specs, run_settings
 from lab.runtime.submit import new_run_dir, submit_run
 
 from .conftest import HEART, ROOT, SILOS, leftover_processes, run_lab
@@ -41,7 +41,8 @@ def _run(federation: LocalFederation, **values: Any) -> dict[str, Any]:
 
 
 def test_a_warm_node_answers_every_message_in_one_worker_and_survives_its_death(tmp_path: Path) -> None:
-    nodes = [NodeSpec("cleveland", SILOS["cleveland"]), NodeSpec("hungary", SILOS["hungary"])]
+    tables = {"cleveland": str(SILOS["cleveland"]), "hungary": str(SILOS["hungary"])}
+    nodes = node_specs(tables, None, workspace=tmp_path / "workspace", spec=load_spec(HEART / "task.toml"))
     with LocalFederation(tmp_path / "workspace", nodes) as federation:
         workers = {node.site.name: node.worker.popen.pid for node in federation.running if node.worker}
         first = _run(federation)

@@ -39,8 +39,8 @@ from lab.core.spec import TaskSpec, load_spec
 from lab.core.training import load_node_data
 from lab.errors import LabError, UnmaskedUpdateError
 from lab.queries.prepare import Guard
-from lab.runtime.local import LocalFederation, NodeSpec
-from lab.runtime.run import run_settings
+from lab.runtime.local import LocalFederation
+from lab.runtime.run import node_specs, run_settings
 from lab.runtime.submit import new_run_dir, submit_run
 
 from .conftest import HEART, ROOT, SILOS
@@ -51,7 +51,7 @@ LEARNING_RATE = 0.05
 SETTINGS: dict[str, Any] = {
     "num-rounds": ROUNDS,
     "local-steps": 5,
-    "batch-size": 4,
+    "batch-size": 16,
     "learning-rate": LEARNING_RATE,
     "seed": 7,
     "baseline-epochs": 1,
@@ -88,7 +88,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     spec = load_spec(HEART / "task.toml")
     started = time.monotonic()
     run_ids: dict[str, str] = {}
-    with LocalFederation(workspace, [NodeSpec(n, SILOS[n]) for n in NODES]) as federation:
+    nodes = node_specs({n: str(SILOS[n]) for n in NODES}, None, workspace=workspace, spec=spec)
+    with LocalFederation(workspace, nodes) as federation:
         for name, extra in (("plain", {}), ("secure", {"secure-aggregation": True})):
             config = run_settings(
                 spec,

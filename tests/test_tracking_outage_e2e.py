@@ -16,8 +16,8 @@ from mlflow import MlflowClient
 
 from lab.core.spec import load_spec
 from lab.registry.checkpoints import ROUND_TAG
-from lab.runtime.local import LocalFederation, NodeSpec
-from lab.runtime.run import run_settings
+from lab.runtime.local import LocalFederation
+from lab.runtime.run import node_specs, run_settings
 
 from .conftest import HEART, SILOS, leftover_processes
 from .test_faults_e2e import _in_background, checkpointed_run
@@ -31,7 +31,10 @@ NAMES = ("cleveland", "hungary", "va")
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
     workspace = tmp_path_factory.mktemp("outage") / "workspace"
-    with LocalFederation(workspace, [NodeSpec(name, SILOS[name]) for name in NAMES]) as running:
+    nodes = node_specs(
+        {n: str(SILOS[n]) for n in NAMES}, None, workspace=workspace, spec=load_spec(HEART / "task.toml")
+    )
+    with LocalFederation(workspace, nodes) as running:
         yield running
     assert leftover_processes(workspace) == []
 

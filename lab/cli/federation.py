@@ -93,7 +93,9 @@ def _progress(spec: TaskSpec, settings: RunSettings, federation: Federation, wor
         settings.query, f"{rounds} rounds of {settings.strategy}"
     )
     console.print(f"[bold]{escape(spec.name)}[/]: {escape(federation.describe())}, {what}; workspace {workspace}")
-    with ProgressView(rounds=rounds, metric=spec.metrics[0], training=training) as view:
+    logs = workspace.resolve() / "logs" if federation.coordinator is None else None
+    local = frozenset(federation.nodes)
+    with ProgressView(rounds=rounds, metric=spec.metrics[0], training=training, logs=logs, local=local) as view:
         yield view
 
 

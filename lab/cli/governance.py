@@ -160,26 +160,39 @@ def node_privacy(
         raise UsageError(f"privacy ledger {str(ledger)!r} does not exist; a node writes it at nodes/NAME/privacy.jsonl")
     runs = Ledger(ledger).runs()
     table = RichTable(title=f"Differential privacy spent on this node's rows ({ledger})")
-    for column in ("run", "task", "last round at", "rounds", "noise", "sample rate", "steps/round", "delta", "epsilon"):
-        table.add_column(column, justify="left" if column in ("run", "task", "last round at") else "right")
-    for run_id, run in runs.items():
+    columns = ("booking", "run", "task", "last at", "rounds", "noise", "sample rate", "steps/round", "delta",
+               "epsilon (training rows)", "epsilon (test rows: scores)")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("booking", "run", "task", "last at") else "right")
+    for key, run in runs.items():
+        trained = "noise_multiplier" in run
         table.add_row(
-            str(run_id),
-            str(run["task"]),
-            str(run["time"]),
+            key,
+            str(run.get("run_id", "")),
+            str(run.get("task", "")),
+            str(run.get("time", "")),
             str(run["rounds"]),
-            f"{run['noise_multiplier']:.4g}",
-            f"{run['sample_rate']:.4g}",
-            str(run["steps"]),
-            f"{run['delta']:g}",
+            f"{run['noise_multiplier']:.4g}" if trained else "",
+            f"{run['sample_rate']:.4g}" if trained else "",
+            str(run["steps"]) if trained else "",
+            f"{run['delta']:g}" if trained else "",
             f"{run['epsilon']:.3f}",
+            f"{run['scores_epsilon']:.3f}",
         )
     console.print(table)
     spent = sum(r["epsilon"] for r in runs.values())
-    line = f"epsilon spent: {spent:.3f} over {len(runs)} run(s) (runs add up: basic composition)"
+    scores = sum(r["scores_epsilon"] for r in runs.values())
+    line = (
+        f"epsilon spent: {spent:.3f} on the training rows and {scores:.3f} on the test rows over {len(runs)} "
+        "booking(s) (runs add up: basic composition)"
+    )
     if agreement is not None:
         budget = load_agreement(agreement).epsilon_budget
-        line += "; no budget in the agreement" if budget is None else f"; budget {budget:g}, {budget - spent:.3f} left"
+        line += (
+            "; no budget in the agreement"
+            if budget is None
+            else f"; budget {budget:g} each, {budget - spent:.3f} and {budget - scores:.3f} left"
+        )
     console.print(line)
 
 

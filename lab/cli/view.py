@@ -4,6 +4,8 @@ events as they come, and the result tables. Only the CLI prints."""
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -26,11 +28,16 @@ err = Console(stderr=True)
 class ProgressView:
     """A progress bar over a run's rounds, with the run's events printed above it as they arrive."""
 
-    def __init__(self, *, rounds: int, metric: str, training: bool) -> None:
+    def __init__(
+        self, *, rounds: int, metric: str, training: bool, logs: Path | None = None, local: frozenset[str] = frozenset()
+    ) -> None:
         self.rounds, self.metric = rounds, metric
         self.bar = _progress()
         self.task: TaskID = self.bar.add_task("preparing nodes" if training else "asking the nodes", total=rounds)
         self.training = training
+        self.logs = logs  # a local federation's logs: where its nodes (``local``) say in full what they refused
+        self.local = local
+        self.told: set[str] = set()
 
     def __enter__(self) -> ProgressView:
         self.bar.__enter__()
@@ -43,6 +50,15 @@ class ProgressView:
 
     def __call__(self, event: dict[str, Any]) -> None:
         _show(self.bar, self.task, event, self.rounds, self.metric)
+        node = event.get("node")
+        if node not in self.local:  # a node of an unauthenticated federation is known by its id: its reply names it
+            named = re.match(r"node '([^']+)'", str(event.get("reason", "")))
+            node = named.group(1) if named else node
+        if event["event"] == "refused" and self.logs is not None and node in self.local and node not in self.told:
+            # A node says off itself only what names no file, line or value; here its operator is you.
+            self.told.add(str(node))
+            log = self.logs / f"node-{node}-worker.log"
+            self.bar.console.print(f"    its own log says why in full: {escape(str(log))}", highlight=False)
 
 
 def _progress() -> Progress:
@@ -172,6 +188,13 @@ def summary_table(result: RunResult, metrics: tuple[str, ...]) -> None:
     console.print(table)
     if unreliable:
         console.print("* AUC on fewer than 5 test rows of a class: unreliable")
+    noise = {row["node"]: row.get("noise", {}).get("federated", {}).get(shown[0]) for row in final["nodes"]}
+    if any(noise.values()):
+        each = ", ".join(f"{escape(node)} {sd:.3f}" for node, sd in noise.items() if sd)
+        console.print(
+            f"each node released its scores with noise (its agreement's limits.scores-epsilon); standard deviation "
+            f"of the federated {shown[0]}: {each}; the intervals include it"
+        )
     if "contributions" in final:
         contributions_table(final["contributions"])
     if final.get("registered"):

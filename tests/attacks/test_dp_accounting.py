@@ -48,7 +48,7 @@ def test_a_message_that_asks_more_steps_than_the_dp_plan_is_refused_and_the_ledg
 def test_a_delta_above_the_limit_or_one_over_the_training_rows_is_refused(tmp_path: Path) -> None:
     node = Node(tmp_path / "cleveland")
     refused(node.prepare(7, PRIVATE, replace(TARGET_3, delta=0.5)), "limits.max-delta")
-    # An operator who raised the limit is still held to 1 / rows: Switzerland trains on ~80 rows.
+    # An operator who raised the limit is still held to 1 / rows: Switzerland trains on 30 rows.
     small = Node(tmp_path / "switzerland", name="switzerland", table=SILOS["switzerland"],
                  clauses=(("max-delta = 1e-05", "max-delta = 0.5"),))  # fmt: skip
     reason = refused(small.prepare(7, PRIVATE, replace(TARGET_3, delta=0.05)), "limits.max-delta")
