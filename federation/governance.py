@@ -21,7 +21,7 @@ from lab.node.audit import AuditHead, AuditLog
 from lab.node.guard import APP_HASH_ENV
 from lab.node.site import NodeSite
 
-__all__ = ["Checks", "audit_stage", "governed"]
+__all__ = ["Checks", "audit", "governed"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,16 +62,16 @@ def governed(checks: Checks) -> Callable[[Handler], Handler]:
                 # names no file, database URL or cell value (LabError.off_node).
                 clause = exc.clause if isinstance(exc, Refusal) else None
                 logger.error("node %s refused the %s message: %s", site.name, msg.metadata.message_type, exc)
-                _audit(site, msg, asked, "refused", clause=clause, reason=str(exc))
+                audit(site, msg, asked, "refused", clause=clause, reason=str(exc))
                 said = exc.off_node()
                 return Message(Error(code=keys.REFUSED, reason=f"node {site.name!r} refused: {said}"), reply_to=msg)
             except Exception as exc:  # a bug in the lab: one line to the coordinator, the traceback kept here
                 where = _keep_traceback(site.audit_path, msg)
                 reason = f"internal error (a bug in the lab): {type(exc).__name__}: {exc}; {where}"
-                _audit(site, msg, asked, "failed", reason=reason)
+                audit(site, msg, asked, "failed", reason=reason)
                 said = f"internal error (a bug in the lab): {type(exc).__name__}; {where}"  # its text may hold data
                 return Message(Error(code=keys.FAILED, reason=f"node {site.name!r} failed: {said}"), reply_to=msg)
-            head = _audit(site, msg, asked, "accepted", reply=reply)
+            head = audit(site, msg, asked, "accepted", reply=reply)
             if head is not None:  # the coordinator records it: a log later cut or rolled back is found
                 carry_audit_head(reply, head.count, head.hash)
             return reply
@@ -107,7 +107,7 @@ def _asked(checks: Checks, msg: Message, context: Context) -> dict[str, Any]:
         return {"unreadable": f"{type(exc).__name__}: {exc}"[:500], "keys": sorted(config) if config else []}
 
 
-def _audit(
+def audit(
     site: NodeSite,
     msg: Message,
     asked: dict[str, Any],
@@ -117,6 +117,8 @@ def _audit(
     reason: str | None = None,
     reply: Message | None = None,
 ) -> AuditHead | None:
+    """Record the node's decision on ``msg`` in its audit log (its new head; None without a log):
+    the handlers' through ``governed``, and a mod's that answers without one (a SecAgg+ stage)."""
     if not site.audit_path:
         return None
     extra = {"agreement": NO_AGREEMENT} if site.no_agreement else {}
@@ -132,20 +134,6 @@ def _audit(
         suppressed=_suppressed(reply) if reply is not None else "",
         **extra,
     )
-
-
-def audit_stage(
-    site: NodeSite,
-    msg: Message,
-    asked: dict[str, Any],
-    decision: str,
-    *,
-    clause: str | None = None,
-    reason: str | None = None,
-    reply: Message | None = None,
-) -> None:
-    """Record a message a mod answers without a handler (a SecAgg+ stage) in the node's audit log."""
-    _audit(site, msg, asked, decision, clause=clause, reason=reason, reply=reply)
 
 
 def _suppressed(reply: Message) -> str:

@@ -294,7 +294,7 @@ def node_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Me
         return call_next(msg, context)  # a plain training round: untouched
     from flwr.client.mod import secaggplus_mod
 
-    from federation.governance import audit_stage
+    from federation.governance import audit
 
     stage, asked = _stage(msg)
     site = NodeSite.from_node_config(context.node_config, context.node_id)
@@ -302,11 +302,11 @@ def node_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Me
         _trust(stage, asked, msg.metadata.dst_node_id, context)
     except Refusal as refusal:
         logger.error("node %s refused the SecAgg+ %s stage: %s", site.name, stage, refusal)
-        audit_stage(site, msg, asked, "refused", clause=refusal.clause, reason=str(refusal))
+        audit(site, msg, asked, "refused", clause=refusal.clause, reason=str(refusal))
         return Message(Error(code=keys.REFUSED, reason=f"node {site.name!r} refused: {refusal}"), reply_to=msg)
     reply = secaggplus_mod(msg, context, lambda m, c: _train_legacy(m, c, call_next))
     if stage != Stage.COLLECT_MASKED_VECTORS:  # that stage trains: its handler's own audit entry records it
-        audit_stage(site, msg, asked, "accepted", reply=reply)
+        audit(site, msg, asked, "accepted", reply=reply)
     return reply
 
 

@@ -153,12 +153,16 @@ def test_the_coordinator_never_receives_a_nodes_update(runs: Runs) -> None:
         # ...although the node did compute and release an update in every round (its audit log)
         log = runs.workspace / "nodes" / node / "audit.jsonl"
         audit = [json.loads(line) for line in log.read_text().splitlines()]
-        released = [
-            e["left_node"]
+        secure = [
+            e
             for e in audit
             if e["message_type"] == MessageType.TRAIN and str(e["run_id"]) == _flwr_run_id(client, runs.secure)
         ]
+        released = [e["left_node"] for e in secure if "secure_aggregation" not in e["asked"]]  # the training
         assert len(released) == ROUNDS
+        # Every other stage of every round is in the log too, with what it asked.
+        stages = [e["asked"]["secure_aggregation"] for e in secure if "secure_aggregation" in e["asked"]]
+        assert stages == ["setup", "share_keys", "unmask"] * ROUNDS
         assert all(any(r["kind"] == "arrays" and r["bytes"] > 0 for r in left) for left in released)
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "StatsRequest",
     "default_edges",
     "is_categorical",
+    "nice",
     "node_summary",
     "pool",
     "protect",
@@ -353,13 +354,13 @@ def default_edges(moments: dict[str, dict[str, float]], bins: int = DEFAULT_BINS
         mean, sd = m.get("mean"), m.get("sd")
         if mean is None or sd is None or not math.isfinite(mean) or not math.isfinite(sd) or sd <= 0:
             continue
-        width = _nice(5 * sd / bins)
+        width = nice(5 * sd / bins)
         start = math.floor((mean - 2.5 * sd) / width) * width
         edges[column] = [round(start + i * width, 10) for i in range(bins + 1)]
     return edges
 
 
-def _nice(x: float) -> float:
+def nice(x: float) -> float:
     """1, 2, 2.5 or 5 times a power of ten, at least ``x``."""
     power = 10.0 ** math.floor(math.log10(x))
     for step in (1.0, 2.0, 2.5, 5.0):

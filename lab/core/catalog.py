@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lab.core.analytics import nice
 from lab.core.data import as_levels, check_column, check_frame, is_blank, read_raw
 from lab.core.disclosure import protect_counts
 from lab.core.spec import Level, TaskSpec
@@ -54,19 +55,10 @@ def _edges(values: np.ndarray) -> list[float]:
     """``HISTOGRAM_BINS`` or so bins of a round width over the values, their outer edges rounded
     outwards to that width: the edges say where the values lie, never one of them exactly."""
     low, high = float(values.min()), float(values.max())
-    width = _nice((high - low) / HISTOGRAM_BINS) if high > low else _nice(max(abs(low), 1.0) / HISTOGRAM_BINS)
+    width = nice((high - low) / HISTOGRAM_BINS) if high > low else nice(max(abs(low), 1.0) / HISTOGRAM_BINS)
     start = math.floor(low / width) * width
     count = max(1, math.floor((high - start) / width) + 1)
     return [round(start + i * width, 10) for i in range(count + 1)]
-
-
-def _nice(x: float) -> float:
-    """1, 2, 2.5 or 5 times a power of ten, at least ``x``."""
-    power = 10.0 ** math.floor(math.log10(x))
-    for step in (1.0, 2.0, 2.5, 5.0):
-        if step * power >= x:
-            return step * power
-    return 10.0 * power
 
 
 def build_catalog(path: str | Path, spec: TaskSpec, *, node: str | None = None, min_rows: int = 10) -> dict[str, Any]:
