@@ -160,17 +160,16 @@ def node_privacy(
         raise UsageError(f"privacy ledger {str(ledger)!r} does not exist; a node writes it at nodes/NAME/privacy.jsonl")
     runs = Ledger(ledger).runs()
     table = RichTable(title=f"Differential privacy spent on this node's rows ({ledger})")
-    columns = ("booking", "run", "task", "last at", "rounds", "noise", "sample rate", "steps/round", "delta",
-               "epsilon (training rows)", "epsilon (test rows: scores)")  # fmt: skip
+    columns = ("booking", "run", "task", "rounds", "noise", "sample\nrate", "steps\n/round", "delta",
+               "epsilon\ntraining rows", "epsilon\ntest rows")  # fmt: skip
     for column in columns:
-        table.add_column(column, justify="left" if column in ("booking", "run", "task", "last at") else "right")
+        table.add_column(column, justify="left" if column in ("booking", "run", "task") else "right")
     for key, run in runs.items():
         trained = "noise_multiplier" in run
         table.add_row(
-            key,
+            key[:8],
             str(run.get("run_id", "")),
             str(run.get("task", "")),
-            str(run.get("time", "")),
             str(run["rounds"]),
             f"{run['noise_multiplier']:.4g}" if trained else "",
             f"{run['sample_rate']:.4g}" if trained else "",
