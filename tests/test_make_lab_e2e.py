@@ -90,6 +90,14 @@ def _wait_ready(kernel: psutil.Process) -> None:
         client.stop_channels()
 
 
+def _command(process: psutil.Process) -> str:
+    """The process's command line, or "" if it ended (or is a zombie) since it was listed."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def _running(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -120,7 +128,7 @@ def test_make_lab_serves_the_notebooks_with_this_environment_and_stops_on_one_ct
         deadline = time.monotonic() + 60
         kernels: list[psutil.Process] = []
         while time.monotonic() < deadline and not kernels:
-            kernels = [p for p in server.children(recursive=True) if str(kernel_id) in " ".join(p.cmdline())]
+            kernels = [p for p in server.children(recursive=True) if str(kernel_id) in _command(p)]
             time.sleep(0.2)
         assert kernels, f"kernel {kernel_id} did not start"
         _wait_ready(kernels[0])  # a kernel stopped while it still imports prints KeyboardInterrupt's traceback

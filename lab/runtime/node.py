@@ -188,6 +188,11 @@ class Node(Started):
                     self._release(proc.tail(100_000))
                 self.restarts += 1
                 setattr(self, attribute, start())
+                if attribute == "process" and self.worker is not None and not self._stopping.is_set():
+                    # A worker serves one SuperNode's runtime API with that SuperNode's tokens: the old
+                    # one would only find out by being refused (401) and exit. Start it anew now.
+                    stop_trees([self.worker], grace=2.0)
+                    self.worker = start_worker()
                 backoff[attribute] = min(max(2 * backoff[attribute], 1.0), _MOST_BACKOFF)
                 due[attribute] = time.monotonic() + backoff[attribute]
 
