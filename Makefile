@@ -7,6 +7,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
+export MLFLOW_ALLOW_PICKLE_DESERIALIZATION := false
 
 .PHONY: setup demo deploy-demo test images test-containers bench bench-load lint lock ui lab clean
 

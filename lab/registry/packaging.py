@@ -23,6 +23,8 @@ from lab.core.spec import FileFormat, Level, TaskSpec, parse_spec
 from lab.errors import LabError, ModelError
 
 __all__ = [
+    "BUNDLE_FILES",
+    "ENTRY_POINT",
     "FederatedModel",
     "check_packaging",
     "input_example",
@@ -42,6 +44,9 @@ WEIGHTS_FILE = "weights.npz"
 LOCK_FILE = "requirements.lock"
 PROVENANCE_FILE = "provenance.json"
 ENTRY_POINT = Path(__file__).with_name("pyfunc_entry.py")
+#: Every file a bundle may hold: the spec, scalers and weights first (always there), then the lock
+#: and the run's fingerprints. Data only: the lab's code comes from the installed package.
+BUNDLE_FILES = (SPEC_FILE, SCALER_FILE, WEIGHTS_FILE, LOCK_FILE, PROVENANCE_FILE)
 
 #: MLflow column types of the predictions, by the kind of a target's levels.
 _LEVEL_TYPES = {"integer": "long", "float": "double", "string": "string"}
@@ -224,8 +229,18 @@ class FederatedModel(PythonModel):
     environment: Environment | None
     provenance: dict[str, Any]
 
+    @classmethod
+    def from_bundle(cls, bundle: Path) -> FederatedModel:
+        """The model rebuilt from its bundle's files by the lab's own code (lab.registry.verified)."""
+        model = cls()
+        model.load_bundle(bundle)
+        return model
+
     def load_context(self, context: Any) -> None:
-        bundle = Path(context.artifacts["bundle"])
+        self.load_bundle(Path(context.artifacts["bundle"]))
+
+    def load_bundle(self, bundle: Path) -> None:
+        """Read the predictor, the training environment's lock and the run's fingerprints."""
         self.predictor = load_bundle(bundle)
         lock = bundle / LOCK_FILE
         self.environment = Environment.from_lock_file(lock) if lock.is_file() else None

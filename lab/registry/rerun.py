@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import mlflow
-import mlflow.pyfunc
 import pandas as pd
 
 from lab.core.data import load_table, read_raw, split_table
@@ -18,7 +17,8 @@ from lab.core.metrics import compute_metrics
 from lab.core.sources import source_label
 from lab.errors import DataError, ModelError
 from lab.registry.packaging import FederatedModel, predict_frame
-from lab.registry.tracking import account, tracking_errors
+from lab.registry.tracking import account
+from lab.registry.verified import fetched, open_model, verify_model
 
 __all__ = [
     "Evaluation",
@@ -36,40 +36,25 @@ Split = Literal["test", "train", "all"]
 
 
 def load_model(model_uri: str, tracking_uri: str) -> FederatedModel:
-    """Load a registered model (``models:/name@alias``, ``runs:/...``) as the lab's pyfunc."""
-    mlflow.set_tracking_uri(tracking_uri)
-    # The lab compares the whole environment itself (check_environment); MLflow's partial check only repeats it.
-    logging.getLogger("mlflow.utils.requirements_utils").setLevel(logging.ERROR)
-    what = f"cannot load model {model_uri!r} from {tracking_uri!r}"
-    with tracking_errors(what, "check the name and alias (e.g. models:/heart-disease@champion) and the tracking URI"):
-        loaded = mlflow.pyfunc.load_model(model_uri)
-    model = loaded.unwrap_python_model()
-    if not isinstance(model, FederatedModel):
-        raise ModelError(f"{model_uri!r} is not a model trained by the lab")
-    return model
+    """A registered model (``models:/name@alias``, ``runs:/...``, or a pulled folder), verified and
+    rebuilt by the lab from its bundle: MLflow's loader, which would run the model's own code, is
+    never called (lab.registry.verified)."""
+    return open_model(model_uri, tracking_uri)
 
 
 def pull_model(
     model_uri: str, tracking_uri: str, out: Path, *, username: str = "", password: str = "", ca: Path | None = None
 ) -> Path:
-    """Download a registered model (its code, bundle, lock and fingerprints) from a tracking server
-    into ``out``, to rerun it offline (``load_model(str(out))``).
+    """Download a registered model (its code, bundle, lock and fingerprints) from a tracking server,
+    verify it as ``load_model`` does, and only then write it into ``out``, to rerun it offline.
+    A refused model leaves nothing in ``out``.
 
     The account and the CA reach MLflow through its own environment variables for this call only;
     nothing is written down but the model.
     """
-    from mlflow.artifacts import download_artifacts
-
-    what = f"cannot pull {model_uri!r} from {tracking_uri!r}"
-    with (
-        tracking_errors(what, "check the name and alias, the tracking URI and your account"),
-        account(username, password, ca),
-    ):
-        mlflow.set_tracking_uri(tracking_uri)
-        out.mkdir(parents=True, exist_ok=True)
-        download_artifacts(artifact_uri=model_uri, dst_path=str(out))
-    if not (out / "MLmodel").is_file():
-        raise ModelError(f"{model_uri!r} pulled into {str(out)!r} holds no MLmodel file: it is not a logged model")
+    with account(username, password, ca), fetched(model_uri, tracking_uri) as folder:
+        verify_model(folder, what=repr(model_uri))
+        shutil.copytree(folder, out, dirs_exist_ok=True)
     return out
 
 

@@ -20,12 +20,15 @@ __all__ = [
     "tracking_uri_for",
 ]
 
-#: Telemetry and update checks off in every process the lab starts: this is a privacy product.
+#: Telemetry and update checks off in every process the lab starts: this is a privacy product. And
+#: MLflow unpickles nothing in them (a pickled model runs its own code when loaded; the lab's are
+#: models from code, and the lab loads them itself: lab.registry.verified).
 PRIVATE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
+    "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
 }
 
 

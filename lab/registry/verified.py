@@ -1,0 +1,122 @@
+"""A registered model the lab reads itself: fetched as files, checked, then rebuilt from its bundle.
+
+MLflow's loader runs whatever a model names: its code file is imported, a pickled model is
+unpickled. A model in a shared registry may have been put there by anyone who could write to it,
+so the lab never hands one to that loader. It fetches the model's files (a download runs nothing),
+checks that they are exactly what the lab's packaging writes (``MLmodel`` read as plain YAML, a
+code file equal byte for byte to the installed lab's entry point, a bundle of data files only, no
+other file), and rebuilds the model from the bundle (spec, scalers, weights read without pickle)
+with the lab's code from the installed, pinned package. Plain MLflow users keep a pyfunc that
+loads as any other (lab.registry.packaging).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lab.errors import ModelError
+from lab.registry.packaging import BUNDLE_FILES, ENTRY_POINT, FederatedModel
+
+__all__ = ["CODE_LOADER", "fetched", "open_model", "verify_model"]
+
+#: The one loader MLflow is told to use for a lab model: models-from-code, the lab's entry point.
+CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
+#: Files MLflow writes beside the model (read by no loader of the lab's).
+MLFLOW_FILES = frozenset(
+    {
+        "MLmodel",
+        "conda.yaml",
+        "python_env.yaml",
+        "requirements.txt",
+        "input_example.json",
+        "serving_input_example.json",
+        "registered_model_meta",
+    }
+)
+
+
+def verify_model(directory: Path, *, what: str) -> Path:
+    """Check that ``directory`` holds a model as the lab packages it, reading no code; its bundle.
+
+    Raises
+    ------
+    ModelError
+        In one line naming ``what`` (the model as the user gave it) and the first thing that is not
+        as the lab writes it.
+    """
+    refused = f"{what} is not loaded: it is not a model packaged by this lab"
+    mlmodel = directory / "MLmodel"
+    if not mlmodel.is_file():
+        raise ModelError(f"{what} holds no MLmodel file: it is not a logged model")
+    try:
+        described = yaml.safe_load(mlmodel.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{refused} (its MLmodel file is not YAML: {str(exc).splitlines()[0]})") from None
+    flavors = described.get("flavors") if isinstance(described, dict) else None
+    if not isinstance(flavors, dict) or set(flavors) != {"python_function"}:
+        names = sorted(flavors) if isinstance(flavors, dict) else []
+        raise ModelError(f"{refused} (its flavors are {names}, a lab model has python_function only)")
+    flavor: dict[str, Any] = flavors["python_function"] or {}
+    if flavor.get("loader_module") != CODE_LOADER:
+        raise ModelError(f"{refused} (MLflow would load it with {flavor.get('loader_module')!r}, not the lab's loader)")
+    if flavor.get("code") or flavor.get("python_model"):
+        raise ModelError(f"{refused} (it carries code or a pickled model of its own)")
+    code_name = Path(str(flavor.get("model_code_path") or "")).name
+    code = directory / code_name
+    if code_name != ENTRY_POINT.name or not code.is_file():
+        raise ModelError(f"{refused} (its code file is {code_name!r}, a lab model's is {ENTRY_POINT.name!r})")
+    if code.read_bytes() != ENTRY_POINT.read_bytes():
+        raise ModelError(
+            f"{refused}: its code file {code_name} differs from this lab's own; it is never run (pull the "
+            "federation's model again, or ask the coordinator which version registered it)"
+        )
+    artifacts = flavor.get("artifacts")
+    if not isinstance(artifacts, dict) or set(artifacts) != {"bundle"}:
+        raise ModelError(f"{refused} (its artifacts are {sorted(artifacts or {})}, a lab model has one bundle)")
+    bundle = (directory / str(artifacts["bundle"].get("path", ""))).resolve()
+    if bundle.parent != (directory / "artifacts").resolve() or not bundle.is_dir():
+        raise ModelError(f"{refused} (its bundle is not a folder under artifacts/)")
+    allowed = {directory / name for name in MLFLOW_FILES} | {code} | {bundle / name for name in BUNDLE_FILES}
+    for path in sorted(directory.rglob("*")):
+        if path.is_symlink() or (path.is_file() and path not in allowed and path.resolve() not in allowed):
+            raise ModelError(f"{refused} (it holds {str(path.relative_to(directory))!r}, which the lab never writes)")
+    for name in BUNDLE_FILES[:3]:  # the spec, the scalers and the weights; the lock and provenance may be absent
+        if not (bundle / name).is_file():
+            raise ModelError(f"{refused} (its bundle has no {name})")
+    return bundle
+
+
+@contextmanager
+def fetched(model_uri: str, tracking_uri: str) -> Iterator[Path]:
+    """The model's files in a local folder: the folder itself for a local path, else a download
+    (removed afterwards) from the tracking store."""
+    local = Path(model_uri)
+    if "://" not in model_uri and not model_uri.startswith(("models:", "runs:")) and local.is_dir():
+        yield local
+        return
+    import mlflow
+    from mlflow.artifacts import download_artifacts
+
+    from lab.registry.tracking import tracking_errors
+
+    what = f"cannot fetch model {model_uri!r} from {tracking_uri!r}"
+    fix = "check the name and alias (e.g. models:/heart-disease@champion) and the tracking URI"
+    with tempfile.TemporaryDirectory(prefix="lab-model-") as tmp:
+        with tracking_errors(what, fix):
+            mlflow.set_tracking_uri(tracking_uri)
+            downloaded = download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+        yield Path(downloaded)
+
+
+def open_model(model_uri: str, tracking_uri: str) -> FederatedModel:
+    """The model at ``model_uri`` (``models:/name@alias``, ``runs:/...``, or a pulled folder),
+    verified and rebuilt by the lab; nothing of it is run."""
+    with fetched(model_uri, tracking_uri) as directory:
+        bundle = verify_model(directory, what=repr(model_uri))
+        return FederatedModel.from_bundle(bundle)
