@@ -117,13 +117,15 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
-def checkpointed_run(tracking_uri: str, server_round: int, since: float) -> str:
+def checkpointed_run(tracking_uri: str, server_round: int, since: float, outcome: dict[str, Any] | None = None) -> str:
     """Wait until the run started after ``since`` (time.time()) in the store at ``tracking_uri``
-    has checkpointed round ``server_round``; its MLflow run id."""
+    has checkpointed round ``server_round``; its MLflow run id. A run that ends first (its
+    ``outcome``, from ``_in_background``) fails the wait at once, with its error."""
     client = MlflowClient(tracking_uri=tracking_uri)
     found: list[str] = []
 
     def checkpointed() -> bool:
+        assert not outcome, f"the run ended before round {server_round}'s checkpoint: {outcome}"
         if not found:
             runs = client.search_runs(
                 [e.experiment_id for e in client.search_experiments()],
@@ -140,7 +142,7 @@ def _killed_after_round(federation: LocalFederation, settings: Any, server_round
     """Start a run, SIGKILL its ServerApp once round ``server_round`` is checkpointed; its MLflow run id."""
     since = time.time()
     thread, outcome = _in_background(federation, settings)
-    run_id = checkpointed_run(_uri(federation), server_round, since)
+    run_id = checkpointed_run(_uri(federation), server_round, since, outcome)
     _serverapp(federation).kill()
     flower_run = MlflowClient(tracking_uri=_uri(federation)).get_run(run_id).data.tags["flwr.run_id"]
     federation.connection.flwr_json(["stop", flower_run], federation.workspace / "flwr-home", what="stopping")
@@ -234,9 +236,9 @@ def test_a_node_killed_mid_round_is_left_out_of_that_round_and_takes_part_again(
     federation: LocalFederation,
 ) -> None:
     before = {name: _answering(federation, name, "train") for name in NAMES}
-    # Round 3 waits for cleveland's restarted node (no reply is lost in it but the killed ones): the
-    # timeout only bounds how long a loaded machine may take to start it again.
-    values = {**SLOW, "num-rounds": 4, "round-timeout": 120}
+    # Rounds 3 and 4 wait for the restarted node and worker (no reply is lost but the killed ones'):
+    # the timeout only bounds how long a loaded machine may take to start them again and train.
+    values = {**SLOW, "num-rounds": 4, "round-timeout": 300}
     thread, outcome = _in_background(federation, _settings(federation, **values))
     cleveland, hungary = _node(federation, "cleveland"), _node(federation, "hungary")
     restarts = cleveland.restarts, hungary.restarts
@@ -248,7 +250,7 @@ def test_a_node_killed_mid_round_is_left_out_of_that_round_and_takes_part_again(
     _when(lambda: _answering(federation, "hungary", "train") == before["hungary"] + 3, "hungary's round 3")
     os.kill(hungary.worker.popen.pid, signal.SIGKILL)
 
-    thread.join(timeout=600)
+    thread.join(timeout=1200)
     assert "result" in outcome, outcome
     result = outcome["result"]
     assert [n["node"] for n in result.summary["nodes"]] == list(NAMES)
@@ -277,7 +279,7 @@ def test_a_run_whose_superlink_was_killed_resumes_once_the_coordinator_is_back(
     values = {"num-rounds": 3, "baseline-epochs": 2, "local-steps": 50, "seed": 5}
     since = time.time()
     thread, outcome = _in_background(federation, _settings(federation, **values))
-    run_id = checkpointed_run(_uri(federation), 1, since)
+    run_id = checkpointed_run(_uri(federation), 1, since, outcome)
     assert federation.coordinator.process is not None
     superlink = psutil.Process(federation.coordinator.process.popen.pid)
     serverapp = _serverapp(federation)
