@@ -18,7 +18,7 @@ from lab.core.sources import source_label
 from lab.errors import DataError, ModelError
 from lab.registry.packaging import FederatedModel, predict_frame
 from lab.registry.tracking import account
-from lab.registry.verified import fetched, open_model, verify_model
+from lab.registry.verified import fetched, verify_model
 
 __all__ = [
     "Evaluation",
@@ -39,7 +39,8 @@ def load_model(model_uri: str, tracking_uri: str) -> FederatedModel:
     """A registered model (``models:/name@alias``, ``runs:/...``, or a pulled folder), verified and
     rebuilt by the lab from its bundle: MLflow's loader, which would run the model's own code, is
     never called (lab.registry.verified)."""
-    return open_model(model_uri, tracking_uri)
+    with fetched(model_uri, tracking_uri) as directory:
+        return FederatedModel.from_bundle(verify_model(directory, what=repr(model_uri)))
 
 
 def pull_model(

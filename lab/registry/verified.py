@@ -5,8 +5,8 @@ unpickled. A model in a shared registry may have been put there by anyone who co
 so the lab never hands one to that loader. It fetches the model's files (a download runs nothing),
 checks that they are exactly what the lab's packaging writes (``MLmodel`` read as plain YAML, a
 code file equal byte for byte to the installed lab's entry point, a bundle of data files only, no
-other file), and rebuilds the model from the bundle (spec, scalers, weights read without pickle)
-with the lab's code from the installed, pinned package. Plain MLflow users keep a pyfunc that
+other file); lab.registry.rerun then rebuilds the model from the bundle (spec, scalers, weights
+read without pickle) with the lab's code from the installed, pinned package. Plain MLflow users keep a pyfunc that
 loads as any other (lab.registry.packaging).
 """
 
@@ -18,12 +18,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import yaml
+from mlflow.artifacts import download_artifacts
 
 from lab.errors import ModelError
-from lab.registry.packaging import BUNDLE_FILES, ENTRY_POINT, FederatedModel
+from lab.registry.packaging import BUNDLE_FILES, ENTRY_POINT
+from lab.registry.tracking import tracking_errors
 
-__all__ = ["CODE_LOADER", "fetched", "open_model", "verify_model"]
+__all__ = ["CODE_LOADER", "fetched", "verify_model"]
 
 #: The one loader MLflow is told to use for a lab model: models-from-code, the lab's entry point.
 CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
@@ -51,6 +54,7 @@ def verify_model(directory: Path, *, what: str) -> Path:
         as the lab writes it.
     """
     refused = f"{what} is not loaded: it is not a model packaged by this lab"
+    directory = directory.resolve()
     mlmodel = directory / "MLmodel"
     if not mlmodel.is_file():
         raise ModelError(f"{what} holds no MLmodel file: it is not a logged model")
@@ -84,7 +88,7 @@ def verify_model(directory: Path, *, what: str) -> Path:
         raise ModelError(f"{refused} (its bundle is not a folder under artifacts/)")
     allowed = {directory / name for name in MLFLOW_FILES} | {code} | {bundle / name for name in BUNDLE_FILES}
     for path in sorted(directory.rglob("*")):
-        if path.is_symlink() or (path.is_file() and path not in allowed and path.resolve() not in allowed):
+        if path.is_symlink() or (path.is_file() and path not in allowed):
             raise ModelError(f"{refused} (it holds {str(path.relative_to(directory))!r}, which the lab never writes)")
     for name in BUNDLE_FILES[:3]:  # the spec, the scalers and the weights; the lock and provenance may be absent
         if not (bundle / name).is_file():
@@ -100,11 +104,6 @@ def fetched(model_uri: str, tracking_uri: str) -> Iterator[Path]:
     if "://" not in model_uri and not model_uri.startswith(("models:", "runs:")) and local.is_dir():
         yield local
         return
-    import mlflow
-    from mlflow.artifacts import download_artifacts
-
-    from lab.registry.tracking import tracking_errors
-
     what = f"cannot fetch model {model_uri!r} from {tracking_uri!r}"
     fix = "check the name and alias (e.g. models:/heart-disease@champion) and the tracking URI"
     with tempfile.TemporaryDirectory(prefix="lab-model-") as tmp:
@@ -112,11 +111,3 @@ def fetched(model_uri: str, tracking_uri: str) -> Iterator[Path]:
             mlflow.set_tracking_uri(tracking_uri)
             downloaded = download_artifacts(artifact_uri=model_uri, dst_path=tmp)
         yield Path(downloaded)
-
-
-def open_model(model_uri: str, tracking_uri: str) -> FederatedModel:
-    """The model at ``model_uri`` (``models:/name@alias``, ``runs:/...``, or a pulled folder),
-    verified and rebuilt by the lab; nothing of it is run."""
-    with fetched(model_uri, tracking_uri) as directory:
-        bundle = verify_model(directory, what=repr(model_uri))
-        return FederatedModel.from_bundle(bundle)
