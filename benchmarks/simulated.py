@@ -154,13 +154,17 @@ def _worker_setup() -> None:
 def _job(job: dict[str, Any]) -> dict[str, Any]:
     """One simulated run (in a worker process): its summary, history and measurements.
 
-    ``job`` holds the spec's path, the nodes as (name, data source) pairs, the run settings and a
-    work folder; the settings below are the defaults a job's own settings override. A failed run
-    raises, or with ``keep_going`` returns the job with its ``error``.
+    ``job`` holds the spec's path, the nodes as (name, data source) pairs, the run settings, a
+    work folder and, for a run that registers, the federation's signing key; the settings below
+    are the defaults a job's own settings override. A failed run raises, or with ``keep_going``
+    returns the job with its ``error``.
     """
     from lab.core.spec import load_spec
+    from lab.runtime.environ import SIGNING_KEY
     from lab.runtime.run import run_settings
 
+    if job.get("signing_key"):  # the federation's key: a run that registers signs its model with it
+        os.environ[SIGNING_KEY.name] = job["signing_key"]
     workdir = Path(job["workdir"])
     spec = load_spec(Path(job["spec"]))
     nodes = [SimulatedNode(name, path) for name, path in job["nodes"]]

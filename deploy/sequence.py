@@ -136,8 +136,10 @@ class Deployment:
             "coordinator",
             [lab(), "coordinator", "admit", organisation, str(handed), "--home", str(self.home("coordinator"))],
         )
-        # The coordinator hands back the CA certificate and the tracking account's password.
+        # The coordinator hands back the CA certificate, the federation's public key and the
+        # tracking account's password.
         shutil.copy(self.ca, self.home(organisation) / "ca.crt")
+        shutil.copy(self.ca.with_name("federation.pub"), self.home(organisation) / "federation.pub")
         account = self.home("coordinator") / "tracking" / "accounts" / organisation
         shutil.copy(account, self.home(organisation) / "tracking-password")
 
@@ -194,12 +196,16 @@ class Deployment:
                 "--tracking-uri", f"https://{self.coordinator_address}:{TRACKING_PORT}",
                 "--out", str(model), "--user", organisation,
                 "--password-file", str(home / "tracking-password"), "--ca", str(home / "ca.crt"),
+                "--federation-key", str(home / "federation.pub"),
             ],
         )  # fmt: skip
         result = self.type(
             organisation,
-            [lab(), "evaluate", "--model", str(model), "--data", str(HEART / SILOS[organisation]), "--json"],
-        )
+            [
+                lab(), "evaluate", "--model", str(model), "--data", str(HEART / SILOS[organisation]), "--json",
+                "--federation-key", str(home / "federation.pub"),
+            ],
+        )  # fmt: skip
         return dict(json.loads(result.stdout))
 
     def recorded(self, script: str) -> Any:

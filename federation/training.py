@@ -37,7 +37,7 @@ from lab.registry.checkpoints import Checkpoint, log_settings, resumable
 from lab.registry.packaging import check_packaging
 from lab.registry.run_record import REFUSALS, SUMMARY
 from lab.registry.tracking import AUDIT_HEADS, Tracker
-from lab.runtime.environ import ROSTER
+from lab.runtime.environ import ROSTER, SIGNING_KEY
 from lab.runtime.roster import note_seen
 
 __all__ = ["train"]
@@ -52,6 +52,7 @@ def train(
     round from its last checkpoint; its nodes are asked again whether they take part.
     """
     guard = _guard(spec, settings)
+    signing_key = _signing_key(settings)
     check_packaging(spec)  # a task that cannot become a model fails now, not after the last round
     resumed = _checkpoint(settings, tracker)
     request = PrepareRequest.of(settings, guard.lock, nodes=len(chosen(grid, settings)))
@@ -136,7 +137,11 @@ def train(
         },
     }
     logged = tracker.log_model(
-        predictor, lock_text=settings.environment_lock, provenance=provenance, register=settings.register
+        predictor,
+        lock_text=settings.environment_lock,
+        provenance=provenance,
+        register=settings.register,
+        signing_key=signing_key,
     )
     if logged is not None:
         summary.update(model_uri=logged.model_uri, registered=logged.registered_name, version=logged.version)
@@ -192,6 +197,21 @@ def _instructions(spec: TaskSpec, settings: RunSettings, prepared: Preparation) 
         evaluate_first=True,
         dp=DPSettings.of(settings),
     )
+
+
+def _signing_key(settings: RunSettings) -> Path | None:
+    """The federation's key the model is signed with; a run that registers needs one, and learns
+    it has none before any node trains."""
+    key = Path(SIGNING_KEY.get()) if SIGNING_KEY.get() else None
+    if key is not None and not key.is_file():
+        raise RunFailedError(f"the federation's signing key {str(key)!r} ({SIGNING_KEY.name}) does not exist")
+    if key is None and settings.register and settings.tracking_uri:
+        raise RunFailedError(
+            f"this coordinator has no federation key to sign the model with ({SIGNING_KEY.name} is not set), and "
+            "members refuse an unsigned model: start the coordinator with the lab (lab run, lab coordinator "
+            "start), or run with --set register=false"
+        )
+    return key
 
 
 def _guard(spec: TaskSpec, settings: RunSettings) -> Guard:

@@ -36,7 +36,7 @@ from lab.errors import UsageError
 from lab.registry.rerun import Evaluation, evaluate_table, load_model
 from lab.registry.runs import list_runs
 from lab.runtime.demo import demo_federation
-from lab.runtime.environ import WORKSPACE
+from lab.runtime.environ import WORKSPACE, federation_key_for
 from lab.runtime.federation import Federation, preflight
 from lab.runtime.mock import check_request, mock_federation, mock_tables
 from lab.runtime.run import RunResult
@@ -438,9 +438,13 @@ def evaluate(
     tracking_uri: str,
     node: str | None = None,
     split: str = "test",
+    federation_key: str | Path | None = None,
+    workspace: str | Path = WORKSPACE.default,
 ) -> Evaluation:
     """A registered model's metrics on a table in-house (``lab evaluate``), with the accuracy's 95%
-    interval (``.intervals``) and whether its AUC rests on too few rows (``.auc_unreliable``)."""
+    interval (``.intervals``) and whether its AUC rests on too few rows (``.auc_unreliable``). The
+    model's signature is checked with ``federation_key`` (default: as ``lab evaluate`` finds it)."""
     if split not in ("test", "train", "all"):
         raise UsageError(f"split {split!r}: choose test, train or all")
-    return evaluate_table(load_model(model, tracking_uri), data, node=node, split=split)  # type: ignore[arg-type]
+    key = federation_key_for(Path(workspace), Path(federation_key) if federation_key else None)
+    return evaluate_table(load_model(model, tracking_uri, key), data, node=node, split=split)  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """Run in a new process by the task-matrix test: each registered model, loaded with plain MLflow,
 predicts on every node's raw table, and the lab's in-house evaluation reruns on its test split.
 
-    python tests/matrix_rerun.py PLAN.json TRACKING_URI
+    python tests/matrix_rerun.py PLAN.json TRACKING_URI FEDERATION_KEY
 
 Prints one JSON line: per case and node, the predicted columns and those the signature declares,
 the rows predicted and scored, and the in-house metrics.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -20,11 +21,11 @@ from lab.core.spec import load_spec
 from lab.registry.rerun import evaluate_table, load_model
 
 
-def rerun(case: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
+def rerun(case: dict[str, Any], tracking_uri: str, federation_key: Path) -> dict[str, Any]:
     spec = load_spec(case["spec"])
     model = mlflow.pyfunc.load_model(case["model"])
     declared = model.metadata.get_output_schema().input_names()
-    lab_model = load_model(case["model"], tracking_uri)
+    lab_model = load_model(case["model"], tracking_uri, federation_key)
     nodes = {}
     for name, source in case["nodes"]:
         raw, _ = read_raw(source, spec.format_for(name))  # the table as the node holds it
@@ -50,11 +51,11 @@ def rerun(case: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
 
 
 def main() -> None:
-    plan_path, tracking_uri = sys.argv[1], sys.argv[2]
+    plan_path, tracking_uri, federation_key = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     mlflow.set_tracking_uri(tracking_uri)
     with open(plan_path, encoding="utf-8") as fh:
         plan = json.load(fh)
-    print(json.dumps([rerun(case, tracking_uri) for case in plan]))
+    print(json.dumps([rerun(case, tracking_uri, federation_key) for case in plan]))
 
 
 if __name__ == "__main__":

@@ -150,7 +150,9 @@ def test_equal_fingerprints_and_seeds_give_the_same_model_bit_for_bit(
 
 
 def run_lab(*args: str, workspace_uri: str, overlay: Path | None) -> subprocess.CompletedProcess[str]:
-    env = private_environ(MLFLOW_TRACKING_URI=workspace_uri, COLUMNS="200")
+    workspace = Path(workspace_uri.removeprefix("sqlite:///")).parent  # the federation's key is in its workspace
+    key = str(workspace / "certs" / "federation.pub")
+    env = private_environ(MLFLOW_TRACKING_URI=workspace_uri, LAB_FEDERATION_KEY=key, COLUMNS="200")
     if overlay is not None:
         env["PYTHONPATH"] = str(overlay)
     return subprocess.run(

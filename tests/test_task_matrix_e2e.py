@@ -18,6 +18,7 @@ import pytest
 from mlflow import MlflowClient
 
 from lab.core.spec import load_spec
+from lab.registry.signing import PRIVATE_KEY_FILE, make_federation_key
 from lab.runtime.environ import private_environ
 
 from .conftest import ROOT
@@ -48,6 +49,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 
     folder = tmp_path_factory.mktemp("matrix")
     tracking = f"sqlite:///{folder / 'mlflow.db'}"
+    public_key = make_federation_key(folder / "certs")  # the federation's: its models are signed with it
     jobs = []
     for case in CASES:
         spec, nodes = write_case(case, folder / case.name)
@@ -59,6 +61,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
                 "settings": SETTINGS,
                 "workdir": str(folder / "runs" / case.name),
                 "keep_going": True,
+                "signing_key": str(public_key.with_name(PRIVATE_KEY_FILE)),
             }
         )
     jobs.append(  # the public regression table, with the demo's default settings
@@ -88,7 +91,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         )
     )
     rerun = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "matrix_rerun.py"), str(plan), tracking],
+        [sys.executable, str(ROOT / "tests" / "matrix_rerun.py"), str(plan), tracking, str(public_key)],
         capture_output=True,
         text=True,
         env=private_environ(),

@@ -37,7 +37,9 @@ def coordinator_init(
     name: Annotated[list[str], typer.Option("--name", help="Host name or IP nodes reach the coordinator at; repeat.")],
     home: CoordinatorHome = Path("coordinator"),
 ) -> None:
-    """Create the federation's CA and the coordinator's TLS certificate (give nodes certs/ca.crt)."""
+    """Create the federation's CA, the coordinator's TLS certificate and the federation's signing
+    key (give every organisation certs/ca.crt and certs/federation.pub)."""
+    from lab.registry.signing import make_federation_key
     from lab.runtime.security import init_coordinator
 
     if (home / "certs" / "ca.crt").is_file():
@@ -48,6 +50,8 @@ def coordinator_init(
     certs = init_coordinator(home / "certs", hosts=(*name, "127.0.0.1", "localhost"))
     console.print(f"CA certificate   {certs.ca_cert}   (hand it to every organisation)")
     console.print(f"TLS certificate  {certs.server_cert}   for {', '.join(name)}")
+    public = make_federation_key(home / "certs")
+    console.print(f"federation key   {public}   (hand it over with the CA: members check each model's signature)")
     console.print(f"next: lab coordinator start --home {home} --host {name[0]}")
 
 

@@ -12,10 +12,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
-from lab.cli.options import PasswordFile, TrackingCa, TrackingUri, Workspace, fmt, read_password
+from lab.cli.options import FederationKey, PasswordFile, TrackingCa, TrackingUri, Workspace, fmt, read_password
 from lab.core.sources import source_label
 from lab.errors import UsageError
-from lab.runtime.environ import WORKSPACE, lock_path, tracking_uri_for
+from lab.runtime.environ import WORKSPACE, federation_key_for, lock_path, tracking_uri_for
 
 __all__ = ["env_app", "evaluate", "model_app", "predict", "spec_app"]
 
@@ -37,11 +37,17 @@ def model_pull(
     user: Annotated[str, typer.Option(help="Your tracking account (the coordinator made it when admitting you).")] = "",
     password_file: PasswordFile = None,
     ca: TrackingCa = None,
+    federation_key: FederationKey = None,
+    workspace: Workspace = Path(WORKSPACE.default),
 ) -> None:
-    """Fetch a registered model with its lock and fingerprints, to predict and evaluate offline."""
+    """Fetch a registered model with its lock and fingerprints, check the federation's signature
+    and every file's hash, and only then write it, to predict and evaluate offline."""
     from lab.registry.rerun import pull_model
 
-    folder = pull_model(model, tracking_uri, out, username=user, password=read_password(password_file), ca=ca)
+    key = federation_key_for(workspace, federation_key)
+    folder = pull_model(
+        model, tracking_uri, out, federation_key=key, username=user, password=read_password(password_file), ca=ca
+    )
     console.print(f"pulled {escape(model)} into {folder}; rerun it offline: lab evaluate --model {folder} --data TABLE")
 
 
@@ -69,14 +75,15 @@ def predict(
     allow_env_drift: AllowDrift = False,
     workspace: Workspace = Path(WORKSPACE.default),
     tracking_uri: TrackingUri = "",
+    federation_key: FederationKey = None,
 ) -> None:
-    """Apply a registered model to a raw table, in-house.
+    """Apply a registered model to a raw table, in-house (its federation's signature checked first).
 
     Next to --out, a .provenance.json file records the model, both environments and any drift.
     """
     from lab.registry.rerun import check_environment, load_model, predict_table, provenance
 
-    loaded = load_model(model, tracking_uri_for(workspace, tracking_uri))
+    loaded = load_model(model, tracking_uri_for(workspace, tracking_uri), federation_key_for(workspace, federation_key))
     drift = check_environment(loaded, allow_drift=allow_env_drift)
     _warn_drift(drift.lines())
     scored, empty = predict_table(loaded, data, out, node=node)
@@ -97,13 +104,14 @@ def evaluate(
     allow_env_drift: AllowDrift = False,
     workspace: Workspace = Path(WORKSPACE.default),
     tracking_uri: TrackingUri = "",
+    federation_key: FederationKey = None,
 ) -> None:
-    """Evaluate a registered model on a raw table, in-house."""
+    """Evaluate a registered model on a raw table, in-house (its federation's signature checked first)."""
     from lab.registry.rerun import check_environment, evaluate_table, load_model, provenance
 
     if split not in ("test", "train", "all"):
         raise UsageError(f"--split {split!r}: choose test, train or all")
-    loaded = load_model(model, tracking_uri_for(workspace, tracking_uri))
+    loaded = load_model(model, tracking_uri_for(workspace, tracking_uri), federation_key_for(workspace, federation_key))
     drift = check_environment(loaded, allow_drift=allow_env_drift)
     _warn_drift(drift.lines())
     result = evaluate_table(loaded, data, node=node, split=split)  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ __all__ = [
     "NodeOption",
     "PasswordFile",
     "TrackingCa",
+    "FederationKey",
     "TrackingUser",
     "SpecOption",
     "TrackingUri",
@@ -89,6 +90,13 @@ def fmt(value: Any, digits: int = 3) -> str:
 PasswordFile = Annotated[Path | None, typer.Option(help="A file holding the account's password.")]
 TrackingUser = Annotated[str, typer.Option(help="Your account on a coordinator's tracking server.")]
 TrackingCa = Annotated[Path | None, typer.Option(help="The federation's CA certificate, to check the server's.")]
+FederationKey = Annotated[
+    Path | None,
+    typer.Option(
+        help="The federation's public key (federation.pub, handed over with the CA certificate) that signed the "
+        "model; default: $LAB_FEDERATION_KEY, else the workspace's own (certs/federation.pub)."
+    ),
+]
 
 
 def read_password(password_file: Path | None) -> str:

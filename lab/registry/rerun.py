@@ -18,7 +18,7 @@ from lab.core.sources import source_label
 from lab.errors import DataError, ModelError
 from lab.registry.packaging import FederatedModel, predict_frame
 from lab.registry.tracking import account
-from lab.registry.verified import fetched, verify_model
+from lab.registry.verified import fetched, registered_name, verify_model
 
 __all__ = [
     "Evaluation",
@@ -35,16 +35,27 @@ logger = logging.getLogger(__name__)
 Split = Literal["test", "train", "all"]
 
 
-def load_model(model_uri: str, tracking_uri: str) -> FederatedModel:
-    """A registered model (``models:/name@alias``, ``runs:/...``, or a pulled folder), verified and
-    rebuilt by the lab from its bundle: MLflow's loader, which would run the model's own code, is
-    never called (lab.registry.verified)."""
+def load_model(model_uri: str, tracking_uri: str, federation_key: Path) -> FederatedModel:
+    """A registered model (``models:/name@alias``, ``runs:/...``, or a pulled folder), its signature
+    checked with ``federation_key`` (the federation's public key), verified and rebuilt by the lab
+    from its bundle: MLflow's loader, which would run the model's own code, is never called
+    (lab.registry.verified)."""
     with fetched(model_uri, tracking_uri) as directory:
-        return FederatedModel.from_bundle(verify_model(directory, what=repr(model_uri)))
+        bundle = verify_model(
+            directory, what=repr(model_uri), federation_key=federation_key, name=registered_name(model_uri)
+        )
+        return FederatedModel.from_bundle(bundle)
 
 
 def pull_model(
-    model_uri: str, tracking_uri: str, out: Path, *, username: str = "", password: str = "", ca: Path | None = None
+    model_uri: str,
+    tracking_uri: str,
+    out: Path,
+    *,
+    federation_key: Path,
+    username: str = "",
+    password: str = "",
+    ca: Path | None = None,
 ) -> Path:
     """Download a registered model (its code, bundle, lock and fingerprints) from a tracking server,
     verify it as ``load_model`` does, and only then write it into ``out``, to rerun it offline.
@@ -54,7 +65,7 @@ def pull_model(
     nothing is written down but the model.
     """
     with account(username, password, ca), fetched(model_uri, tracking_uri) as folder:
-        verify_model(folder, what=repr(model_uri))
+        verify_model(folder, what=repr(model_uri), federation_key=federation_key, name=registered_name(model_uri))
         shutil.copytree(folder, out, dirs_exist_ok=True)
     return out
 

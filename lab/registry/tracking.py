@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from lab.core.model import Predictor
 from lab.errors import ModelError
 from lab.registry.packaging import model_arguments
+from lab.registry.signing import sign_bundle
 
 __all__ = [
     "AUDIT_HEADS",
@@ -197,15 +198,26 @@ class Tracker:
             mlflow.log_figure(figure, artifact_file)
 
     def log_model(
-        self, predictor: Predictor, *, lock_text: str, provenance: dict[str, Any], register: bool
+        self,
+        predictor: Predictor,
+        *,
+        lock_text: str,
+        provenance: dict[str, Any],
+        register: bool,
+        signing_key: Path | None,
     ) -> LoggedModel | None:
         """Log the pyfunc model with the lock and fingerprints of the environment it was trained
-        in; register it under the spec's name with the alias ``champion``."""
+        in, its bundle signed with the federation's ``signing_key`` (lab.registry.signing);
+        register it under the spec's name with the alias ``champion``."""
         if not self.enabled:
             return None
         spec = predictor.spec
         with tempfile.TemporaryDirectory() as tmp:
             arguments = model_arguments(predictor, Path(tmp) / "bundle", lock_text=lock_text, provenance=provenance)
+            if signing_key is not None:
+                sign_bundle(
+                    Path(arguments["artifacts"]["bundle"]), signing_key, model=spec.name, run_id=self.run_id or ""
+                )
             info = mlflow.pyfunc.log_model(
                 name="model", registered_model_name=spec.name if register else None, **arguments
             )

@@ -3,9 +3,10 @@
 MLflow's loader runs whatever a model names: its code file is imported, a pickled model is
 unpickled. A model in a shared registry may have been put there by anyone who could write to it,
 so the lab never hands one to that loader. It fetches the model's files (a download runs nothing),
-checks that they are exactly what the lab's packaging writes (``MLmodel`` read as plain YAML, a
+checks the federation's signature over their manifest and every file's hash (lab.registry.signing),
+then that they are exactly what the lab's packaging writes (``MLmodel`` read as plain YAML, a
 code file equal byte for byte to the installed lab's entry point, a bundle of data files only, no
-other file); lab.registry.rerun then rebuilds the model from the bundle (spec, scalers, weights
+file the manifest does not name); lab.registry.rerun then rebuilds the model from the bundle (spec, scalers, weights
 read without pickle) with the lab's code from the installed, pinned package. Plain MLflow users keep a pyfunc that
 loads as any other (lab.registry.packaging).
 """
@@ -24,9 +25,10 @@ from mlflow.artifacts import download_artifacts
 
 from lab.errors import ModelError
 from lab.registry.packaging import BUNDLE_FILES, ENTRY_POINT
+from lab.registry.signing import BUNDLE_PATH, MANIFEST_FILE, SIGNATURE_FILE, check_signature
 from lab.registry.tracking import tracking_errors
 
-__all__ = ["CODE_LOADER", "fetched", "verify_model"]
+__all__ = ["CODE_LOADER", "fetched", "registered_name", "verify_model"]
 
 #: The one loader MLflow is told to use for a lab model: models-from-code, the lab's entry point.
 CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
@@ -44,20 +46,28 @@ MLFLOW_FILES = frozenset(
 )
 
 
-def verify_model(directory: Path, *, what: str) -> Path:
-    """Check that ``directory`` holds a model as the lab packages it, reading no code; its bundle.
+def verify_model(directory: Path, *, what: str, federation_key: Path, name: str = "") -> Path:
+    """Check that ``directory`` holds a model signed with ``federation_key`` (and registered as
+    ``name``, when given) as the lab packages it, reading no code; its bundle.
 
     Raises
     ------
     ModelError
         In one line naming ``what`` (the model as the user gave it) and the first thing that is not
-        as the lab writes it.
+        as the federation signed it or the lab writes it.
     """
     refused = f"{what} is not loaded: it is not a model packaged by this lab"
     directory = directory.resolve()
-    mlmodel = directory / "MLmodel"
-    if not mlmodel.is_file():
+    if not (directory / "MLmodel").is_file():
         raise ModelError(f"{what} holds no MLmodel file: it is not a logged model")
+    manifest = check_signature(directory, federation_key, what=what)
+    if name and manifest.get("model") != name:
+        raise ModelError(
+            f"{what} is not loaded: the federation signed it as model {manifest.get('model')!r}, not {name!r} "
+            "(a signed model registered under another task's name)"
+        )
+    signed = {directory / n for n in manifest["files"]} | {directory / BUNDLE_PATH / MANIFEST_FILE}
+    mlmodel = directory / "MLmodel"
     try:
         described = yaml.safe_load(mlmodel.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -84,15 +94,19 @@ def verify_model(directory: Path, *, what: str) -> Path:
     if not isinstance(artifacts, dict) or set(artifacts) != {"bundle"}:
         raise ModelError(f"{refused} (its artifacts are {sorted(artifacts or {})}, a lab model has one bundle)")
     bundle = (directory / str(artifacts["bundle"].get("path", ""))).resolve()
-    if bundle.parent != (directory / "artifacts").resolve() or not bundle.is_dir():
-        raise ModelError(f"{refused} (its bundle is not a folder under artifacts/)")
-    allowed = {directory / name for name in MLFLOW_FILES} | {code} | {bundle / name for name in BUNDLE_FILES}
+    if bundle != (directory / BUNDLE_PATH).resolve() or not bundle.is_dir():
+        raise ModelError(f"{refused} (its bundle is not the folder {BUNDLE_PATH})")
+    packaged = {bundle / n for n in (*BUNDLE_FILES, MANIFEST_FILE)} | {code}
+    allowed = (signed & packaged) | {directory / n for n in MLFLOW_FILES} | {bundle / SIGNATURE_FILE}
     for path in sorted(directory.rglob("*")):
         if path.is_symlink() or (path.is_file() and path not in allowed):
-            raise ModelError(f"{refused} (it holds {str(path.relative_to(directory))!r}, which the lab never writes)")
-    for name in BUNDLE_FILES[:3]:  # the spec, the scalers and the weights; the lock and provenance may be absent
-        if not (bundle / name).is_file():
-            raise ModelError(f"{refused} (its bundle has no {name})")
+            raise ModelError(
+                f"{refused} (it holds {str(path.relative_to(directory))!r}, which the lab never writes or the "
+                "federation did not sign)"
+            )
+    for needed in BUNDLE_FILES[:3]:  # the spec, the scalers and the weights; the lock and provenance may be absent
+        if not (bundle / needed).is_file():
+            raise ModelError(f"{refused} (its bundle has no {needed})")
     return bundle
 
 
@@ -111,3 +125,15 @@ def fetched(model_uri: str, tracking_uri: str) -> Iterator[Path]:
             mlflow.set_tracking_uri(tracking_uri)
             downloaded = download_artifacts(artifact_uri=model_uri, dst_path=tmp)
         yield Path(downloaded)
+
+
+def registered_name(model_uri: str) -> str:
+    """The registered model's name in ``models:/NAME@alias`` or ``models:/NAME/VERSION``; empty for
+    any other URI or folder (a run's or logged model's artifacts carry no registered name)."""
+    if not model_uri.startswith("models:/"):
+        return ""
+    rest = model_uri.removeprefix("models:/")
+    for separator in ("@", "/"):
+        if separator in rest:
+            return rest.split(separator, 1)[0]
+    return ""

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab.registry.signing import PRIVATE_KEY_FILE, make_federation_key
 from lab.runtime.connection import Connection
-from lab.runtime.environ import process_environ
+from lab.runtime.environ import SIGNING_KEY, process_environ
 from lab.runtime.processes import LOOPBACK, LoggedProcess, Started, executable, free_port, start_logged, stop_trees
 from lab.runtime.security import CoordinatorCerts, init_coordinator
 
@@ -39,6 +40,11 @@ class Coordinator(Started):
         return Connection(self.address, self.certs.ca_cert if self.certs else None)
 
     @property
+    def signing_key(self) -> Path:
+        """The federation's private signing key (its public half beside it, for members)."""
+        return self.home / "certs" / PRIVATE_KEY_FILE
+
+    @property
     def flwr_home(self) -> Path:
         return self.home / "flwr-home"
 
@@ -46,6 +52,7 @@ class Coordinator(Started):
         """Start the SuperLink and wait until it listens."""
         self.home = self.home.resolve()
         self.port = self.port or free_port(self.host)
+        make_federation_key(self.home / "certs")
         transport = ["--insecure"]
         if self.secure:
             self.certs = self.certs or init_coordinator(self.home / "certs")
@@ -70,7 +77,8 @@ class Coordinator(Started):
                 str(self.home / "superlink.db"),
                 "--disable-runtime-dependency-installation",
             ],
-            env={**process_environ(self.flwr_home), **self.env},
+            # The ServerApp inherits the federation's signing key: every model it registers is signed.
+            env={**process_environ(self.flwr_home), SIGNING_KEY.name: str(self.signing_key), **self.env},
             log_path=self.home / "logs" / "superlink.log",
             cwd=self.home,
         )

@@ -9,7 +9,9 @@ from pathlib import Path
 
 __all__ = [
     "PRIVATE_ENV",
+    "FEDERATION_KEY",
     "ROSTER",
+    "SIGNING_KEY",
     "TRACKING_URI",
     "WORKSPACE",
     "Setting",
@@ -17,6 +19,7 @@ __all__ = [
     "lock_path",
     "process_environ",
     "project_root",
+    "federation_key_for",
     "tracking_uri_for",
 ]
 
@@ -54,6 +57,18 @@ ROSTER = Setting(
     "",
     "The coordinator's home with its roster (set by `lab coordinator start` for its ServerApps): "
     "each node's admitted name, and what it last reported.",
+)
+SIGNING_KEY = Setting(
+    "LAB_SIGNING_KEY",
+    "",
+    "The federation's private signing key (set by the lab for its coordinator's ServerApps): every "
+    "model a run registers is signed with it (lab.registry.signing).",
+)
+FEDERATION_KEY = Setting(
+    "LAB_FEDERATION_KEY",
+    "",
+    "The federation's public key in-house commands check a model's signature with; empty means the "
+    "workspace's own (certs/federation.pub, made by the workspace's local federation).",
 )
 TRACKING_URI = Setting(
     "MLFLOW_TRACKING_URI",
@@ -101,3 +116,25 @@ def lock_path(lock: Path | None = None) -> Path:
 def tracking_uri_for(workspace: Path, uri: str = "") -> str:
     """The given MLflow tracking URI, or the embedded SQLite store inside the workspace."""
     return uri or f"sqlite:///{(workspace / 'mlflow.db').resolve()}"
+
+
+def federation_key_for(workspace: Path, given: Path | None = None) -> Path:
+    """The federation's public key a model is checked with: ``given``, else $LAB_FEDERATION_KEY,
+    else the workspace's own.
+
+    Raises
+    ------
+    UsageError
+        When none of them exists, saying where the key comes from.
+    """
+    from lab.errors import UsageError
+    from lab.registry.signing import PUBLIC_KEY_FILE
+
+    key = given or (Path(FEDERATION_KEY.get()) if FEDERATION_KEY.get() else workspace / "certs" / PUBLIC_KEY_FILE)
+    if not key.is_file():
+        raise UsageError(
+            f"no federation key to check the model's signature with ({str(key)!r} does not exist): pass "
+            f"--federation-key FILE, the {PUBLIC_KEY_FILE} the coordinator hands over with the CA certificate "
+            f"(or set {FEDERATION_KEY.name})"
+        )
+    return key
