@@ -173,6 +173,62 @@ def test_an_attacker_with_the_ca_but_no_admitted_key_gets_nothing(deployed: tupl
     assert curl("-K", str(config), "-X", "DELETE", alias) == "403"
 
 
+#: What an organisation's account tries on the shared tracking server, through the coordinator's
+#: front, from its own host: each attempt prints whether the server allowed it.
+MEMBER_ATTEMPTS = """
+import json, mlflow
+from mlflow import MlflowClient
+client = MlflowClient()
+version = client.get_model_version_by_alias("heart-disease", "champion")
+run = version.run_id
+experiment = client.get_run(run).info.experiment_id
+attempts = {
+    "read the champion's run": lambda: client.get_run(run).data.metrics["node.hungary.accuracy"],
+    "create the experiment of a task not yet run": lambda: client.create_experiment("next-task"),
+    "create the registered model of a task not yet run": lambda: client.create_registered_model("next-task"),
+    "start a run in the task's experiment": lambda: client.create_run(experiment),
+    "log a metric to the coordinator's run": lambda: client.log_metric(run, "node.hungary.accuracy", 1.0),
+    "overwrite the run's summary": lambda: client.log_text(run, "{}", "nodes/summary.json"),
+    "register a version of its own": lambda: client.create_model_version("heart-disease", f"runs:/{run}/model"),
+    "move @champion": lambda: client.set_registered_model_alias("heart-disease", "champion", version.version),
+    "delete the champion's run": lambda: client.delete_run(run),
+}
+said = {}
+for name, attempt in attempts.items():
+    try:
+        attempt()
+        said[name] = "allowed"
+    except Exception as exc:
+        said[name] = "refused (403)" if "403" in str(exc) else f"failed: {str(exc).splitlines()[0][:200]}"
+print(json.dumps(said))
+"""
+
+
+def test_an_organisations_account_reads_the_federation_and_can_create_write_or_move_nothing(
+    deployed: tuple[Deployment, Any],
+) -> None:
+    deployment, _ = deployed
+    home = deployment.home("hungary")
+    env = {
+        **deployment.env(),
+        "MLFLOW_TRACKING_URI": f"https://{deployment.coordinator_address}:{TRACKING_PORT}",
+        "MLFLOW_TRACKING_USERNAME": "hungary",
+        "MLFLOW_TRACKING_PASSWORD": (home / "tracking-password").read_text().strip(),
+        "MLFLOW_TRACKING_SERVER_CERT_PATH": str(home / "ca.crt"),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    }
+    done = deployment.net.run(
+        "hungary", [sys.executable, "-c", MEMBER_ATTEMPTS], capture_output=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    assert said.pop("read the champion's run") == "allowed"
+    assert said == dict.fromkeys(said, "refused (403)")
+    assert len(said) == 8
+    run = _recorded_run(deployment)  # and nothing changed: the run, its summary, the champion
+    assert run["status"] == "FINISHED" and run["metrics"]["node.hungary.accuracy"] < 1.0
+
+
 def test_a_node_whose_link_goes_down_is_dropped_and_joins_the_next_run(deployed: tuple[Deployment, Any]) -> None:
     deployment, _ = deployed
     folder = deployment.home("coordinator") / "runs-launched"

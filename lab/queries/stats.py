@@ -126,11 +126,42 @@ class Stats(QueryKind[StatsRequest]):
             raise RunFailedError(
                 f"{len(answers)} node(s) answered, fewer than min-nodes = {settings.min_nodes}: {detail}"
             )
+        shown = {name: answers[name] for name, node in sorted(gathered.answers.items()) if node.answer["publish"]}
+        _check_not_subtractable(sorted(set(answers) - set(shown)), len(answers))
         result = pool(answers, request)
         notes = {name: answer["notes"] for name, answer in answers.items() if answer["notes"]}
-        shown = {name: answers[name] for name, node in sorted(gathered.answers.items()) if node.answer["publish"]}
         _record(tracker, request, result, notes, shown, gathered.refusals)
         return {"stats": result, "request": json.loads(request.to_json()), "notes": notes, "node_figures": shown}
+
+
+#: Pooled figures of fewer nodes than this give one node's figures by subtraction: with two, each
+#: knows its own.
+POOLED_MIN_NODES = 3
+
+
+def _check_not_subtractable(hidden: list[str], answered: int) -> None:
+    """Hold back pooled figures from which a reader could subtract a node's own, where that node's
+    agreement keeps them (``allow.node-figures = false``): fewer than three nodes pooled, or every
+    node but one shown.
+
+    Raises
+    ------
+    RunFailedError
+        Naming the node(s) whose figures would show, and the fix.
+    """
+    if not hidden:
+        return
+    if answered < POOLED_MIN_NODES:
+        why = f"with {answered} node(s) pooled, each could work out the others' figures from its own"
+    elif len(hidden) == 1:
+        why = "every other node's figures are shown, so the pooled ones minus theirs are its own"
+    else:
+        return
+    raise RunFailedError(
+        f"the pooled figures are held back: {why}, and the agreement of {', '.join(hidden)} keeps its figures to "
+        f"itself (allow.node-figures = false); ask {POOLED_MIN_NODES} or more nodes, of which two or more keep "
+        "their figures"
+    )
 
 
 def _record(

@@ -1,9 +1,14 @@
 """The shared tracking server: MLflow's own server with its basic-auth app, on loopback, its store,
 artifacts and accounts in the coordinator's home.
 
-Every member reads the registry with an account of its own; only the coordinator's account writes
-(MLflow's ``default_permission = READ``). Passwords live in files readable by their owner only and
-reach MLflow through its environment variables, never a command line.
+Accounts cannot take over: MLflow's ``default_permission`` is no access and its workspaces are on,
+so an account may create an experiment or a registered model only with a grant on the workspace,
+which only the coordinator's (the admin) has. Each member's account holds one role,
+``federation-member``: read every experiment and registered model of this server (it serves one
+federation), and nothing else: no run of its own, no metric on the coordinator's runs, no alias
+moved, nothing created under a task's name before the coordinator. Passwords live in files
+readable by their owner only and reach MLflow through its environment variables, never a command
+line.
 """
 
 from __future__ import annotations
@@ -17,10 +22,14 @@ from lab.errors import RuntimeStartError
 from lab.runtime.environ import private_environ
 from lab.runtime.processes import LOOPBACK, LoggedProcess, Started, executable, free_port, start_logged, stop_trees
 
-__all__ = ["ADMIN", "TrackingServer", "secret"]
+__all__ = ["ADMIN", "MEMBER_ROLE", "TrackingServer", "secret"]
 
 #: The coordinator's account: the one that writes runs and registers models.
 ADMIN = "coordinator"
+#: Every member's role: read the federation's experiments and registered models.
+MEMBER_ROLE = "federation-member"
+#: MLflow's default workspace, where this server keeps everything.
+WORKSPACE = "default"
 
 
 def secret(path: Path) -> str:
@@ -56,7 +65,7 @@ class TrackingServer(Started):
         config = self.home / "auth.ini"
         config.write_text(
             "[mlflow]\n"
-            "default_permission = READ\n"
+            "default_permission = NO_PERMISSIONS\n"
             f"database_uri = sqlite:///{self.home / 'auth.db'}\n"
             f"admin_username = {ADMIN}\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
@@ -75,6 +84,7 @@ class TrackingServer(Started):
                 "server",
                 "--app-name",
                 "basic-auth",
+                "--enable-workspaces",
                 "--backend-store-uri",
                 f"sqlite:///{self.home / 'mlflow.db'}",
                 "--artifacts-destination",
@@ -93,21 +103,34 @@ class TrackingServer(Started):
         self.process.wait_listening(self.port, timeout=180.0)
 
     def add_account(self, name: str) -> str:
-        """An account that can read every run and registered model; its password (kept in the
-        coordinator's home, to hand to the member)."""
-        import httpx
+        """A member's account, with the role that reads every experiment and registered model and
+        writes nothing; its password (kept in the coordinator's home, to hand to the member)."""
+        from mlflow.exceptions import MlflowException, RestException
+        from mlflow.server import get_app_client
+
+        from lab.registry.tracking import account
 
         password = secret(self.home / "accounts" / name)
-        response = httpx.post(
-            f"{self.uri}/api/2.0/mlflow/users/create",
-            json={"username": name, "password": password},
-            auth=(ADMIN, self.admin_password),
-            timeout=30,
-        )
-        if response.status_code not in (200, 400) or (
-            response.status_code == 400 and "already exists" not in response.text
-        ):
-            raise RuntimeStartError(f"the tracking server refused the account {name!r}: {response.text[:300]}")
+        try:
+            with account(ADMIN, self.admin_password):
+                auth = get_app_client("basic-auth", tracking_uri=self.uri)
+                try:
+                    auth.create_user(name, password)
+                except RestException as exc:
+                    if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
+                role = next((r for r in auth.list_roles(WORKSPACE) if r.name == MEMBER_ROLE), None)
+                if role is None:
+                    role = auth.create_role(WORKSPACE, MEMBER_ROLE, "reads the federation's runs and models only")
+                    for resource in ("experiment", "registered_model"):
+                        auth.add_role_permission(role.id, resource, "*", "READ")
+                if MEMBER_ROLE not in {r.name for r in auth.list_user_roles(name)}:
+                    auth.assign_role(name, role.id)
+        except MlflowException as exc:
+            raise RuntimeStartError(
+                f"the tracking server refused the account {name!r}: {str(exc).splitlines()[0]}; see its log, "
+                f"{self.home / 'server.log'}"
+            ) from None
         return password
 
     def stop(self) -> None:

@@ -8,6 +8,10 @@
 - Narrow bins: histograms with bins like ``[t, t + 1e-9]`` hold one person's value (refused by
   ``limits.min-bin-width``); bins of an allowed width shifted a little from one query to the next
   spell out values from the differences of their cumulative counts (refused by the audit).
+- Subtraction: with two nodes, each knows its own figures, so the pooled ones give the other's; with
+  every node's own figures shown but one's, the pooled ones minus theirs are its own. Where that
+  node's agreement keeps its figures (``allow.node-figures = false``), the coordinator holds the
+  pooled figures back.
 
 Each attack is also played against a node started without an agreement, which answers all of it:
 there it learns what the issue says it learned.
@@ -94,3 +98,52 @@ def test_shifted_bins_spell_out_no_value(tmp_path: Path) -> None:
     assert all(b - a == 0 or b - a >= 10 for a, b in zip(counts, counts[1:], strict=False))
     refusals = [e for e in node.audit() if e["decision"] == "refused"]
     assert refusals and {e["clause"] for e in refusals} == {"allow.min-rows"}
+
+
+def _pooled(tmp_path: Path, showing: dict[str, bool]) -> dict[str, object]:
+    """The coordinator's stats query (the lab's own code) over nodes in this process, each node's
+    agreement allowing its own figures to be shown or not."""
+    from dataclasses import replace
+
+    from federation.asking import asker
+    from lab.contract.settings import RunSettings
+    from lab.queries.stats import KIND
+    from lab.registry.tracking import Tracker
+
+    from .node import SILOS, SPEC, Nodes
+
+    nodes = [
+        Node(tmp_path / name, name=name, table=SILOS[name], node_id=11 + i, clauses=(
+            ("node-figures = false", f"node-figures = {str(shown).lower()}"),
+        ))
+        for i, (name, shown) in enumerate(showing.items())
+    ]  # fmt: skip
+    settings = replace(RunSettings(task_spec=SPEC.text, min_nodes=1), round_timeout=60.0)
+    grid = Nodes(nodes, run_id=7)
+    request = StatsRequest(columns=("age",), edges={"age": [20.0, 50.0, 80.0]})
+    with grid.coordinating():
+        return KIND.coordinate(
+            SPEC, request, settings, asker(grid, SPEC, KIND, settings), Tracker("", SPEC.name), lambda *a, **k: None
+        )
+
+
+def test_pooled_figures_that_would_give_a_hidden_nodes_own_by_subtraction_are_held_back(tmp_path: Path) -> None:
+    import pytest
+
+    from lab.errors import RunFailedError
+
+    # Two nodes: each knows its own figures, so the pooled ones give the other's.
+    with pytest.raises(RunFailedError, match=r"held back: with 2 node\(s\) pooled.*agreement of cleveland"):
+        _pooled(tmp_path / "two", {"cleveland": False, "hungary": True})
+    # Every node's figures shown but one's: the pooled ones minus theirs are its own.
+    with pytest.raises(RunFailedError, match=r"held back: every other node's figures are shown.*of va keeps"):
+        _pooled(tmp_path / "all-but-one", {"cleveland": True, "hungary": True, "va": False})
+    # Two of three keep theirs: the pooled figures are given, and only the third's own beside them.
+    pooled = _pooled(tmp_path / "two-kept", {"cleveland": True, "hungary": False, "va": False})
+    assert set(pooled["node_figures"]) == {"cleveland"}  # type: ignore[arg-type]
+    assert pooled["stats"]["columns"]["age"]["groups"]["all"]["n"] > 0  # type: ignore[index]
+    # Where both show their own, two nodes pool as before.
+    assert set(_pooled(tmp_path / "both", {"cleveland": True, "hungary": True})["node_figures"]) == {  # type: ignore[arg-type]
+        "cleveland",
+        "hungary",
+    }
