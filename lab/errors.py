@@ -107,12 +107,15 @@ class Refusal(LabError):
     SecAgg+ message the node cannot trust).
 
     ``relayed``: ``reason`` is a refusal already worded elsewhere (a handler's error reply), kept as is.
+    ``public``: the coarse reason a node says off-node where ``reason`` holds a figure of its data
+    (a row count); the details stay in its log and audit log.
     """
 
-    def __init__(self, clause: str, reason: str, *, relayed: bool = False) -> None:
+    def __init__(self, clause: str, reason: str, *, relayed: bool = False, public: str | None = None) -> None:
         of_agreement = clause.partition(".")[0] in ("agreement", "tasks", "allow", "limits") and "." in clause
         named = f"agreement clause {clause}" if of_agreement or clause == "tasks" else f"rule {clause}"
-        super().__init__(reason if relayed else f"{named}: {reason}")
+        seen = f"{named}: {public} (its operator sees the details in the node's log)" if public else None
+        super().__init__(reason if relayed else f"{named}: {reason}", public=seen)
         self.clause = clause
 
 

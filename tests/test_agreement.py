@@ -84,6 +84,9 @@ def test_each_clause_refuses_what_it_does_not_allow(
     with pytest.raises(Refusal, match=detail) as info:
         agreement.check(request(heart_spec, **overrides), today=dt.date(2029, 1, 1))
     assert info.value.clause == clause
+    if clause == "allow.min-rows":  # off the node: the clause and its minimum, not the node's row count
+        said = info.value.off_node()
+        assert "9 rows" not in said and "fewer than the minimum of 10" in said and "node's log" in said
 
 
 def test_expired_agreement_refuses_everything(heart_spec: TaskSpec) -> None:

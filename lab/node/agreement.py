@@ -119,7 +119,11 @@ class Agreement:
         for metric in sorted(request.metrics - self.metrics):
             raise Refusal("allow.metrics", f"metric {metric!r} may not leave the node")
         if request.rows < self.min_rows:
-            raise Refusal("allow.min-rows", f"{request.rows} rows are fewer than the minimum of {self.min_rows}")
+            raise Refusal(
+                "allow.min-rows",
+                f"{request.rows} rows are fewer than the minimum of {self.min_rows}",
+                public=f"the rows asked for are fewer than the minimum of {self.min_rows}",
+            )
         training = request.strategy is not None  # analytics and catalogs are governed by allow.outputs
         if training and self.requires_dp and not request.differential_privacy:
             clause = "allow.differential-privacy" if self.differential_privacy else "allow.epsilon-budget"
