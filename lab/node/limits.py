@@ -119,7 +119,7 @@ class Limits:
             raise Refusal(
                 self.clause("max_delta"),
                 f"dp-delta = {delta:g} is not below 1 / {train_rows} training rows: with it one row could leave whole",
-                public=f"dp-delta = {delta:g} is not below 1 / the node's training rows: with it one row could leave whole",
+                public=f"dp-delta = {delta:g} is not below 1 / the node's training rows: one row could leave whole",
             )
         if planned_epsilon > self.max_epsilon_per_run + 1e-9:
             raise Refusal(
