@@ -232,12 +232,15 @@ def test_an_in_house_rerun_in_a_fresh_container_gives_the_recorded_metrics(
     rerun = (
         f"lab model pull models:/heart-disease@champion --tracking-uri https://{fed.coordinator_address}:5000"
         f" --user {organisation} --password-file /run/secrets/tracking-password --ca /run/secrets/ca.crt"
-        " --out /tmp/champion >&2 && lab evaluate --model /tmp/champion --data /data/table.csv --json"
+        " --federation-key /run/secrets/federation.pub --out /tmp/champion >&2"
+        " && lab evaluate --model /tmp/champion --data /data/table.csv --json"
+        " --federation-key /run/secrets/federation.pub"
     )
     out = podman(
         "run", "--rm", "--network", fed.tag, "--entrypoint", "sh",
         f"--volume={HEART / SILOS[organisation]}:/data/table.csv:ro",
         f"--volume={fed.folder / 'coordinator' / 'certs' / 'ca.crt'}:/run/secrets/ca.crt:ro",
+        f"--volume={fed.folder / 'coordinator' / 'certs' / 'federation.pub'}:/run/secrets/federation.pub:ro",
         f"--volume={account}:/run/secrets/tracking-password:ro",
         NODE_IMAGE, "-c", rerun,
     )  # fmt: skip
