@@ -73,6 +73,8 @@ def coordinator_start(
         console.print(f"[green]coordinator running[/] in {coordinator.home}")
         console.print(f"  nodes connect to        {host}:{fleet_port}  (TLS, CA {ca})")
         console.print(f"  members read models at  https://{host}:{tracking_port}  (their accounts)")
+        key = coordinator.coordinator.signing_key.with_suffix(".pub")
+        console.print(f"  every model registered is signed; members check it with {key}")
         console.print(f"  runs are launched here: lab run --coordinator 127.0.0.1:{CONTROL_PORT} --ca {ca} ...")
         console.print(f"  (the Control API and the tracking server inside, {tracking_uri_inside()}, stay on loopback)")
         console.print("Ctrl-C stops it")
