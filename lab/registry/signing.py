@@ -169,6 +169,8 @@ def check_signature(directory: Path, public_key: Path, *, what: str) -> dict[str
     manifest: dict[str, Any] = json.loads(text)
     for name, digest in sorted(manifest["files"].items()):
         path = directory / name
+        if directory.resolve() not in path.resolve().parents:
+            raise ModelError(f"{refused}: its manifest names {name!r}, which is not inside the model")
         if not path.is_file() or path.is_symlink():
             raise ModelError(f"{refused}: {name}, which the federation signed, is missing")
         if _sha256(path) != digest:
