@@ -105,11 +105,13 @@ def _record(
                 mlflow_run_id=tracker.run_id,
                 flwr_run_id=context.run_id,
             )
-            events.emit("done", **_run(grid, spec, settings, tracker, fab_hash))
+            result = _run(grid, spec, settings, tracker, fab_hash)
         except Exception as exc:
             if not isinstance(exc, LabError) and not unreachable(exc):  # a bug: keep its traceback
                 kept.update(_keep_traceback(tracker))
             raise
+    # Only once MLflow has the run's end: whoever reads the run on "done" finds it FINISHED.
+    events.emit("done", **result)
 
 
 def _run(grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, fab_hash: str) -> dict[str, Any]:
