@@ -14,9 +14,9 @@ from lab.registry.signing import (
     MANIFEST_FILE,
     PRIVATE_KEY_FILE,
     check_signature,
-    make_federation_key,
     sign_bundle,
 )
+from lab.runtime.security import make_federation_key
 
 
 def _model(folder: Path) -> Path:

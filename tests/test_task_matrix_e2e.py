@@ -18,8 +18,9 @@ import pytest
 from mlflow import MlflowClient
 
 from lab.core.spec import load_spec
-from lab.registry.signing import PRIVATE_KEY_FILE, make_federation_key
+from lab.registry.signing import PRIVATE_KEY_FILE
 from lab.runtime.environ import private_environ
+from lab.runtime.security import make_federation_key
 
 from .conftest import ROOT
 from .task_matrix import CASES, Case, floor, write_case

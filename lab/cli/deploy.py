@@ -39,8 +39,7 @@ def coordinator_init(
 ) -> None:
     """Create the federation's CA, the coordinator's TLS certificate and the federation's signing
     key (give every organisation certs/ca.crt and certs/federation.pub)."""
-    from lab.registry.signing import make_federation_key
-    from lab.runtime.security import init_coordinator
+    from lab.runtime.security import init_coordinator, make_federation_key
 
     if (home / "certs" / "ca.crt").is_file():
         raise UsageError(

@@ -37,7 +37,6 @@ __all__ = [
     "SIGNATURE_FILE",
     "check_signature",
     "key_id",
-    "make_federation_key",
     "sign_bundle",
 ]
 
@@ -48,26 +47,6 @@ SIGNATURE_FILE = "manifest.sig"
 PRIVATE_KEY_FILE = "federation.key"
 PUBLIC_KEY_FILE = "federation.pub"
 FORMAT = "fedlab-model-manifest/1"
-
-
-def make_federation_key(folder: Path) -> Path:
-    """The federation's signing key in ``folder`` (``federation.key``, readable by its owner only,
-    and ``federation.pub``), made if missing; the public key's path."""
-    private, public = folder / PRIVATE_KEY_FILE, folder / PUBLIC_KEY_FILE
-    if not private.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        key = Ed25519PrivateKey.generate()
-        private.touch(mode=0o600)
-        private.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        public.write_bytes(
-            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        )
-    private.chmod(0o600)
-    return public
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:

@@ -1,4 +1,5 @@
-"""TLS certificates for the coordinator and authentication keys for nodes (``cryptography``)."""
+"""TLS certificates for the coordinator, the federation's signing key, and authentication keys for
+nodes (``cryptography``)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-__all__ = ["CoordinatorCerts", "NodeKeys", "enroll_node", "init_coordinator"]
+from lab.registry.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE
+
+__all__ = ["CoordinatorCerts", "NodeKeys", "enroll_node", "init_coordinator", "make_federation_key"]
 
 
 @dataclass(frozen=True)
@@ -33,10 +37,12 @@ class NodeKeys:
 
 
 def _write(path: Path, data: bytes, *, secret: bool = False) -> Path:
+    """Write ``data`` to ``path``; a secret readable by its owner only from its first byte."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
     if secret:
+        path.touch(mode=0o600)
         path.chmod(0o600)
+    path.write_bytes(data)
     return path
 
 
@@ -100,3 +106,21 @@ def enroll_node(folder: Path, name: str) -> NodeKeys:
         private_key=_write(folder / f"{name}.key", private, secret=True),
         public_key=_write(folder / f"{name}.pub", public + f" {name}\n".encode()),
     )
+
+
+def make_federation_key(folder: Path) -> Path:
+    """The federation's Ed25519 signing key in ``folder`` (``federation.key``, readable by its owner
+    only, and ``federation.pub`` for members: lab.registry.signing), made if missing; the public
+    key's path."""
+    private, public = folder / PRIVATE_KEY_FILE, folder / PUBLIC_KEY_FILE
+    if not private.is_file():
+        key = Ed25519PrivateKey.generate()
+        pem = serialization.Encoding.PEM
+        _write(
+            private,
+            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+            secret=True,
+        )
+        _write(public, key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo))
+    private.chmod(0o600)
+    return public

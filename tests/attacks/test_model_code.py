@@ -29,8 +29,9 @@ from lab.core.data import read_raw
 from lab.core.spec import load_spec
 from lab.registry.packaging import model_arguments
 from lab.registry.rerun import load_model
-from lab.registry.signing import BUNDLE_PATH, PRIVATE_KEY_FILE, make_federation_key, sign_bundle
+from lab.registry.signing import BUNDLE_PATH, PRIVATE_KEY_FILE, sign_bundle
 from lab.runtime.environ import private_environ
+from lab.runtime.security import make_federation_key
 
 from ..conftest import HEART, ROOT, SILOS, run_lab
 
