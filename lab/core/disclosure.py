@@ -1,17 +1,40 @@
 """Disclosure control: which counts of a table may leave a node without revealing a person.
 
 Used by everything that releases counts: federated analytics, the prepare reply's scaler sums and
-the catalog.
+the catalog; and, at the coordinator, the rule for pooled figures beside nodes that keep their own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 
-__all__ = ["DEFAULT_MIN_COUNT", "protect", "protect_counts", "with_margins"]
+__all__ = ["DEFAULT_MIN_COUNT", "POOLED_MIN_NODES", "protect", "protect_counts", "subtraction_reveals", "with_margins"]
 
 #: Fewest rows behind any count a node releases, when its agreement asks for no more.
 DEFAULT_MIN_COUNT = 5
+
+#: Pooled figures of fewer nodes than this give one node's figures by subtraction: with two, each
+#: knows its own.
+POOLED_MIN_NODES = 3
+
+
+def subtraction_reveals(hidden: Collection[str], pooled: int) -> str | None:
+    """Why a figure pooled over ``pooled`` nodes would give away the own figure of one of the
+    ``hidden`` nodes among them (whose agreement keeps its figures, ``allow.node-figures =
+    false``), or None when it would not.
+
+    With fewer than three nodes pooled, each can work out the others' figures from its own; with
+    every node's figures shown but one, the pooled figure minus theirs is that one's.
+    """
+    if not hidden:
+        return None
+    if pooled < POOLED_MIN_NODES:
+        return f"with {pooled} node(s) pooled, each could work out the others' figures from its own"
+    if len(hidden) == 1:
+        return "every other node's figures are shown, so the pooled ones minus theirs are its own"
+    return None
 
 
 def with_margins(cells: np.ndarray) -> np.ndarray:

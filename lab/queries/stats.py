@@ -13,6 +13,7 @@ import numpy as np
 from lab.contract.settings import RunSettings
 from lab.core.analytics import StatsRequest, default_edges, is_categorical, pool, stats_frame, summarise
 from lab.core.data import check_frame, read_raw
+from lab.core.disclosure import POOLED_MIN_NODES, subtraction_reveals
 from lab.core.sources import source_label
 from lab.core.spec import TaskSpec
 from lab.errors import QueryError, Refusal, RunFailedError
@@ -134,28 +135,16 @@ class Stats(QueryKind[StatsRequest]):
         return {"stats": result, "request": json.loads(request.to_json()), "notes": notes, "node_figures": shown}
 
 
-#: Pooled figures of fewer nodes than this give one node's figures by subtraction: with two, each
-#: knows its own.
-POOLED_MIN_NODES = 3
-
-
 def _check_not_subtractable(hidden: list[str], answered: int) -> None:
-    """Hold back pooled figures from which a reader could subtract a node's own, where that node's
-    agreement keeps them (``allow.node-figures = false``): fewer than three nodes pooled, or every
-    node but one shown.
+    """Hold back pooled figures from which a reader could subtract a hidden node's own.
 
     Raises
     ------
     RunFailedError
         Naming the node(s) whose figures would show, and the fix.
     """
-    if not hidden:
-        return
-    if answered < POOLED_MIN_NODES:
-        why = f"with {answered} node(s) pooled, each could work out the others' figures from its own"
-    elif len(hidden) == 1:
-        why = "every other node's figures are shown, so the pooled ones minus theirs are its own"
-    else:
+    why = subtraction_reveals(hidden, answered)
+    if why is None:
         return
     raise RunFailedError(
         f"the pooled figures are held back: {why}, and the agreement of {', '.join(hidden)} keeps its figures to "
