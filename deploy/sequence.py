@@ -28,6 +28,9 @@ SILOS = {
     "va": "processed.va.data",
 }
 FLEET_PORT, TRACKING_PORT, CONTROL = 9092, 5000, "127.0.0.1:9093"
+#: The organisations whose agreement lets the federation read their own figures (node-figures =
+#: true); the others keep theirs, as the template does by default.
+SHOWS_FIGURES = frozenset({"cleveland"})
 
 
 def lab() -> str:
@@ -144,14 +147,16 @@ class Deployment:
         shutil.copy(account, self.home(organisation) / "tracking-password")
 
     def agreement(self, organisation: str) -> Path:
-        """The organisation's agreement, approving the heart task and this checkout's app."""
+        """The organisation's agreement, approving the heart task and this checkout's app (and, for
+        the organisations in SHOWS_FIGURES, letting the federation read its own figures)."""
         from lab.core.spec import load_spec
         from lab.node.agreement import template
         from lab.runtime.app import app_hash
 
         spec = load_spec(HEART / "task.toml")
         path = self.home(organisation) / "agreement.toml"
-        path.write_text(template(spec, app_hash(ROOT), spec.organisation(organisation)))
+        shown = organisation in SHOWS_FIGURES
+        path.write_text(template(spec, app_hash(ROOT), spec.organisation(organisation), node_figures=shown))
         return path
 
     def nodes_up(self, organisations: list[str]) -> None:

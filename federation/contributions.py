@@ -31,10 +31,12 @@ from flwr.serverapp import Grid
 from lab.contract import keys
 from lab.contract.messages import Candidates, CandidateScores, Instructions
 from lab.contract.records import error_reason
+from lab.core.disclosure import subtraction_reveals
 from lab.core.spec import TaskSpec
 from lab.core.valuation import Coalition, Valuation, value
 from lab.errors import LabError, RunFailedError
 from lab.queries.base import Emit
+from lab.queries.prepare import HELD_BACK
 from lab.registry.run_record import CONTRIBUTIONS
 from lab.registry.tracking import Tracker
 
@@ -94,6 +96,7 @@ def value_contributions(
     node_ids: Mapping[int, str],
     spec: TaskSpec,
     *,
+    hidden: frozenset[str] = frozenset(),
     strategy: str,
     timeout: float,
     seed: int,
@@ -101,9 +104,22 @@ def value_contributions(
     emit: Emit,
 ) -> dict[str, Any]:
     """Value every node's contribution, log it to the run, and return it; a valuation that cannot
-    be made (too few nodes scored) returns ``{"unavailable": why}`` and leaves the run as it is."""
+    be made (too few nodes scored) returns ``{"unavailable": why}`` and leaves the run as it is.
+
+    The ``hidden`` nodes' agreements keep their own figures: their values are not recorded, and
+    none is where the others' would give a hidden node's by subtraction (the values add up to the
+    whole federation's utility less the empty model's)."""
     if len(log.nodes) < 2:
         return _unavailable(tracker, emit, "fewer than two nodes sent updates: there is nothing to compare")
+    # Not asked of the nodes at all where the values could not be recorded.
+    why = subtraction_reveals(hidden & set(log.nodes), len(log.nodes))
+    if why:
+        return _unavailable(
+            tracker,
+            emit,
+            f"held back: {why}, and the agreement of {', '.join(sorted(hidden & set(log.nodes)))} keeps its "
+            "figures to itself (allow.node-figures = false)",
+        )
     metric, sign = _utility_metric(spec)
     dtypes = {k: a.dtype for k, a in (log.start or {}).items()}
     asked: dict[str, str] = {}
@@ -119,6 +135,9 @@ def value_contributions(
     except LabError as exc:
         return _unavailable(tracker, emit, str(exc))
     result = _result(valuation, metric, sign, strategy, log.numbers, asked)
+    if hidden:
+        result["nodes"] = {n: v for n, v in result["nodes"].items() if n not in hidden}
+        result["held_back"] = {n: HELD_BACK for n in sorted(hidden)}
     _log(tracker, result, valuation)
     return result
 
@@ -216,7 +235,8 @@ def _log(tracker: Tracker, result: dict[str, Any], valuation: Valuation) -> None
             metrics[f"contribution.shapley_se.{name}"] = values["standard_error"]
     tracker.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=0)
     tracker.log_text(json.dumps(result, indent=2), CONTRIBUTIONS)
-    tracker.log_figure(_figure(result), "contributions/contributions.png")
+    if result["nodes"]:
+        tracker.log_figure(_figure(result), "contributions/contributions.png")
 
 
 def _figure(result: dict[str, Any]) -> Any:

@@ -1,4 +1,9 @@
-"""The coordinator's record of a run: every round's metrics, per organisation, to MLflow and the caller."""
+"""The coordinator's record of a run: every round's metrics, per organisation, to MLflow and the caller.
+
+A node's own figures (its loss, epsilon and scores) are recorded only where its agreement lets
+them be shown; a figure pooled over the nodes (the mean score, the weighted loss) is held back
+where it would give a hidden node's own by subtraction (lab.core.disclosure).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from flwr.common.constant import ErrorCode
 
 from lab.contract.messages import EvaluateReply, TrainReply, audit_head
 from lab.contract.records import error_reason
+from lab.core.disclosure import subtraction_reveals
 from lab.queries.base import Emit
 from lab.queries.prepare import Member
 
@@ -56,6 +62,16 @@ class Recorder:
         member = self.members.get(node_id)
         return member.name if member else f"node-{node_id}"
 
+    def shows(self, node_id: int) -> bool:
+        """Whether the run may record this node's own figures (its agreement's node-figures)."""
+        member = self.members.get(node_id)
+        return member is not None and member.shows_figures
+
+    def poolable(self, node_ids: Iterable[int]) -> bool:
+        """Whether a figure pooled over these nodes gives no hidden node's own by subtraction."""
+        ids = list(node_ids)
+        return subtraction_reveals([self.name_of(n) for n in ids if not self.shows(n)], len(ids)) is None
+
     def on_train(self, server_round: int, replies: list[Message], asked: int, excluded: dict[str, str]) -> None:
         """Log the training loss at this round, and the scores of the model the nodes received
         (the global model after the previous round) at the previous round's step."""
@@ -63,14 +79,16 @@ class Recorder:
         metrics: dict[str, float] = {}
         for node_id, reply in good.items():
             name = self.name_of(node_id)
+            if reply.epsilon is not None and (member := self.members.get(node_id)) is not None:
+                member.epsilon = reply.epsilon  # the node's own accountant: this run's epsilon so far
+            if not self.shows(node_id):
+                continue
             if reply.train_loss is not None:  # a node training with DP keeps its loss to itself
                 metrics[f"node.{name}.train_loss"] = reply.train_loss
-            if reply.epsilon is not None:  # the node's own accountant: this run's epsilon so far
+            if reply.epsilon is not None:
                 metrics[f"node.{name}.epsilon"] = reply.epsilon
-                member = self.members.get(node_id)
-                if member is not None:
-                    member.epsilon = reply.epsilon
-        if good and not math.isnan(loss := _weighted_loss(list(good.values()))):
+        losses = {n: r for n, r in good.items() if r.train_loss is not None and not math.isnan(r.train_loss)}
+        if losses and self.poolable(losses) and not math.isnan(loss := _weighted_loss(list(losses.values()))):
             metrics["train_loss"] = loss
         metrics.update(self._note_heads(server_round, "train", replies))
         self.sink.log_metrics(metrics, step=server_round)
@@ -119,21 +137,21 @@ class Recorder:
 
     def _log_scores(self, step: int, scores: dict[int, dict[str, float]]) -> dict[str, float | None]:
         metrics: dict[str, float] = {}
-        per_node: dict[str, dict[str, float]] = {}
+        per_node: dict[int, dict[str, float]] = {}
         for node_id, scored in scores.items():
             values = {m: scored[m] for m in self.metric_names if m in scored}
             if not values:
                 continue
-            name = self.name_of(node_id)
-            per_node[name] = values
+            per_node[node_id] = values
             member = self.members.get(node_id)
             if member is not None:
                 member.final = values
-            metrics.update({f"node.{name}.{m}": v for m, v in values.items()})
+            if self.shows(node_id):
+                metrics.update({f"node.{self.name_of(node_id)}.{m}": v for m, v in values.items()})
         for metric in self.metric_names:
-            present = [v[metric] for v in per_node.values() if metric in v and not math.isnan(v[metric])]
-            if present:
-                metrics[f"mean.{metric}"] = sum(present) / len(present)
+            present = {n: v[metric] for n, v in per_node.items() if metric in v and not math.isnan(v[metric])}
+            if present and self.poolable(present):
+                metrics[f"mean.{metric}"] = sum(present.values()) / len(present)
         self.sink.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)}, step=step)
         return {m: metrics.get(f"mean.{m}") for m in self.metric_names}
 

@@ -22,6 +22,7 @@ from federation.strategies import make_strategy
 from lab.contract import keys
 from lab.contract.messages import Instructions
 from lab.contract.settings import RunSettings
+from lab.core.disclosure import subtraction_reveals
 from lab.core.environment import Environment
 from lab.core.intervals import LEVEL, compare, pooled_accuracy, wilson
 from lab.core.model import build_model
@@ -31,8 +32,8 @@ from lab.core.spec import TaskSpec
 from lab.core.training import predictor_from
 from lab.errors import RunFailedError, SettingsError
 from lab.queries.base import Emit
+from lab.queries.prepare import HELD_BACK, Guard, Member, Preparation, PrepareRequest, hidden_names
 from lab.queries.prepare import KIND as PREPARE
-from lab.queries.prepare import Guard, Member, Preparation, PrepareRequest
 from lab.registry.checkpoints import Checkpoint, log_settings, resumable
 from lab.registry.packaging import check_packaging
 from lab.registry.run_record import REFUSALS, SUMMARY
@@ -117,6 +118,7 @@ def train(
             instructions,
             {n: m.name for n, m in members.items()},
             spec,
+            hidden=hidden_names(members.values()),
             strategy=settings.strategy,
             timeout=settings.round_timeout,
             seed=settings.seed,
@@ -132,7 +134,11 @@ def train(
         "code_version": settings.code_version or "unknown",
         "fab_hash": fab_hash,
         "nodes": {
-            m.name: {"environment": m.env_fingerprint, "data_sha256": m.data_fingerprint, "train_rows": m.train_rows}
+            m.name: {
+                "environment": m.env_fingerprint,
+                "data_sha256": m.data_fingerprint,
+                **({"train_rows": m.train_rows} if m.shows_figures else {}),
+            }
             for m in members.values()
         },
     }
@@ -248,22 +254,33 @@ def _evaluate_final(
 
 
 def _summary(members: dict[int, Member], spec: TaskSpec, auc_unreliable: set[str]) -> dict[str, Any]:
-    """Every node's scores with their intervals, the means, and the accuracy pooled over the nodes."""
+    """Every node's scores with their intervals, the means, and the accuracy pooled over the nodes;
+    a node's own only where its agreement lets them be shown, and a pooled figure only where it
+    gives no hidden node's own by subtraction (what was held back is said in ``held_back``)."""
     rows = [_row(m, spec, m.name in auc_unreliable) for m in sorted(members.values(), key=lambda m: m.name)]
+    hidden = hidden_names(members.values())
+    held_back: dict[str, str] = {}
     mean: dict[str, float] = {}
     for metric in spec.metrics:
-        for label, scores in (
-            ("federated", [m.final for m in members.values()]),
-            ("local_only", [m.baseline for m in members.values()]),
-        ):
-            values = [s[metric] for s in scores if _finite(s.get(metric))]
-            mean[f"{label}.{metric}"] = float(np.mean(values)) if values else float("nan")
+        for label, side in (("federated", "final"), ("local_only", "baseline")):
+            scored = {
+                m.name: getattr(m, side)[metric] for m in members.values() if _finite(getattr(m, side).get(metric))
+            }
+            why = subtraction_reveals(hidden & set(scored), len(scored))
+            if why:
+                held_back[f"mean.{label}.{metric}"] = why
+            mean[f"{label}.{metric}"] = float(np.mean(list(scored.values()))) if scored and not why else float("nan")
     pooled: dict[str, Any] = {}
     if "accuracy" in spec.metrics:
         for label, side in (("federated", "final"), ("local_only", "baseline")):
+            counted = [m for m in members.values() if _finite(getattr(m, side).get("accuracy")) and m.test_rows > 0]
+            why = subtraction_reveals(hidden & {m.name for m in counted}, len(counted))
+            if why:
+                held_back[f"pooled.{label}.accuracy"] = why
+                continue
             found = pooled_accuracy(
                 (getattr(m, side).get("accuracy"), m.test_rows, getattr(m, f"{side}_noise").get("accuracy", 0.0))
-                for m in members.values()
+                for m in counted
             )
             if found is not None:
                 pooled[label] = {"accuracy": found[0], "test_rows": found[1], "interval": list(found[2])}
@@ -271,7 +288,10 @@ def _summary(members: dict[int, Member], spec: TaskSpec, auc_unreliable: set[str
             pooled["comparison"] = compare(
                 tuple(pooled["federated"]["interval"]), tuple(pooled["local_only"]["interval"]), _SIDES
             )
-    return {"nodes": rows, "mean": mean, "pooled": pooled, "level": LEVEL}
+    summary: dict[str, Any] = {"nodes": rows, "mean": mean, "pooled": pooled, "level": LEVEL}
+    if held_back:
+        summary["held_back"] = held_back
+    return summary
 
 
 #: How the federated model and a local-only one are named when their intervals are compared.
@@ -279,7 +299,10 @@ _SIDES = ("federated", "local-only")
 
 
 def _row(member: Member, spec: TaskSpec, auc_unreliable: bool) -> dict[str, Any]:
-    """One node's line of the summary: its rows and scores, and its accuracies' 95% intervals."""
+    """One node's line of the summary: its rows and scores, and its accuracies' 95% intervals (its
+    name alone, with why, where its agreement keeps its figures)."""
+    if not member.shows_figures:
+        return {"node": member.name, "organisation": member.organisation, "held_back": HELD_BACK}
     row: dict[str, Any] = {
         "node": member.name,
         "organisation": member.organisation,

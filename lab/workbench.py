@@ -30,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from lab.contract.events import joined_rows
 from lab.core.analytics import DEFAULT_MIN_COUNT, StatsRequest, bin_labels
 from lab.core.spec import TaskSpec, load_spec
 from lab.errors import UsageError
@@ -76,11 +77,11 @@ class TrainingRun:
             row: dict[str, Any] = {
                 "node": node["node"],
                 "organisation": node["organisation"],
-                "train_rows": node["train_rows"],
-                "test_rows": node["test_rows"],
+                "train_rows": node.get("train_rows"),  # None where the node's agreement keeps its figures
+                "test_rows": node.get("test_rows"),
             }
             for side, prefix in (("federated", ""), ("local_only", "local_")):
-                row.update({f"{prefix}{k}": v for k, v in node[side].items()})
+                row.update({f"{prefix}{k}": v for k, v in node.get(side, {}).items()})
                 for metric, (low, high) in node.get("intervals", {}).get(side, {}).items():
                     row[f"{prefix}{metric}_low"], row[f"{prefix}{metric}_high"] = low, high
             row.update(
@@ -189,8 +190,7 @@ class Progress:
         kind = event["event"]
         line = ""
         if kind == "joined":
-            rows = f"{event['train_rows']} train / {event['test_rows']} test rows"
-            line = f"joined {event['node']} ({event['organisation']}): {rows}"
+            line = f"joined {event['node']} ({event['organisation']}): {joined_rows(event)}"
         elif kind in ("refused", "warning"):
             line = f"{kind} {event['reason']}"
         elif kind == "valuing":

@@ -44,13 +44,17 @@ def lab_command() -> list[str]:
     return [str(Path(sys.executable).parent / "lab")]
 
 
-def agreement_file(folder: Path, spec: TaskSpec, node: str, *replacements: tuple[str, str]) -> Path:
+def agreement_file(
+    folder: Path, spec: TaskSpec, node: str, *replacements: tuple[str, str], node_figures: bool = True
+) -> Path:
     """A node's agreement approving this checkout's app for ``spec``, with clauses rewritten by
-    (old, new) text replacements (each must match)."""
+    (old, new) text replacements (each must match). It shows the node's own figures, as a local
+    federation's default agreement does, unless ``node_figures`` is False: the tests that compare
+    a node's rerun with the run's record read them."""
     from lab.node.agreement import template
     from lab.runtime.app import app_hash
 
-    text = template(spec, app_hash(ROOT), spec.organisation(node))
+    text = template(spec, app_hash(ROOT), spec.organisation(node), node_figures=node_figures)
     for old, new in replacements:
         assert old in text, old
         text = text.replace(old, new)

@@ -31,7 +31,7 @@ def analysed(tmp_path_factory: pytest.TempPathFactory, heart_spec: Any) -> tuple
     tmp = tmp_path_factory.mktemp("analytics")
 
     def agreement(node: str, *replacements: tuple[str, str]) -> Path:
-        return agreement_file(tmp, heart_spec, node, *replacements)
+        return agreement_file(tmp, heart_spec, node, *replacements, node_figures=False)
 
     agreements = {
         "cleveland": agreement("cleveland", ("node-figures = false", "node-figures = true")),

@@ -20,7 +20,7 @@ from .conftest import ROOT
 sys.path.insert(0, str(ROOT / "deploy"))
 
 from netns import available  # noqa: E402
-from sequence import FLEET_PORT, HEART, SILOS, TRACKING_PORT, Deployment, lab  # noqa: E402
+from sequence import FLEET_PORT, HEART, SHOWS_FIGURES, SILOS, TRACKING_PORT, Deployment, lab  # noqa: E402
 
 
 def _missing() -> str:
@@ -62,9 +62,8 @@ def _recorded_run(deployment: Deployment) -> dict[str, Any]:
             "version = client.get_model_version_by_alias('heart-disease', 'champion')\n"
             "run = client.get_run(version.run_id)\n"
             "summary = json.load(open(client.download_artifacts(version.run_id, 'nodes/summary.json')))\n"
-            "noise = {row['node']: row['noise']['federated'] for row in summary['nodes']}\n"
             "print(json.dumps({'version': version.version, 'status': run.info.status, 'metrics': run.data.metrics,"
-            " 'params': run.data.params, 'noise': noise}))\n"
+            " 'params': run.data.params, 'summary': summary}))\n"
         )
     )
 
@@ -82,13 +81,62 @@ def test_an_organisation_reruns_the_champion_in_house_and_gets_what_was_recorded
 ) -> None:
     deployment, _ = deployed
     run = _recorded_run(deployment)
-    recorded, noise = run["metrics"], run["noise"]
-    for organisation in ("cleveland", "va"):
-        metrics = deployment.pull_and_evaluate(organisation)["metrics"]
-        for name in ("accuracy", "auc", "loss"):
-            # The node released its scores with noise of this sd (its default agreement); in-house is exact.
-            sd = noise[organisation][name]
-            assert 0 < sd < 0.3 and metrics[name] == pytest.approx(recorded[f"node.{organisation}.{name}"], abs=5 * sd)
+    recorded = run["metrics"]
+    noise = {row["node"]: row["noise"]["federated"] for row in run["summary"]["nodes"] if "noise" in row}
+    metrics = deployment.pull_and_evaluate("cleveland")["metrics"]
+    for name in ("accuracy", "auc", "loss"):
+        # The node released its scores with noise of this sd (its default agreement); in-house is exact.
+        sd = noise["cleveland"][name]
+        assert 0 < sd < 0.3 and metrics[name] == pytest.approx(recorded[f"node.cleveland.{name}"], abs=5 * sd)
+    # Va's agreement keeps its figures: the run holds none to compare with, and Va still reruns in-house.
+    assert not [key for key in recorded if key.startswith("node.va.")]
+    assert 0.5 < deployment.pull_and_evaluate("va")["metrics"]["accuracy"] <= 1.0
+
+
+#: What an organisation's account reads of the champion's run: the nodes whose figures it finds.
+MEMBER_READS = """
+import json
+from mlflow import MlflowClient
+client = MlflowClient()
+run_id = client.get_model_version_by_alias("heart-disease", "champion").run_id
+run = client.get_run(run_id)
+summary = json.load(open(client.download_artifacts(run_id, "nodes/summary.json")))
+fingerprints = json.load(open(client.download_artifacts(run_id, "nodes/fingerprints.json")))
+nodes = run.data.params["nodes"].split(",")
+print(json.dumps({
+    "scores": sorted(n for n in nodes if f"node.{n}.accuracy" in run.data.metrics),
+    "baselines": sorted(n for n in nodes if f"node.{n}.baseline.accuracy" in run.data.metrics),
+    "losses": sorted(n for n in nodes if f"node.{n}.train_loss" in run.data.metrics),
+    "rows": sorted(n for n in nodes if f"node.{n}.train_rows" in run.data.params),
+    "summary": sorted(row["node"] for row in summary["nodes"] if "federated" in row),
+    "held_back": sorted(row["node"] for row in summary["nodes"] if "held_back" in row),
+    "fingerprint_rows": sorted(n for n, facts in fingerprints["members"].items() if "train_rows" in facts),
+    "mean": run.data.metrics.get("final.federated.accuracy"),
+}))
+"""
+
+
+def test_a_member_reads_another_members_figures_only_where_its_agreement_allows(
+    deployed: tuple[Deployment, Any],
+) -> None:
+    deployment, _ = deployed
+    home = deployment.home("va")
+    env = {
+        **deployment.env(),
+        "MLFLOW_TRACKING_URI": f"https://{deployment.coordinator_address}:{TRACKING_PORT}",
+        "MLFLOW_TRACKING_USERNAME": "va",
+        "MLFLOW_TRACKING_PASSWORD": (home / "tracking-password").read_text().strip(),
+        "MLFLOW_TRACKING_SERVER_CERT_PATH": str(home / "ca.crt"),
+    }
+    done = deployment.net.run("va", [sys.executable, "-c", MEMBER_READS], capture_output=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    read = json.loads(done.stdout.strip().splitlines()[-1])
+    shown = sorted(SHOWS_FIGURES)
+    for kind in ("scores", "baselines", "losses", "rows", "summary", "fingerprint_rows"):
+        assert read[kind] == shown, kind
+    assert read["held_back"] == sorted(set(NODES) - SHOWS_FIGURES)
+    # Three of four nodes keep theirs: the mean of all four gives none of them away, so it is there.
+    assert 0.5 < read["mean"] <= 1.0
 
 
 def test_each_node_audit_log_holds_exactly_the_messages_it_answered(deployed: tuple[Deployment, Any]) -> None:
@@ -183,7 +231,7 @@ version = client.get_model_version_by_alias("heart-disease", "champion")
 run = version.run_id
 experiment = client.get_run(run).info.experiment_id
 attempts = {
-    "read the champion's run": lambda: client.get_run(run).data.metrics["node.hungary.accuracy"],
+    "read the champion's run": lambda: client.get_run(run).data.metrics["node.cleveland.accuracy"],
     "create the experiment of a task not yet run": lambda: client.create_experiment("next-task"),
     "create the registered model of a task not yet run": lambda: client.create_registered_model("next-task"),
     "start a run in the task's experiment": lambda: client.create_run(experiment),
@@ -226,7 +274,7 @@ def test_an_organisations_account_reads_the_federation_and_can_create_write_or_m
     assert said == dict.fromkeys(said, "refused (403)")
     assert len(said) == 8
     run = _recorded_run(deployment)  # and nothing changed: the run, its summary, the champion
-    assert run["status"] == "FINISHED" and run["metrics"]["node.hungary.accuracy"] < 1.0
+    assert run["status"] == "FINISHED" and run["metrics"]["node.cleveland.accuracy"] < 1.0
 
 
 def test_a_node_whose_link_goes_down_is_dropped_and_joins_the_next_run(deployed: tuple[Deployment, Any]) -> None:

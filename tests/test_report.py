@@ -137,7 +137,27 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str]
         params=params,
         artifacts={"task/spec.toml": spec, "contributions/contributions.json": '{"unavailable": "one node only"}'},
     )
-    return uri, {"full": full, "older": older, "query": query, "unavailable": unavailable}
+    # Hungary's agreement keeps its figures: its row says so, and the two nodes' mean is held back.
+    held = {
+        **SUMMARY,
+        "nodes": [SUMMARY["nodes"][0], {"node": "hungary", "organisation": "Hungary", "held_back": "held back: ..."}],
+        "mean": {"federated.accuracy": float("nan"), "local_only.accuracy": float("nan")},
+        "pooled": {},
+        "held_back": {"mean.federated.accuracy": "with 2 node(s) pooled, each could work out the others' figures"},
+    }
+    contributions = {**CONTRIBUTIONS, "nodes": {"cleveland": CONTRIBUTIONS["nodes"]["cleveland"]}}
+    hidden = _run(
+        client,
+        experiment,
+        params=params,
+        artifacts={
+            "task/spec.toml": spec,
+            "nodes/summary.json": json.dumps(held),
+            "contributions/contributions.json": json.dumps({**contributions, "held_back": {"hungary": "held back"}}),
+        },
+    )
+    runs = {"full": full, "older": older, "query": query, "unavailable": unavailable, "hidden": hidden}
+    return uri, runs
 
 
 def _text(html: str) -> str:
@@ -185,6 +205,18 @@ def test_an_older_run_says_what_it_did_not_record_and_still_shows_its_scores(
 def test_contributions_the_coordinator_could_not_compute_say_why(store: tuple[str, dict[str, str]]) -> None:
     uri, runs = store
     assert "not computed for this run: one node only" in _text(build_report(uri, runs["unavailable"]))
+
+
+def test_a_node_whose_agreement_keeps_its_figures_is_shown_held_back_with_why(
+    store: tuple[str, dict[str, str]],
+) -> None:
+    uri, runs = store
+    text = _text(build_report(uri, runs["hidden"]))
+    assert "hungary Hungary held back held back" in text  # its rows and scores
+    assert "0.78 (0.69–0.85)" in text  # Cleveland's own, shown
+    assert "held back: the figures of hungary, whose agreement keeps them (allow.node-figures = false)" in text
+    assert "mean.federated.accuracy, which would give them by subtraction" in text
+    assert "0.11" not in text  # Hungary's Shapley value is not on the run, nor on the page
 
 
 def test_the_page_escapes_what_the_run_recorded_and_fetches_nothing(store: tuple[str, dict[str, str]]) -> None:

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table as RichTable
 
 from lab.cli.options import fmt
+from lab.contract.events import joined_rows
 from lab.runtime.run import RunResult
 
 __all__ = ["ProgressView", "contributions_table", "preflight_table", "summary_table"]
@@ -75,10 +76,7 @@ def _progress() -> Progress:
 def _show(bar: Progress, task: TaskID, event: dict[str, Any], rounds: int, metric: str) -> None:
     kind = event["event"]
     if kind == "joined":
-        bar.console.print(
-            f"  [green]joined[/] {event['node']} ({event['organisation']}): "
-            f"{event['train_rows']} train / {event['test_rows']} test rows"
-        )
+        bar.console.print(f"  [green]joined[/] {event['node']} ({event['organisation']}): {joined_rows(event)}")
     elif kind == "refused":
         bar.console.print(f"  [red]refused[/] {escape(event['reason'])}")
     elif kind == "warning":
@@ -149,7 +147,11 @@ def summary_table(result: RunResult, metrics: tuple[str, ...]) -> None:
     if private:
         table.add_column("epsilon\nspent", justify="right")
     unreliable = False
+    columns = 1 + sum(3 if metric == "accuracy" else 2 for metric in shown) + (1 if private else 0)
     for row in final["nodes"]:
+        if "held_back" in row:  # the node's agreement keeps its own figures
+            table.add_row(row["node"], "[dim]held back[/]", *["[dim]held back[/]"] * (columns - 1))
+            continue
         cells = [row["node"], str(row["test_rows"])]
         intervals = row.get("intervals", {})
         for metric in shown:
@@ -170,7 +172,12 @@ def summary_table(result: RunResult, metrics: tuple[str, ...]) -> None:
     mean = final["mean"]
     means = []
     for metric in shown:
-        means += [fmt(mean.get(f"{k}.{metric}")) for k in ("federated", "local_only")]
+        means += [
+            "[dim]held back[/]"
+            if f"mean.{k}.{metric}" in final.get("held_back", {})
+            else fmt(mean.get(f"{k}.{metric}"))
+            for k in ("federated", "local_only")
+        ]
         if metric == "accuracy":
             means.append("")
     table.add_row("[bold]mean[/]", "", *means, *([""] if private else []))
@@ -188,6 +195,12 @@ def summary_table(result: RunResult, metrics: tuple[str, ...]) -> None:
     console.print(table)
     if unreliable:
         console.print("* AUC on fewer than 5 test rows of a class: unreliable")
+    held = [row["node"] for row in final["nodes"] if "held_back" in row]
+    if held:
+        console.print(
+            f"held back: the figures of {escape(', '.join(held))}, whose agreement keeps them (allow.node-figures = "
+            "false), and any mean or pooled figure that would give them by subtraction"
+        )
     noise = {row["node"]: row.get("noise", {}).get("federated", {}).get(shown[0]) for row in final["nodes"]}
     if any(noise.values()):
         each = ", ".join(f"{escape(node)} {sd:.3f}" for node, sd in noise.items() if sd)
@@ -217,6 +230,8 @@ def contributions_table(contributions: dict[str, Any]) -> None:
         if monte_carlo and values.get("standard_error") is not None:
             shapley += f" ± {values['standard_error']:.3f}"
         table.add_row(name, shapley, f"{values['leave_one_out']:+.3f}")
+    for name in contributions.get("held_back", {}):
+        table.add_row(name, "[dim]held back[/]", "[dim]held back[/]")
     console.print(table)
     how = "exact, every coalition" if not monte_carlo else f"Monte Carlo, {contributions['permutations']} orderings"
     console.print(

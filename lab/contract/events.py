@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["PREFIX", "clean", "emit", "parse"]
+__all__ = ["PREFIX", "clean", "emit", "joined_rows", "parse"]
 
 #: Marks an event line among the ServerApp's other output.
 PREFIX = "lab-event "
@@ -41,6 +41,13 @@ def parse(line: str) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         return None
     return event if isinstance(event, dict) and "event" in event else None
+
+
+def joined_rows(event: dict[str, Any]) -> str:
+    """A ``joined`` event's row counts as words (a node whose agreement keeps its figures sends none)."""
+    if event.get("train_rows") is None:
+        return "its row counts held back (its agreement keeps its figures)"
+    return f"{event['train_rows']} train / {event['test_rows']} test rows"
 
 
 def _jsonable(value: Any) -> Any:

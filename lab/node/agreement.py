@@ -44,7 +44,10 @@ FIELDS = {
     "allow.min-rows": "fewest rows behind anything that leaves the node",
     "allow.differential-privacy": "whether training must use differential privacy",
     "allow.epsilon-budget": "total epsilon all runs together may spend on the node's rows (implies DP training)",
-    "allow.node-figures": "whether the coordinator may show this node's own analytics figures, not only pooled ones",
+    "allow.node-figures": (
+        "whether the coordinator may record this node's own figures (rows, scores, baseline, loss, epsilon, "
+        "contribution, analytics), not only pooled ones"
+    ),
     **LIMIT_FIELDS,
 }
 
@@ -226,10 +229,15 @@ def parse_agreement(text: str, *, source: str = "<agreement>") -> Agreement:
     )
 
 
-def template(spec: TaskSpec, fab_hash: str, organisation: str, expires: dt.date | None = None) -> str:
+def template(
+    spec: TaskSpec, fab_hash: str, organisation: str, expires: dt.date | None = None, *, node_figures: bool = False
+) -> str:
     """An agreement approving one task and one app, every strategy and the task's own metrics,
     for a year (TOML text to edit): what `lab demo` gives each node, and `lab agreement template`
-    prints."""
+    prints.
+
+    ``node_figures`` (default: False) lets the coordinator record the node's own figures for the
+    federation to read; a local federation, whose nodes have one operator, shows them."""
     from lab.contract.strategies import STRATEGIES
 
     expires = expires or dt.date.today() + dt.timedelta(days=365)
@@ -251,7 +259,7 @@ outputs = {json.dumps(list(OUTPUTS))}
 metrics = {json.dumps(metrics)}
 min-rows = 10
 differential-privacy = false
-node-figures = false
+node-figures = {str(node_figures).lower()}
 
 # What a message may ask of this node: it refuses, naming the clause, whatever goes beyond these
 # (each value here is the default that holds where the agreement says nothing).

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,18 @@ from lab.queries.base import Answers, Ask, Emit, QueryKind
 if TYPE_CHECKING:  # the nodes import the queries too: no MLflow there
     from lab.registry.tracking import Tracker
 
-__all__ = ["KIND", "Guard", "Lock", "Member", "Prepare", "PrepareRequest", "Preparation", "check_rows"]
+__all__ = [
+    "KIND",
+    "HELD_BACK",
+    "Guard",
+    "Lock",
+    "Member",
+    "Prepare",
+    "PrepareRequest",
+    "Preparation",
+    "check_rows",
+    "hidden_names",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +118,18 @@ class Member:
     privacy: dict[str, float] = field(default_factory=dict)  # the node's DP plan (noise, planned epsilon)
     suppressed: str = ""  # what the node withheld under its minimum count
     agreement: dict[str, Any] = field(default_factory=dict)  # the clauses the node checked this run against
+
+    @property
+    def shows_figures(self) -> bool:
+        """Whether the run may record this node's own figures (its row counts, scores, baseline,
+        loss, epsilon and contribution) for the federation to read: its agreement's
+        ``allow.node-figures``, or no agreement at all (its operator's choice, in every audit entry)."""
+        return self.agreement == NO_AGREEMENT or self.agreement.get("allow.node-figures") is True
+
+
+def hidden_names(members: Iterable[Member]) -> frozenset[str]:
+    """The members whose agreement keeps their own figures to themselves."""
+    return frozenset(m.name for m in members if not m.shows_figures)
 
 
 @dataclass(frozen=True)
@@ -400,14 +424,16 @@ def _agreement(answer: dict[str, Any]) -> dict[str, Any]:
 
 
 def _record(members: dict[int, Member], refusals: dict[str, str], tracker: Tracker, emit: Emit) -> None:
-    """Who joined, who was refused and why, and every node's fingerprints, to MLflow and the caller."""
+    """Who joined, who was refused and why, and every node's fingerprints, to MLflow and the caller;
+    a node's row counts, DP plan and baseline only where its agreement lets them be shown."""
     for member in members.values():
+        shown = member.shows_figures
         emit(
             "joined",
             node=member.name,
             organisation=member.organisation,
-            train_rows=member.train_rows,
-            test_rows=member.test_rows,
+            train_rows=member.train_rows if shown else None,
+            test_rows=member.test_rows if shown else None,
         )
         if member.warning:
             emit("warning", node=member.name, reason=f"node {member.name!r}: {member.warning}")
@@ -419,12 +445,12 @@ def _record(members: dict[int, Member], refusals: dict[str, str], tracker: Track
     names = sorted(m.name for m in members.values())
     tracker.log_params({"nodes": ",".join(names), "num_nodes": len(members), "refused_nodes": len(refusals)})
     for m in members.values():
+        figures = {f"node.{m.name}.train_rows": m.train_rows, **{f"node.{m.name}.{k}": v for k, v in m.privacy.items()}}
         tracker.log_params(
             {
                 f"node.{m.name}.env_fingerprint": m.env_fingerprint,
                 f"node.{m.name}.data_sha256": m.data_fingerprint,
-                f"node.{m.name}.train_rows": m.train_rows,
-                **{f"node.{m.name}.{k}": v for k, v in m.privacy.items()},
+                **(figures if m.shows_figures else {}),
             }
         )
     drifted = sorted(m.name for m in members.values() if m.warning)
@@ -435,11 +461,10 @@ def _record(members: dict[int, Member], refusals: dict[str, str], tracker: Track
             "organisation": m.organisation,
             "environment": m.env_fingerprint,
             "data_sha256": m.data_fingerprint,
-            "train_rows": m.train_rows,
-            "test_rows": m.test_rows,
             "warning": m.warning,
             "suppressed": m.suppressed,
-            **m.privacy,
+            **({"train_rows": m.train_rows, "test_rows": m.test_rows, **m.privacy} if m.shows_figures else {}),
+            **({} if m.shows_figures else {"figures": HELD_BACK}),
         }
         for m in members.values()
     }
@@ -449,9 +474,19 @@ def _record(members: dict[int, Member], refusals: dict[str, str], tracker: Track
     agreements = {m.name: m.agreement for m in sorted(members.values(), key=lambda m: m.name)}
     tracker.log_text(json.dumps(agreements, indent=2), AGREEMENTS)
     tracker.log_metrics(
-        {f"node.{m.name}.baseline.{k}": v for m in members.values() for k, v in m.baseline.items() if math.isfinite(v)},
+        {
+            f"node.{m.name}.baseline.{k}": v
+            for m in members.values()
+            if m.shows_figures
+            for k, v in m.baseline.items()
+            if math.isfinite(v)
+        },
         step=0,
     )
+
+
+#: What the run records in place of a node's own figures where its agreement keeps them.
+HELD_BACK = "held back: the node's agreement keeps its own figures (allow.node-figures = false)"
 
 
 KIND = Prepare()

@@ -119,6 +119,10 @@ def _run_facts(record: RunRecord) -> list[tuple[str, str]]:
     ]
 
 
+#: A cell whose figure the node's agreement keeps (or a pooled one that would give it away).
+HELD = "held back"
+
+
 def number(value: Any) -> str:
     """A score as the page shows it: 2 decimals under 10, fewer above (n/a for none or NaN)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
@@ -142,7 +146,20 @@ def _table(record: RunRecord, metrics: list[str]) -> dict[str, Any]:
 def _summary_table(summary: dict[str, Any], metrics: list[str]) -> dict[str, Any]:
     """The table from the coordinator's nodes/summary.json: scores, intervals, comparison."""
     rows, unreliable = [], False
+    held_back = summary.get("held_back") or {}
     for node in summary.get("nodes", []):
+        if "held_back" in node:  # the node's agreement keeps its own figures (allow.node-figures = false)
+            rows.append(
+                _Row(
+                    node=str(node.get("node", "")),
+                    organisation=str(node.get("organisation", "")),
+                    train_rows=HELD,
+                    test_rows=HELD,
+                    cells=[HELD] * (2 * len(metrics)),
+                    comparison=HELD,
+                )
+            )
+            continue
         intervals = node.get("intervals") or {}
         cells = []
         for metric in metrics:
@@ -165,7 +182,11 @@ def _summary_table(summary: dict[str, Any], metrics: list[str]) -> dict[str, Any
     rows.append(
         _Row(
             "mean",
-            cells=[number(mean.get(f"{s}.{m}")) for m in metrics for s in ("federated", "local_only")],
+            cells=[
+                HELD if f"mean.{s}.{m}" in held_back else number(mean.get(f"{s}.{m}"))
+                for m in metrics
+                for s in ("federated", "local_only")
+            ],
             kind="mean",
         )
     )
@@ -188,6 +209,13 @@ def _summary_table(summary: dict[str, Any], metrics: list[str]) -> dict[str, Any
             )
         )
         notes.append("pooled: the accuracy over every node's test rows together (their correct rows summed).")
+    hidden = [str(node.get("node")) for node in summary.get("nodes", []) if "held_back" in node]
+    if hidden:
+        notes.append(
+            f"held back: the figures of {', '.join(hidden)}, whose agreement keeps them (allow.node-figures = false)"
+            + (f"; and {', '.join(sorted(held_back))}, which would give them by subtraction" if held_back else "")
+            + "."
+        )
     level = summary.get("level")
     shown_level = f"the {level:.0%} Wilson interval" if isinstance(level, float) else "the interval"
     notes.append(f"In brackets: {shown_level} the coordinator recorded with the score ({SUMMARY}).")
@@ -255,7 +283,8 @@ def _contributions(record: RunRecord) -> dict[str, Any]:
                 number(leave_one_out[n]),
             )
             for n in nodes
-        ],
+        ]
+        + [(n, HELD, HELD) for n in recorded.get("held_back") or {}],
         "chart": contributions_chart(shapley, errors, leave_one_out) if nodes else None,
         "note": str(recorded.get("note", "")),
     }

@@ -5,6 +5,7 @@ nodes) has one operator for every node. A node given no agreement there gets the
 `lab agreement template` prints for the run's task and this checkout's app, written to
 ``nodes/NAME/agreement.toml``: it enforces the default limits like any organisation's node, so a
 local run is held to what a deployment holds (`--no-agreement` starts the nodes unbound instead).
+Only ``node-figures`` differs from the template: one operator reads every node's own figures anyway.
 """
 
 from __future__ import annotations
@@ -29,6 +30,6 @@ def default_agreements(workspace: Path, spec: TaskSpec, names: list[str]) -> dic
     for name in names:
         path = workspace / "nodes" / name / AGREEMENT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(template(spec, fab_hash, spec.organisation(name)), encoding="utf-8")
+        path.write_text(template(spec, fab_hash, spec.organisation(name), node_figures=True), encoding="utf-8")
         written[name] = path
     return written
