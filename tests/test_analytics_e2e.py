@@ -26,8 +26,8 @@ NODES = ("cleveland", "hungary", "switzerland", "va")
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory: pytest.TempPathFactory, heart_spec: Any) -> tuple[Path, dict[str, Any]]:
-    """Cleveland lets its own figures be shown; Switzerland does not; Hungary runs without an
-    agreement (pooled figures only, minimum count 5); VA's agreement lets no analytics out."""
+    """Cleveland lets its own figures be shown; Hungary and Switzerland do not (the template's
+    default); VA's agreement lets no analytics out."""
     tmp = tmp_path_factory.mktemp("analytics")
 
     def agreement(node: str, *replacements: tuple[str, str]) -> Path:
@@ -35,6 +35,7 @@ def analysed(tmp_path_factory: pytest.TempPathFactory, heart_spec: Any) -> tuple
 
     agreements = {
         "cleveland": agreement("cleveland", ("node-figures = false", "node-figures = true")),
+        "hungary": agreement("hungary"),
         "switzerland": agreement("switzerland"),
         "va": agreement("va", (', "analytics"]', "]")),
     }
