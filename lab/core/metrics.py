@@ -46,10 +46,18 @@ def roc_auc(scores: np.ndarray, y: np.ndarray) -> float:
 
     NaN when the rows hold only one class: the AUC is then undefined, not 0.5.
     """
-    pos = scores[y == 1]
-    neg = scores[y == 0]
-    if len(pos) == 0 or len(neg) == 0:
+    scores, y = np.asarray(scores, dtype=np.float64), np.asarray(y)
+    labelled = (y == 1) | (y == 0)
+    scores, positive = scores[labelled], y[labelled] == 1
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
         return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+    # The positives' rank sum (ties share their average rank) counts, for each positive, the
+    # negatives below it and half those tied with it: O(n log n), not one comparison per pair.
+    order = np.argsort(scores, kind="mergesort")
+    _, group, counts = np.unique(scores[order], return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks = np.empty(len(scores))
+    ranks[order] = ((ends - counts + 1 + ends) / 2.0)[group]
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
