@@ -48,7 +48,6 @@ from lab.core.privacy import DPPlan
 from lab.core.spec import TaskSpec, parse_spec
 from lab.core.training import (
     NodeData,
-    load_node_data,
     node_seed,
     predictor_from,
     score,
@@ -58,6 +57,7 @@ from lab.core.training import (
 from lab.errors import MessageError, Refusal, TrainingError
 from lab.node.agreement import Agreement, Request
 from lab.node.holding import Hold
+from lab.node.rows import NodeRows, rows_of
 from lab.node.site import NodeSite
 from lab.queries import KINDS, QueryKind
 from lab.queries.prepare import check_rows
@@ -208,16 +208,17 @@ for _kind in KINDS.values():
     app.query(_kind.name)(governed(_Query(_kind))(_answering(_kind)))
 
 
-def _report(site: NodeSite, spec: TaskSpec, data: NodeData, suppressed: str = "") -> NodeReport:
-    return NodeReport.of_node(site.name, spec, Environment.current(), data.train, suppressed, key=site.secret)
+def _report(site: NodeSite, spec: TaskSpec, rows: NodeRows, suppressed: str = "") -> NodeReport:
+    return NodeReport.of_node(site.name, spec, Environment.current(), rows.data.train, rows.fingerprint, suppressed)
 
 
-def _inputs(msg: Message, context: Context) -> tuple[NodeSite, Instructions, TaskSpec, NodeData, int]:
-    """The node, the message's instructions, the run's spec, and the node's rows checked against it."""
+def _inputs(msg: Message, context: Context) -> tuple[NodeSite, Instructions, TaskSpec, NodeRows, int]:
+    """The node, the message's instructions, the run's spec, and the node's rows checked against it
+    (read once a run: lab.node.rows)."""
     site, instructions = _site(context), Instructions.of(msg)
     spec = _spec(context, instructions, msg.metadata.run_id)
-    data = load_node_data(site.name, site.table_path(), spec)
-    return site, instructions, spec, data, check_rows(site, data)
+    rows = rows_of(site, spec, msg.metadata.run_id)
+    return site, instructions, spec, rows, check_rows(site, rows.data)
 
 
 def _predictor(spec: TaskSpec, instructions: Instructions, msg: Message) -> Predictor:
@@ -254,7 +255,8 @@ def _model(spec: TaskSpec, instructions: Instructions, arrays: ArrayRecord) -> P
 @governed(_Training(True))
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this node's training rows, as the run's booking holds it."""
-    site, instructions, spec, data, minimum = _inputs(msg, context)
+    site, instructions, spec, rows, minimum = _inputs(msg, context)
+    data = rows.data
     hold = Hold.of(site, msg.metadata.run_id)
     hold.train(instructions)  # the planned optimisation, a round within the plan, the run's scaler
     server_round = instructions.server_round
@@ -306,7 +308,7 @@ def train(msg: Message, context: Context) -> Message:
     reply = TrainReply(
         ArrayRecord(predictor.model.state_dict()),
         len(data.train),
-        _report(site, spec, data),
+        _report(site, spec, rows),
         evaluated,
         loss,
         epsilon,
@@ -326,9 +328,9 @@ def _dp_plan(hold: Hold, instructions: Instructions) -> DPPlan | None:
     return hold.booking.dp_plan
 
 
-def _withheld(site: NodeSite, spec: TaskSpec, data: NodeData, minimum: int) -> NodeReport:
+def _withheld(site: NodeSite, spec: TaskSpec, rows: NodeRows, minimum: int) -> NodeReport:
     return _report(
-        site, spec, data, f"metrics on the test split withheld: it has fewer rows than the minimum of {minimum}"
+        site, spec, rows, f"metrics on the test split withheld: it has fewer rows than the minimum of {minimum}"
     )
 
 
@@ -336,17 +338,18 @@ def _withheld(site: NodeSite, spec: TaskSpec, data: NodeData, minimum: int) -> N
 @governed(_Training(False))
 def evaluate_model(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this node's test rows (once per run)."""
-    site, instructions, spec, data, minimum = _inputs(msg, context)
+    site, instructions, spec, rows, minimum = _inputs(msg, context)
+    data = rows.data
     hold = Hold.of(site, msg.metadata.run_id)
     hold.pin(instructions)
     if len(data.test) < minimum:  # neither the scores nor the small row count leave
-        return Message(EvaluateReply({}, 0, _withheld(site, spec, data, minimum)).to_record(), reply_to=msg)
+        return Message(EvaluateReply({}, 0, _withheld(site, spec, rows, minimum)).to_record(), reply_to=msg)
     scale = hold.scale("final")
     predictor = _predictor(spec, instructions, msg)
     released = score(predictor, data.test, scale=scale, min_class_rows=minimum)
     hold.released("final", [released])
     few = _few(spec, data)
-    reply = EvaluateReply(released.metrics, len(data.test), _report(site, spec, data), few, released.noise)
+    reply = EvaluateReply(released.metrics, len(data.test), _report(site, spec, rows), few, released.noise)
     return Message(reply.to_record(), reply_to=msg)
 
 
@@ -363,12 +366,13 @@ def _few(spec: TaskSpec, data: NodeData) -> bool:
 def score_candidates(msg: Message, context: Context) -> Message:
     """Score every candidate model the message carries on this node's test rows, in one reply, as
     many as the run planned for its contribution valuation."""
-    site, instructions, spec, data, minimum = _inputs(msg, context)
+    site, instructions, spec, rows, minimum = _inputs(msg, context)
+    data = rows.data
     candidates = Candidates.of(msg)
     hold = Hold.of(site, msg.metadata.run_id)
     hold.pin(instructions)
     if len(data.test) < minimum:  # neither the scores nor the small row count leave
-        return Message(CandidateScores([], 0, _withheld(site, spec, data, minimum)).to_record(), reply_to=msg)
+        return Message(CandidateScores([], 0, _withheld(site, spec, rows, minimum)).to_record(), reply_to=msg)
     scale = hold.scale("candidate", len(candidates.models))
     released = [
         score(_model(spec, instructions, arrays), data.test, scale=scale, min_class_rows=minimum)
@@ -377,5 +381,5 @@ def score_candidates(msg: Message, context: Context) -> Message:
     hold.released("candidate", released)
     scores = [r.metrics for r in released]
     noise = released[0].noise if released else {}
-    reply = CandidateScores(scores, len(data.test), _report(site, spec, data), noise)
+    reply = CandidateScores(scores, len(data.test), _report(site, spec, rows), noise)
     return Message(reply.to_record(), reply_to=msg)

@@ -145,17 +145,17 @@ class NodeReport:
 
     @classmethod
     def of_node(
-        cls, name: str, spec: TaskSpec, env: Environment, train: Table, suppressed: str = "", *, key: bytes = b""
+        cls, name: str, spec: TaskSpec, env: Environment, train: Table, data_sha256: str, suppressed: str = ""
     ) -> NodeReport:
-        """The report of node ``name`` that used ``spec`` in ``env`` and trains on ``train`` (its
-        fingerprint keyed with the node's secret ``key``)."""
+        """The report of node ``name`` that used ``spec`` in ``env`` and trains on ``train``, whose
+        fingerprint under the node's secret is ``data_sha256``."""
         return cls(
             name,
             spec.organisation(name),
             env.fingerprint,
             env.python,
             env.platform,
-            train.fingerprint(key),
+            data_sha256,
             len(train),
             spec.sha256,
             suppressed,

@@ -7,12 +7,14 @@ import hashlib
 import hmac
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from lab.core.preprocess import Scaler, encode
 from lab.core.sources import is_sql_url, source_label
 from lab.core.spec import Feature, FileFormat, Level, TaskSpec
 from lab.core.sql import read_sql
@@ -45,9 +47,28 @@ class Table:
     line: np.ndarray
     dropped: int
     source: str
+    _memo: dict[tuple[object, ...], np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.features)
+
+    def encoded(self, spec: TaskSpec) -> np.ndarray:
+        """These rows encoded as the spec says (lab.core.preprocess.encode), once: a node keeps its
+        rows for a run. Not to be written to."""
+        key = ("encoded", spec.sha256)
+        if key not in self._memo:
+            self._memo[key] = encode(self.features, spec)
+        return self._memo[key]
+
+    def scaled(self, spec: TaskSpec, scaler: Scaler) -> np.ndarray:
+        """The model's input matrix of these rows, scaled once per scaler (a run's messages all use
+        one). Not to be written to."""
+        key = ("scaled", spec.sha256, scaler.mean.tobytes(), scaler.std.tobytes())
+        if key not in self._memo:
+            for old in [k for k in self._memo if k[0] == "scaled"]:  # one scaler at a time
+                del self._memo[old]
+            self._memo[key] = scaler.transform(self.encoded(spec))
+        return self._memo[key]
 
     def fingerprint(self, key: bytes = b"") -> str:
         """HMAC-SHA256 under ``key`` (the node's secret) of the rows as loaded (typed features and
@@ -292,11 +313,15 @@ def _levels(
 def as_levels(raw: pd.Series, levels: tuple[Level, ...]) -> pd.Series:
     """Map raw values onto the spec's levels (numbers compare as numbers: "1.0" is 1)."""
     if all(isinstance(level, (int, float)) for level in levels):
-        numbers = pd.to_numeric(raw, errors="coerce")
-        lookup = {float(level): level for level in levels}
-        return numbers.map(lambda v: lookup.get(float(v)) if pd.notna(v) else None).astype(object)
-    lookup_str = {str(level): level for level in levels}
-    return raw.map(lambda v: lookup_str.get(str(v).strip()) if pd.notna(v) else None).astype(object)
+        values: pd.Series = pd.to_numeric(raw, errors="coerce")
+        lookup: dict[Any, Level] = {float(level): level for level in levels}
+        key: Any = float
+    else:
+        values, lookup, key = raw, {str(level): level for level in levels}, lambda v: str(v).strip()
+    # Each distinct value is looked up once (a column of a million rows holds a handful).
+    codes, distinct = pd.factorize(values, use_na_sentinel=True)
+    mapped = np.array([lookup.get(key(v)) for v in distinct] + [None], dtype=object)
+    return pd.Series(mapped[codes], index=raw.index, dtype=object)
 
 
 def _target(
@@ -317,5 +342,6 @@ def _target(
     fix = f"the spec maps {list(levels)!r}: add it to the spec's target or correct the value"
     values = _levels(raw, blank, levels, where, lines, "unknown value", fix, f"target column {target.column!r}")
     code_of = dict(zip(levels, codes, strict=True))
-    encoded = values.map(lambda v: code_of.get(v, 0.0) if v is not None else 0.0)
-    return encoded.to_numpy(dtype=np.float32), blank
+    found, distinct = pd.factorize(values, use_na_sentinel=True)
+    encoded = np.array([code_of.get(v, 0.0) for v in distinct] + [0.0], dtype=np.float32)[found]
+    return encoded, blank

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import re
@@ -70,13 +71,11 @@ class Environment:
 
     @classmethod
     def current(cls) -> Environment:
-        """The running interpreter's environment (the first of a name on sys.path wins, as for import)."""
-        packages: dict[str, str] = {}
-        for dist in importlib.metadata.distributions():
-            name = canonical_name(dist.metadata["Name"] or "")
-            if name and name not in _OUTSIDE and name not in packages:
-                packages[name] = dist.version
-        return cls(_python_version(), sysconfig.get_platform(), packages)
+        """The running interpreter's environment (the first of a name on sys.path wins, as for import).
+
+        Read once a process: the packages a process imported cannot change under it, and scanning
+        every installed distribution takes a node a fraction of a second on each reply."""
+        return _current()
 
     @classmethod
     def from_lock(cls, text: str, *, source: str = "the lock") -> Environment:
@@ -134,3 +133,13 @@ class Environment:
             changed={n: (here[n], wanted[n]) for n in here.keys() & wanted.keys() if here[n] != wanted[n]},
             other=other,
         )
+
+
+@functools.cache
+def _current() -> Environment:
+    packages: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        name = canonical_name(dist.metadata["Name"] or "")
+        if name and name not in _OUTSIDE and name not in packages:
+            packages[name] = dist.version
+    return Environment(_python_version(), sysconfig.get_platform(), packages)

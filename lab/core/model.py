@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from lab.core.data import Table
 from lab.core.preprocess import Scaler, encode
 from lab.core.spec import TaskSpec
 
@@ -74,8 +75,10 @@ class Predictor:
     model: nn.Module
     target_scaler: Scaler = field(default_factory=lambda: Scaler.identity(1))
 
-    def inputs(self, features: pd.DataFrame) -> torch.Tensor:
-        """The scaled input matrix for typed feature columns."""
+    def inputs(self, features: pd.DataFrame | Table) -> torch.Tensor:
+        """The scaled input matrix for typed feature columns (a node's checked rows keep theirs)."""
+        if isinstance(features, Table):
+            return torch.from_numpy(features.scaled(self.spec, self.scaler))
         return torch.from_numpy(self.scaler.transform(encode(features, self.spec)))
 
     def targets(self, y: np.ndarray) -> torch.Tensor:
@@ -84,7 +87,7 @@ class Predictor:
             y = self.target_scaler.transform(np.asarray(y, dtype=np.float64).reshape(-1, 1)).reshape(-1)
         return targets_tensor(y, self.spec)
 
-    def scores(self, features: pd.DataFrame) -> np.ndarray:
+    def scores(self, features: pd.DataFrame | Table) -> np.ndarray:
         """Probability of the positive class (binary), class probabilities
         (multiclass, one column per class) or predicted values in the target's units (regression)."""
         self.model.eval()
@@ -101,13 +104,13 @@ class Predictor:
             scores = scores * float(self.target_scaler.std[0]) + float(self.target_scaler.mean[0])
         return scores
 
-    def loss(self, features: pd.DataFrame, y: np.ndarray) -> float:
+    def loss(self, features: pd.DataFrame | Table, y: np.ndarray) -> float:
         """Mean training loss on these rows (for regression: on the standardised target)."""
         self.model.eval()
         with torch.no_grad():
             return float(loss_fn(self.spec)(self.model(self.inputs(features)), self.targets(y)))
 
-    def row_losses(self, features: pd.DataFrame, y: np.ndarray) -> np.ndarray:
+    def row_losses(self, features: pd.DataFrame | Table, y: np.ndarray) -> np.ndarray:
         """Each row's loss, as ``loss`` averages them."""
         self.model.eval()
         criterion = loss_fn(self.spec)

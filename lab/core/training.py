@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord
 from lab.core.data import Table, load_table, split_table
 from lab.core.metrics import compute_metrics
 from lab.core.model import Predictor, build_model, loss_fn
-from lab.core.preprocess import ColumnSums, Scaler, encode
+from lab.core.preprocess import ColumnSums, Scaler
 from lab.core.scores import Released, release
 from lab.core.spec import TaskSpec
 from lab.errors import DataError, TrainingError
@@ -24,7 +24,10 @@ from lab.errors import DataError, TrainingError
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BASELINE_MAX_ROWS_SEEN",
+    "BASELINE_MAX_STEPS",
     "NodeData",
+    "baseline_steps",
     "evaluate",
     "load_node_data",
     "local_baseline",
@@ -82,7 +85,7 @@ def train_locally(
     torch.set_num_threads(1)  # several nodes share a small machine in the demo
     spec, model = predictor.spec, predictor.model
     assert table.target is not None
-    x = predictor.inputs(table.features)
+    x = predictor.inputs(table)
     y = predictor.targets(table.target)
     criterion = loss_fn(spec)
     params = list(model.parameters())
@@ -145,7 +148,7 @@ def train_privately(
     torch.set_num_threads(1)
     spec, model = predictor.spec, predictor.model
     assert table.target is not None
-    x = predictor.inputs(table.features)
+    x = predictor.inputs(table)
     y = predictor.targets(table.target)
     criterion = loss_fn(spec)
     # The noise and the Poisson sampling must not be reproducible by anyone who knows the run's
@@ -191,8 +194,8 @@ def train_privately(
 def evaluate(predictor: Predictor, table: Table) -> dict[str, float]:
     """The spec's metrics of ``predictor`` on ``table``."""
     assert table.target is not None
-    scores = predictor.scores(table.features)
-    return compute_metrics(scores, table.target, predictor.spec, loss=predictor.loss(table.features, table.target))
+    scores = predictor.scores(table)
+    return compute_metrics(scores, table.target, predictor.spec, loss=predictor.loss(table, table.target))
 
 
 def score(predictor: Predictor, table: Table, *, scale: float, min_class_rows: int = 1) -> Released:
@@ -202,33 +205,51 @@ def score(predictor: Predictor, table: Table, *, scale: float, min_class_rows: i
         return Released(evaluate(predictor, table), {}, 0.0)
     assert table.target is not None
     return release(
-        predictor.scores(table.features),
+        predictor.scores(table),
         table.target,
         predictor.spec,
         scale=scale,
-        loss_rows=predictor.row_losses(table.features, table.target),
+        loss_rows=predictor.row_losses(table, table.target),
         target_mean=float(predictor.target_scaler.mean[0]),
         target_std=float(predictor.target_scaler.std[0]),
         min_class_rows=min_class_rows,
     )
 
 
+#: A local-only baseline's budget: at most this many steps, and at most this many rows seen (50
+#: epochs of 40,000 rows). A larger table gets a larger minibatch, so the baseline of a million
+#: rows takes seconds, not the hours its 50 epochs of minibatches of 4 would.
+BASELINE_MAX_STEPS = 25_000
+BASELINE_MAX_ROWS_SEEN = 2_000_000
+
+
+def baseline_steps(rows: int, epochs: int) -> tuple[int, int]:
+    """(steps, minibatch size) of a local-only baseline of ``epochs`` over ``rows`` training rows:
+    minibatches of 4 while that stays within BASELINE_MAX_STEPS, else the rows seen capped at
+    BASELINE_MAX_ROWS_SEEN over at most BASELINE_MAX_STEPS larger minibatches."""
+    steps = epochs * math.ceil(rows / 4)
+    if steps <= BASELINE_MAX_STEPS:
+        return steps, 4
+    seen = min(epochs * rows, BASELINE_MAX_ROWS_SEEN)
+    batch_size = max(4, math.ceil(seen / BASELINE_MAX_STEPS))
+    return math.ceil(seen / batch_size), batch_size
+
+
 def local_baseline(spec: TaskSpec, data: NodeData, *, epochs: int, seed: int) -> Predictor | None:
-    """A model trained on this node's rows only (own scaling, Adam, lr 0.001, batch 4), or None
-    when its training diverged (the node still takes part, without a reference).
+    """A model trained on this node's rows only (own scaling, Adam, lr 0.001, minibatches of 4 on
+    a table of up to 2,000 training rows at 50 epochs, larger ones beyond: ``baseline_steps``), or
+    None when its training diverged (the node still takes part, without a reference).
 
     This is the local-only reference an organisation compares the federated model with.
     """
     scaler = (
-        Scaler.fit(encode(data.train.features, spec))
-        if spec.scaling != "none"
-        else Scaler.identity(len(spec.encoded_names))
+        Scaler.fit(data.train.encoded(spec)) if spec.scaling != "none" else Scaler.identity(len(spec.encoded_names))
     )
     predictor = Predictor(spec, scaler, build_model(spec, seed=seed), target_scaler_of(spec, data.train))
-    steps = epochs * int(np.ceil(len(data.train) / 4))
+    steps, batch_size = baseline_steps(len(data.train), epochs)
     try:
         train_locally(
-            predictor, data.train, steps=steps, batch_size=4, learning_rate=0.001, seed=seed, optimizer="adam"
+            predictor, data.train, steps=steps, batch_size=batch_size, learning_rate=0.001, seed=seed, optimizer="adam"
         )
     except TrainingError as exc:
         logger.warning("node %s: the local-only baseline is left out: %s", data.name, exc)

@@ -20,13 +20,14 @@ from lab.contract.plan import RunPlan
 from lab.contract.settings import RunSettings
 from lab.core.analytics import protect_column_sums
 from lab.core.environment import EnvDiff, Environment
-from lab.core.preprocess import ColumnSums, Scaler, encode
+from lab.core.preprocess import ColumnSums, Scaler
 from lab.core.privacy import DPPlan, DPSettings
 from lab.core.spec import TaskSpec
-from lab.core.training import NodeData, load_node_data, local_baseline, node_seed, score, target_sums
+from lab.core.training import NodeData, local_baseline, node_seed, score, target_sums
 from lab.errors import EnvironmentDriftError, Refusal, RunFailedError
 from lab.node.agreement import Agreement, Request
 from lab.node.holding import Hold, book
+from lab.node.rows import rows_of
 from lab.node.site import NodeSite
 from lab.queries.base import Answers, Ask, Emit, QueryKind
 
@@ -253,7 +254,8 @@ class Prepare(QueryKind[PrepareRequest]):
         """Check the environment and the table, check and book the run's plan, share column sums for
         scaling, run the local-only baseline."""
         env, drift = check_environment(request.lock, site.name)
-        data = load_node_data(site.name, site.table_path(), spec)
+        rows = rows_of(site, spec, run_id)
+        data = rows.data
         minimum = check_rows(site, data)
         # Metrics on fewer rows than the minimum do not leave; in a DP run nothing trained without
         # DP does either, so the local-only baseline is skipped.
@@ -262,9 +264,7 @@ class Prepare(QueryKind[PrepareRequest]):
             site, spec, request.plan, request.dp, train_rows=len(data.train), baseline=with_baseline, run_id=run_id
         )
         plan = booking.dp_plan if booking is not None else unbound_dp_plan(request.plan, request.dp, len(data.train))
-        sums, held_back = protect_column_sums(
-            ColumnSums.of(encode(data.train.features, spec)), spec, len(data.train), minimum
-        )
+        sums, held_back = protect_column_sums(ColumnSums.of(data.train.encoded(spec)), spec, len(data.train), minimum)
         baseline: dict[str, float] = {}
         noise: dict[str, float] = {}
         trained = (
@@ -285,7 +285,7 @@ class Prepare(QueryKind[PrepareRequest]):
             f"dropped rows under {minimum} held back" if 0 < data.dropped < minimum else "",
         ]
         notes = "; ".join(note for note in suppressed if note)
-        report = NodeReport.of_node(site.name, spec, env, data.train, notes, key=site.secret)
+        report = NodeReport.of_node(site.name, spec, env, data.train, rows.fingerprint, notes)
         agreement = site.agreement
         return {
             "report": asdict(report),
