@@ -32,6 +32,7 @@ from lab.runtime.environ import PRIVATE_ENV  # noqa: E402
 os.environ.update(PRIVATE_ENV)
 
 import quality  # noqa: E402
+import rows as rows_bench  # noqa: E402
 import simulated  # noqa: E402
 from simulated import RUNTIME as SIMULATION  # noqa: E402
 
@@ -201,6 +202,13 @@ def render(results: dict[str, Any]) -> str:
             "in turn), the coordinator's that of the process running the ServerApp.",
             "",
             scale_table(scale),
+            "## 5. Rows: a node's table from ten thousand to a million rows",
+            "",
+            "A synthetic binary table split over four nodes on the deployment runtime (the lab's federation, "
+            "default agreements), against plain PyTorch on the same training rows pooled in one process "
+            "(benchmarks/rows.py says how each figure is taken).",
+            "",
+            rows_bench.table(results["rows"]) if results.get("rows") else "(left out: --rows none)\n",
         ]
     )
 
@@ -212,6 +220,7 @@ def main() -> None:
     parser.add_argument("--scale-rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="Simulated runs at a time.")
     parser.add_argument("--skip-overhead", action="store_true", help="Leave out the deployment-runtime part.")
+    parser.add_argument("--rows", default="10000,100000,1000000", help="Table sizes of the rows part ('none': skip).")
     parser.add_argument("--workspace", type=Path, default=ROOT / "workspace" / "bench")
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument("--render", action="store_true", help="Only rewrite results.md from results.json in --out.")
@@ -258,6 +267,11 @@ def main() -> None:
         _say("3. overhead: the lab's demo and a bare Flower app on the deployment runtime")
         overhead = overhead_bench.measure(workspace / "overhead")
 
+    rows: list[dict[str, Any]] | None = None
+    if args.rows != "none":
+        _say("5. rows: the lab's federation and plain PyTorch on growing tables")
+        rows = rows_bench.measure(workspace, [int(s) for s in args.rows.split(",") if s.strip()], 3, say=_say)
+
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     results = {
         "code_version": commit.stdout.strip() or "unknown",
@@ -268,6 +282,7 @@ def main() -> None:
         "pooled": pooled,
         "scale": scale,
         "overhead": overhead,
+        "rows": rows,
         "seconds": time.monotonic() - started,
     }
     markdown = render(results)
