@@ -178,10 +178,12 @@ class Node(Started):
                 if time.monotonic() < due[attribute]:
                     continue
                 logger.warning(
-                    "node %s: %s exited (status %s); starting it again",
+                    "node %s: %s exited (status %s); starting it again; the end of its log (%s):\n%s",
                     self.site.name,
                     proc.name,
                     proc.popen.returncode,
+                    proc.log_path,
+                    proc.tail(5),
                 )
                 proc.log_file.close()
                 if attribute == "process":

@@ -37,13 +37,13 @@ time, goes on to the next one at once instead of when Flower's task heartbeat la
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,8 +240,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per poll of the Runtime API
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         Worker(args.runtime_api, in_flight=args.in_flight).serve()
+    except KeyboardInterrupt:
+        logger.info("warm worker stopped (interrupted)")
+    except SystemExit as exc:  # something called sys.exit: the node's log says what, so its restart is explained
+        logger.warning("warm worker exiting with status %s, asked to by:\n%s", exc.code, traceback.format_exc())
+        raise
+    except BaseException:
+        logger.exception("warm worker stopped by an error")
+        raise
 
 
 if __name__ == "__main__":
