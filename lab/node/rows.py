@@ -4,8 +4,7 @@ kept in the node's process (the warm worker) for the run's later messages.
 Reading a table of a million rows takes tens of seconds; a run sends a node one message a round,
 so each message reading it again would cost more than the training itself. The rows are kept
 for the run that read them: another run, a file changed on disk (its size, time or inode), or
-another spec reads them again. Only the latest two are kept, so a node's memory holds its table
-about once.
+another spec reads them again. Only the latest are kept, so a node's memory holds its table once.
 """
 
 from __future__ import annotations
@@ -26,8 +25,8 @@ __all__ = ["NodeRows", "rows_of"]
 
 logger = logging.getLogger(__name__)
 
-#: How many runs' rows a node process keeps.
-_KEPT = 2
+#: How many runs' rows a node process keeps (a node answers one message at a time).
+_KEPT = 1
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,10 @@ logger = logging.getLogger(__name__)
 #: Seconds between two asks for a task while the node is idle (a request on loopback).
 POLL_SECONDS = 0.05
 
+#: What answering a first message imports (PyTorch's optimisers load torch._dynamo, scikit-learn
+#: its validation stack, seconds each): imported while the node waits for that message.
+WARM_UP = ("torch.optim", "sklearn.model_selection", "lab.core.training", "lab.queries")
+
 
 @dataclass
 class Worker:
@@ -69,6 +73,7 @@ class Worker:
     on_path: str | None = None  # the loaded app's folder, on sys.path while it is the current one
     lock: threading.Lock = field(default_factory=threading.Lock)  # one app at work at a time
     in_flight: Path | None = None  # where the tasks being answered are kept (a worker that dies leaves them)
+    warmed: threading.Event = field(default_factory=threading.Event)  # WARM_UP imported
 
     def client(self, token: str | None = None) -> Any:
         from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
@@ -92,6 +97,7 @@ class Worker:
         from flwr.supercore.constant import TaskType
 
         self.recover()
+        threading.Thread(target=self.warm_up, name="warm-up", daemon=True).start()
         client = self.client()
         request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value])
         logger.info("warm worker serving the SuperNode at %s", self.address)
@@ -106,6 +112,19 @@ class Worker:
         finally:
             client.close()
 
+    def warm_up(self) -> None:
+        """Import WARM_UP before the first message comes (a failure is left for that message)."""
+        import importlib
+
+        started = time.monotonic()
+        for module in WARM_UP:
+            try:
+                importlib.import_module(module)
+            except Exception as exc:  # noqa: BLE001 - answering will meet it again, and say so
+                logger.warning("warm-up: importing %s failed: %s", module, exc)
+        self.warmed.set()
+        logger.info("warm-up: %s imported in %.1f s", ", ".join(WARM_UP), time.monotonic() - started)
+
     def answer(self, token: str) -> None:
         """One task, as Flower's run_clientapp does it, with the app kept loaded."""
         from flwr.app import Error, Message
@@ -119,6 +138,7 @@ class Worker:
         message, context, reply, kept = None, None, None, None
         status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
         try:
+            self.warmed.wait()  # no import of the same modules from two threads at once
             message, context, run, fab = pull_task_input(client)
             kept = self._keep(token, message, context)
             node = str(context.node_config.get("node-name", "?"))
