@@ -24,6 +24,7 @@ from netns import available  # noqa: E402
 from sequence import Deployment  # noqa: E402
 
 from lab.runtime.environ import PRIVATE_ENV  # noqa: E402
+from lab.runtime.processes import interrupt_on_stop_signals  # noqa: E402
 
 
 def show(party: str, text: str) -> None:
@@ -42,6 +43,9 @@ def main() -> None:
     if reason:
         sys.exit(f"the deployment demo needs separate hosts: {reason}")
     os.environ.update(PRIVATE_ENV)
+    # SIGTERM and SIGHUP end the demo the way Ctrl-C does: the hosts' processes, namespaces and
+    # bridge are removed on the way out (by default either signal would leave them all running).
+    interrupt_on_stop_signals()
     folder = (args.folder or Path(tempfile.mkdtemp(prefix="lab-deploy-demo-"))).resolve()
     started = time.monotonic()
     with Deployment(folder, say=show) as deployment:  # the four organisations of `lab demo`

@@ -56,7 +56,7 @@ class Deployment:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.net.stop()
+        self.net.__exit__(*exc)  # Network's own exit: a second Ctrl-C or SIGTERM does not cut it short
 
     # -- where things are ------------------------------------------------------------------
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import psutil
 import pytest
@@ -95,3 +100,84 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     order, so the workers start on the longest and finish together instead of one waiting at
     the end for a long module handed out last."""
     items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: the rest keep their order
+
+
+# -- A suite stopped by a signal tears down ---------------------------------------------------------
+#
+# By default SIGTERM (a CI time limit, `kill`) and SIGHUP (a closed terminal) end pytest at once:
+# no fixture's teardown runs, and the federations, namespaces, bridges and servers the tests started
+# keep running (they live in their own sessions, out of the signal's reach). Here both are made a
+# Ctrl-C: a KeyboardInterrupt in the main thread, after which pytest still runs its session's end
+# (_pytest.main.wrap_session), where _pytest.runner's pytest_sessionfinish tears down every fixture
+# (SetupState.teardown_exact). The xdist controller runs no test: it passes the signal on to its
+# workers, which do, and waits for them. Alone, xdist would end them before their teardown is over:
+# it asks them to exit (NodeManager.teardown_nodes) and kills them after 10 s, and execnet's
+# worker interrupts itself after 5 s and calls os._exit 10 s later.
+
+#: How long a stopped xdist controller waits for its workers' teardowns before xdist ends them.
+TEARDOWN_PATIENCE = 120.0
+
+_stopped_by: list[int] = []  # the signal that is stopping this process, once one has come
+_previous: dict[int, Any] = {}  # the handlers replaced, put back at the end (and in forked children)
+_config: list[pytest.Config] = []  # this process's pytest configuration, for the handler
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    """The first stop signal: passed on to the xdist workers, then raised as Ctrl-C. Any later one
+    (a second Ctrl-C, the terminal's own copy of one passed on, execnet's self-interrupt) is
+    ignored, so that no teardown is cut short half-way; Ctrl-\\ or SIGKILL end one that hangs."""
+    if _stopped_by:
+        return
+    _stopped_by.append(signum)
+    for worker in _workers():
+        with contextlib.suppress(psutil.Error):
+            worker.send_signal(signum)
+    raise KeyboardInterrupt
+
+
+def _workers() -> list[psutil.Process]:
+    """The xdist workers, in the controller (its children: it runs no test, so it starts nothing
+    else); none in a worker or a run without xdist, where the tests' own processes are children."""
+    if not _config or not _config[0].pluginmanager.has_plugin("dsession"):
+        return []
+    return psutil.Process().children()
+
+
+def _restore_signals() -> None:
+    for sig, handler in _previous.items():
+        if signal.getsignal(sig) is _stop:
+            signal.signal(sig, handler)
+
+
+# A process a test forks (multiprocessing) is not pytest: it keeps the usual meaning of each signal.
+os.register_at_fork(after_in_child=_restore_signals)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _config[:] = [config]
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        handler = signal.getsignal(sig)
+        if handler is not signal.SIG_IGN and handler is not None:  # one ignored on purpose stays so (nohup)
+            _previous[sig] = handler
+            signal.signal(sig, _stop)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _restore_signals()
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which ends the workers
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A controller stopped by a signal waits, up to TEARDOWN_PATIENCE, until each worker has ended
+    its session, its teardown included (execnet closes the worker's channel then)."""
+    manager = getattr(session.config.pluginmanager.get_plugin("dsession"), "nodemanager", None)
+    if not _stopped_by or manager is None:
+        return
+    with contextlib.suppress(OSError):  # a closed terminal (SIGHUP) cannot show it
+        name = signal.Signals(_stopped_by[0]).name
+        sys.stderr.write(f"\n{name}: the workers are tearing down every fixture (up to {TEARDOWN_PATIENCE:.0f} s)\n")
+    nodes = [getattr(gateway, "node", None) for gateway in manager.group]  # xdist's WorkerController
+    channels = [node.channel for node in nodes if hasattr(node, "channel")]
+    deadline = time.monotonic() + TEARDOWN_PATIENCE
+    while not all(channel.isclosed() for channel in channels) and time.monotonic() < deadline:
+        time.sleep(0.2)

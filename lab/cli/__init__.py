@@ -7,12 +7,11 @@ runtime, the registry, the node's records) and shows its typed result.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -25,6 +24,7 @@ from lab.cli.inhouse import env_app, evaluate, model_app, predict, spec_app
 from lab.cli.report import report
 from lab.errors import LabError
 from lab.runtime.environ import PRIVATE_ENV, WORKSPACE
+from lab.runtime.processes import interrupt_on_stop_signals
 
 __all__ = ["app", "main"]
 
@@ -60,13 +60,9 @@ app.add_typer(node_app, name="node")
 app.add_typer(coordinator_app, name="coordinator")
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops the lab the way Ctrl-C does: processes first
-
-
 def main() -> NoReturn:
     """Entry point: a user's mistake is one clear line on stderr, never a traceback."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_stop_signals()  # SIGTERM and SIGHUP stop the lab the way Ctrl-C does: processes first
     try:
         app(standalone_mode=True)
     except LabError as exc:

@@ -4,7 +4,6 @@ and each organisation's node (`lab node enroll/start`)."""
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +15,7 @@ from rich.table import Table as RichTable
 
 from lab.cli.governance import node_app
 from lab.errors import UsageError
+from lab.runtime.processes import interrupt_on_stop_signals
 
 __all__ = ["coordinator_app"]
 
@@ -66,7 +66,7 @@ def coordinator_start(
     from lab.runtime.coordinator_host import CONTROL_PORT, CoordinatorHost, tracking_uri_inside
 
     coordinator = CoordinatorHost(home, host, fleet_port, tracking_port)
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_stop_signals()  # SIGTERM and SIGHUP stop the unit the way Ctrl-C does
     with coordinator:
         ca = coordinator.coordinator.certs.ca_cert if coordinator.coordinator.certs else ""
         console.print(f"[green]coordinator running[/] in {coordinator.home}")
@@ -180,7 +180,7 @@ def node_start(
     )
     audit = AuditLog(node.site.audit_path)
     shown = len(audit.entries()) if Path(node.site.audit_path).is_file() else 0
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_stop_signals()  # SIGTERM and SIGHUP stop the unit the way Ctrl-C does
     with node:
         console.print(f"[green]node {escape(name)} started[/], connecting to {escape(coordinator)} (home {node.home})")
         if no_agreement:
@@ -204,7 +204,3 @@ def _decision(entry: dict[str, Any]) -> str:
         return f"[green]answered[/] {escape(str(kind))} of run {run}"
     reason = escape(str(entry.get("reason") or entry.get("clause") or ""))
     return f"[red]{escape(str(decision))}[/] {escape(str(kind))} of run {run}: {reason}"
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops the unit the way Ctrl-C does

@@ -98,8 +98,9 @@ class LocalFederation(Started):
                 log_path=self.logs / f"node-{spec.name}.log",
                 runtime=self.node_runtime,
             )
-            node.start()
+            # Listed before it starts: a Ctrl-C or SIGTERM while it starts stops what it started.
             self.running.append(node)
+            node.start()
         time.sleep(0.5)
         for proc in self.processes:
             proc.check_running()

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import IO, Self
 
 import psutil
@@ -24,10 +24,12 @@ from lab.errors import RuntimeStartError
 
 __all__ = [
     "LOOPBACK",
+    "STOP_SIGNALS",
     "LoggedProcess",
     "Started",
     "executable",
     "free_port",
+    "interrupt_on_stop_signals",
     "start_logged",
     "stop_process",
     "stop_trees",
@@ -37,6 +39,25 @@ logger = logging.getLogger(__name__)
 
 #: The only address the lab's local processes listen on and talk to.
 LOOPBACK = "127.0.0.1"
+
+#: The signals that stop the lab: Ctrl-C, a `kill` or a time limit, a closed terminal or SSH session.
+#: The processes the lab starts run in their own sessions, so a terminal's signals never reach them:
+#: the lab must stop them itself, whichever of these it gets.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # stopped the way Ctrl-C stops it: every started unit's exit runs
+
+
+def interrupt_on_stop_signals() -> None:
+    """Make SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread, as Ctrl-C does, so that
+    every unit of processes stops on its way out. By default either would end the process at once
+    and leave its processes running. A signal the process was started ignoring (``nohup``) stays
+    ignored."""
+    for sig in STOP_SIGNALS[1:]:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _interrupt)
 
 
 class Started:
@@ -52,30 +73,45 @@ class Started:
     def __enter__(self) -> Self:
         try:
             self.start()
-        except BaseException:
-            self.stop()
+        except BaseException as exc:  # Ctrl-C or SIGTERM while starting, too: stop what did start
+            with _uninterrupted(repeat=isinstance(exc, KeyboardInterrupt)):
+                self.stop()
             raise
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        with _uninterrupted():  # a second Ctrl-C or SIGTERM must not cut the stopping short
+        with _uninterrupted(repeat=isinstance(exc, KeyboardInterrupt)):
             self.stop()
 
 
 @contextlib.contextmanager
-def _uninterrupted() -> Iterator[None]:
-    """Ignore SIGINT and SIGTERM meanwhile (in the main thread; elsewhere signals go to it anyway)."""
+def _uninterrupted(*, repeat: bool) -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP meanwhile, so that no signal cuts a stop short (in the main
+    thread; elsewhere signals go to it anyway).
+
+    A signal held is dropped when ``repeat`` (the stop is already the answer to a Ctrl-C or
+    SIGTERM: a second one asks for nothing more), and delivered once the stop is over otherwise:
+    a unit stopping at its normal end must not swallow the signal that stops the whole program
+    (a test suite's worker would go on to its next test)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    held: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        held.append(signum)
+
+    # A handler installed outside Python (getsignal gives None) cannot be put back: left alone.
+    saved = {sig: signal.signal(sig, hold) for sig in STOP_SIGNALS if signal.getsignal(sig) is not None}
     try:
         yield
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+        if held and not repeat:
+            signal.raise_signal(held[0])  # to the handler the program had: it stops as it would have
 
 
 @dataclass
