@@ -1,9 +1,13 @@
 """The task matrix end to end: every case trains, is registered, and reruns in a new process.
 
-The lab's own ServerApp and ClientApp run each case on Flower's simulation runtime (one Ray
-cluster for all, benchmarks/simulated.py), through preparation, training, evaluation, packaging
-and registration. Then one new Python process loads every registered model with plain MLflow,
-predicts on each node's raw table, and reruns the evaluation in-house (tests/matrix_rerun.py).
+The lab's own ServerApp and ClientApp run each case through preparation, training, evaluation,
+packaging and registration on the in-process runtime (benchmarks/inprocess.py): the ServerApp's
+``main`` on a Flower Grid that hands each message, serialised as on the wire, to the ClientApp of
+its node in the same process, each case in a process of its own, two at a time. What the matrix
+checks is the apps' handling of every kind of task and table, not Flower's transport, which the
+deployment tests cover; no Ray cluster has to start in time. Then one new Python process loads
+every registered model with plain MLflow, predicts on each node's raw table, and reruns the
+evaluation in-house (tests/matrix_rerun.py).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from lab.runtime.security import make_federation_key
 from .conftest import ROOT
 from .task_matrix import CASES, Case, floor, write_case
 
+# Still minutes on two cores (13 runs two at a time, then the reruns), so started first (conftest.py).
 pytestmark = [pytest.mark.e2e, pytest.mark.long]
 
 DIABETES = ROOT / "data" / "diabetes"
@@ -44,9 +49,9 @@ SETTINGS = {
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Every case run on the simulation runtime, then rerun in one new process."""
+    """Every case run on the in-process runtime, then rerun in one new process."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    import simulated
+    import inprocess
 
     folder = tmp_path_factory.mktemp("matrix")
     tracking = f"sqlite:///{folder / 'mlflow.db'}"
@@ -75,7 +80,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             "keep_going": True,
         }
     )
-    results = {r["case"]: r for r in simulated.run_jobs(jobs, 2, lambda _: None, tracking_uri=tracking)}
+    results = {r["case"]: r for r in inprocess.run_jobs(jobs, 2, lambda _: None, tracking_uri=tracking)}
     plan = folder / "rerun.json"
     plan.write_text(
         json.dumps(
