@@ -4,7 +4,8 @@ kept in the node's process (the warm worker) for the run's later messages.
 Reading a table of a million rows takes tens of seconds; a run sends a node one message a round,
 so each message reading it again would cost more than the training itself. The rows are kept
 for the run that read them: another run, a file changed on disk (its size, time or inode), or
-another spec reads them again. Only the latest are kept, so a node's memory holds its table once.
+another spec reads them again. Each node keeps only its latest, so its memory holds its table once
+(a process that answers for several nodes, as the in-process runtime's, keeps one for each).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from lab.core.sources import is_sql_url
@@ -25,9 +25,6 @@ __all__ = ["NodeRows", "rows_of"]
 
 logger = logging.getLogger(__name__)
 
-#: How many runs' rows a node process keeps (a node answers one message at a time).
-_KEPT = 1
-
 
 @dataclass(frozen=True)
 class NodeRows:
@@ -37,7 +34,8 @@ class NodeRows:
     fingerprint: str
 
 
-_kept: OrderedDict[tuple[object, ...], NodeRows] = OrderedDict()
+#: By node (its name and secret): what its latest rows were read for, and the rows.
+_kept: dict[tuple[str, bytes], tuple[tuple[object, ...], NodeRows]] = {}
 _lock = threading.Lock()
 
 
@@ -45,12 +43,12 @@ def rows_of(site: NodeSite, spec: TaskSpec, run_id: int) -> NodeRows:
     """The node's rows as ``spec`` reads them in run ``run_id``: from the node's process when this
     run read them before and the table is unchanged, else from the table (which may refuse)."""
     path = site.table_path()
-    key = (site.name, path, spec.sha256, run_id, _version(path), site.secret)
+    node, key = (site.name, site.secret), (path, spec.sha256, run_id, _version(path))
     with _lock:
-        kept = _kept.get(key)
-        if kept is not None:
-            _kept.move_to_end(key)
-            return kept
+        kept = _kept.get(node)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        _kept.pop(node, None)  # the node's earlier rows go before the new ones are read
     started = time.perf_counter()
     data = load_node_data(site.name, path, spec)
     rows = NodeRows(data, data.train.fingerprint(site.secret))
@@ -62,9 +60,7 @@ def rows_of(site: NodeSite, spec: TaskSpec, run_id: int) -> NodeRows:
         time.perf_counter() - started,
     )
     with _lock:
-        _kept[key] = rows
-        while len(_kept) > _KEPT:
-            _kept.popitem(last=False)
+        _kept[node] = (key, rows)
     return rows
 
 
