@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -37,6 +38,19 @@ def identity(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for attribute in ("_run_id", "_node_id", "_task_id"):
         monkeypatch.setattr(TaskIdentity, attribute, 1)
+
+
+@pytest.fixture(autouse=True)
+def _tracking_uri_as_found() -> Iterator[None]:
+    """Each test leaves MLFLOW_TRACKING_URI as it found it: mlflow.set_tracking_uri (a test's own,
+    or the lab's Tracker run in-process) also sets it in the process's environment, and every lab
+    command a later test of the same worker starts would then record to that test's store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != before:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)  # MLflow's own global too; None unsets the variable
 
 
 @pytest.fixture(scope="session")
