@@ -40,7 +40,7 @@ images: setup
 test-containers: images
 	$(BIN)/python -m pytest -m containers -n 0 tests/test_container_federation.py
 
-# Quality, rounds to quality, overhead against bare Flower and scale: benchmarks/results.md (about 18 min).
+# Quality, rounds to quality, overhead against bare Flower, scale and rows (10k to 1M): benchmarks/results.md (about 25 min).
 bench: setup
 	$(BIN)/python benchmarks/run.py
 

@@ -307,7 +307,29 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {lab['cpu_seconds_per_million_rows']} | {plain['cpu_seconds_per_million_rows']} | {r['cpu_ratio']}x "
             f"| {lab['peak_rss_mib_largest_node']} | {plain['peak_rss_mib']} | {shown} / {plain['accuracy']:.3f} |\n"
         )
+    if len(rows) >= 2:
+        text += "\n" + marginal(rows[-2], rows[-1]) + "\n"
     return text
+
+
+def marginal(smaller: dict[str, Any], larger: dict[str, Any]) -> str:
+    """What a row costs the nodes, apart from what a round costs whatever its rows: the slope of
+    the nodes' CPU a round between two sizes, against plain PyTorch's CPU per row."""
+
+    def cpu_per_round(row: dict[str, Any]) -> tuple[float, float]:
+        trained = row["lab"]["rows_trained_per_round"] / 1e6
+        return trained, row["lab"]["cpu_seconds_per_million_rows"] * trained
+
+    (x1, y1), (x2, y2) = cpu_per_round(smaller), cpu_per_round(larger)
+    slope = (y2 - y1) / (x2 - x1)
+    fixed = y1 - slope * x1
+    pooled = larger["pytorch"]["cpu_seconds_per_million_rows"]
+    return (
+        f"Per row (the slope of the nodes' CPU a round between {smaller['rows']:,} and {larger['rows']:,} rows): "
+        f"{slope:.2f} CPU s per million rows trained, {slope / pooled:.2f}x plain PyTorch's {pooled}; the rest, "
+        f"{fixed:.2f} CPU s a round for the four nodes whatever their rows, is what a round costs them apart from "
+        "training (their polling and the messages; not taken apart here)."
+    )
 
 
 def main() -> None:
