@@ -93,6 +93,23 @@ def test_an_organisation_reruns_the_champion_in_house_and_gets_what_was_recorded
     assert 0.5 < deployment.pull_and_evaluate("va")["metrics"]["accuracy"] <= 1.0
 
 
+def _as_member(deployment: Deployment, organisation: str, script: str) -> dict[str, Any]:
+    """What ``script`` prints last (JSON), run on the organisation's host with its tracking account,
+    through the coordinator's front (no retries: a refusal is an answer)."""
+    home = deployment.home(organisation)
+    env = {
+        **deployment.env(),
+        "MLFLOW_TRACKING_URI": f"https://{deployment.coordinator_address}:{TRACKING_PORT}",
+        "MLFLOW_TRACKING_USERNAME": organisation,
+        "MLFLOW_TRACKING_PASSWORD": (home / "tracking-password").read_text().strip(),
+        "MLFLOW_TRACKING_SERVER_CERT_PATH": str(home / "ca.crt"),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    }
+    done = deployment.net.run(organisation, [sys.executable, "-c", script], capture_output=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 #: What an organisation's account reads of the champion's run: the nodes whose figures it finds.
 MEMBER_READS = """
 import json
@@ -120,17 +137,7 @@ def test_a_member_reads_another_members_figures_only_where_its_agreement_allows(
     deployed: tuple[Deployment, Any],
 ) -> None:
     deployment, _ = deployed
-    home = deployment.home("va")
-    env = {
-        **deployment.env(),
-        "MLFLOW_TRACKING_URI": f"https://{deployment.coordinator_address}:{TRACKING_PORT}",
-        "MLFLOW_TRACKING_USERNAME": "va",
-        "MLFLOW_TRACKING_PASSWORD": (home / "tracking-password").read_text().strip(),
-        "MLFLOW_TRACKING_SERVER_CERT_PATH": str(home / "ca.crt"),
-    }
-    done = deployment.net.run("va", [sys.executable, "-c", MEMBER_READS], capture_output=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    read = json.loads(done.stdout.strip().splitlines()[-1])
+    read = _as_member(deployment, "va", MEMBER_READS)
     shown = sorted(SHOWS_FIGURES)
     for kind in ("scores", "baselines", "losses", "rows", "summary", "fingerprint_rows"):
         assert read[kind] == shown, kind
@@ -256,20 +263,7 @@ def test_an_organisations_account_reads_the_federation_and_can_create_write_or_m
     deployed: tuple[Deployment, Any],
 ) -> None:
     deployment, _ = deployed
-    home = deployment.home("hungary")
-    env = {
-        **deployment.env(),
-        "MLFLOW_TRACKING_URI": f"https://{deployment.coordinator_address}:{TRACKING_PORT}",
-        "MLFLOW_TRACKING_USERNAME": "hungary",
-        "MLFLOW_TRACKING_PASSWORD": (home / "tracking-password").read_text().strip(),
-        "MLFLOW_TRACKING_SERVER_CERT_PATH": str(home / "ca.crt"),
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-    }
-    done = deployment.net.run(
-        "hungary", [sys.executable, "-c", MEMBER_ATTEMPTS], capture_output=True, env=env, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    said = json.loads(done.stdout.strip().splitlines()[-1])
+    said = _as_member(deployment, "hungary", MEMBER_ATTEMPTS)
     assert said.pop("read the champion's run") == "allowed"
     assert said == dict.fromkeys(said, "refused (403)")
     assert len(said) == 8
