@@ -125,3 +125,20 @@ def test_the_data_fingerprint_is_keyed_with_the_nodes_secret(tmp_path: Path) -> 
     assert train.fingerprint(first) == train.fingerprint(first) != train.fingerprint(second)
     changed = train.take(pd.RangeIndex(len(train) - 1).to_numpy())  # all rows but one
     assert changed.fingerprint(first) != train.fingerprint(first)
+
+
+def test_a_preparation_asking_a_billion_baseline_epochs_trains_no_more_than_the_bound(tmp_path: Path) -> None:
+    """The baseline's epochs come from the coordinator's message: asked for a billion, the node
+    trains at most BASELINE_MAX_STEPS minibatches (lab.core.training.baseline_steps), answers, and
+    its audit log records what was asked."""
+    from lab.core.training import BASELINE_MAX_ROWS_SEEN, BASELINE_MAX_STEPS, baseline_steps
+
+    rows = len(load_table(SILOS["cleveland"], SPEC, node="cleveland"))
+    for epochs in (50, 10**9):
+        steps, batch = baseline_steps(rows, epochs)
+        assert steps <= BASELINE_MAX_STEPS and steps * batch <= BASELINE_MAX_ROWS_SEEN + batch
+    assert baseline_steps(200, 50) == (2500, 4)  # the demo's tables train as they always did
+    node = Node(tmp_path / "cleveland")
+    assert answer(node.prepare(7, epochs=10**9))["baseline"]  # answered, with its (noised) baseline
+    (entry,) = node.audit()
+    assert entry["asked"]["request"]["baseline_epochs"] == 10**9 and entry["decision"] == "accepted"
