@@ -125,9 +125,16 @@ class _Training:
 
     def asked(self, msg: Message, context: Context) -> dict[str, Any]:
         asked = Instructions.of(msg).describe()
-        models = [r for k, r in msg.content.array_records.items() if k == keys.ARRAYS or k.startswith(keys.CANDIDATE)]
-        asked["models"] = len(models)
-        asked["parameters"] = sum(a.numpy().size for a in models[0].values()) if models else 0
+        records = msg.content.array_records
+        if keys.CANDIDATES in records:  # the candidate models, each parameter stacked over them
+            stacked = [a.shape for a in records[keys.CANDIDATES].values()]
+            count = stacked[0][0] if stacked and stacked[0] else 0
+            asked["models"] = count
+            asked["parameters"] = sum(math.prod(shape[1:]) for shape in stacked) if count else 0
+        else:
+            model = records.get(keys.ARRAYS)
+            asked["models"] = int(model is not None)
+            asked["parameters"] = sum(math.prod(a.shape) for a in model.values()) if model is not None else 0
         return asked
 
     def asks(self, msg: Message, context: Context, agreement: Agreement) -> Request:

@@ -28,8 +28,10 @@ AUC_UNRELIABLE = "auc-unreliable"  # in an evaluate reply: 1 when a class has un
 NOISE_PREFIX = "noise."  # a released score's noise: its standard deviation (lab.core.scores), metric by metric
 
 # Scoring coalitions' models (federation.contributions): an evaluate message of this action holds
-# one ArrayRecord per candidate model, CANDIDATE + its index; the reply one MetricRecord per candidate
+# the candidate models in one ArrayRecord, CANDIDATES, each parameter stacked over the models; the
+# reply one MetricRecord per candidate, CANDIDATE + its index
 CANDIDATES_ACTION = "candidates"
+CANDIDATES = "candidates"
 CANDIDATE = "candidate-"
 
 # A query message's config

@@ -12,7 +12,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from lab.contract import keys
 from lab.contract.records import finite, number, numbers, text, whole
@@ -278,25 +279,38 @@ MAX_CANDIDATES = 4096
 @dataclass(frozen=True)
 class Candidates:
     """Models for a node to score on its test split, in one message: each built by the coordinator
-    from the updates of one coalition of nodes (federation.contributions)."""
+    from the updates of one coalition of nodes (federation.contributions).
+
+    On the wire they are one ArrayRecord whose every parameter holds all the models' values,
+    stacked on a first axis of one entry per model: Flower sends each array (and each chunk of
+    one) as an object of its own, request by request, from the coordinator to the SuperLink, to
+    the node and to its worker, so one record of a model's few arrays, not fifteen, is what keeps
+    the valuation's message as quick as a round's."""
 
     models: list[ArrayRecord]
     instructions: Instructions
 
     def to_record(self) -> RecordDict:
-        records: dict[str, Any] = {keys.CONFIG: self.instructions.to_record()}
-        records.update({f"{keys.CANDIDATE}{i}": arrays for i, arrays in enumerate(self.models)})
-        return RecordDict(records)
+        names = list(self.models[0].keys())
+        if any(list(model.keys()) != names for model in self.models):
+            raise ValueError("candidate models must have the same parameters in the same order")
+        stacked = ArrayRecord({name: Array(np.stack([model[name].numpy() for model in self.models])) for name in names})
+        return RecordDict({keys.CONFIG: self.instructions.to_record(), keys.CANDIDATES: stacked})
 
     @classmethod
     def of(cls, message: Message) -> Candidates:
-        found = {k: v for k, v in message.content.array_records.items() if k.startswith(keys.CANDIDATE)}
-        if not found or len(found) > MAX_CANDIDATES:
-            raise MessageError(f"a candidates message holds {len(found)} models; give 1 to {MAX_CANDIDATES}")
-        models = [found.get(f"{keys.CANDIDATE}{i}") for i in range(len(found))]
-        if any(m is None for m in models):
-            raise MessageError(f"a candidates message's models are not numbered {keys.CANDIDATE}0 to {len(found) - 1}")
-        return cls([m for m in models if m is not None], Instructions.of(message))
+        stacked = message.content.array_records.get(keys.CANDIDATES)
+        if stacked is None or not stacked:
+            raise MessageError(f"a candidates message has no {keys.CANDIDATES!r} record of models")
+        values = {name: array.numpy() for name, array in stacked.items()}
+        counts = {value.shape[0] if value.ndim else 0 for value in values.values()}
+        if len(counts) != 1:
+            raise MessageError(f"a candidates message's parameters stack different numbers of models: {sorted(counts)}")
+        count = counts.pop()
+        if not 1 <= count <= MAX_CANDIDATES:
+            raise MessageError(f"a candidates message holds {count} models; give 1 to {MAX_CANDIDATES}")
+        models = [ArrayRecord({name: Array(value[i]) for name, value in values.items()}) for i in range(count)]
+        return cls(models, Instructions.of(message))
 
 
 @dataclass(frozen=True)
