@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export MLFLOW_ALLOW_PICKLE_DESERIALIZATION := false
 
-.PHONY: setup demo deploy-demo test images test-containers bench bench-load lint lock ui lab clean
+.PHONY: setup demo deploy-demo test test-deployment images test-containers bench bench-load lint lock ui lab clean
 
 # The environment, installed exactly from the lock; redone when the lock or the project changes.
 $(BIN)/.installed: $(LOCK) pyproject.toml
@@ -31,6 +31,11 @@ deploy-demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The README's "Deploy across organisations" played through, every party on a host of its own
+# (network namespaces, nginx, a tracking server; root): about 15 min, so apart from `make test`.
+test-deployment: setup
+	$(BIN)/python -m pytest -m deployment -n 0 tests/test_deployment_e2e.py
 
 # The node and coordinator images, built here with podman (deploy/images.py; environments/README.md).
 images: setup

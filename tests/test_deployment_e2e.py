@@ -33,7 +33,7 @@ def _missing() -> str:
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.long,
+    pytest.mark.deployment,
     pytest.mark.skipif(bool(_missing()), reason=_missing() or "hosts available"),
 ]
 
