@@ -58,9 +58,10 @@ logger = logging.getLogger(__name__)
 #: Seconds between two asks for a task while the node is idle (a request on loopback).
 POLL_SECONDS = 0.05
 
-#: What answering a first message imports (PyTorch's optimisers load torch._dynamo, scikit-learn
-#: its validation stack, seconds each): imported while the node waits for that message.
-WARM_UP = ("torch.optim", "sklearn.model_selection", "lab.core.training", "lab.queries")
+#: What answering a first message imports (scikit-learn's validation stack, PyTorch's optimisers,
+#: whose first construction imports torch._dynamo: seconds each), imported while the node waits for
+#: that message; torch._dynamo is named because importing torch.optim alone leaves it for later.
+WARM_UP = ("torch.optim", "torch._dynamo", "sklearn.model_selection", "lab.core.training", "lab.queries")
 
 
 @dataclass
