@@ -9,7 +9,10 @@ FedAvg and FedProx; FedAdam's and FedYogi's server optimiser is not replayed, so
 approximation (the valuation says so).
 
 The nodes score every candidate model on their own test splits, all of them in one message per
-node (Monte Carlo, above eight nodes, asks once per position of its orderings); a node under its
+node (Monte Carlo, above eight nodes, asks once per position of its orderings). With an exact
+valuation that message goes out beside the final evaluation (``opening``): a SuperNode takes a
+second message waiting for it as soon as it has answered the first, where a message sent later
+would wait for its next idle poll (3 s). A node under its
 minimum row count keeps its scores. A coalition's utility is the spec's first metric pooled over
 the nodes' test rows (lab.core.valuation turns the utilities into Shapley and leave-one-out
 values). Runs with SecAgg+ cannot be valued: the coordinator never sees an individual update.
@@ -33,14 +36,14 @@ from lab.contract.messages import Candidates, CandidateScores, Instructions
 from lab.contract.records import error_reason
 from lab.core.disclosure import subtraction_reveals
 from lab.core.spec import TaskSpec
-from lab.core.valuation import Coalition, Valuation, value
+from lab.core.valuation import EXACT_LIMIT, Coalition, Valuation, coalitions, value
 from lab.errors import LabError, RunFailedError
 from lab.queries.base import Emit
 from lab.queries.prepare import HELD_BACK
 from lab.registry.run_record import CONTRIBUTIONS
 from lab.registry.tracking import Tracker
 
-__all__ = ["UpdateLog", "value_contributions"]
+__all__ = ["Opening", "UpdateLog", "opening", "value_contributions"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +92,34 @@ class UpdateLog:
         return weights
 
 
+@dataclass
+class Opening:
+    """The valuation's first candidates messages, built before the final evaluation so that both
+    go to the nodes together, and the nodes' replies to them once they are in."""
+
+    wanted: list[Coalition]
+    messages: list[Message]
+    replies: list[Message] | None = None
+
+
+def opening(
+    grid: Grid,
+    log: UpdateLog,
+    instructions: Instructions,
+    node_ids: Mapping[int, str],
+    *,
+    hidden: frozenset[str] = frozenset(),
+) -> Opening | None:
+    """The candidates messages of an exact valuation (every coalition), or None where the valuation
+    asks nothing of the nodes (too few nodes, values that could not be recorded) or asks in steps
+    (Monte Carlo)."""
+    names = log.nodes
+    if len(names) < 2 or len(names) > EXACT_LIMIT or subtraction_reveals(hidden & set(names), len(names)):
+        return None
+    wanted = coalitions(names)
+    return Opening(wanted, _messages(grid, _candidates(log, wanted, instructions), node_ids))
+
+
 def value_contributions(
     grid: Grid,
     log: UpdateLog,
@@ -102,9 +133,11 @@ def value_contributions(
     seed: int,
     tracker: Tracker,
     emit: Emit,
+    opened: Opening | None = None,
 ) -> dict[str, Any]:
     """Value every node's contribution, log it to the run, and return it; a valuation that cannot
     be made (too few nodes scored) returns ``{"unavailable": why}`` and leaves the run as it is.
+    The ``opened`` messages' replies, already in, are the scores of their coalitions.
 
     The ``hidden`` nodes' agreements keep their own figures: their values are not recorded, and
     none is where the others' would give a hidden node's by subtraction (the values add up to the
@@ -121,13 +154,16 @@ def value_contributions(
             "figures to itself (allow.node-figures = false)",
         )
     metric, sign = _utility_metric(spec)
-    dtypes = {k: a.dtype for k, a in (log.start or {}).items()}
     asked: dict[str, str] = {}
 
-    def score(coalitions: list[Coalition]) -> dict[Coalition, float]:
-        models = [ArrayRecord({k: Array(v.astype(dtypes[k])) for k, v in log.model(c).items()}) for c in coalitions]
-        scores = _scores(grid, Candidates(models, instructions), node_ids, timeout, asked)
-        return {c: sign * _pooled(metric, [(s[i], rows) for s, rows in scores]) for i, c in enumerate(coalitions)}
+    def score(wanted: list[Coalition]) -> dict[Coalition, float]:
+        if opened is not None and opened.replies is not None and wanted == opened.wanted:
+            messages, replies = opened.messages, opened.replies
+        else:
+            messages = _messages(grid, _candidates(log, wanted, instructions), node_ids)
+            replies = list(grid.send_and_receive(messages, timeout=timeout))
+        scores = _read(messages, replies, len(wanted), node_ids, timeout, asked)
+        return {c: sign * _pooled(metric, [(s[i], rows) for s, rows in scores]) for i, c in enumerate(wanted)}
 
     emit("valuing", nodes=len(log.nodes), metric=metric)
     try:
@@ -151,15 +187,30 @@ def _utility_metric(spec: TaskSpec) -> tuple[str, float]:
     return first, -1.0
 
 
-def _scores(
-    grid: Grid, candidates: Candidates, node_ids: Mapping[int, str], timeout: float, asked: dict[str, str]
-) -> list[tuple[list[dict[str, float]], int]]:
-    """Every connected node's scores of the candidates (one message each), with its test rows."""
+def _candidates(log: UpdateLog, wanted: list[Coalition], instructions: Instructions) -> Candidates:
+    """The models the coalitions ``wanted`` make, in the starting model's dtypes."""
+    dtypes = {k: a.dtype for k, a in (log.start or {}).items()}
+    models = [ArrayRecord({k: Array(v.astype(dtypes[k])) for k, v in log.model(c).items()}) for c in wanted]
+    return Candidates(models, instructions)
+
+
+def _messages(grid: Grid, candidates: Candidates, node_ids: Mapping[int, str]) -> list[Message]:
+    """One message of the candidates to every connected node."""
     connected = sorted(set(grid.get_node_ids()) & set(node_ids))
     content = candidates.to_record()
     kind = f"{MessageType.EVALUATE}.{keys.CANDIDATES_ACTION}"
-    messages = [Message(content, dst_node_id=node_id, message_type=kind) for node_id in connected]
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    return [Message(content, dst_node_id=node_id, message_type=kind) for node_id in connected]
+
+
+def _read(
+    messages: list[Message],
+    replies: list[Message],
+    count: int,
+    node_ids: Mapping[int, str],
+    timeout: float,
+    asked: dict[str, str],
+) -> list[tuple[list[dict[str, float]], int]]:
+    """Every node's scores of the ``count`` candidates its message carried, with its test rows."""
     scored = []
     for reply in replies:
         name = node_ids.get(reply.metadata.src_node_id, f"node-{reply.metadata.src_node_id}")
@@ -170,14 +221,15 @@ def _scores(
         if not answer.scores:
             asked[name] = answer.node.suppressed or "kept its scores"
             continue
-        if len(answer.scores) != len(candidates.models):
-            asked[name] = f"scored {len(answer.scores)} of {len(candidates.models)} models"
+        if len(answer.scores) != count:
+            asked[name] = f"scored {len(answer.scores)} of {count} models"
             continue
         asked[name] = "scored"
         scored.append((answer.scores, answer.num_examples))
-    for node_id in connected:
-        if node_id not in {r.metadata.src_node_id for r in replies}:
-            asked[node_ids[node_id]] = f"no reply within {timeout:.0f} s"
+    answered = {r.metadata.src_node_id for r in replies}
+    for message in messages:
+        if message.metadata.dst_node_id not in answered:
+            asked[node_ids[message.metadata.dst_node_id]] = f"no reply within {timeout:.0f} s"
     if not scored:
         raise RunFailedError(f"no node scored the coalitions' models ({'; '.join(sorted(set(asked.values())))})")
     return scored

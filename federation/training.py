@@ -14,7 +14,7 @@ from flwr.app import Array, ArrayRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from federation.asking import asker, chosen
-from federation.contributions import UpdateLog, value_contributions
+from federation.contributions import Opening, UpdateLog, opening, value_contributions
 from federation.recorder import Recorder
 from federation.rounds import run_rounds
 from federation.secure_aggregation import run_secure_rounds
@@ -99,12 +99,16 @@ def train(
             train_config=instructions.to_record(),
             after_round=keep,
         )
-    _evaluate_final(grid, arrays, instructions, members, recorder, settings)
+    predictor = predictor_from(spec, prepared.scaler, arrays, prepared.target_scaler)
+    names = {n: m.name for n, m in members.items()}
+    hidden = hidden_names(members.values())
+    # The valuation's first message goes out with the final evaluation (federation.contributions).
+    opened = opening(grid, updates, instructions, names, hidden=hidden) if updates and predictor.is_finite() else None
+    _evaluate_final(grid, arrays, instructions, members, recorder, settings, opened)
     if recorder.refusals:
         tracker.log_text(json.dumps(recorder.refusals, indent=2), REFUSALS)
     if recorder.audit_heads:
         tracker.log_text(json.dumps(recorder.audit_heads, indent=2), AUDIT_HEADS)
-    predictor = predictor_from(spec, prepared.scaler, arrays, prepared.target_scaler)
     if not predictor.is_finite():
         raise RunFailedError(
             "the federated model's weights are not finite numbers (the training diverged); nothing is registered: "
@@ -116,14 +120,15 @@ def train(
             grid,
             updates,
             instructions,
-            {n: m.name for n, m in members.items()},
+            names,
             spec,
-            hidden=hidden_names(members.values()),
+            hidden=hidden,
             strategy=settings.strategy,
             timeout=settings.round_timeout,
             seed=settings.seed,
             tracker=tracker,
             emit=emit,
+            opened=opened,
         )
     tracker.log_metrics(_final_metrics(summary), step=settings.num_rounds)
     tracker.log_text(json.dumps(summary, indent=2, allow_nan=True), SUMMARY)
@@ -240,11 +245,17 @@ def _evaluate_final(
     members: dict[int, Member],
     recorder: Recorder,
     settings: RunSettings,
+    opened: Opening | None = None,
 ) -> None:
-    """Score the final model on every participant's test split (the only evaluate message)."""
+    """Score the final model on every participant's test split (the only evaluate message); the
+    ``opened`` valuation's messages go with it, and their replies are kept in it."""
     content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: instructions.to_record()})
     messages = [Message(content, dst_node_id=node_id, message_type=MessageType.EVALUATE) for node_id in members]
-    replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
+    beside = opened.messages if opened is not None else []
+    replies = list(grid.send_and_receive([*messages, *beside], timeout=settings.round_timeout))
+    if opened is not None:  # a reply, an error reply too, has the type of the message it answers
+        opened.replies = [r for r in replies if r.metadata.message_type != MessageType.EVALUATE]
+        replies = [r for r in replies if r.metadata.message_type == MessageType.EVALUATE]
     good = [r for r in replies if not r.has_error()]
     if len(good) < settings.min_nodes:
         raise RunFailedError(
