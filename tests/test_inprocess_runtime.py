@@ -101,3 +101,40 @@ def test_a_message_flower_would_not_take_is_not_delivered(
     monkeypatch.setattr(TaskIdentity, "_run_id", 2)
     assert list(grid.push_messages([_ask(11)])) == []  # made in another run
     assert grid.nodes[11].contexts == {}  # nothing reached a node
+
+
+def test_a_valued_run_sends_the_coalitions_with_the_final_evaluation(
+    inprocess: ModuleType, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exact contributions add no exchange with the nodes: each node's candidates message goes in
+    the same push as its final evaluation (a SuperNode takes the second at once, with no idle
+    poll), and the values are made from those replies."""
+    from lab.core.spec import load_spec
+    from lab.runtime.run import run_settings
+
+    from .conftest import HEART, SILOS
+
+    pushes: list[list[tuple[int, str]]] = []
+    push = inprocess.InProcessGrid.push_messages
+
+    def recorded(self: Any, messages: Any) -> Any:
+        messages = list(messages)
+        pushes.append(sorted((m.metadata.dst_node_id, m.metadata.message_type) for m in messages))
+        return push(self, messages)
+
+    monkeypatch.setattr(inprocess.InProcessGrid, "push_messages", recorded)
+    nodes = {name: str(SILOS[name]) for name in ("cleveland", "hungary", "va")}
+    values = {"num-rounds": 1, "contributions": True, "register": False}
+    settings = run_settings(
+        load_spec(HEART / "task.toml"), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", nodes=3, values=values
+    )
+    final = inprocess.run_federation(settings, nodes, tmp_path / "run")["final"]
+    assert [{kind for _, kind in push} for push in pushes] == [
+        {"query.prepare"},
+        {"train"},
+        {"evaluate", "evaluate.candidates"},
+    ]
+    last = pushes[-1]
+    assert sorted({node for node, _ in last}) == sorted({node for node, kind in last if kind == "evaluate.candidates"})
+    contributions = final["contributions"]
+    assert set(contributions["scored_by"].values()) == {"scored"} and contributions["coalitions_scored"] == 8
