@@ -109,10 +109,24 @@ def leftover_processes(workspace: Path) -> list[str]:
     return found
 
 
+#: Fixture scopes that tie the tests using them to one worker: each worker would otherwise make its
+#: own (a federation started twice). Session fixtures are cheap here (a spec read once a worker).
+_SHARED_SCOPES = ("module", "class", "package")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist turns the groups into its units of work
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules marked ``long`` (minutes each) go first: pytest-xdist hands out modules in this
-    order, so the workers start on the longest and finish together instead of one waiting at
-    the end for a long module handed out last."""
+    """How the suite is shared among pytest-xdist's workers (``--dist loadgroup``): the tests of a
+    module that use one of its module fixtures (a federation started for the module) go to one
+    worker together; every other test goes wherever a worker is free, so a module of long tests
+    that each start their own federation (the notebooks, the faults) is spread over the workers.
+    Tests marked ``long`` (minutes each) go first, so that the workers finish together instead of
+    one waiting at the end for a long test handed out last."""
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        defs = fixtures.name2fixturedefs.values() if fixtures is not None else []
+        if any(chain and chain[-1].scope in _SHARED_SCOPES for chain in defs):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: the rest keep their order
 
 

@@ -28,7 +28,7 @@ from lab.runtime.run import node_specs, run_on, run_settings
 
 from .conftest import HEART, SILOS, leftover_processes, run_lab
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.long]
 
 SPEC = load_spec(HEART / "task.toml")
 NAMES = ("cleveland", "hungary", "va")
@@ -36,8 +36,10 @@ NAMES = ("cleveland", "hungary", "va")
 SLOW = {"baseline-epochs": 2, "local-steps": 1000, "round-timeout": 30}  # 1000: the default limit
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
+    """A federation for each test: the tests take minutes each, and with one of their own they
+    can run on different workers at once (tests/conftest.py)."""
     workspace = tmp_path_factory.mktemp("faults") / "workspace"
     nodes = node_specs({n: str(SILOS[n]) for n in NAMES}, None, workspace=workspace, spec=SPEC)
     with LocalFederation(workspace, nodes, secure=True) as running:
