@@ -124,3 +124,28 @@ def test_at_the_defaults_the_oracle_gets_no_more_right_than_a_coin(tmp_path: Pat
     # The node booked what it released: the run's scores stay within its per-run budget.
     (booking,) = node.ledger().runs().values()
     assert 0 < booking["scores_epsilon"] <= 10.0 + 1e-9
+
+
+def test_candidates_stacked_unevenly_are_refused_before_any_is_scored(tmp_path: Path) -> None:
+    """The candidates travel stacked, one array per parameter over every model: a coordinator that
+    stacks more models in one parameter than in another (to have the node read past a model, or
+    score more than it counts) is refused, and nothing is scored or booked."""
+    from flwr.app import Array, ArrayRecord, RecordDict
+
+    from lab.contract import keys
+
+    node = Node(tmp_path / "cleveland")
+    answer(node.prepare(7))
+    model = zero_model()
+    stacked = {name: np.stack([values] * (2 if i == 0 else 3)) for i, (name, values) in enumerate(model.items())}
+    content = RecordDict(
+        {
+            keys.CONFIG: node.instructions().to_record(),
+            keys.CANDIDATES: ArrayRecord({name: Array(values) for name, values in stacked.items()}),
+        }
+    )
+    reply = node.send(f"evaluate.{keys.CANDIDATES_ACTION}", content, 7)
+    assert reply.has_error() and reply.error.code == keys.REFUSED  # a malformed message, named as such
+    assert "stack different numbers of models: [2, 3]" in reply.error.reason
+    assert node.audit()[-1]["decision"] == "refused"
+    assert all(entry.get("what") != "candidate" for entry in node.ledger().entries())
