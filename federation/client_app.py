@@ -127,10 +127,7 @@ class _Training:
         asked = Instructions.of(msg).describe()
         records = msg.content.array_records
         if keys.CANDIDATES in records:  # the candidate models, each parameter stacked over them
-            stacked = [a.shape for a in records[keys.CANDIDATES].values()]
-            count = stacked[0][0] if stacked and stacked[0] else 0
-            asked["models"] = count
-            asked["parameters"] = sum(math.prod(shape[1:]) for shape in stacked) if count else 0
+            asked["models"], asked["parameters"] = Candidates.size(msg)
         else:
             model = records.get(keys.ARRAYS)
             asked["models"] = int(model is not None)

@@ -103,7 +103,9 @@ def train(
     names = {n: m.name for n, m in members.items()}
     hidden = hidden_names(members.values())
     # The valuation's first message goes out with the final evaluation (federation.contributions).
-    opened = opening(grid, updates, instructions, names, hidden=hidden) if updates and predictor.is_finite() else None
+    opened = None
+    if updates is not None and predictor.is_finite():
+        opened = opening(grid, updates, instructions, names, hidden=hidden)
     _evaluate_final(grid, arrays, instructions, members, recorder, settings, opened)
     if recorder.refusals:
         tracker.log_text(json.dumps(recorder.refusals, indent=2), REFUSALS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -296,6 +297,14 @@ class Candidates:
             raise ValueError("candidate models must have the same parameters in the same order")
         stacked = ArrayRecord({name: Array(np.stack([model[name].numpy() for model in self.models])) for name in names})
         return RecordDict({keys.CONFIG: self.instructions.to_record(), keys.CANDIDATES: stacked})
+
+    @staticmethod
+    def size(message: Message) -> tuple[int, int]:
+        """How many models a candidates message says it carries and the parameters of one, read from
+        its first stacked array without checking the others (for the audit of any message)."""
+        shapes = [array.shape for array in message.content.array_records[keys.CANDIDATES].values()]
+        count = int(shapes[0][0]) if shapes and shapes[0] else 0
+        return count, sum(math.prod(shape[1:]) for shape in shapes) if count else 0
 
     @classmethod
     def of(cls, message: Message) -> Candidates:
