@@ -27,7 +27,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from lab.errors import ModelError, UsageError
-from lab.registry.packaging import ENTRY_POINT
 
 __all__ = [
     "BUNDLE_PATH",
@@ -86,6 +85,8 @@ def sign_bundle(
 ) -> dict[str, Any]:
     """Write the manifest of ``files`` (by their path in the logged model: by default every file in
     ``bundle`` and the lab's entry point) and its signature into ``bundle``; the manifest."""
+    from lab.registry.packaging import ENTRY_POINT  # here: packaging imports MLflow and PyTorch, which no caller of the rest needs
+
     key: Ed25519PrivateKey = _read_key(private_key, private=True)
     if files is None:
         files = {f"{BUNDLE_PATH}/{p.name}": p for p in sorted(bundle.iterdir()) if p.is_file()}
