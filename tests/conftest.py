@@ -98,11 +98,13 @@ def run_lab(*args: str, workspace: Path, timeout: float = 600) -> subprocess.Com
 
 
 def leftover_processes(workspace: Path) -> list[str]:
-    """Processes whose FLWR_HOME lies in the workspace: everything the lab started there."""
+    """Processes whose FLWR_HOME or working directory lies in the workspace: everything the lab
+    started there (a node's worker, forked from a server that has imported what it needs, shows
+    the server's environment, but works in its node's home)."""
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if proc.environ().get("FLWR_HOME", "").startswith(str(workspace)):
+            if any(place.startswith(str(workspace)) for place in (proc.environ().get("FLWR_HOME", ""), proc.cwd())):
                 found.append(f"{proc.pid}: {' '.join(proc.info['cmdline'] or [])}")
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue

@@ -16,6 +16,7 @@ from lab.core.sources import node_source
 from lab.errors import UsageError
 from lab.runtime.connection import Connection
 from lab.runtime.coordinator import Coordinator
+from lab.runtime.forked import start_server
 from lab.runtime.node import Node
 from lab.runtime.processes import LoggedProcess, Started
 from lab.runtime.security import enroll_node
@@ -79,6 +80,8 @@ class LocalFederation(Started):
         # minute), and a run would send them its first message: start from a fresh state.
         for stale in self.workspace.glob("superlink.db*"):
             stale.unlink()
+        if self.node_runtime == "warm":
+            start_server()  # the workers' imports, while the coordinator starts
         self.coordinator.start()
         for spec in self.nodes:
             auth_key = None

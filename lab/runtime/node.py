@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ from lab.node.guard import AGREEMENT_ENV, AUDIT_ENV, NO_AGREEMENT_ENV, write_shi
 from lab.node.site import NodeSite, node_secret
 from lab.runtime.connection import Connection
 from lab.runtime.environ import process_environ
+from lab.runtime.forked import start_forked
 from lab.runtime.processes import (
     LOOPBACK,
     LoggedProcess,
@@ -140,17 +140,15 @@ class Node(Started):
             "--node-config",
             node_config(self.site.node_config()),
         ]
-        worker = [
-            sys.executable, "-m", "lab.runtime.worker", "--runtime-api", f"{LOOPBACK}:{runtime_api}",
-            "--in-flight", str(self.home / "in-flight"),
-        ]  # fmt: skip
+        worker = ["--runtime-api", f"{LOOPBACK}:{runtime_api}", "--in-flight", str(self.home / "in-flight")]
 
         def start_supernode() -> LoggedProcess:
             return start_logged(f"node-{self.site.name}", supernode, env=env, log_path=log_path, cwd=self.home)
 
         def start_worker() -> LoggedProcess:
             worker_log = log_path.with_name(log_path.stem + "-worker.log")
-            return start_logged(f"worker-{self.site.name}", worker, env=env, log_path=worker_log, cwd=self.home)
+            name = f"worker-{self.site.name}"
+            return start_forked(name, "lab.runtime.worker:main", worker, env=env, log_path=worker_log, cwd=self.home)
 
         self._stopping.clear()
         self.process = start_supernode()

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO, Self
+from typing import IO, Protocol, Self
 
 import psutil
 
@@ -25,6 +25,8 @@ from lab.errors import RuntimeStartError
 __all__ = [
     "LOOPBACK",
     "STOP_SIGNALS",
+    "TAGS_ENV",
+    "Child",
     "LoggedProcess",
     "Started",
     "executable",
@@ -114,12 +116,27 @@ def _uninterrupted(*, repeat: bool) -> Iterator[None]:
             signal.raise_signal(held[0])  # to the handler the program had: it stops as it would have
 
 
+class Child(Protocol):
+    """What the lab asks of a process it started: ``subprocess.Popen``, or a forked one
+    (lab.runtime.forked)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int | None: ...
+
+
 @dataclass
 class LoggedProcess:
     """A process started by the lab, and the log file its output goes to."""
 
     name: str
-    popen: subprocess.Popen[bytes]
+    popen: Child
     log_path: Path
     log_file: IO[bytes]
     tag: str = ""  # in LAB_PROCESS_TAGS of its environment and of everything it starts

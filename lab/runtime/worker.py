@@ -61,10 +61,18 @@ logger = logging.getLogger(__name__)
 #: worker's and its SuperNode's), at 0.25 s 0.03.
 POLL_SECONDS = 0.25
 
-#: What answering a first message imports (scikit-learn's validation stack, PyTorch's optimisers,
-#: whose first construction imports torch._dynamo: seconds each), imported while the node waits for
-#: that message; torch._dynamo is named because importing torch.optim alone leaves it for later.
-WARM_UP = ("torch.optim", "torch._dynamo", "sklearn.model_selection", "lab.core.training", "lab.queries")
+#: What answering a first message imports (Flower's ClientApp runtime, scikit-learn's validation
+#: stack, PyTorch's optimisers, whose first construction imports torch._dynamo: seconds each),
+#: imported before that message comes (lab.runtime.forked imports it once for every worker it
+#: forks); torch._dynamo is named because importing torch.optim alone leaves it for later.
+WARM_UP = (
+    "flwr.supernode.runtime.run_clientapp",
+    "torch.optim",
+    "torch._dynamo",
+    "sklearn.model_selection",
+    "lab.core.training",
+    "lab.queries",
+)
 
 
 @dataclass
@@ -264,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per poll of the Runtime API
+    logging.getLogger("flwr").propagate = False  # Flower prints its own lines (imported before: lab.runtime.forked)
     try:
         Worker(args.runtime_api, in_flight=args.in_flight).serve()
     except KeyboardInterrupt:

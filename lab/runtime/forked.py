@@ -1,0 +1,115 @@
+"""Processes forked from a server that has already imported what they need (multiprocessing's
+forkserver, from the standard library).
+
+A node's warm worker imports PyTorch, scikit-learn and Flower before it answers anything: about
+5 CPU-seconds a worker. A federation on one host (the demo, a local run, the tests) starts one
+worker per node, and every one of them paid it, on a machine of two cores at the moment the
+coordinator was starting too. Here the imports are paid once per process that starts workers:
+its forkserver, started on the first worker, imports ``PRELOAD`` and forks each worker from
+itself. A forked worker is a process of its own, as a started one is: its own session (a
+terminal's Ctrl-C reaches it only through the lab, which stops it), environment, working
+directory and log file; nothing of one worker reaches another after the fork. What it shares
+with its siblings is only memory pages of the libraries, copy-on-write.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from lab.runtime.processes import TAGS_ENV, LoggedProcess
+from lab.runtime.worker import WARM_UP
+
+__all__ = ["PRELOAD", "Forked", "start_forked", "start_server"]
+
+#: What the forkserver imports once, before it forks anything: the worker and what answering a
+#: first message needs. Never the app's own code (``federation``): a worker imports that from the
+#: app (FAB) its node approved, afresh for every run.
+PRELOAD = ["lab.runtime.worker", *WARM_UP]
+
+_context: list[Any] = []  # the forkserver context, made on first use (one per process)
+
+
+def _forkserver() -> Any:
+    if not _context:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        _context.append(context)
+    return _context[0]
+
+
+def start_server() -> None:
+    """Start the forkserver now, if it does not run yet, without waiting for its imports: a caller
+    about to start other processes first (a federation's coordinator) lets them overlap. The first
+    fork waits for them."""
+    _forkserver()
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+
+
+class Forked:
+    """A forked process, answering what the lab asks of a started one (``subprocess.Popen``'s
+    ``pid``, ``poll``, ``wait`` and ``returncode``)."""
+
+    def __init__(self, process: Any) -> None:
+        self.process = process
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
+
+    @property
+    def returncode(self) -> int | None:
+        code = self.process.exitcode
+        return None if code is None else int(code)
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        self.process.join(timeout)
+        return self.returncode
+
+
+def start_forked(
+    name: str, target: str, argv: list[str], *, env: dict[str, str], log_path: Path, cwd: Path
+) -> LoggedProcess:
+    """Fork ``target`` (``module:function``, called with ``argv``) from the forkserver, in its own
+    session, with ``env`` as its whole environment, ``cwd`` as its working directory and its output
+    appended to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = log_path.open("ab")
+    tag = uuid.uuid4().hex
+    inherited = env.get(TAGS_ENV, "")
+    env = {**env, TAGS_ENV: f"{inherited},{tag}" if inherited else tag}
+    process = _forkserver().Process(
+        target=_run, args=(target, argv, env, str(log_path), str(cwd)), name=name, daemon=True
+    )
+    process.start()
+    return LoggedProcess(name, Forked(process), log_path, log_file, tag)
+
+
+def _run(target: str, argv: list[str], env: dict[str, str], log_path: str, cwd: str) -> None:
+    """In the forked process: become a process of its own, then call ``target``."""
+    os.setsid()
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    with open(os.devnull, "rb") as devnull:
+        os.dup2(devnull.fileno(), 0)
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    module, function = target.split(":")
+    sys.argv = [module, *argv]
+    getattr(importlib.import_module(module), function)(argv)

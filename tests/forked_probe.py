@@ -1,0 +1,16 @@
+"""A target for tests/test_forked.py to fork: it says where and how it runs, then waits or exits."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+
+def main(argv: list[str]) -> None:
+    print(json.dumps({"argv": argv, "cwd": os.getcwd(), "sid": os.getsid(0), "env": dict(os.environ)}), flush=True)
+    print("to stderr", file=sys.stderr, flush=True)
+    if argv and argv[0] == "wait":
+        time.sleep(600)
+    raise SystemExit(int(argv[0]) if argv and argv[0].isdigit() else 0)
