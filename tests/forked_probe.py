@@ -8,9 +8,10 @@ import sys
 import time
 
 
-def main(argv: list[str]) -> None:
+def main() -> int:
+    argv = sys.argv[1:]
     print(json.dumps({"argv": argv, "cwd": os.getcwd(), "sid": os.getsid(0), "env": dict(os.environ)}), flush=True)
     print("to stderr", file=sys.stderr, flush=True)
     if argv and argv[0] == "wait":
         time.sleep(600)
-    raise SystemExit(int(argv[0]) if argv and argv[0].isdigit() else 0)
+    return int(argv[0]) if argv and argv[0].isdigit() else 0

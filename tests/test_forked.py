@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 
-from lab.runtime.forked import start_forked
+from lab.runtime.forked import start_python
 from lab.runtime.processes import TAGS_ENV, stop_trees
 
 
@@ -28,24 +28,39 @@ def test_a_forked_process_has_its_own_session_environment_folder_and_log(tmp_pat
     home = tmp_path / "home"
     home.mkdir()
     log = tmp_path / "logs" / "probe.log"
-    started = start_forked("probe", "tests.forked_probe:main", ["3"], env={"ONLY": "this"}, log_path=log, cwd=home)
+    env = {**os.environ, "ONLY": "this"}
+    started = start_python("probe", "tests.forked_probe:main", ["3"], env=env, log_path=log, cwd=home)
     assert started.popen.wait(timeout=120) == 3  # its exit status, as a started process's
     record = _record(log)
     assert record["argv"] == ["3"]
     assert record["cwd"] == str(home)
     assert record["sid"] == started.popen.pid != os.getsid(0)  # a session of its own: no terminal's Ctrl-C
-    assert set(record["env"]) == {"ONLY", TAGS_ENV} and record["env"]["ONLY"] == "this"  # nothing of the parent's
-    assert record["env"][TAGS_ENV] == started.tag
+    assert record["env"] == {**env, TAGS_ENV: started.tag}  # what it was given, and its tag
     assert "to stderr" in log.read_text()  # both streams in its log
     started.log_file.close()
 
 
 def test_a_forked_process_is_stopped_by_pid_like_a_started_one(tmp_path: Path) -> None:
     log = tmp_path / "probe.log"
-    started = start_forked("probe", "tests.forked_probe:main", ["wait"], env={}, log_path=log, cwd=tmp_path)
+    env = dict(os.environ)
+    started = start_python("probe", "tests.forked_probe:main", ["wait"], env=env, log_path=log, cwd=tmp_path)
     _record(log)
     assert started.popen.poll() is None
     pid = started.popen.pid
     stop_trees([started], grace=10)
     assert started.popen.poll() is not None
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_process_given_its_own_python_path_starts_an_interpreter_that_imports_from_it(tmp_path: Path) -> None:
+    """A fork imports nothing anew from PYTHONPATH: a node given one of its own (the environment
+    tests' drifted node) gets an interpreter of its own."""
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "only_here.py").write_text((Path(__file__).parent / "forked_probe.py").read_text())
+    env = {**os.environ, "PYTHONPATH": str(own)}
+    log = tmp_path / "probe.log"
+    started = start_python("probe", "only_here:main", ["5"], env=env, log_path=log, cwd=tmp_path)
+    assert started.popen.wait(timeout=120) == 5, log.read_text()
+    assert _record(log)["env"]["PYTHONPATH"] == str(own)
+    started.log_file.close()

@@ -22,25 +22,37 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from lab.runtime.processes import TAGS_ENV, LoggedProcess
+from lab.runtime.environ import PRIVATE_ENV
+from lab.runtime.processes import TAGS_ENV, LoggedProcess, start_logged
 from lab.runtime.worker import WARM_UP
 
-__all__ = ["PRELOAD", "Forked", "start_forked", "start_server"]
+__all__ = ["PRELOAD", "Forked", "start_python", "start_server"]
 
-#: What the forkserver imports once, before it forks anything: the worker and what answering a
-#: first message needs. Never the app's own code (``federation``): a worker imports that from the
+#: What the forkserver imports once, before it forks anything: Flower's SuperNode, the worker and
+#: what answering a first message needs. Never the app's own code (``federation``): a worker imports that from the
 #: app (FAB) its node approved, afresh for every run.
-PRELOAD = ["lab.runtime.worker", *WARM_UP]
+PRELOAD = ["flwr.supernode.cli", "lab.runtime.worker", *WARM_UP]
 
 _context: list[Any] = []  # the forkserver context, made on first use (one per process)
+_server_env: dict[str, str] = {}  # what of the environment the server's interpreter started with
 
 
 def _forkserver() -> Any:
     if not _context:
+        # The server is spawned with this process's environment and imports Flower and MLflow,
+        # which read their telemetry switches once, at import: they must be off before it starts.
+        os.environ.update(PRIVATE_ENV)
+        _server_env.update(_shaping(dict(os.environ)))
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(PRELOAD)
         _context.append(context)
     return _context[0]
+
+
+def _shaping(env: dict[str, str]) -> dict[str, str]:
+    """The variables that shape an interpreter at its start, which a fork cannot change: where it
+    imports from (PYTHONPATH, PYTHONHOME, ...) and what the loader links (LD_*)."""
+    return {k: v for k, v in env.items() if (k.startswith(("PYTHON", "LD_")) and k != "PYTHONUNBUFFERED")}
 
 
 def start_server() -> None:
@@ -77,12 +89,22 @@ class Forked:
         return self.returncode
 
 
-def start_forked(
+def start_python(
     name: str, target: str, argv: list[str], *, env: dict[str, str], log_path: Path, cwd: Path
 ) -> LoggedProcess:
-    """Fork ``target`` (``module:function``, called with ``argv``) from the forkserver, in its own
-    session, with ``env`` as its whole environment, ``cwd`` as its working directory and its output
-    appended to ``log_path``."""
+    """Start ``target`` in its own session, with ``env`` as its whole environment, ``cwd`` as its
+    working directory and its output appended to ``log_path``: forked from the forkserver, or in
+    an interpreter of its own when ``env`` shapes the interpreter otherwise than the server's was
+    (a node given a PYTHONPATH of its own imports what it finds there).
+
+    ``target`` is a console script's entry point (``module:function``, as a package declares it):
+    the function is called with no arguments and ``argv`` as its command line (``sys.argv[1:]``),
+    and what it returns is the process's exit status, as the script would run it."""
+    _forkserver()
+    if _shaping(env) != _server_env:
+        module, function = target.split(":")
+        script = f"import sys; from {module} import {function}; sys.exit({function}())"
+        return start_logged(name, [sys.executable, "-c", script, *argv], env=env, log_path=log_path, cwd=cwd)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = log_path.open("ab")
     tag = uuid.uuid4().hex
@@ -112,4 +134,4 @@ def _run(target: str, argv: list[str], env: dict[str, str], log_path: str, cwd: 
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     module, function = target.split(":")
     sys.argv = [module, *argv]
-    getattr(importlib.import_module(module), function)(argv)
+    raise SystemExit(getattr(importlib.import_module(module), function)())

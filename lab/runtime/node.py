@@ -23,14 +23,12 @@ from lab.node.guard import AGREEMENT_ENV, AUDIT_ENV, NO_AGREEMENT_ENV, write_shi
 from lab.node.site import NodeSite, node_secret
 from lab.runtime.connection import Connection
 from lab.runtime.environ import process_environ
-from lab.runtime.forked import start_forked
+from lab.runtime.forked import start_python
 from lab.runtime.processes import (
     LOOPBACK,
     LoggedProcess,
     Started,
-    executable,
     free_port,
-    start_logged,
     stop_trees,
 )
 
@@ -42,6 +40,9 @@ logger = logging.getLogger(__name__)
 _STEADY = 30.0
 #: The longest wait between two restarts of a process that keeps exiting.
 _MOST_BACKOFF = 10.0
+
+#: Flower's SuperNode, as its console script ``flower-supernode`` runs it.
+SUPERNODE = "flwr.supernode.cli:flower_supernode"
 
 #: How a node answers messages: its warm worker (lab.runtime.worker), or Flower's process per message.
 RUNTIMES = ("warm", "subprocess")
@@ -130,7 +131,6 @@ class Node(Started):
         runtime_api = free_port()
         log_path = self.log_path or self.home / "node.log"
         supernode = [
-            executable("flower-supernode"),
             *transport,
             *isolation,
             "--superlink",
@@ -143,12 +143,13 @@ class Node(Started):
         worker = ["--runtime-api", f"{LOOPBACK}:{runtime_api}", "--in-flight", str(self.home / "in-flight")]
 
         def start_supernode() -> LoggedProcess:
-            return start_logged(f"node-{self.site.name}", supernode, env=env, log_path=log_path, cwd=self.home)
+            name = f"node-{self.site.name}"
+            return start_python(name, SUPERNODE, supernode, env=env, log_path=log_path, cwd=self.home)
 
         def start_worker() -> LoggedProcess:
             worker_log = log_path.with_name(log_path.stem + "-worker.log")
             name = f"worker-{self.site.name}"
-            return start_forked(name, "lab.runtime.worker:main", worker, env=env, log_path=worker_log, cwd=self.home)
+            return start_python(name, "lab.runtime.worker:main", worker, env=env, log_path=worker_log, cwd=self.home)
 
         self._stopping.clear()
         self.process = start_supernode()
@@ -186,8 +187,8 @@ class Node(Started):
                 proc.log_file.close()
                 if attribute == "process":
                     self._release(proc.tail(100_000))
-                self.restarts += 1
                 setattr(self, attribute, start())
+                self.restarts += 1  # once the new one is in place: whoever reads the count finds it
                 if attribute == "process" and self.worker is not None and not self._stopping.is_set():
                     # A worker serves one SuperNode's runtime API with that SuperNode's tokens: the old
                     # one would only find out by being refused (401) and exit. Start it anew now.
