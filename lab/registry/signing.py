@@ -85,7 +85,8 @@ def sign_bundle(
 ) -> dict[str, Any]:
     """Write the manifest of ``files`` (by their path in the logged model: by default every file in
     ``bundle`` and the lab's entry point) and its signature into ``bundle``; the manifest."""
-    from lab.registry.packaging import ENTRY_POINT  # here: packaging imports MLflow and PyTorch, which no caller of the rest needs
+    # Imported here: packaging imports MLflow and PyTorch, which no caller of the rest needs.
+    from lab.registry.packaging import ENTRY_POINT
 
     key: Ed25519PrivateKey = _read_key(private_key, private=True)
     if files is None:
