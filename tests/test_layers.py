@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from .conftest import ROOT
@@ -67,3 +69,11 @@ def test_only_the_command_line_prints_or_draws() -> None:
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} prints")
     assert found == []
+
+
+def test_the_command_line_starts_without_pytorch_or_mlflow() -> None:
+    """`lab --help`, `lab agreement check` and the start of `lab demo` need neither library: they
+    cost every command about 2 s of imports before it did anything."""
+    code = "import sys, lab.cli; print(sorted({'torch', 'mlflow'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert loaded.stdout.strip() == "[]"
