@@ -62,18 +62,17 @@ class AuditLog:
         """Add one entry (time and chain fields are filled in); safe across processes. Returns the
         log's new head."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a+", encoding="utf-8") as fh:
+        with self.path.open("a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             fh.seek(0)
-            last, count = GENESIS, 0
-            for line in fh:
-                if line.strip():
-                    last, count = json.loads(line).get("hash", GENESIS), count + 1
+            lines = [line for line in fh.read().splitlines() if line.strip()]  # only the last is parsed
+            last = json.loads(lines[-1]).get("hash", GENESIS) if lines else GENESIS
             entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields, "prev": last}
             entry["hash"] = _digest(entry, self.key)
             fh.seek(0, 2)
-            fh.write(json.dumps(entry, sort_keys=True) + "\n")
+            fh.write((json.dumps(entry, sort_keys=True) + "\n").encode("utf-8"))
             fh.flush()
+            count = len(lines)
         return AuditHead(count + 1, entry["hash"])
 
     def entries(self) -> list[dict[str, Any]]:
