@@ -1,36 +1,38 @@
 """Processes forked from a server that has already imported what they need (multiprocessing's
 forkserver, from the standard library).
 
-A node's warm worker imports PyTorch, scikit-learn and Flower before it answers anything: about
-5 CPU-seconds a worker. A federation on one host (the demo, a local run, the tests) starts one
-worker per node, and every one of them paid it, on a machine of two cores at the moment the
-coordinator was starting too. Here the imports are paid once per process that starts workers:
-its forkserver, started on the first worker, imports ``PRELOAD`` and forks each worker from
-itself. A forked worker is a process of its own, as a started one is: its own session (a
+A node's warm worker imports PyTorch, scikit-learn and Flower before it answers anything (about
+5 CPU-seconds), and its SuperNode imports Flower (over 1). A federation on one host (the demo, a
+local run, the tests) starts both for every node, and every one of them paid it, on a machine of
+two cores at the moment the coordinator was starting too. Here the imports are paid once per
+process that starts nodes: its forkserver imports ``PRELOAD`` and forks each SuperNode and worker
+from itself. A forked process is a process of its own, as a started one is: its own session (a
 terminal's Ctrl-C reaches it only through the lab, which stops it), environment, working
-directory and log file; nothing of one worker reaches another after the fork. What it shares
-with its siblings is only memory pages of the libraries, copy-on-write.
+directory and log file; nothing of one reaches another after the fork. What it shares with its
+siblings is only memory pages of the libraries, copy-on-write.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import multiprocessing
 import os
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
 from lab.runtime.environ import PRIVATE_ENV
-from lab.runtime.processes import TAGS_ENV, LoggedProcess, start_logged
+from lab.runtime.processes import LoggedProcess, start_logged, tagged
 from lab.runtime.worker import WARM_UP
 
 __all__ = ["PRELOAD", "Forked", "start_python", "start_server"]
 
+logger = logging.getLogger(__name__)
+
 #: What the forkserver imports once, before it forks anything: Flower's SuperNode, the worker and
-#: what answering a first message needs. Never the app's own code (``federation``): a worker imports that from the
-#: app (FAB) its node approved, afresh for every run.
+#: what answering a first message needs. Never the app's own code (``federation``): a worker
+#: imports that from the app (FAB) its node approved, afresh for every run.
 PRELOAD = ["flwr.supernode.cli", "lab.runtime.worker", *WARM_UP]
 
 _context: list[Any] = []  # the forkserver context, made on first use (one per process)
@@ -107,9 +109,8 @@ def start_python(
         return start_logged(name, [sys.executable, "-c", script, *argv], env=env, log_path=log_path, cwd=cwd)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = log_path.open("ab")
-    tag = uuid.uuid4().hex
-    inherited = env.get(TAGS_ENV, "")
-    env = {**env, TAGS_ENV: f"{inherited},{tag}" if inherited else tag}
+    logger.info("forking %s: %s %s", name, target, " ".join(argv))
+    env, tag = tagged(env)
     process = _forkserver().Process(
         target=_run, args=(target, argv, env, str(log_path), str(cwd)), name=name, daemon=True
     )

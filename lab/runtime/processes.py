@@ -33,6 +33,7 @@ __all__ = [
     "free_port",
     "interrupt_on_stop_signals",
     "start_logged",
+    "tagged",
     "stop_process",
     "stop_trees",
 ]
@@ -179,19 +180,25 @@ class LoggedProcess:
 TAGS_ENV = "LAB_PROCESS_TAGS"
 
 
+def tagged(env: dict[str, str]) -> tuple[dict[str, str], str]:
+    """``env`` with a new tag added to its TAGS_ENV, and the tag."""
+    tag = uuid.uuid4().hex
+    inherited = env.get(TAGS_ENV, "")
+    return {**env, TAGS_ENV: f"{inherited},{tag}" if inherited else tag}, tag
+
+
 def start_logged(name: str, argv: list[str], *, env: dict[str, str], log_path: Path, cwd: Path) -> LoggedProcess:
     """Start ``argv`` in its own session, its output appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = log_path.open("ab")
     logger.info("starting %s: %s", name, " ".join(argv))
-    tag = uuid.uuid4().hex
-    inherited = env.get(TAGS_ENV, "")
+    env, tag = tagged(env)
     popen = subprocess.Popen(
         argv,
         stdout=log_file,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        env={**env, TAGS_ENV: f"{inherited},{tag}" if inherited else tag},
+        env=env,
         cwd=cwd,
         start_new_session=True,
     )
