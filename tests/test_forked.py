@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +14,8 @@ import psutil
 
 from lab.runtime.forked import start_python
 from lab.runtime.processes import TAGS_ENV, stop_trees
+
+from .conftest import ROOT
 
 
 def _record(log: Path) -> dict:
@@ -64,3 +68,24 @@ def test_a_process_given_its_own_python_path_starts_an_interpreter_that_imports_
     assert started.popen.wait(timeout=120) == 5, log.read_text()
     assert _record(log)["env"]["PYTHONPATH"] == str(own)
     started.log_file.close()
+
+
+def test_the_forkserver_is_stopped_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """A process that forked nodes leaves nothing running once it has exited: not its forked
+    processes (the lab stops those), not the forkserver, not its resource tracker."""
+    script = (
+        "import os, sys, psutil\n"
+        "from pathlib import Path\n"
+        "from lab.runtime.forked import start_python\n"
+        "here = Path(sys.argv[1])\n"
+        "started = start_python('probe', 'tests.forked_probe:main', ['0'], env=dict(os.environ),"
+        " log_path=here / 'probe.log', cwd=here)\n"
+        "assert started.popen.wait(timeout=120) == 0\n"
+        "print(' '.join(str(p.pid) for p in psutil.Process().children(recursive=True)))\n"
+    )
+    command = [sys.executable, "-c", script, str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr
+    helpers = [int(pid) for pid in done.stdout.split()]
+    assert len(helpers) >= 2  # the forkserver and its resource tracker ran
+    assert [pid for pid in helpers if psutil.pid_exists(pid)] == []

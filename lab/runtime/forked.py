@@ -14,6 +14,7 @@ siblings is only memory pages of the libraries, copy-on-write.
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
 import multiprocessing
@@ -48,7 +49,18 @@ def _forkserver() -> Any:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(PRELOAD)
         _context.append(context)
+        atexit.register(_stop_server)
     return _context[0]
+
+
+def _stop_server() -> None:
+    """At this process's exit: stop the forkserver and its resource tracker, and wait for them.
+    Alone they end a moment after this process does (when the pipe it holds open closes), which is
+    after it, not with it. ``_stop`` is how the standard library's own tests stop them."""
+    from multiprocessing import forkserver, resource_tracker
+
+    forkserver._forkserver._stop()  # type: ignore[attr-defined]
+    resource_tracker._resource_tracker._stop()  # type: ignore[attr-defined]
 
 
 def _shaping(env: dict[str, str]) -> dict[str, str]:
