@@ -80,8 +80,7 @@ class LocalFederation(Started):
         # minute), and a run would send them its first message: start from a fresh state.
         for stale in self.workspace.glob("superlink.db*"):
             stale.unlink()
-        if self.node_runtime == "warm":
-            start_server()  # the workers' imports, while the coordinator starts
+        start_server()  # the nodes' imports (lab.runtime.forked), while the coordinator starts
         self.coordinator.start()
         for spec in self.nodes:
             auth_key = None
