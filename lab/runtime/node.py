@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 _STEADY = 30.0
 #: The longest wait between two restarts of a process that keeps exiting.
 _MOST_BACKOFF = 10.0
+#: Seconds an authenticated node stays away between releasing a dead SuperNode's connection and
+#: starting the next one under the same identity (Node._supervise).
+_AWAY = 5.0
 
 #: Flower's SuperNode, as its console script ``flower-supernode`` runs it.
 SUPERNODE = "flwr.supernode.cli:flower_supernode"
@@ -185,8 +188,11 @@ class Node(Started):
                     proc.tail(5),
                 )
                 proc.log_file.close()
-                if attribute == "process":
-                    self._release(proc.tail(100_000))
+                if attribute == "process" and self._release(proc.tail(100_000)):
+                    # Away for a while: the coordinator, asking every fraction of a second, finds the
+                    # node unavailable and drops the messages the dead SuperNode had taken, which
+                    # nobody can answer now (the new one, under the same identity, never had them).
+                    self._stopping.wait(_AWAY)
                 setattr(self, attribute, start())
                 self.restarts += 1  # once the new one is in place: whoever reads the count finds it
                 if attribute == "process" and self.worker is not None and not self._stopping.is_set():
@@ -197,14 +203,15 @@ class Node(Started):
                 backoff[attribute] = min(max(2 * backoff[attribute], 1.0), _MOST_BACKOFF)
                 due[attribute] = time.monotonic() + backoff[attribute]
 
-    def _release(self, log_text: str) -> None:
+    def _release(self, log_text: str) -> bool:
         """Tell the SuperLink that the node's SuperNode that exited is gone, so that the new one is
         let in now rather than when the old one's heartbeats lapse (up to a minute): Flower's own
         Fleet client, signed with the node's key, sends what a SuperNode sends when it stops.
-        Only an authenticated node has an identity to release; a failure is logged and waited out."""
+        Only an authenticated node has an identity to release; a failure is logged and waited out.
+        Whether it was released."""
         ids = re.findall(r"SuperNode ID: (\d+)", log_text)
         if self.auth_key is None or self.superlink.root_certificates is None or not ids:
-            return
+            return False
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.hazmat.primitives.serialization import load_ssh_private_key
         from flwr.proto.fleet_pb2 import DeactivateNodeRequest
@@ -224,8 +231,10 @@ class Node(Started):
             with FleetHttpClient.from_server_address(address, False, certificates, interceptors) as fleet:
                 fleet.DeactivateNode(DeactivateNodeRequest(node_id=int(ids[-1])))
             logger.info("node %s: released its previous connection (node id %s)", self.site.name, ids[-1])
+            return True
         except Exception as exc:  # noqa: BLE001 - the SuperLink lets the node in once the heartbeats lapse
             logger.warning("node %s: could not release its previous connection: %s", self.site.name, exc)
+            return False
 
     def log_text(self) -> str:
         """The SuperNode's log so far."""
