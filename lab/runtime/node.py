@@ -188,11 +188,12 @@ class Node(Started):
                     proc.tail(5),
                 )
                 proc.log_file.close()
-                if attribute == "process" and self._release(proc.tail(100_000)):
-                    # Away for a while: the coordinator, asking every fraction of a second, finds the
-                    # node unavailable and drops the messages the dead SuperNode had taken, which
-                    # nobody can answer now (the new one, under the same identity, never had them).
-                    self._stopping.wait(_AWAY)
+                # A released node stays away a while: the coordinator, asking every fraction of a
+                # second, finds it unavailable and drops the messages the dead SuperNode had taken,
+                # which nobody can answer now (the new one, under the same identity, never had them).
+                # A node stopped meanwhile starts nothing again.
+                if attribute == "process" and self._release(proc.tail(100_000)) and self._stopping.wait(_AWAY):
+                    continue
                 setattr(self, attribute, start())
                 self.restarts += 1  # once the new one is in place: whoever reads the count finds it
                 if attribute == "process" and self.worker is not None and not self._stopping.is_set():
