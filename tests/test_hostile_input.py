@@ -335,6 +335,7 @@ def _sent(folder: Path, kind: str, config: dict[str, Any], arrays: dict[str, Any
 
     from federation.client_app import SPECS, app
     from lab.contract import keys
+
     audit = folder / "wire" / "audit.jsonl"
     before = _lines(audit)
     # Unbound (--no-agreement): the message reaches the handlers whatever it asks; an agreement's
