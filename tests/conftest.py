@@ -132,6 +132,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: the rest keep their order
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-xdist's own, which names each test's group in its id
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """In a worker of ``--dist loadgroup``: stop at once if pytest-xdist did not group the tests
+    (it passes a test's group on in the test's id, which pytest 9.2's ids ignore: pytest-xdist#1386).
+    Silently ungrouped, every module's federation would start once per worker."""
+    if not session.config.getoption("loadgroup", default=False):
+        return
+    lost = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:
+        why = (
+            f"pytest-xdist did not group {len(lost)} tests (the first: {lost[0]}), so each worker would start "
+            "their module's federation again: keep pytest below 9.2 (environments/requirements.in)"
+        )
+        os.write(2, f"\n{why}\n".encode())  # the worker's own stderr, the controller's terminal: its report is lost
+        pytest.exit(why, returncode=pytest.ExitCode.USAGE_ERROR)
+
+
 # -- A suite stopped by a signal tears down ---------------------------------------------------------
 #
 # By default SIGTERM (a CI time limit, `kill`) and SIGHUP (a closed terminal) end pytest at once:
