@@ -1,4 +1,5 @@
-"""A target for tests/test_forked.py to fork: it says where and how it runs, then waits or exits."""
+"""A target for tests/test_forked.py to fork: it says where and how it runs, then waits, leaves a
+process behind, or exits."""
 
 from __future__ import annotations
 
@@ -14,4 +15,10 @@ def main() -> int:
     print("to stderr", file=sys.stderr, flush=True)
     if argv and argv[0] == "wait":
         time.sleep(600)
+    if argv and argv[0] == "orphan":  # leave a process of its own behind, as a SuperExec's ServerApp may
+        child = os.fork()
+        if child == 0:
+            time.sleep(600)
+            os._exit(0)
+        print(json.dumps({"orphan": child}), flush=True)
     return int(argv[0]) if argv and argv[0].isdigit() else 0

@@ -56,6 +56,21 @@ def test_a_forked_process_is_stopped_by_pid_like_a_started_one(tmp_path: Path) -
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
+def test_what_a_forked_process_left_behind_is_stopped_with_it(tmp_path: Path) -> None:
+    """An orphan of a forked process (a ServerApp whose SuperExec died) shows the forkserver's
+    environment, not its tag: it is found by its session, which the forked process leads."""
+    log = tmp_path / "probe.log"
+    started = start_python(
+        "probe", "tests.forked_probe:main", ["orphan"], env=dict(os.environ), log_path=log, cwd=tmp_path
+    )
+    assert started.popen.wait(timeout=120) == 0
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    orphan = psutil.Process(next(record["orphan"] for record in records if "orphan" in record))
+    assert orphan.is_running() and orphan.ppid() != started.popen.pid  # its parent is gone
+    stop_trees([started], grace=10)
+    assert not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE
+
+
 def test_a_process_given_its_own_python_path_starts_an_interpreter_that_imports_from_it(tmp_path: Path) -> None:
     """A fork imports nothing anew from PYTHONPATH: a node given one of its own (the environment
     tests' drifted node) gets an interpreter of its own."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -206,18 +207,20 @@ def start_logged(name: str, argv: list[str], *, env: dict[str, str], log_path: P
 
 
 def _trees(processes: list[LoggedProcess]) -> list[psutil.Process]:
-    """The processes and everything they started, their orphans included (found by their tags,
-    in one pass over the host's processes)."""
+    """The processes and everything they started, their orphans included (found by their tags, or
+    by their session, which each process the lab starts leads: a process forked from a forked one
+    shows the forkserver's environment, not its own), in one pass over the host's processes."""
     found: dict[int, psutil.Process] = {}
     for proc in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
             parent = psutil.Process(proc.popen.pid)
             found.update({p.pid: p for p in (parent, *parent.children(recursive=True))})
     tags = {proc.tag for proc in processes if proc.tag}
-    for other in psutil.process_iter() if tags else ():
+    sessions = {proc.popen.pid for proc in processes}
+    for other in psutil.process_iter():
         if other.pid not in found:
-            with contextlib.suppress(psutil.Error):
-                if tags.intersection(other.environ().get(TAGS_ENV, "").split(",")):
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getsid(other.pid) in sessions or tags.intersection(other.environ().get(TAGS_ENV, "").split(",")):
                     found[other.pid] = other
     return list(found.values())
 
