@@ -86,11 +86,19 @@ def _when(condition: Any, what: str, timeout: float = 300) -> None:
 
 
 def _in_background(federation: LocalFederation, settings: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    """Start a run on a thread; its ``outcome`` gets its MLflow run id once the run has started,
+    then its ``result`` or ``error`` when it ends."""
     outcome: dict[str, Any] = {}
+
+    def started(event: dict[str, Any]) -> None:
+        if event["event"] == "started" and event.get("mlflow_run_id"):
+            outcome["mlflow_run_id"] = event["mlflow_run_id"]
 
     def go() -> None:
         try:
-            outcome["result"] = run_on(federation.connection, settings, workspace=federation.workspace)
+            outcome["result"] = run_on(
+                federation.connection, settings, workspace=federation.workspace, on_event=started
+            )
         except LabError as exc:
             outcome["error"] = str(exc)
 
@@ -100,14 +108,9 @@ def _in_background(federation: LocalFederation, settings: Any) -> tuple[threadin
 
 
 def _serverapp(federation: LocalFederation) -> psutil.Process:
-    assert federation.coordinator.process is not None
-    found = []
-    for process in psutil.Process(federation.coordinator.process.popen.pid).children(recursive=True):
-        try:
-            if _alive(process) and "flwr-serverapp" in " ".join(process.cmdline()):
-                found.append(process)
-        except psutil.Error:
-            continue
+    """The run's ServerApp: forked by the coordinator's SuperExec (lab.runtime.superexec)."""
+    assert federation.coordinator.superexec is not None
+    found = [p for p in psutil.Process(federation.coordinator.superexec.popen.pid).children() if _alive(p)]
     assert len(found) == 1, found
     return found[0]
 
@@ -119,32 +122,28 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
-def checkpointed_run(tracking_uri: str, server_round: int, since: float, outcome: dict[str, Any] | None = None) -> str:
-    """Wait until the run started after ``since`` (time.time()) in the store at ``tracking_uri``
-    has checkpointed round ``server_round``; its MLflow run id. A run that ends first (its
-    ``outcome``, from ``_in_background``) fails the wait at once, with its error."""
-    client = MlflowClient(tracking_uri=tracking_uri)
-    found: list[str] = []
+def checkpointed_run(tracking_uri: str, server_round: int, outcome: dict[str, Any]) -> str:
+    """Wait until the run started by ``_in_background`` (its ``outcome``) has checkpointed round
+    ``server_round`` in the store at ``tracking_uri``; its MLflow run id. The store is read only
+    once the run has started (its coordinator makes a new store's tables, and two processes making
+    them at once collide). A run that ends first fails the wait at once, with its error."""
 
     def checkpointed() -> bool:
-        assert not outcome, f"the run ended before round {server_round}'s checkpoint: {outcome}"
-        if not found:
-            runs = client.search_runs(
-                [e.experiment_id for e in client.search_experiments()],
-                filter_string=f"attributes.status = 'RUNNING' and attributes.start_time >= {int(since * 1000)}",
-            )
-            found.extend(r.info.run_id for r in runs)
-        return bool(found) and int(client.get_run(found[0]).data.tags.get(ROUND_TAG, 0)) >= server_round
+        ended = {key: outcome[key] for key in ("result", "error") if key in outcome}
+        assert not ended, f"the run ended before round {server_round}'s checkpoint: {ended}"
+        run_id = outcome.get("mlflow_run_id")  # MlflowClient opens the store: only once it is made
+        return (
+            bool(run_id) and int(MlflowClient(tracking_uri).get_run(run_id).data.tags.get(ROUND_TAG, 0)) >= server_round
+        )
 
     _when(checkpointed, f"round {server_round}'s checkpoint")
-    return found[0]
+    return str(outcome["mlflow_run_id"])
 
 
 def _killed_after_round(federation: LocalFederation, settings: Any, server_round: int) -> tuple[str, dict[str, Any]]:
     """Start a run, SIGKILL its ServerApp once round ``server_round`` is checkpointed; its MLflow run id."""
-    since = time.time()
     thread, outcome = _in_background(federation, settings)
-    run_id = checkpointed_run(_uri(federation), server_round, since, outcome)
+    run_id = checkpointed_run(_uri(federation), server_round, outcome)
     _serverapp(federation).kill()
     flower_run = MlflowClient(tracking_uri=_uri(federation)).get_run(run_id).data.tags["flwr.run_id"]
     federation.connection.flwr_json(["stop", flower_run], federation.workspace / "flwr-home", what="stopping")
@@ -280,14 +279,13 @@ def test_a_run_whose_superlink_was_killed_resumes_once_the_coordinator_is_back(
 ) -> None:
     federation = own_federation
     values = {"num-rounds": 3, "baseline-epochs": 2, "local-steps": 50, "seed": 5}
-    since = time.time()
     thread, outcome = _in_background(federation, _settings(federation, **values))
-    run_id = checkpointed_run(_uri(federation), 1, since, outcome)
-    assert federation.coordinator.process is not None
+    run_id = checkpointed_run(_uri(federation), 1, outcome)
+    assert federation.coordinator.process is not None and federation.coordinator.superexec is not None
     superlink = psutil.Process(federation.coordinator.process.popen.pid)
+    superexec = psutil.Process(federation.coordinator.superexec.popen.pid)
     serverapp = _serverapp(federation)
-    started = [p for p in superlink.children(recursive=True) if _alive(p)]
-    assert serverapp in started and len(started) == 2, started  # its SuperExec and the run's ServerApp
+    started = [superexec, serverapp]  # the coordinator's SuperExec and the run's ServerApp
     superlink.kill()
     thread.join(timeout=120)
     assert "error" in outcome, outcome
@@ -295,8 +293,8 @@ def test_a_run_whose_superlink_was_killed_resumes_once_the_coordinator_is_back(
     client = MlflowClient(tracking_uri=_uri(federation))
     assert client.get_run(run_id).info.status == "FAILED"
 
-    # The ServerApp and SuperExec outlive their SuperLink (Flower detaches them): stopping the
-    # coordinator stops them too, and it starts again on its own state (nodes and runs kept).
+    # The ServerApp and SuperExec may outlive their SuperLink a moment: stopping the coordinator
+    # stops them too, and it starts again on its own state (nodes and runs kept).
     federation.coordinator.stop()
     assert [p.pid for p in started if _alive(p)] == []
     federation.coordinator.start()

@@ -70,10 +70,9 @@ def test_the_tracking_store_going_away_for_seconds_or_for_good(federation: Local
     try:
         # Away for a few seconds in the middle of the run: MLflow's retries carry the run over.
         settings = _settings(federation, uri, **values)
-        since = time.time()
         thread, outcome = _in_background(federation, settings)
         client = MlflowClient(tracking_uri=uri)
-        checkpointed_run(uri, 1, since, outcome)
+        checkpointed_run(uri, 1, outcome)
         stop_trees([server], grace=0)
         time.sleep(5)
         server = _tracking_server(tmp_path, port)
@@ -88,9 +87,8 @@ def test_the_tracking_store_going_away_for_seconds_or_for_good(federation: Local
 
         # Away for good: the run fails within its tracking-timeout, and nothing is registered.
         settings = _settings(federation, uri, **{**values, "tracking-timeout": 5})
-        since = time.time()
         thread, outcome = _in_background(federation, settings)
-        lost = checkpointed_run(uri, 1, since, outcome)
+        lost = checkpointed_run(uri, 1, outcome)
         stop_trees([server], grace=0)
         thread.join(timeout=300)  # a guard against a hang: each call to the store waits its timeout
         assert "could not be reached for 5 s (tracking-timeout)" in outcome.get("error", ""), outcome

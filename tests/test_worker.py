@@ -1,5 +1,5 @@
-"""What the warm worker takes from Flower 1.41: if an upgrade moves or changes any of it, this
-fails, naming what changed, before any federation does."""
+"""What the warm worker and the coordinator's warm SuperExec take from Flower 1.41: if an upgrade
+moves or changes any of it, this fails, naming what changed, before any federation does."""
 
 from __future__ import annotations
 
@@ -42,3 +42,25 @@ def test_the_runtime_api_and_helpers_the_worker_uses_are_where_it_expects() -> N
     assert {"start", "stop"} <= set(dir(HeartbeatSender))
     assert SubStatus.COMPLETED and SubStatus.FAILED and ErrorCode.CLIENT_APP_RAISED_EXCEPTION
     assert RuntimeTokenHttpInterceptor and RuntimeVersionHttpInterceptor
+
+
+def test_the_superexec_internals_the_coordinators_superexec_replaces_are_where_it_expects() -> None:
+    """lab.runtime.superexec runs Flower's run_superexec with its own executor in place of the one
+    get_executor makes, and launches a ServerApp as Flower's executor would, with its arguments."""
+    from flwr.supercore.constant import TASK_TYPE_TO_APPIO_API_ADDRESS_ARG, TASK_TYPE_TO_COMMAND, TaskType
+    from flwr.supercore.superexec import run_superexec
+    from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
+    from flwr.supercore.superexec.executor.types import ExecutionSpec, Executor
+    from flwr.superlink.cli.flwr_serverapp import flwr_serverapp
+
+    assert "get_executor(" in inspect.getsource(run_superexec.run_superexec)
+    assert list(inspect.signature(flwr_serverapp).parameters) == []
+    assert TASK_TYPE_TO_COMMAND[TaskType.SERVER_APP] == "flwr-serverapp"
+    assert TASK_TYPE_TO_APPIO_API_ADDRESS_ARG[TaskType.SERVER_APP] == "--runtime-api-address"
+    source = inspect.getsource(SubprocessExecutor.launch)  # the arguments the lab's executor passes too
+    for argument in ('"--token"', '"--insecure"', '"--root-certificates"', '"--parent-pid"', "suppress_output"):
+        assert argument in source, argument
+    assert {"get_eligible_capacity", "wait_for_capacity", "launch", "reconcile", "close"} <= set(dir(Executor))
+    assert {"task_type", "runtime_api_address", "token", "parent_pid", "suppress_output"} <= set(
+        ExecutionSpec.__dataclass_fields__
+    )

@@ -8,6 +8,7 @@ from pathlib import Path
 from lab.registry.signing import PRIVATE_KEY_FILE
 from lab.runtime.connection import Connection
 from lab.runtime.environ import SIGNING_KEY, process_environ
+from lab.runtime.forked import start_python
 from lab.runtime.processes import LOOPBACK, LoggedProcess, Started, executable, free_port, start_logged, stop_trees
 from lab.runtime.security import CoordinatorCerts, init_coordinator, make_federation_key
 
@@ -28,7 +29,12 @@ class Coordinator(Started):
     port: int = 0
     certs: CoordinatorCerts | None = None  # secure, and None: a new CA and certificate in home/certs
     env: dict[str, str] = field(default_factory=dict)  # extra environment (the ServerApp inherits it)
+    #: True: Flower's own SuperExec, started by the SuperLink, which starts each run's ServerApp as
+    #: ``flwr-serverapp`` from the PATH (what a coordinator's own host may do: tests/attacks).
+    #: False: the lab's warm SuperExec (lab.runtime.superexec), started beside the SuperLink.
+    flower_superexec: bool = False
     process: LoggedProcess | None = field(default=None, init=False)
+    superexec: LoggedProcess | None = field(default=None, init=False)
 
     @property
     def address(self) -> str:
@@ -76,13 +82,31 @@ class Coordinator(Started):
                 "--database",
                 str(self.home / "superlink.db"),
                 "--disable-runtime-dependency-installation",
+                *([] if self.flower_superexec else ["--isolation", "process"]),
             ],
-            # The ServerApp inherits the federation's signing key: every model it registers is signed.
-            env={**process_environ(self.flwr_home), SIGNING_KEY.name: str(self.signing_key), **self.env},
+            env=self._environ(),
             log_path=self.home / "logs" / "superlink.log",
             cwd=self.home,
         )
         self.process.wait_listening(self.port, host=self.host)
+        if not self.flower_superexec:
+            self.superexec = self._start_superexec(self.process.popen.pid)
+
+    def _environ(self) -> dict[str, str]:
+        # The ServerApp inherits the federation's signing key: every model it registers is signed.
+        return {**process_environ(self.flwr_home), SIGNING_KEY.name: str(self.signing_key), **self.env}
+
+    def _start_superexec(self, superlink: int) -> LoggedProcess:
+        """The lab's SuperExec (lab.runtime.superexec), in the SuperLink's environment, exiting with it."""
+        transport = ["--root-certificates", str(self.certs.ca_cert)] if self.certs else ["--insecure"]
+        return start_python(
+            "superexec",
+            "lab.runtime.superexec:main",
+            ["--runtime-api-address", self.address, *transport, "--parent-pid", str(superlink)],
+            env=self._environ(),
+            log_path=self.home / "logs" / "superexec.log",
+            cwd=self.home,
+        )
 
     def register(self, public_key: Path, name: str | None = None) -> int:
         """Admit a node's public key (`flwr supernode register`); the node id it will have."""
@@ -90,6 +114,7 @@ class Coordinator(Started):
 
     def stop(self) -> None:
         """Stop the SuperLink and everything it started."""
-        if self.process is not None:
-            stop_trees([self.process])
-            self.process = None
+        started = [p for p in (self.process, self.superexec) if p is not None]
+        if started:
+            stop_trees(started)
+        self.process = self.superexec = None

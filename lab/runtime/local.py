@@ -70,7 +70,7 @@ class LocalFederation(Started):
 
     @property
     def processes(self) -> list[LoggedProcess]:
-        started = [self.coordinator.process] if self.coordinator.process else []
+        started = [p for p in (self.coordinator.process, self.coordinator.superexec) if p is not None]
         return started + [p for node in self.running for p in node.processes]
 
     def start(self) -> None:

@@ -61,6 +61,7 @@ def test_a_curious_coordinators_own_serverapp_is_refused_by_every_node(tmp_path:
         [str(_shim(tmp_path / "attacker-bin")), str(Path(sys.executable).parent), os.environ["PATH"]]
     )
     federation.coordinator.env = {"PATH": path}
+    federation.coordinator.flower_superexec = True  # Flower's own, which starts flwr-serverapp from the PATH
     settings = run_settings(
         spec, tracking_uri=tracking_uri_for(workspace), nodes=2, values={"environment-policy": "warn"}
     )
