@@ -1,12 +1,12 @@
 """What `lab demo` costs in CPU, process by process: every process it starts (the SuperLink, the
-SuperExec Flower detaches, the forkserver and what it forks, `flwr run`, the ServerApp), sampled
+forkserver and what it forks: SuperNodes, workers, the SuperExec and its ServerApps; `flwr run`), sampled
 every half second until the demo ends, with the seconds since the start at which each appeared.
 
     .venv/bin/python benchmarks/demo_cpu.py [--workspace DIR]
 
 A timer of the whole command (farm-bench, `time`) counts only the processes the command waits for:
-not the SuperExec (detached by Flower) nor the processes forked from the forkserver (children of
-the forkserver, which ends with the demo). This counts them all, and so runs a little beside the
+not the processes forked from the forkserver (children of the forkserver, which ends with the
+demo). This counts them all, and so runs a little beside the
 demo itself (one sample of the host's processes every half second).
 """
 

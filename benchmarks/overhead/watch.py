@@ -3,6 +3,7 @@ SuperLink), of their CPU time and memory, of the machine's CPU use, and of the m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -73,9 +74,10 @@ class ProcessWatch:
     lab.runtime.node), which names its node (a process it forks is not counted again); a warm worker
     (``python -m lab.runtime.worker``), a SuperNode (``flower-supernode``) and its SuperExec (``flower-superexec``)
     by their working folder, the node's home ``WORKSPACE/nodes/NAME``; the ServerApp by its ``FLWR_HOME`` inside
-    the workspace. ClientApps and workers of other workspaces are counted as foreign, and the CPU time of every
-    process outside this benchmark's process tree is summed: another federation or test suite on the same
-    machine slows every figure down.
+    the workspace; a process forked from the lab's forkserver by the log it writes to (``_forked``). ClientApps
+    and workers of other workspaces are counted as foreign, and the CPU time of every process outside this
+    benchmark's process tree is summed: another federation or test suite on the same machine slows every
+    figure down.
     """
 
     def __init__(self, workspace: Path, interval: float = 0.25, follow_interval: float = 0.05) -> None:
@@ -216,7 +218,30 @@ class ProcessWatch:
             return None
         return cwd.name if cwd.parent == self.workspace / "nodes" else None
 
+    def _forked(self, pid: int) -> tuple[str, str] | None:
+        """A process forked from the lab's forkserver (lab.runtime.forked) shows the server's command
+        line: it is known by the log its output goes to, ``WORKSPACE/logs/node-NAME[-worker].log`` or
+        ``superexec.log`` (the SuperExec's ServerApps, forked from it, write there too)."""
+        try:
+            log = Path(os.readlink(f"/proc/{pid}/fd/1"))
+        except OSError:
+            return None
+        if log.parent != self.workspace / "logs":
+            return None
+        if log.name == "superexec.log":
+            parent = psutil.Process(pid).ppid()
+            parent_log = Path(os.readlink(f"/proc/{parent}/fd/1")) if psutil.pid_exists(parent) else None
+            return ("serverapp", "") if parent_log == log else ("superexec", "")
+        if log.name.startswith("node-") and log.suffix == ".log":
+            name = log.stem.removeprefix("node-")
+            return ("worker", name.removesuffix("-worker")) if name.endswith("-worker") else ("supernode", name)
+        return None
+
     def _classify(self, pid: int, cmdline: list[str]) -> tuple[str, str] | None:
+        if "multiprocessing.forkserver" in " ".join(cmdline[:3]):
+            with contextlib.suppress(psutil.Error, OSError):
+                return self._forked(pid)
+            return None
         head = cmdline[:2]
         names = {Path(arg).name for arg in head}
         if "flwr-clientapp" in names:
