@@ -30,6 +30,6 @@ def federation() -> Iterator[LocalFederation]:
 
 
 def test_a_federation_runs_until_the_suite_is_stopped(federation: LocalFederation) -> None:
-    assert len(federation.processes) == 3  # the SuperLink, the SuperNode and its worker
+    assert len(federation.processes) == 4  # the SuperLink, its SuperExec, the SuperNode and its worker
     ready("federation")
     time.sleep(SLEEP)
