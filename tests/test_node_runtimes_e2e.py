@@ -23,7 +23,7 @@ from lab.runtime.submit import new_run_dir, submit_run
 
 from .conftest import HEART, ROOT, SILOS, leftover_processes, run_lab
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.long]
 
 SPEC = load_spec(HEART / "task.toml")
 SHORT = {"num-rounds": 2, "baseline-epochs": 2, "local-steps": 20}
