@@ -99,7 +99,8 @@ class CoordinatorHost(Started):
 
     @property
     def processes(self) -> list[LoggedProcess]:
-        return [p for p in (self.coordinator.process, self.tracking.process, self.front.process) if p is not None]
+        started = (self.coordinator.process, self.coordinator.superexec, self.tracking.process, self.front.process)
+        return [p for p in started if p is not None]
 
     def start(self) -> None:
         """Start the SuperLink, the tracking server and the front, in that order."""
