@@ -28,7 +28,10 @@ import os
 import signal
 import sys
 import traceback
-from typing import Any
+
+from flwr.supercore.constant import TaskType
+from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
+from flwr.supercore.superexec.executor.types import ExecutionSpec, LaunchResult
 
 __all__ = ["SERVERAPP_IMPORTS", "ForkingExecutor", "main"]
 
@@ -57,27 +60,16 @@ def _exit_code(code: object) -> int:
     return code if isinstance(code, int) else 1
 
 
-class ForkingExecutor:
+class ForkingExecutor(SubprocessExecutor):
     """Flower's SubprocessExecutor, but a ServerApp's process is forked from this one."""
 
     def __init__(self) -> None:
-        from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
-
-        self.flower = SubprocessExecutor()  # what launches every other task type
+        super().__init__()
         self.children: set[int] = set()
 
-    def get_eligible_capacity(self, supported_task_types: Any, **kwargs: Any) -> Any:
-        return self.flower.get_eligible_capacity(supported_task_types, **kwargs)
-
-    def wait_for_capacity(self, task_type: Any = None, **kwargs: Any) -> None:
-        self.flower.wait_for_capacity(task_type, **kwargs)
-
-    def launch(self, spec: Any) -> Any:
-        from flwr.supercore.constant import TaskType
-        from flwr.supercore.superexec.executor.types import LaunchResult
-
+    def launch(self, spec: ExecutionSpec) -> LaunchResult:
         if spec.task_type != TaskType.SERVER_APP:
-            return self.flower.launch(spec)
+            return super().launch(spec)
         argv = ["flwr-serverapp", "--runtime-api-address", spec.runtime_api_address, "--token", spec.token]
         if spec.insecure:
             argv.append("--insecure")
@@ -105,9 +97,6 @@ class ForkingExecutor:
                     continue
                 logger.info("ServerApp process %d ended with status %d", pid, os.waitstatus_to_exitcode(status))
             self.children.discard(pid)
-
-    def close(self) -> None:
-        self.flower.close()
 
 
 def _serve(argv: list[str], *, quiet: bool) -> None:
