@@ -51,6 +51,11 @@ class Coordinator(Started):
         return self.home / "certs" / PRIVATE_KEY_FILE
 
     @property
+    def processes(self) -> list[LoggedProcess]:
+        """The processes started and running: the SuperLink and the lab's SuperExec beside it."""
+        return [p for p in (self.process, self.superexec) if p is not None]
+
+    @property
     def flwr_home(self) -> Path:
         return self.home / "flwr-home"
 
@@ -114,7 +119,6 @@ class Coordinator(Started):
 
     def stop(self) -> None:
         """Stop the SuperLink and everything it started."""
-        started = [p for p in (self.process, self.superexec) if p is not None]
-        if started:
-            stop_trees(started)
+        if self.processes:
+            stop_trees(self.processes)
         self.process = self.superexec = None

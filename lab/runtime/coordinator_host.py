@@ -99,8 +99,8 @@ class CoordinatorHost(Started):
 
     @property
     def processes(self) -> list[LoggedProcess]:
-        started = (self.coordinator.process, self.coordinator.superexec, self.tracking.process, self.front.process)
-        return [p for p in started if p is not None]
+        others = [p for p in (self.tracking.process, self.front.process) if p is not None]
+        return self.coordinator.processes + others
 
     def start(self) -> None:
         """Start the SuperLink, the tracking server and the front, in that order."""

@@ -70,8 +70,7 @@ class LocalFederation(Started):
 
     @property
     def processes(self) -> list[LoggedProcess]:
-        started = [p for p in (self.coordinator.process, self.coordinator.superexec) if p is not None]
-        return started + [p for node in self.running for p in node.processes]
+        return self.coordinator.processes + [p for node in self.running for p in node.processes]
 
     def start(self) -> None:
         """Start the coordinator, then every node; fail, with the end of its log, if one exits."""
