@@ -118,8 +118,8 @@ def main() -> None:
             trained = run_on(federation.connection, settings, workspace=workspace)
             training = {
                 "seconds": round(time.monotonic() - t0, 1),
-                "nodes_in_final_table": len(trained.summary["nodes"]),
-                "mean": trained.summary["mean"],
+                "nodes_in_final_table": len(trained.summary.nodes),
+                "mean": trained.summary.mean,
             }
             print(f"training: {training['seconds']} s, {training['nodes_in_final_table']} nodes", flush=True)
             request = StatsRequest(columns=("age", "chol"), by=None, crosstab=None, correlation=False)
@@ -136,8 +136,8 @@ def main() -> None:
                 t0 = time.monotonic()
                 result = run_on(federation.connection, query, workspace=workspace)
                 seconds.append(time.monotonic() - t0)
-                answered = result.summary["stats"].get("nodes")
-                counts.add(json.dumps(result.summary["stats"], sort_keys=True, default=str))
+                answered = result.stats.pooled.get("nodes")
+                counts.add(json.dumps(result.stats.pooled, sort_keys=True, default=str))
                 if i in (1, 10, 50, args.queries):
                     samples[i] = footprint(federation)
                     print(f"query {i}: {seconds[-1]:.1f} s, {samples[i]}, answered {answered}", flush=True)

@@ -45,15 +45,15 @@ def run_once(workspace: Path, settings: dict[str, Any]) -> dict[str, Any]:
         load_spec(DATA / "task.toml"), tracking_uri=tracking_uri_for(workspace), nodes=len(nodes), values=settings
     )
     final = run_federation(run, nodes, workspace=workspace).summary
-    epsilons = [row["epsilon"] for row in final["nodes"] if row.get("epsilon") is not None]
+    epsilons = [row.epsilon for row in final.nodes if row.epsilon is not None]
     return {
         "settings": settings,
-        "mean_accuracy": final["mean"]["federated.accuracy"],
-        "mean_auc": final["mean"]["federated.auc"],
-        "local_only_accuracy": final["mean"]["local_only.accuracy"],
-        "per_node_accuracy": {row["node"]: row["federated"].get("accuracy") for row in final["nodes"]},
+        "mean_accuracy": final.mean_of("federated", "accuracy"),
+        "mean_auc": final.mean_of("federated", "auc"),
+        "local_only_accuracy": final.mean_of("local_only", "accuracy"),
+        "per_node_accuracy": {row.node: row.federated.get("accuracy") for row in final.nodes},
         "max_epsilon": max(epsilons) if epsilons else None,
-        "per_node_epsilon": {row["node"]: row.get("epsilon") for row in final["nodes"]},
+        "per_node_epsilon": {row.node: row.epsilon for row in final.nodes},
         "seconds": time.monotonic() - started,
     }
 

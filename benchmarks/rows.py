@@ -209,7 +209,7 @@ def federated(folder: Path, tables: dict[str, Path], rounds: int) -> dict[str, A
         "rows_trained_per_round": trained_per_round,
         "cpu_seconds_per_million_rows": round(later_cpu / ((rounds - 1) * trained_per_round / 1e6), 2),
         "peak_rss_mib_largest_node": round(max(sampler.peak.values()) / 2**20, 1),
-        "mean_accuracy": result.summary["mean"].get("federated.accuracy"),
+        "mean_accuracy": result.summary.mean_of("federated", "accuracy"),
     }
 
 

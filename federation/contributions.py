@@ -24,7 +24,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ from flwr.serverapp import Grid
 from lab.contract import keys
 from lab.contract.messages import Candidates, CandidateScores, Instructions
 from lab.contract.records import error_reason
+from lab.contract.results import Contributions, NodeValue
 from lab.core.disclosure import subtraction_reveals
 from lab.core.spec import TaskSpec
 from lab.core.valuation import EXACT_LIMIT, Coalition, Valuation, coalitions, value
@@ -134,9 +135,9 @@ def value_contributions(
     tracker: Tracker,
     emit: Emit,
     opened: Opening | None = None,
-) -> dict[str, Any]:
+) -> Contributions:
     """Value every node's contribution, log it to the run, and return it; a valuation that cannot
-    be made (too few nodes scored) returns ``{"unavailable": why}`` and leaves the run as it is.
+    be made (too few nodes scored) is ``unavailable``, with why, and leaves the run as it is.
     The ``opened`` messages' replies, already in, are the scores of their coalitions.
 
     The ``hidden`` nodes' agreements keep their own figures: their values are not recorded, and
@@ -172,9 +173,12 @@ def value_contributions(
         return _unavailable(tracker, emit, str(exc))
     result = _result(valuation, metric, sign, strategy, log.numbers, asked)
     if hidden:
-        result["nodes"] = {n: v for n, v in result["nodes"].items() if n not in hidden}
-        result["held_back"] = {n: HELD_BACK for n in sorted(hidden)}
-    _log(tracker, result, valuation)
+        result = replace(
+            result,
+            nodes={n: v for n, v in result.nodes.items() if n not in hidden},
+            held_back={n: HELD_BACK for n in sorted(hidden)},
+        )
+    _log(tracker, result)
     return result
 
 
@@ -244,70 +248,67 @@ def _pooled(metric: str, scores: list[tuple[dict[str, float], int]]) -> float:
 
 def _result(
     valuation: Valuation, metric: str, sign: float, strategy: str, rounds: list[int], asked: dict[str, str]
-) -> dict[str, Any]:
+) -> Contributions:
     note = (
         "Each coalition's model re-aggregates only its members' updates of every round (FedAvg's weighting); "
         f"its utility is {'' if sign > 0 else 'minus '}{metric} pooled over the scoring nodes' test rows."
     )
     if strategy in ("fedadam", "fedyogi"):
         note += f" {strategy}'s server optimiser is not replayed: the coalitions' models approximate it."
-    return {
-        "utility": f"{'' if sign > 0 else '-'}{metric} pooled over the scoring nodes' test rows",
-        "method": valuation.method,
-        "permutations": valuation.orderings or None,
-        "rounds": rounds,
-        "empty_model": valuation.empty,
-        "full_model": valuation.whole,
-        "coalitions_scored": len(valuation.utilities),
-        "scored_by": asked,
-        "nodes": {
-            name: {
-                "shapley": valuation.shapley[name],
-                "standard_error": valuation.standard_error[name],
-                "leave_one_out": valuation.leave_one_out[name],
-            }
+    return Contributions(
+        utility=f"{'' if sign > 0 else '-'}{metric} pooled over the scoring nodes' test rows",
+        method=valuation.method,
+        permutations=valuation.orderings or None,
+        rounds=rounds,
+        empty_model=valuation.empty,
+        full_model=valuation.whole,
+        coalitions_scored=len(valuation.utilities),
+        scored_by=asked,
+        nodes={
+            name: NodeValue(valuation.shapley[name], valuation.standard_error[name], valuation.leave_one_out[name])
             for name in sorted(valuation.shapley)
         },
-        "note": note,
-    }
+        note=note,
+    )
 
 
-def _unavailable(tracker: Tracker, emit: Emit, reason: str) -> dict[str, Any]:
+def _unavailable(tracker: Tracker, emit: Emit, reason: str) -> Contributions:
     emit("warning", reason=f"contributions not valued: {reason}")
-    tracker.log_text(json.dumps({"unavailable": reason}, indent=2), CONTRIBUTIONS)
-    return {"unavailable": reason}
+    result = Contributions(unavailable=reason)
+    tracker.log_text(json.dumps(result.to_json(), indent=2), CONTRIBUTIONS)
+    return result
 
 
-def _log(tracker: Tracker, result: dict[str, Any], valuation: Valuation) -> None:
+def _log(tracker: Tracker, result: Contributions) -> None:
     metrics: dict[str, float] = {}
-    for name, values in result["nodes"].items():
-        metrics[f"contribution.shapley.{name}"] = values["shapley"]
-        metrics[f"contribution.leave_one_out.{name}"] = values["leave_one_out"]
-        if values["standard_error"] is not None:
-            metrics[f"contribution.shapley_se.{name}"] = values["standard_error"]
+    for name, values in result.nodes.items():
+        metrics[f"contribution.shapley.{name}"] = values.shapley
+        metrics[f"contribution.leave_one_out.{name}"] = values.leave_one_out
+        if values.standard_error is not None:
+            metrics[f"contribution.shapley_se.{name}"] = values.standard_error
     tracker.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=0)
-    tracker.log_text(json.dumps(result, indent=2), CONTRIBUTIONS)
-    if result["nodes"]:
+    tracker.log_text(json.dumps(result.to_json(), indent=2), CONTRIBUTIONS)
+    if result.nodes:
         tracker.log_figure(_figure(result), "contributions/contributions.png")
 
 
-def _figure(result: dict[str, Any]) -> Any:
+def _figure(result: Contributions) -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(result["nodes"])
-    shapley = [result["nodes"][n]["shapley"] for n in names]
-    loo = [result["nodes"][n]["leave_one_out"] for n in names]
-    errors = [result["nodes"][n]["standard_error"] or 0.0 for n in names]
+    names = list(result.nodes)
+    shapley = [result.nodes[n].shapley for n in names]
+    loo = [result.nodes[n].leave_one_out for n in names]
+    errors = [result.nodes[n].standard_error or 0.0 for n in names]
     positions = np.arange(len(names))
     figure, axes = plt.subplots(figsize=(6.4, 3.2))
     axes.bar(positions - 0.2, shapley, 0.4, yerr=errors, label="Shapley value", color="#2b6cb0")
     axes.bar(positions + 0.2, loo, 0.4, label="leave-one-out", color="#a0aec0")
     axes.axhline(0, color="black", linewidth=0.8)
     axes.set_xticks(positions, names)
-    axes.set_ylabel(f"contribution to {result['utility'].split(' ')[0]}")
+    axes.set_ylabel(f"contribution to {result.utility.split(' ')[0]}")
     axes.legend(frameon=False)
     figure.tight_layout()
     plt.close(figure)

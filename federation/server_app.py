@@ -8,7 +8,6 @@ import logging
 import traceback
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -17,6 +16,7 @@ from federation.asking import asker
 from federation.grid import PromptGrid
 from federation.training import train
 from lab.contract import events
+from lab.contract.results import Reported
 from lab.contract.settings import RunSettings
 from lab.core.spec import TaskSpec, parse_spec
 from lab.errors import LabError, RunFailedError
@@ -111,10 +111,10 @@ def _record(
                 kept.update(_keep_traceback(tracker))
             raise
     # Only once MLflow has the run's end: whoever reads the run on "done" finds it FINISHED.
-    events.emit("done", **result)
+    events.emit("done", **result.to_json())
 
 
-def _run(grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, fab_hash: str) -> dict[str, Any]:
+def _run(grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, fab_hash: str) -> Reported:
     tracker.log_text(spec.text, "task/spec.toml")
     if settings.environment_lock:
         tracker.log_text(settings.environment_lock, "environment/requirements.lock")

@@ -21,6 +21,7 @@ from federation.secure_aggregation import run_secure_rounds
 from federation.strategies import make_strategy
 from lab.contract import keys
 from lab.contract.messages import Instructions
+from lab.contract.results import NodeRow, PooledAccuracy, RunSummary
 from lab.contract.settings import RunSettings
 from lab.core.disclosure import subtraction_reveals
 from lab.core.environment import Environment
@@ -44,9 +45,7 @@ from lab.runtime.roster import note_seen
 __all__ = ["train"]
 
 
-def train(
-    grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, emit: Emit, fab_hash: str
-) -> dict[str, Any]:
+def train(grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, emit: Emit, fab_hash: str) -> RunSummary:
     """One training run end to end; its summary (every node's scores, the means, the model).
 
     A run that resumes (``settings.resume_run``) takes its model, server optimiser, scalers and
@@ -118,7 +117,7 @@ def train(
         )
     summary = _summary(members, spec, recorder.auc_unreliable)
     if updates is not None:
-        summary["contributions"] = value_contributions(
+        contributions = value_contributions(
             grid,
             updates,
             instructions,
@@ -132,8 +131,9 @@ def train(
             emit=emit,
             opened=opened,
         )
-    tracker.log_metrics(_final_metrics(summary), step=settings.num_rounds)
-    tracker.log_text(json.dumps(summary, indent=2, allow_nan=True), SUMMARY)
+        summary = replace(summary, contributions=contributions)
+    tracker.log_metrics(summary.final_metrics(), step=settings.num_rounds)
+    tracker.log_text(json.dumps(summary.to_json(), indent=2, allow_nan=True), SUMMARY)
     provenance = {
         "environment_fingerprint": guard.lock.fingerprint if guard.lock else "",
         "environment_policy": settings.environment_policy,
@@ -157,7 +157,9 @@ def train(
         signing_key=signing_key,
     )
     if logged is not None:
-        summary.update(model_uri=logged.model_uri, registered=logged.registered_name, version=logged.version)
+        summary = replace(
+            summary, model_uri=logged.model_uri, registered=logged.registered_name, version=logged.version
+        )
     return summary
 
 
@@ -266,14 +268,14 @@ def _evaluate_final(
     recorder.on_evaluate(settings.num_rounds, replies, len(members), recorder.dropped(members, replies))
 
 
-def _summary(members: dict[int, Member], spec: TaskSpec, auc_unreliable: set[str]) -> dict[str, Any]:
+def _summary(members: dict[int, Member], spec: TaskSpec, auc_unreliable: set[str]) -> RunSummary:
     """Every node's scores with their intervals, the means, and the accuracy pooled over the nodes;
     a node's own only where its agreement lets them be shown, and a pooled figure only where it
     gives no hidden node's own by subtraction (what was held back is said in ``held_back``)."""
     rows = [_row(m, spec, m.name in auc_unreliable) for m in sorted(members.values(), key=lambda m: m.name)]
     hidden = hidden_names(members.values())
     held_back: dict[str, str] = {}
-    mean: dict[str, float] = {}
+    mean: dict[str, float | None] = {}
     for metric in spec.metrics:
         for label, side in (("federated", "final"), ("local_only", "baseline")):
             scored = {
@@ -283,7 +285,8 @@ def _summary(members: dict[int, Member], spec: TaskSpec, auc_unreliable: set[str
             if why:
                 held_back[f"mean.{label}.{metric}"] = why
             mean[f"{label}.{metric}"] = float(np.mean(list(scored.values()))) if scored and not why else float("nan")
-    pooled: dict[str, Any] = {}
+    pooled: dict[str, PooledAccuracy] = {}
+    comparison = ""
     if "accuracy" in spec.metrics:
         for label, side in (("federated", "final"), ("local_only", "baseline")):
             counted = [m for m in members.values() if _finite(getattr(m, side).get("accuracy")) and m.test_rows > 0]
@@ -296,63 +299,44 @@ def _summary(members: dict[int, Member], spec: TaskSpec, auc_unreliable: set[str
                 for m in counted
             )
             if found is not None:
-                pooled[label] = {"accuracy": found[0], "test_rows": found[1], "interval": list(found[2])}
+                pooled[label] = PooledAccuracy(*found)
         if {"federated", "local_only"} <= set(pooled):
-            pooled["comparison"] = compare(
-                tuple(pooled["federated"]["interval"]), tuple(pooled["local_only"]["interval"]), _SIDES
-            )
-    summary: dict[str, Any] = {"nodes": rows, "mean": mean, "pooled": pooled, "level": LEVEL}
-    if held_back:
-        summary["held_back"] = held_back
-    return summary
+            comparison = compare(pooled["federated"].interval, pooled["local_only"].interval, _SIDES)
+    return RunSummary(tuple(rows), mean, pooled, comparison, LEVEL, held_back)
 
 
 #: How the federated model and a local-only one are named when their intervals are compared.
 _SIDES = ("federated", "local-only")
 
 
-def _row(member: Member, spec: TaskSpec, auc_unreliable: bool) -> dict[str, Any]:
+def _row(member: Member, spec: TaskSpec, auc_unreliable: bool) -> NodeRow:
     """One node's line of the summary: its rows and scores, and its accuracies' 95% intervals (its
     name alone, with why, where its agreement keeps its figures)."""
     if not member.shows_figures:
-        return {"node": member.name, "organisation": member.organisation, "held_back": HELD_BACK}
-    row: dict[str, Any] = {
-        "node": member.name,
-        "organisation": member.organisation,
-        "train_rows": member.train_rows,
-        "test_rows": member.test_rows,
-        "federated": member.final,
-        "local_only": member.baseline,
-        # Each score's noise (its standard deviation), as the node released it (lab.core.scores).
-        "noise": {"federated": member.final_noise, "local_only": member.baseline_noise},
-        "epsilon": member.epsilon,
-        "auc_unreliable": auc_unreliable,
-    }
+        return NodeRow(member.name, member.organisation, held_back=HELD_BACK)
+    intervals, comparison = None, None
     if "accuracy" in spec.metrics:
         federated = wilson(member.final.get("accuracy"), member.test_rows, member.final_noise.get("accuracy", 0.0))
         local = wilson(member.baseline.get("accuracy"), member.test_rows, member.baseline_noise.get("accuracy", 0.0))
-        row["intervals"] = {
-            "federated": {"accuracy": list(federated)} if federated else {},
-            "local_only": {"accuracy": list(local)} if local else {},
+        intervals = {
+            "federated": {"accuracy": federated} if federated else {},
+            "local_only": {"accuracy": local} if local else {},
         }
-        row["comparison"] = compare(federated, local, _SIDES)
-    return row
-
-
-def _final_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """The summary's means, intervals and pooled accuracies as MLflow metrics."""
-    metrics = {f"final.{k}": v for k, v in summary["mean"].items()}
-    for row in summary["nodes"]:
-        for side, intervals in row.get("intervals", {}).items():
-            for metric, (low, high) in intervals.items():
-                metrics[f"final.node.{row['node']}.{side}.{metric}_ci95_low"] = low
-                metrics[f"final.node.{row['node']}.{side}.{metric}_ci95_high"] = high
-    for side, pooled in summary["pooled"].items():
-        if isinstance(pooled, dict):
-            metrics[f"final.pooled.{side}.accuracy"] = pooled["accuracy"]
-            metrics[f"final.pooled.{side}.accuracy_ci95_low"] = pooled["interval"][0]
-            metrics[f"final.pooled.{side}.accuracy_ci95_high"] = pooled["interval"][1]
-    return {k: v for k, v in metrics.items() if _finite(v)}
+        comparison = compare(federated, local, _SIDES)
+    return NodeRow(
+        member.name,
+        member.organisation,
+        train_rows=member.train_rows,
+        test_rows=member.test_rows,
+        federated=dict(member.final),
+        local_only=dict(member.baseline),
+        # Each score's noise (its standard deviation), as the node released it (lab.core.scores).
+        noise={"federated": dict(member.final_noise), "local_only": dict(member.baseline_noise)},
+        epsilon=member.epsilon,
+        auc_unreliable=auc_unreliable,
+        intervals=intervals,
+        comparison=comparison,
+    )
 
 
 def _finite(value: Any) -> bool:

@@ -31,14 +31,15 @@ from typing import Any
 import pandas as pd
 
 from lab.contract.events import joined_rows
-from lab.core.analytics import DEFAULT_MIN_COUNT, StatsRequest, bin_labels
+from lab.contract.results import PooledAccuracy, PreflightAnswer, RunSummary, StatsAnswer
+from lab.core.analytics import DEFAULT_MIN_COUNT, bin_labels
 from lab.core.spec import TaskSpec, load_spec
 from lab.errors import UsageError
 from lab.registry.rerun import Evaluation, evaluate_table, load_model
 from lab.registry.runs import list_runs
 from lab.runtime.demo import demo_federation
 from lab.runtime.environ import WORKSPACE, federation_key_for
-from lab.runtime.federation import Federation, preflight
+from lab.runtime.federation import Federation
 from lab.runtime.mock import check_request, mock_federation, mock_tables
 from lab.runtime.run import RunResult
 from lab.runtime.submit import Event
@@ -59,54 +60,55 @@ class TrainingRun:
     """
 
     nodes: pd.DataFrame
-    mean: dict[str, float]
-    pooled: dict[str, Any]
+    mean: dict[str, float | None]
+    pooled: dict[str, PooledAccuracy]
+    pooled_comparison: str
     contributions: pd.DataFrame | None
     contributions_note: str
     model_uri: str | None
     registered: str | None
     mlflow_run_id: str | None
     seconds: float
-    summary: dict[str, Any] = field(repr=False)
+    summary: RunSummary = field(repr=False)
 
     @classmethod
     def of(cls, result: RunResult) -> TrainingRun:
         summary = result.summary
         rows = []
-        for node in summary["nodes"]:
+        for node in summary.nodes:
             row: dict[str, Any] = {
-                "node": node["node"],
-                "organisation": node["organisation"],
-                "train_rows": node.get("train_rows"),  # None where the node's agreement keeps its figures
-                "test_rows": node.get("test_rows"),
+                "node": node.node,
+                "organisation": node.organisation,
+                "train_rows": node.train_rows,  # None where the node's agreement keeps its figures
+                "test_rows": node.test_rows,
             }
             for side, prefix in (("federated", ""), ("local_only", "local_")):
-                row.update({f"{prefix}{k}": v for k, v in node.get(side, {}).items()})
-                for metric, (low, high) in node.get("intervals", {}).get(side, {}).items():
+                row.update({f"{prefix}{k}": v for k, v in getattr(node, side).items()})
+                for metric, (low, high) in (node.intervals or {}).get(side, {}).items():
                     row[f"{prefix}{metric}_low"], row[f"{prefix}{metric}_high"] = low, high
             row.update(
-                comparison=node.get("comparison", ""),
-                auc_unreliable=node.get("auc_unreliable", False),
-                epsilon=node.get("epsilon"),
+                comparison=node.comparison or "",
+                auc_unreliable=node.auc_unreliable,
+                epsilon=node.epsilon,
             )
             rows.append(row)
-        valued = summary.get("contributions")
+        valued = summary.contributions
         contributions, note = None, ""
-        if valued is not None and "unavailable" in valued:
-            note = f"not valued: {valued['unavailable']}"
+        if valued is not None and valued.unavailable:
+            note = f"not valued: {valued.unavailable}"
         elif valued is not None:
-            contributions = pd.DataFrame(
-                [{"node": name, **values} for name, values in valued["nodes"].items()]
-            ).set_index("node")
-            note = f"{valued['method']}; utility: {valued['utility']}. {valued['note']}"
+            contributions = pd.DataFrame([{"node": name, **vars(values)} for name, values in valued.nodes.items()])
+            contributions = contributions.set_index("node")
+            note = f"{valued.method}; utility: {valued.utility}. {valued.note}"
         return cls(
             nodes=pd.DataFrame(rows).set_index("node"),
-            mean=dict(summary["mean"]),
-            pooled=dict(summary.get("pooled", {})),
+            mean=dict(summary.mean),
+            pooled=dict(summary.pooled),
+            pooled_comparison=summary.pooled_comparison,
             contributions=contributions,
             contributions_note=note,
-            model_uri=summary.get("model_uri"),
-            registered=summary.get("registered"),
+            model_uri=summary.model_uri,
+            registered=summary.registered,
             mlflow_run_id=result.mlflow_run_id,
             seconds=result.seconds,
             summary=summary,
@@ -116,18 +118,21 @@ class TrainingRun:
 @dataclass(frozen=True)
 class StatsResult:
     """Federated statistics: ``moments`` has a row per column and group (n, mean, sd, how many
-    nodes); ``raw`` is the whole pooled result (histograms, crosstab, correlation), ``notes``
-    what each node held back."""
+    nodes); ``answer`` is the whole result (``answer.pooled``: histograms, crosstab, correlation),
+    ``notes`` what each node held back."""
 
     moments: pd.DataFrame
-    raw: dict[str, Any]
-    notes: dict[str, list[str]]
+    answer: StatsAnswer
     mlflow_run_id: str | None
+
+    @property
+    def notes(self) -> dict[str, list[str]]:
+        return self.answer.notes
 
     def histogram(self, column: str) -> pd.DataFrame:
         """A column's pooled histogram (bins or levels and their row counts; ``incomplete``: a
         node held back a small count from it, so the count is a lower bound)."""
-        figures = self.raw["stats"]["columns"].get(column)
+        figures = self.answer.pooled["columns"].get(column)
         if figures is None or "histogram" not in figures:
             raise UsageError(f"no histogram of column {column!r} in this result; ask stats() for it")
         return pd.DataFrame(
@@ -144,7 +149,7 @@ class Preflight:
 
     problems: pd.DataFrame
     catalogs: dict[str, dict[str, Any]]
-    answers: dict[str, Any] = field(repr=False)
+    answers: PreflightAnswer = field(repr=False)
 
     @property
     def fits(self) -> bool:
@@ -152,19 +157,19 @@ class Preflight:
         return bool((self.problems["problem"] == "").all())
 
     @classmethod
-    def of(cls, answers: dict[str, Any]) -> Preflight:
+    def of(cls, answer: PreflightAnswer) -> Preflight:
         rows = []
-        for name, result in sorted(answers.items()):
-            if "refused" in result:
-                rows.append({"node": name, "rows": None, "column": "", "problem": f"refused: {result['refused']}"})
+        for name, check in sorted(answer.nodes.items()):
+            if check.refused:
+                rows.append({"node": name, "rows": None, "column": "", "problem": f"refused: {check.refused}"})
                 continue
-            count = result["catalog"].get("rows")
-            for problem in result["problems"]:
-                rows.append({"node": name, "rows": count, "column": problem["column"], "problem": problem["problem"]})
-            if not result["problems"]:
+            count = check.catalog.get("rows")
+            for column, problem in check.problems:
+                rows.append({"node": name, "rows": count, "column": column, "problem": problem})
+            if not check.problems:
                 rows.append({"node": name, "rows": count, "column": "", "problem": ""})
-        catalogs = {name: result["catalog"] for name, result in answers.items() if result.get("catalog")}
-        return cls(pd.DataFrame(rows, columns=["node", "rows", "column", "problem"]), catalogs, answers)
+        catalogs = {name: check.catalog for name, check in answer.nodes.items() if check.catalog}
+        return cls(pd.DataFrame(rows, columns=["node", "rows", "column", "problem"]), catalogs, answer)
 
 
 class Progress:
@@ -304,9 +309,8 @@ class Workbench:
 
     def check(self) -> Preflight:
         """Each node's table against the spec, and what it holds (``lab check``)."""
-        found = preflight(
+        found = self.federation.check(
             self.task,
-            self.federation,
             workspace=self.workspace,
             tracking_uri=self.tracking_uri,
             on_event=self._progress("pre-flight check", 1),
@@ -324,32 +328,24 @@ class Workbench:
         min_count: int = DEFAULT_MIN_COUNT,
     ) -> StatsResult:
         """Federated statistics over every node's table (``lab stats``), small counts suppressed."""
-        task = self.task
-        request = StatsRequest(
-            columns=tuple(columns),
+        result = self.federation.stats(
+            self.task,
+            columns,
             by=by,
             crosstab=crosstab,
             correlation=correlation,
-            edges=bins or {},
+            bins=bins,
             min_count=min_count,
-        )
-        request.check(task)  # a wrong column name fails here, before any process starts
-        settings = self.federation.settings(task, self.workspace, self.tracking_uri, {})
-        settings = replace(settings, query="stats", query_request=request.to_json(), min_nodes=1)
-        result = self.federation.federate(
-            settings, workspace=self.workspace, on_event=self._progress("federated statistics", 1)
+            workspace=self.workspace,
+            tracking_uri=self.tracking_uri,
+            on_event=self._progress("federated statistics", 1),
         )
         moments = [
             {"column": column, "group": group, **{k: values.get(k) for k in ("n", "mean", "sd", "nodes", "incomplete")}}
-            for column, figures in result.summary["stats"]["columns"].items()
+            for column, figures in result.stats.pooled["columns"].items()
             for group, values in figures["groups"].items()
         ]
-        return StatsResult(
-            pd.DataFrame(moments).set_index(["column", "group"]),
-            result.summary,
-            dict(result.summary.get("notes", {})),
-            result.mlflow_run_id,
-        )
+        return StatsResult(pd.DataFrame(moments).set_index(["column", "group"]), result.stats, result.mlflow_run_id)
 
     def run(self, **settings: Any) -> TrainingRun:
         """Train the spec's model on the federation (``lab run``). Settings are the run settings
@@ -357,7 +353,7 @@ class Workbench:
         task = self.task
         values = {key.replace("_", "-"): value for key, value in settings.items()}
         typed = self.federation.settings(task, self.workspace, self.tracking_uri, values)
-        result = self.federation.federate(
+        result = self.federation.train(
             typed,
             workspace=self.workspace,
             on_event=self._progress(f"{task.name}: {typed.num_rounds} rounds of {typed.strategy}", typed.num_rounds),

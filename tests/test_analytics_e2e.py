@@ -48,8 +48,8 @@ def analysed(tmp_path_factory: pytest.TempPathFactory, heart_spec: Any) -> tuple
         progress=False,
     )
     result = bench.stats(["age", "chol"], by="exang", crosstab=("cp", "restecg"), correlation=True)
-    assert result.moments.loc[("age", "all"), "n"] == result.raw["stats"]["columns"]["age"]["groups"]["all"]["n"]
-    return workspace, {**result.raw, "mlflow_run_id": result.mlflow_run_id}
+    assert result.moments.loc[("age", "all"), "n"] == result.answer.pooled["columns"]["age"]["groups"]["all"]["n"]
+    return workspace, result
 
 
 def _concatenated(spec: Any, nodes: tuple[str, ...]) -> pd.DataFrame:
@@ -59,7 +59,7 @@ def _concatenated(spec: Any, nodes: tuple[str, ...]) -> pd.DataFrame:
 
 def test_pooled_statistics_equal_those_of_the_concatenated_tables(analysed, heart_spec) -> None:
     _, result = analysed
-    stats = result["stats"]
+    stats = result.answer.pooled
     assert stats["nodes"] == ["cleveland", "hungary", "switzerland"]  # VA refused
     rows = _concatenated(heart_spec, ("cleveland", "hungary", "switzerland"))
     for column in ("age", "chol"):
@@ -84,9 +84,9 @@ def test_small_cells_are_suppressed_at_the_node_and_audited(analysed, heart_spec
     small = (raw.to_numpy() > 0) & (raw.to_numpy() < 5)
     assert small.any()
     # Every cell where Switzerland held a small count back is flagged in the pooled crosstab.
-    incomplete = np.array(result["stats"]["crosstab"]["incomplete"])[:4, :3]
+    incomplete = np.array(result.answer.pooled["crosstab"]["incomplete"])[:4, :3]
     assert incomplete[small].all()
-    assert any("crosstab cp x restecg" in note for note in result["notes"]["switzerland"])
+    assert any("crosstab cp x restecg" in note for note in result.notes["switzerland"])
     entries = [e for e in AuditLog(workspace / "nodes" / "switzerland" / "audit.jsonl").entries()]
     stats_entries = [e for e in entries if e["message_type"] == "query.stats"]
     assert stats_entries and all(e["decision"] == "accepted" for e in stats_entries)
@@ -101,11 +101,11 @@ def test_a_node_whose_agreement_lets_no_analytics_out_refuses(analysed) -> None:
 
 def test_per_node_figures_only_where_the_agreement_allows_and_all_is_recorded(analysed) -> None:
     workspace, result = analysed
-    assert set(result["node_figures"]) == {"cleveland"}
+    assert set(result.answer.node_figures) == {"cleveland"}
     client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
-    run = client.get_run(result["mlflow_run_id"])
+    run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"
-    pooled_age = result["stats"]["columns"]["age"]["groups"]["all"]
+    pooled_age = result.answer.pooled["columns"]["age"]["groups"]["all"]
     assert run.data.metrics["stats.age.all.mean"] == pytest.approx(pooled_age["mean"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "analytics")}
     assert {"analytics/pooled.json", "analytics/histograms.png", "analytics/nodes.json"} <= artifacts

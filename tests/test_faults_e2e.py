@@ -201,8 +201,8 @@ def test_a_run_whose_coordinator_was_killed_resumes_to_the_same_model_bit_for_bi
     assert again.returncode == 2, again.stderr
     assert f"run {run_id} finished; there is nothing to resume" in " ".join(again.stderr.split())
     # The same model, so the same scores, each released with noise: within it of the reference's.
-    for key, value in reference.summary["mean"].items():
-        assert resumed.summary["mean"][key] == pytest.approx(value, abs=0.25, nan_ok=True), key
+    for key, value in reference.summary.mean.items():
+        assert resumed.summary.mean[key] == pytest.approx(value, abs=0.25, nan_ok=True), key
 
 
 def test_a_private_run_resumes_without_spending_its_rounds_again(federation: LocalFederation) -> None:
@@ -213,7 +213,7 @@ def test_a_private_run_resumes_without_spending_its_rounds_again(federation: Loc
     first_flower_run = int(tags["flwr.run_id"])
     resumed = _resume(federation, run_id)
     resumed_flower_run = int(MlflowClient(tracking_uri=_uri(federation)).get_run(run_id).data.tags[RESUMED_BY])
-    assert all(row["epsilon"] is not None for row in resumed.summary["nodes"])
+    assert all(row.epsilon is not None for row in resumed.summary.nodes)
     for name in NAMES:
         ledger = Ledger(federation.workspace / "nodes" / name / "privacy.jsonl")
         attempts = (first_flower_run, resumed_flower_run)
@@ -229,8 +229,7 @@ def test_a_private_run_resumes_without_spending_its_rounds_again(federation: Loc
         total = sum(runs[key]["epsilon"] for key in bookings)
         assert ledger.spent() >= total > max(runs[key]["epsilon"] for key in bookings)
         resumed_key = next(key for key, flower_run in bookings.items() if flower_run == resumed_flower_run)
-        node = next(row for row in resumed.summary["nodes"] if row["node"] == name)
-        assert node["epsilon"] == pytest.approx(runs[resumed_key]["epsilon"])
+        assert resumed.summary.node(name).epsilon == pytest.approx(runs[resumed_key]["epsilon"])
 
 
 def test_a_node_killed_mid_round_is_left_out_of_that_round_and_takes_part_again(
@@ -255,7 +254,7 @@ def test_a_node_killed_mid_round_is_left_out_of_that_round_and_takes_part_again(
     thread.join(timeout=3600)
     assert "result" in outcome, outcome
     result = outcome["result"]
-    assert [n["node"] for n in result.summary["nodes"]] == list(NAMES)
+    assert [n.node for n in result.summary.nodes] == list(NAMES)
     assert cleveland.restarts > restarts[0] and hungary.restarts > restarts[1]
 
     client = MlflowClient(tracking_uri=_uri(federation))

@@ -56,7 +56,7 @@ CONTRIBUTIONS = {
     "utility": "mean accuracy of the final model over the nodes' test splits",
     "method": "exact",
     "permutations": None,
-    "rounds": 2,
+    "rounds": [1, 2],
     "empty_model": 0.55,
     "full_model": 0.79,
     "nodes": {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,7 +28,7 @@ from lab.core.spec import TaskSpec, load_spec, parse_spec
 from lab.errors import UsageError
 from lab.runtime.environ import WORKSPACE, tracking_uri_for
 from lab.runtime.federation import Federation
-from lab.runtime.run import RunResult, run_settings
+from lab.runtime.run import run_settings
 
 __all__ = ["check", "demo", "mock", "run", "runs", "stats", "ui"]
 
@@ -85,24 +84,24 @@ def _federation(
 
 
 @contextmanager
-def _progress(spec: TaskSpec, settings: RunSettings, federation: Federation, workspace: Path) -> Iterator[ProgressView]:
-    """A progress view of a run: the rounds of a training run, or the nodes' answers to a query."""
-    training = not settings.query
-    rounds = settings.num_rounds if training else 1
-    what = {"catalog": "pre-flight check", "stats": "federated analytics"}.get(
-        settings.query, f"{rounds} rounds of {settings.strategy}"
-    )
+def _progress(
+    spec: TaskSpec, federation: Federation, workspace: Path, *, what: str, rounds: int = 0
+) -> Iterator[ProgressView]:
+    """A progress view of a run: the ``rounds`` of a training run, or the nodes' answers to a query."""
     console.print(f"[bold]{escape(spec.name)}[/]: {escape(federation.describe())}, {what}; workspace {workspace}")
     logs = workspace.resolve() / "logs" if federation.coordinator is None else None
     local = frozenset(federation.nodes)
-    with ProgressView(rounds=rounds, metric=spec.metrics[0], training=training, logs=logs, local=local) as view:
+    training = rounds > 0
+    with ProgressView(rounds=rounds or 1, metric=spec.metrics[0], training=training, logs=logs, local=local) as view:
         yield view
 
 
-def _federate(spec: TaskSpec, settings: RunSettings, federation: Federation, *, workspace: Path) -> RunResult:
-    """Run with a progress view."""
-    with _progress(spec, settings, federation, workspace) as view:
-        return federation.federate(settings, workspace=workspace, on_event=view)
+def _train(spec: TaskSpec, settings: RunSettings, federation: Federation, *, workspace: Path) -> None:
+    """Train with a progress view, then show the result."""
+    what = f"{settings.num_rounds} rounds of {settings.strategy}"
+    with _progress(spec, federation, workspace, what=what, rounds=settings.num_rounds) as view:
+        result = federation.train(settings, workspace=workspace, on_event=view)
+    summary_table(result.summary, spec.metrics, result.seconds)
 
 
 def demo(
@@ -129,7 +128,7 @@ def demo(
         values={"num-rounds": rounds, "strategy": strategy, "contributions": True},
     )
     local = Federation.local(federation.nodes, federation.agreements, secure=secure, node_runtime=node_runtime)
-    summary_table(_federate(spec, settings, local, workspace=workspace), spec.metrics)
+    _train(spec, settings, local, workspace=workspace)
 
 
 def run(
@@ -176,7 +175,7 @@ def run(
             )
         settings = federation.resumed(resume, workspace, tracking_uri)
         resumed = parse_spec(settings.task_spec, source=f"the task spec of run {resume}")
-        summary_table(_federate(resumed, settings, federation, workspace=workspace), resumed.metrics)
+        _train(resumed, settings, federation, workspace=workspace)
         return
     if spec is None:
         raise UsageError("give the task, --spec TASK.toml (or --resume RUN_ID to continue a run)")
@@ -190,7 +189,7 @@ def run(
         **_settings(setting or []),
     }
     settings = federation.settings(task, workspace, tracking_uri, values)
-    summary_table(_federate(task, settings, federation, workspace=workspace), task.metrics)
+    _train(task, settings, federation, workspace=workspace)
 
 
 def check(
@@ -207,8 +206,9 @@ def check(
     """Pre-flight: ask every node, through the federation, to check its table against the spec."""
     federation = _federation(node, agreement, coordinator, ca, nodes, no_agreement=no_agreement)
     task = load_spec(spec)
-    settings = federation.preflight_settings(task, workspace, tracking_uri)
-    preflight_table(_federate(task, settings, federation, workspace=workspace).summary["preflight"])
+    with _progress(task, federation, workspace, what="pre-flight check") as view:
+        answer = federation.check(task, workspace=workspace, tracking_uri=tracking_uri, on_event=view)
+    preflight_table(answer)
 
 
 def mock(
@@ -232,8 +232,7 @@ def mock(
     federation = _federation(node, agreement, coordinator, ca, nodes, no_agreement=no_agreement)
     task = load_spec(spec)
     check_request(task, federation, rows, out)  # before any process starts
-    settings = federation.preflight_settings(task, workspace, tracking_uri)
-    with _progress(task, settings, federation, workspace) as view:
+    with _progress(task, federation, workspace, what="pre-flight check") as view:
         written = mock_federation(
             spec, federation, rows, out, seed, workspace=workspace, tracking_uri=tracking_uri, on_event=view
         )
@@ -267,7 +266,6 @@ def stats(
     """Federated analytics: counts, means, sds, quantiles, histograms, crosstabs and correlations
     pooled over every node's table, small counts suppressed at each node."""
     from lab.cli.stats import parse_bins, stats_tables
-    from lab.core.analytics import StatsRequest
 
     federation = _federation(node, agreement, coordinator, ca, nodes, no_agreement=no_agreement)
     pair = None
@@ -277,24 +275,27 @@ def stats(
             raise UsageError(f"--crosstab {crosstab!r} should be two columns, e.g. --crosstab cp,sex")
         pair = (a.strip(), b.strip())
     task = load_spec(spec)
-    request = StatsRequest(
-        columns=tuple(columns),
-        by=by,
-        crosstab=pair,
-        correlation=correlation,
-        edges=parse_bins(bins or []),
-        min_count=min_count,
-    )
-    request.check(task)  # a wrong column name fails here, before any process starts
-    settings = federation.settings(task, workspace, tracking_uri, {})
-    settings = replace(settings, query="stats", query_request=request.to_json(), min_nodes=1)
-    result = _federate(task, settings, federation, workspace=workspace)
-    for table in stats_tables(result.summary):
+    edges = parse_bins(bins or [])
+    with _progress(task, federation, workspace, what="federated analytics") as view:
+        result = federation.stats(
+            task,
+            columns,
+            by=by,
+            crosstab=pair,
+            correlation=correlation,
+            bins=edges,
+            min_count=min_count,
+            workspace=workspace,
+            tracking_uri=tracking_uri,
+            on_event=view,
+        )
+    answer = result.stats
+    for table in stats_tables(answer):
         console.print(table)
-    for name, notes in sorted(result.summary["notes"].items()):
+    for name, notes in sorted(answer.notes.items()):
         console.print(f"  [yellow]{escape(name)} suppressed[/]: " + escape("; ".join(notes)))
-    if result.summary.get("node_figures"):
-        shown = ", ".join(result.summary["node_figures"])
+    if answer.node_figures:
+        shown = ", ".join(answer.node_figures)
         console.print(f"per-node figures allowed by agreement: {shown} (MLflow artifact analytics/nodes.json)")
     console.print(f"recorded in MLflow run {result.mlflow_run_id or '?'}; wall time {result.seconds:.0f} s")
 

@@ -3,11 +3,10 @@ is lab.queries.stats, run on a federation by lab.runtime.federation)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.table import Table as RichTable
 
 from lab.cli.options import fmt
+from lab.contract.results import StatsAnswer
 from lab.core.analytics import bin_labels
 from lab.errors import UsageError
 
@@ -42,11 +41,11 @@ def _cell(value: float | None, incomplete: bool) -> str:
     return f"{shown}+" if incomplete else shown
 
 
-def stats_tables(result: dict[str, Any]) -> list[RichTable]:
+def stats_tables(answer: StatsAnswer) -> list[RichTable]:
     """The pooled figures as tables: moments per column and group, histograms and level counts,
     the crosstab and the correlation matrix. A ``+`` marks a pooled count that some node held
     back a small count from (a lower bound)."""
-    stats = result["stats"]
+    stats = answer.pooled
     tables: list[RichTable] = []
     moments = RichTable(title=f"Pooled over {len(stats['nodes'])} nodes: {', '.join(stats['nodes'])}")
     for header in ("column", "group", "n", "mean", "sd", "median (approx.)", "nodes"):
@@ -77,7 +76,7 @@ def stats_tables(result: dict[str, Any]) -> list[RichTable]:
         tables.append(table)
     if "crosstab" in stats:
         cross = stats["crosstab"]
-        a, b = result["request"]["crosstab"]
+        a, b = answer.request["crosstab"]
         table = RichTable(title=f"Crosstab {a} (rows) x {b} (columns), all nodes")
         table.add_column(a)
         for level in [*cross["columns"], "total"]:

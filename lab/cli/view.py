@@ -16,7 +16,7 @@ from rich.table import Table as RichTable
 
 from lab.cli.options import fmt
 from lab.contract.events import joined_rows
-from lab.runtime.run import RunResult
+from lab.contract.results import SIDES, Contributions, PreflightAnswer, RunSummary
 
 __all__ = ["ProgressView", "contributions_table", "preflight_table", "summary_table"]
 
@@ -106,34 +106,33 @@ def _show(bar: Progress, task: TaskID, event: dict[str, Any], rounds: int, metri
         bar.console.print(f"  [red]{escape(node)}[/]: {escape(reason)}")
 
 
-def preflight_table(nodes: dict[str, Any]) -> None:
+def preflight_table(answer: PreflightAnswer) -> None:
     """One table: which node fails which column, and why."""
     table = RichTable(title="Pre-flight: every node's table against the task spec")
     for column in ("node", "rows", "column", "problem"):
         table.add_column(column)
     failing = 0
-    for name, result in sorted(nodes.items()):
-        if "refused" in result:
-            table.add_row(name, "", "", f"[red]refused[/]: {escape(result['refused'])}")
+    for name, check in sorted(answer.nodes.items()):
+        if check.refused:
+            table.add_row(name, "", "", f"[red]refused[/]: {escape(check.refused)}")
             failing += 1
             continue
-        rows = str(result["catalog"].get("rows", "?"))
-        if not result["problems"]:
+        rows = str(check.catalog.get("rows", "?"))
+        if not check.problems:
             table.add_row(name, rows, "", "[green]fits the spec[/]")
-        for problem in result["problems"]:
-            table.add_row(name, rows, escape(problem["column"]), escape(problem["problem"]))
-        failing += bool(result["problems"])
+        for column, problem in check.problems:
+            table.add_row(name, rows, escape(column), escape(problem))
+        failing += bool(check.problems)
     console.print(table)
     if failing:
-        err.print(f"{failing} of {len(nodes)} nodes do not fit the spec")
+        err.print(f"{failing} of {len(answer.nodes)} nodes do not fit the spec")
         raise typer.Exit(1)
 
 
-def summary_table(result: RunResult, metrics: tuple[str, ...]) -> None:
+def summary_table(summary: RunSummary, metrics: tuple[str, ...], seconds: float) -> None:
     """The federated model against each organisation's local-only model, with 95% intervals of the
     accuracies and what they let one say, each organisation's contribution, and where the model
     was registered."""
-    final = result.summary
     shown: list[str] = [m for m in ("accuracy", "auc", "rmse", "r2") if m in metrics] or list(metrics[:2])
     table = RichTable(title="Federated model vs. each organisation's local-only model (own test split)")
     table.add_column("node")
@@ -143,98 +142,90 @@ def summary_table(result: RunResult, metrics: tuple[str, ...]) -> None:
         table.add_column(f"{metric}\nlocal-only", justify="right")
         if metric == "accuracy":
             table.add_column("95% intervals", justify="left")
-    private = any(row.get("epsilon") is not None for row in final["nodes"])
+    private = any(row.epsilon is not None for row in summary.nodes)
     if private:
         table.add_column("epsilon\nspent", justify="right")
     unreliable = False
     columns = 1 + sum(3 if metric == "accuracy" else 2 for metric in shown) + (1 if private else 0)
-    for row in final["nodes"]:
-        if "held_back" in row:  # the node's agreement keeps its own figures
-            table.add_row(row["node"], "[dim]held back[/]", *["[dim]held back[/]"] * (columns - 1))
+    for row in summary.nodes:
+        if row.held_back:  # the node's agreement keeps its own figures
+            table.add_row(row.node, "[dim]held back[/]", *["[dim]held back[/]"] * (columns - 1))
             continue
-        cells = [row["node"], str(row["test_rows"])]
-        intervals = row.get("intervals", {})
+        cells = [row.node, str(row.test_rows)]
         for metric in shown:
-            for side in ("federated", "local_only"):
-                value = fmt(row[side].get(metric))
-                interval = intervals.get(side, {}).get(metric)
+            for side in SIDES:
+                value = fmt(row.score(side, metric))
+                interval = row.interval(side, metric)
                 if interval:
                     value += f" ({interval[0]:.2f}–{interval[1]:.2f})"
-                if metric == "auc" and row.get("auc_unreliable") and row[side].get(metric) is not None:
+                if metric == "auc" and row.auc_unreliable and row.score(side, metric) is not None:
                     value += "*"
                     unreliable = True
                 cells.append(value)
             if metric == "accuracy":
-                cells.append(row.get("comparison", ""))
+                cells.append(row.comparison or "")
         if private:
-            cells.append(fmt(row.get("epsilon"), 2))
+            cells.append(fmt(row.epsilon, 2))
         table.add_row(*cells)
-    mean = final["mean"]
     means = []
     for metric in shown:
         means += [
-            "[dim]held back[/]"
-            if f"mean.{k}.{metric}" in final.get("held_back", {})
-            else fmt(mean.get(f"{k}.{metric}"))
-            for k in ("federated", "local_only")
+            "[dim]held back[/]" if summary.mean_held_back(side, metric) else fmt(summary.mean_of(side, metric))
+            for side in SIDES
         ]
         if metric == "accuracy":
             means.append("")
     table.add_row("[bold]mean[/]", "", *means, *([""] if private else []))
-    pooled = final.get("pooled") or {}
-    if "federated" in pooled and "accuracy" in shown:
-        cells = ["[bold]all nodes' rows[/]", str(pooled["federated"]["test_rows"])]
-        for side in ("federated", "local_only"):
-            found = pooled.get(side)
-            cells.append(
-                f"{found['accuracy']:.3f} ({found['interval'][0]:.2f}–{found['interval'][1]:.2f})" if found else ""
-            )
-        cells.append(pooled.get("comparison", ""))
+    if "federated" in summary.pooled and "accuracy" in shown:
+        cells = ["[bold]all nodes' rows[/]", str(summary.pooled["federated"].test_rows)]
+        for side in SIDES:
+            found = summary.pooled.get(side)
+            cells.append(f"{found.accuracy:.3f} ({found.interval[0]:.2f}–{found.interval[1]:.2f})" if found else "")
+        cells.append(summary.pooled_comparison)
         cells += [""] * (2 * (len(shown) - 1) + (1 if private else 0))
         table.add_row(*cells)
     console.print(table)
     if unreliable:
         console.print("* AUC on fewer than 5 test rows of a class: unreliable")
-    held = [row["node"] for row in final["nodes"] if "held_back" in row]
-    if held:
+    if summary.hidden:
         console.print(
-            f"held back: the figures of {escape(', '.join(held))}, whose agreement keeps them (allow.node-figures = "
-            "false), and any mean or pooled figure that would give them by subtraction"
+            f"held back: the figures of {escape(', '.join(summary.hidden))}, whose agreement keeps them "
+            "(allow.node-figures = false), and any mean or pooled figure that would give them by subtraction"
         )
-    noise = {row["node"]: row.get("noise", {}).get("federated", {}).get(shown[0]) for row in final["nodes"]}
+    noise = {row.node: row.noise.get("federated", {}).get(shown[0]) for row in summary.nodes}
     if any(noise.values()):
         each = ", ".join(f"{escape(node)} {sd:.3f}" for node, sd in noise.items() if sd)
         console.print(
             f"each node released its scores with noise (its agreement's limits.scores-epsilon); standard deviation "
             f"of the federated {shown[0]}: {each}; the intervals include it"
         )
-    if "contributions" in final:
-        contributions_table(final["contributions"])
-    if final.get("registered"):
-        console.print(f"registered [bold]models:/{final['registered']}@champion[/] (version {final['version']})")
-    console.print(f"wall time {result.seconds:.0f} s")
+    if summary.contributions is not None:
+        contributions_table(summary.contributions)
+    if summary.registered:
+        console.print(f"registered [bold]models:/{summary.registered}@champion[/] (version {summary.version})")
+    console.print(f"wall time {seconds:.0f} s")
 
 
-def contributions_table(contributions: dict[str, Any]) -> None:
+def contributions_table(contributions: Contributions) -> None:
     """What each organisation's data contributed: Shapley and leave-one-out values."""
-    if "unavailable" in contributions:
-        console.print(f"contributions not valued: {escape(contributions['unavailable'])}")
+    if contributions.unavailable:
+        console.print(f"contributions not valued: {escape(contributions.unavailable)}")
         return
     table = RichTable(title="What each organisation's data contributed")
     table.add_column("node")
-    monte_carlo = contributions["method"] == "monte-carlo"
+    monte_carlo = contributions.monte_carlo
     table.add_column("Shapley value" + (" ± s.e." if monte_carlo else ""), justify="right")
     table.add_column("leave-one-out", justify="right")
-    for name, values in contributions["nodes"].items():
-        shapley = f"{values['shapley']:+.3f}"
-        if monte_carlo and values.get("standard_error") is not None:
-            shapley += f" ± {values['standard_error']:.3f}"
-        table.add_row(name, shapley, f"{values['leave_one_out']:+.3f}")
-    for name in contributions.get("held_back", {}):
+    for name, values in contributions.nodes.items():
+        shapley = f"{values.shapley:+.3f}"
+        if monte_carlo and values.standard_error is not None:
+            shapley += f" ± {values.standard_error:.3f}"
+        table.add_row(name, shapley, f"{values.leave_one_out:+.3f}")
+    for name in contributions.held_back:
         table.add_row(name, "[dim]held back[/]", "[dim]held back[/]")
     console.print(table)
-    how = "exact, every coalition" if not monte_carlo else f"Monte Carlo, {contributions['permutations']} orderings"
+    how = "exact, every coalition" if not monte_carlo else f"Monte Carlo, {contributions.permutations} orderings"
     console.print(
-        f"{how}; utility: {escape(contributions['utility'])}; no node's updates "
-        f"{fmt(contributions['empty_model'])}, every node's {fmt(contributions['full_model'])}"
+        f"{how}; utility: {escape(contributions.utility)}; no node's updates "
+        f"{fmt(contributions.empty_model)}, every node's {fmt(contributions.full_model)}"
     )

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+from lab.contract.results import Reported
 from lab.contract.settings import RunSettings
 from lab.core.spec import TaskSpec
 from lab.node.agreement import Agreement, Request
@@ -80,8 +81,8 @@ class QueryKind(ABC, Generic[RequestT]):
     @abstractmethod
     def coordinate(
         self, spec: TaskSpec, request: RequestT, settings: RunSettings, ask: Ask, tracker: Tracker, emit: Emit
-    ) -> dict[str, Any]:
-        """The coordinator's side: ask the nodes, pool and record; the run's summary."""
+    ) -> Reported:
+        """The coordinator's side: ask the nodes, pool and record; what the run reports (lab.contract.results)."""
 
     def asks(self, spec: TaskSpec, request: RequestT, agreement: Agreement) -> Request:
         """What the query will make leave the node, known before any data is read."""

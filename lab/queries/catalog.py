@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from lab.contract.results import NodeCheck, PreflightAnswer
 from lab.contract.settings import RunSettings
 from lab.core.catalog import describe, preflight
 from lab.core.disclosure import DEFAULT_MIN_COUNT
@@ -57,15 +58,16 @@ class Catalog(QueryKind[None]):
 
     def coordinate(
         self, spec: TaskSpec, request: None, settings: RunSettings, ask: Ask, tracker: Tracker, emit: Emit
-    ) -> dict[str, Any]:
+    ) -> PreflightAnswer:
         """Every node's catalog and problems, or why it refused; nothing trains."""
         gathered = ask(request)
-        nodes: dict[str, dict[str, Any]] = {name: {"refused": reason} for name, reason in gathered.refusals.items()}
+        nodes = {name: NodeCheck(name, refused=reason) for name, reason in gathered.refusals.items()}
         for name, node in gathered.answers.items():
-            nodes[name] = {"organisation": node.organisation, **node.answer}
-        tracker.log_text(json.dumps(nodes, indent=2), "nodes/preflight.json")
+            nodes[name] = NodeCheck.of(name, {"organisation": node.organisation, **node.answer})
+        answer = PreflightAnswer(nodes)
+        tracker.log_text(json.dumps(answer.to_json()["preflight"], indent=2), "nodes/preflight.json")
         tracker.log_params({"query": self.name, "num_nodes": len(nodes)})
-        return {"preflight": nodes}
+        return answer
 
 
 KIND = Catalog()

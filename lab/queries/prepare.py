@@ -17,6 +17,7 @@ import numpy as np
 
 from lab.contract.messages import NodeReport
 from lab.contract.plan import RunPlan
+from lab.contract.results import PreparedAnswer
 from lab.contract.settings import RunSettings
 from lab.core.analytics import protect_column_sums
 from lab.core.environment import EnvDiff, Environment
@@ -344,12 +345,12 @@ class Prepare(QueryKind[PrepareRequest]):
 
     def coordinate(
         self, spec: TaskSpec, request: PrepareRequest, settings: RunSettings, ask: Ask, tracker: Tracker, emit: Emit
-    ) -> dict[str, Any]:
+    ) -> PreparedAnswer:
         """Preparation alone: which nodes would take part in this task, and why the others would not."""
         lock = request.lock.environment() if request.lock else None
         guard = Guard(lock, settings.environment_policy, spec.sha256, settings.admitted)
         prepared = self.prepare(spec, request, settings, guard, ask, tracker, emit)
-        return {"members": sorted(m.name for m in prepared.members.values())}
+        return PreparedAnswer(sorted(m.name for m in prepared.members.values()))
 
 
 def unbound_dp_plan(plan: RunPlan, dp: DPSettings | None, train_rows: int) -> DPPlan | None:

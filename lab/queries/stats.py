@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lab.contract.results import StatsAnswer
 from lab.contract.settings import RunSettings
 from lab.core.analytics import StatsRequest, default_edges, is_categorical, pool, stats_frame, summarise
 from lab.core.data import check_frame, read_raw
@@ -103,7 +104,7 @@ class Stats(QueryKind[StatsRequest]):
 
     def coordinate(
         self, spec: TaskSpec, request: StatsRequest, settings: RunSettings, ask: Ask, tracker: Tracker, emit: Emit
-    ) -> dict[str, Any]:
+    ) -> StatsAnswer:
         """Ask every node, pool, record.
 
         Histogram edges the analyst did not give are set from a first pass of pooled means and
@@ -132,7 +133,7 @@ class Stats(QueryKind[StatsRequest]):
         result = pool(answers, request)
         notes = {name: answer["notes"] for name, answer in answers.items() if answer["notes"]}
         _record(tracker, request, result, notes, shown, gathered.refusals)
-        return {"stats": result, "request": json.loads(request.to_json()), "notes": notes, "node_figures": shown}
+        return StatsAnswer(result, json.loads(request.to_json()), notes, list(shown))
 
 
 def _check_not_subtractable(hidden: list[str], answered: int) -> None:

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from lab.contract.results import SIDES, Contributions, RunSummary
 from lab.node.agreement import FIELDS
 from lab.registry.report_figures import contributions_chart, round_curves
 from lab.registry.run_record import AGREEMENTS, CONTRIBUTIONS, FINGERPRINTS, REFUSALS, SUMMARY, RunRecord, read_run
@@ -140,19 +141,18 @@ def with_interval(value: Any, interval: Any) -> str:
 
 def _table(record: RunRecord, metrics: list[str]) -> dict[str, Any]:
     summary = record.artifacts.get(SUMMARY)
-    return _summary_table(summary, metrics) if summary else _metrics_table(record, metrics)
+    return _summary_table(RunSummary.of(summary), metrics) if summary else _metrics_table(record, metrics)
 
 
-def _summary_table(summary: dict[str, Any], metrics: list[str]) -> dict[str, Any]:
+def _summary_table(summary: RunSummary, metrics: list[str]) -> dict[str, Any]:
     """The table from the coordinator's nodes/summary.json: scores, intervals, comparison."""
     rows, unreliable = [], False
-    held_back = summary.get("held_back") or {}
-    for node in summary.get("nodes", []):
-        if "held_back" in node:  # the node's agreement keeps its own figures (allow.node-figures = false)
+    for node in summary.nodes:
+        if node.held_back:  # the node's agreement keeps its own figures (allow.node-figures = false)
             rows.append(
                 _Row(
-                    node=str(node.get("node", "")),
-                    organisation=str(node.get("organisation", "")),
+                    node=node.node,
+                    organisation=node.organisation,
                     train_rows=HELD,
                     test_rows=HELD,
                     cells=[HELD] * (2 * len(metrics)),
@@ -160,68 +160,68 @@ def _summary_table(summary: dict[str, Any], metrics: list[str]) -> dict[str, Any
                 )
             )
             continue
-        intervals = node.get("intervals") or {}
         cells = []
         for metric in metrics:
-            for side in ("federated", "local_only"):
-                cell = with_interval((node.get(side) or {}).get(metric), (intervals.get(side) or {}).get(metric))
-                if metric == "auc" and node.get("auc_unreliable"):
+            for side in SIDES:
+                cell = with_interval(node.score(side, metric), node.interval(side, metric))
+                if metric == "auc" and node.auc_unreliable:
                     cell, unreliable = cell + " †", True
                 cells.append(cell)
         rows.append(
             _Row(
-                node=str(node.get("node", "")),
-                organisation=str(node.get("organisation", "")),
-                train_rows=str(node.get("train_rows", "")),
-                test_rows=str(node.get("test_rows", "")),
+                node=node.node,
+                organisation=node.organisation,
+                train_rows=_count(node.train_rows),
+                test_rows=_count(node.test_rows),
                 cells=cells,
-                comparison=str(node.get("comparison", "")),
+                comparison=node.comparison or "",
             )
         )
-    mean = summary.get("mean") or {}
     rows.append(
         _Row(
             "mean",
             cells=[
-                HELD if f"mean.{s}.{m}" in held_back else number(mean.get(f"{s}.{m}"))
-                for m in metrics
-                for s in ("federated", "local_only")
+                HELD if summary.mean_held_back(side, metric) else number(summary.mean_of(side, metric))
+                for metric in metrics
+                for side in SIDES
             ],
             kind="mean",
         )
     )
-    pooled = summary.get("pooled") or {}
     notes = []
-    if pooled.get("federated"):
+    if "federated" in summary.pooled:
         cells = []
         for metric in metrics:  # accuracy only: the correct rows of every node over all their rows
-            for side in ("federated", "local_only"):
-                found = pooled.get(side) or {}
-                shown = metric == "accuracy" and "accuracy" in found
-                cells.append(with_interval(found["accuracy"], found.get("interval")) if shown else "")
+            for side in SIDES:
+                found = summary.pooled.get(side)
+                shown = metric == "accuracy" and found is not None
+                cells.append(with_interval(found.accuracy, found.interval) if found is not None and shown else "")
         rows.append(
             _Row(
                 "pooled",
-                test_rows=str(pooled["federated"].get("test_rows", "")),
+                test_rows=str(summary.pooled["federated"].test_rows),
                 cells=cells,
-                comparison=str(pooled.get("comparison", "")),
+                comparison=summary.pooled_comparison,
                 kind="pooled",
             )
         )
         notes.append("pooled: the accuracy over every node's test rows together (their correct rows summed).")
-    hidden = [str(node.get("node")) for node in summary.get("nodes", []) if "held_back" in node]
-    if hidden:
+    if summary.hidden:
+        subtracted = ", ".join(sorted(summary.held_back))
         notes.append(
-            f"held back: the figures of {', '.join(hidden)}, whose agreement keeps them (allow.node-figures = false)"
-            + (f"; and {', '.join(sorted(held_back))}, which would give them by subtraction" if held_back else "")
-            + "."
+            f"held back: the figures of {', '.join(summary.hidden)}, whose agreement keeps them (allow.node-figures "
+            "= false)" + (f"; and {subtracted}, which would give them by subtraction" if subtracted else "") + "."
         )
-    level = summary.get("level")
-    shown_level = f"the {level:.0%} Wilson interval" if isinstance(level, float) else "the interval"
+    level = summary.level
+    shown_level = f"the {level:.0%} Wilson interval" if level is not None else "the interval"
     notes.append(f"In brackets: {shown_level} the coordinator recorded with the score ({SUMMARY}).")
     if unreliable:
         notes.append("†: the AUC rests on too few cases of one class at that node to be relied on.")
     return {"rows": rows, "notes": notes, "compared": True}
+
+
+def _count(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 def _metrics_table(record: RunRecord, metrics: list[str]) -> dict[str, Any]:
@@ -256,25 +256,22 @@ def _curves(record: RunRecord, metric: str, private: bool) -> str:
 
 
 def _contributions(record: RunRecord) -> dict[str, Any]:
-    recorded = record.artifacts.get(CONTRIBUTIONS)
-    if not recorded:
+    if not record.artifacts.get(CONTRIBUTIONS):
         return {"missing": NOT_RECORDED}
-    if "unavailable" in recorded:
-        return {"missing": f"not computed for this run: {recorded['unavailable']}"}
-    nodes = recorded.get("nodes") or {}
-    shapley = {n: float(v.get("shapley", math.nan)) for n, v in nodes.items()}
-    errors = {n: v.get("standard_error") for n, v in nodes.items()}
-    leave_one_out = {n: float(v.get("leave_one_out", math.nan)) for n, v in nodes.items()}
-    method = str(recorded.get("method", ""))
-    if recorded.get("permutations"):
-        method += f", {recorded['permutations']} permutations"
+    recorded = Contributions.of(record.artifacts[CONTRIBUTIONS])
+    if recorded.unavailable:
+        return {"missing": f"not computed for this run: {recorded.unavailable}"}
+    shapley = {n: v.shapley for n, v in recorded.nodes.items()}
+    errors = {n: v.standard_error for n, v in recorded.nodes.items()}
+    leave_one_out = {n: v.leave_one_out for n, v in recorded.nodes.items()}
+    method = recorded.method + (f", {recorded.permutations} permutations" if recorded.permutations else "")
     return {
         "facts": [
-            ("utility", str(recorded.get("utility", ""))),
+            ("utility", recorded.utility),
             ("method", method),
-            ("rounds", str(recorded.get("rounds", ""))),
-            ("no node (the initial model)", number(recorded.get("empty_model"))),
-            ("every node", number(recorded.get("full_model"))),
+            ("rounds", str(recorded.rounds)),
+            ("no node (the initial model)", number(recorded.empty_model)),
+            ("every node", number(recorded.full_model)),
         ],
         "rows": [
             (
@@ -282,11 +279,11 @@ def _contributions(record: RunRecord) -> dict[str, Any]:
                 number(shapley[n]) + (f" ± {number(errors[n])}" if errors[n] is not None else ""),
                 number(leave_one_out[n]),
             )
-            for n in nodes
+            for n in recorded.nodes
         ]
-        + [(n, HELD, HELD) for n in recorded.get("held_back") or {}],
-        "chart": contributions_chart(shapley, errors, leave_one_out) if nodes else None,
-        "note": str(recorded.get("note", "")),
+        + [(n, HELD, HELD) for n in recorded.held_back],
+        "chart": contributions_chart(shapley, errors, leave_one_out) if recorded.nodes else None,
+        "note": recorded.note,
     }
 
 
@@ -298,7 +295,7 @@ def _private(record: RunRecord) -> bool:
 def _privacy(record: RunRecord) -> dict[str, Any]:
     params = record.params
     private = _private(record)
-    summarised = {str(n.get("node")): n.get("epsilon") for n in (record.artifacts.get(SUMMARY) or {}).get("nodes", [])}
+    summarised = {row.node: row.epsilon for row in RunSummary.of(record.artifacts.get(SUMMARY) or {}).nodes}
     spent = {n: record.node_metric(n, "epsilon") or summarised.get(n) for n in record.nodes}
     rows = [
         (

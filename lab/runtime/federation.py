@@ -1,16 +1,20 @@
-"""Where a command runs: local nodes started for it, or a running coordinator's federation; and the
-pre-flight (the catalog query) on it, which `lab check` and `lab mock` share."""
+"""The lab's one service under both front ends (the command line and the notebook workbench): a
+federation (local nodes started for a call, or a running coordinator's) and what can be asked of
+it, ``train``, ``check`` (the pre-flight) and ``stats``, each taking typed settings and returning
+the typed result (lab.contract.results); lab.runtime.mock draws mock tables from ``check``'s answer."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lab.contract.results import PreflightAnswer
 from lab.contract.settings import RunSettings
+from lab.core.analytics import DEFAULT_MIN_COUNT, StatsRequest
 from lab.core.sources import node_source
 from lab.core.spec import TaskSpec
 from lab.errors import UsageError
@@ -20,7 +24,7 @@ from lab.runtime.local import LocalFederation
 from lab.runtime.run import RunResult, node_specs, run_federation, run_on, run_settings
 from lab.runtime.submit import Event
 
-__all__ = ["Federation", "preflight"]
+__all__ = ["Federation"]
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,60 @@ class Federation:
             return f"{len(self.nodes)} nodes"
         return f"the nodes of {self.coordinator.address}" + (f" ({self.chosen})" if self.chosen else "")
 
-    def federate(
+    def train(
+        self, settings: RunSettings, *, workspace: Path, on_event: Callable[[Event], None] = lambda _: None
+    ) -> RunResult:
+        """Train the model ``settings`` describe (``settings(...)``, or ``resumed(...)``) on this
+        federation; ``.summary`` of the result is the run's."""
+        if settings.query:
+            raise UsageError(f"train: these settings ask query {settings.query!r}; use check() or stats()")
+        return self._federate(settings, workspace=workspace, on_event=on_event)
+
+    def check(
+        self,
+        spec: TaskSpec,
+        *,
+        workspace: Path,
+        tracking_uri: str = "",
+        on_event: Callable[[Event], None] = lambda _: None,
+    ) -> PreflightAnswer:
+        """The pre-flight (the catalog query): every node's catalog and problems against the spec
+        (with its organisation), or why it refused; by node name."""
+        settings = self.preflight_settings(spec, workspace, tracking_uri)
+        return self._federate(settings, workspace=workspace, on_event=on_event).preflight
+
+    def stats(
+        self,
+        spec: TaskSpec,
+        columns: Sequence[str],
+        *,
+        by: str | None = None,
+        crosstab: tuple[str, str] | None = None,
+        correlation: bool = False,
+        bins: Mapping[str, list[float]] | None = None,
+        min_count: int = DEFAULT_MIN_COUNT,
+        workspace: Path,
+        tracking_uri: str = "",
+        on_event: Callable[[Event], None] = lambda _: None,
+    ) -> RunResult:
+        """Federated statistics of ``columns`` (``.stats`` of the result): counts, means, sds,
+        quantiles and histograms, by ``by``, the ``crosstab`` of two columns and the correlation,
+        pooled over every node's table, small counts suppressed at each node. A column the spec
+        does not have fails here, before any process starts."""
+        request = StatsRequest(
+            columns=tuple(columns),
+            by=by,
+            crosstab=crosstab,
+            correlation=correlation,
+            edges=dict(bins or {}),
+            min_count=min_count,
+        )
+        request.check(spec)
+        settings = self.settings(spec, workspace, tracking_uri, {})
+        settings = replace(settings, query="stats", query_request=request.to_json(), min_nodes=1)
+        return self._federate(settings, workspace=workspace, on_event=on_event)
+
+    def _federate(
         self, settings: RunSettings, *, workspace: Path, on_event: Callable[[Event], None] = lambda _: None
     ) -> RunResult:
         """Run ``settings`` on this federation: start the local nodes (or use them, kept up), or
@@ -145,20 +202,3 @@ class Federation:
             node_runtime=self.node_runtime,
             on_event=on_event,
         )
-
-
-def preflight(
-    spec: TaskSpec,
-    federation: Federation,
-    *,
-    workspace: Path,
-    tracking_uri: str = "",
-    on_event: Callable[[Event], None] = lambda _: None,
-) -> dict[str, Any]:
-    """Every node's answer to the catalog query: its ``catalog`` and ``problems`` against the spec
-    (with its ``organisation``), or why it ``refused``; by node name."""
-    settings = federation.preflight_settings(spec, workspace, tracking_uri)
-    preflight: dict[str, Any] = federation.federate(settings, workspace=workspace, on_event=on_event).summary[
-        "preflight"
-    ]
-    return preflight

@@ -8,12 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lab.contract.results import NodeCheck, PreflightAnswer
 from lab.core.mock import mock_table, write_mock
 from lab.core.sources import source_exists
 from lab.core.spec import TaskSpec, load_spec
 from lab.errors import DataError, UsageError
 from lab.runtime.environ import WORKSPACE
-from lab.runtime.federation import Federation, preflight
+from lab.runtime.federation import Federation
 from lab.runtime.submit import Event
 
 __all__ = ["check_request", "mock_federation", "mock_tables"]
@@ -63,19 +64,19 @@ def mock_federation(
     """
     task = load_spec(spec)
     check_request(task, federation, rows, out)
-    answers = preflight(task, federation, workspace=Path(workspace), tracking_uri=tracking_uri, on_event=on_event)
+    answers = federation.check(task, workspace=Path(workspace), tracking_uri=tracking_uri, on_event=on_event)
     return mock_tables(task, answers, rows, out, seed)
 
 
-def mock_tables(task: TaskSpec, answers: dict[str, Any], rows: int, out: str | Path, seed: int = 0) -> dict[str, Path]:
+def mock_tables(task: TaskSpec, answers: PreflightAnswer, rows: int, out: str | Path, seed: int = 0) -> dict[str, Path]:
     """The mocks of ``mock_federation`` from the nodes' pre-flight answers already gathered
-    (``lab.runtime.federation.preflight``): nothing is asked of the nodes again."""
+    (``Federation.check``): nothing is asked of the nodes again."""
     if rows <= 0:
         raise UsageError(f"--rows {rows}: give how many mock rows to draw per node, 1 or more")
     folder = _writable(Path(out))
     tables = {
-        name: mock_table(_catalog(name, answer), task, node=name, rows=rows, seed=seed)
-        for name, answer in sorted(answers.items())
+        name: mock_table(_catalog(check), task, node=name, rows=rows, seed=seed)
+        for name, check in sorted(answers.nodes.items())
     }
     return {name: write_mock(table, task, node=name, folder=folder) for name, table in tables.items()}
 
@@ -119,15 +120,16 @@ def _check_nodes(spec: TaskSpec, federation: Federation) -> None:
             raise DataError(f"node {name!r}: {source!r} does not exist; give the path of its table")
 
 
-def _catalog(name: str, answer: dict[str, Any]) -> dict[str, Any]:
+def _catalog(check: NodeCheck) -> dict[str, Any]:
     """A node's catalog from its pre-flight answer, or why there is none."""
-    if "refused" in answer:
+    if check.refused:
         raise DataError(
-            f"node {name!r} did not describe its table: {answer['refused']}; a mock needs the node's catalog "
+            f"node {check.node!r} did not describe its table: {check.refused}; a mock needs the node's catalog "
             '(its agreement\'s allow.outputs must include "catalog")'
         )
-    catalog: dict[str, Any] = answer.get("catalog") or {}
-    if not catalog:
-        problems = "; ".join(f"{p['column']}: {p['problem']}" for p in answer.get("problems", []))
-        raise DataError(f"node {name!r} could not describe its table ({problems or 'no reason given'}); fix it first")
-    return catalog
+    if not check.catalog:
+        problems = "; ".join(f"{column}: {problem}" for column, problem in check.problems)
+        raise DataError(
+            f"node {check.node!r} could not describe its table ({problems or 'no reason given'}); fix it first"
+        )
+    return check.catalog

@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from lab.contract.results import PreflightAnswer, PreparedAnswer, RunSummary, StatsAnswer, read_reported
 from lab.contract.settings import RunSettings
 from lab.core.sources import source_exists
 from lab.core.spec import TaskSpec, parse_spec
@@ -28,17 +29,34 @@ __all__ = ["RunResult", "node_specs", "run_federation", "run_on", "run_settings"
 
 @dataclass(frozen=True)
 class RunResult:
-    """How a run ended.
+    """How a run ended: what the coordinator reported (``outcome``, lab.contract.results), read as
+    the kind of run it was with ``summary`` (training), ``preflight`` or ``stats``."""
 
-    ``summary`` is what the coordinator reported: for training, ``nodes`` (each organisation's
-    rows, federated and local-only scores, epsilon), ``mean`` and, when registered,
-    ``model_uri``, ``registered`` and ``version``; for a query, its kind's result.
-    """
-
-    summary: dict[str, Any]
+    outcome: RunSummary | PreflightAnswer | StatsAnswer | PreparedAnswer
     seconds: float  # wall time, the processes' start and stop included
     mlflow_run_id: str | None
     run_dir: Path
+
+    @property
+    def summary(self) -> RunSummary:
+        """A training run's summary: every organisation's rows and scores, the means, the model."""
+        return self._as(RunSummary)
+
+    @property
+    def preflight(self) -> PreflightAnswer:
+        return self._as(PreflightAnswer)
+
+    @property
+    def stats(self) -> StatsAnswer:
+        return self._as(StatsAnswer)
+
+    def _as(self, kind: type[Outcome]) -> Outcome:
+        if not isinstance(self.outcome, kind):
+            raise TypeError(f"this run reported a {type(self.outcome).__name__}, not a {kind.__name__}")
+        return self.outcome
+
+
+Outcome = TypeVar("Outcome", RunSummary, PreflightAnswer, StatsAnswer)
 
 
 def run_settings(
@@ -165,8 +183,8 @@ def run_on(
             first, _, rest = str(exc).partition("\n")  # the hint before the tail of Flower's output
             raise CoordinatorLostError(f"{first}\n{hint}\n{rest}".rstrip()) from exc
         raise
-    summary = {k: v for k, v in outcome.final.items() if k not in ("event", "time")}
-    return RunResult(summary, time.monotonic() - started, mlflow_runs[0] if mlflow_runs else None, outcome.run_dir)
+    reported = read_reported(settings.query, {k: v for k, v in outcome.final.items() if k not in ("event", "time")})
+    return RunResult(reported, time.monotonic() - started, mlflow_runs[0] if mlflow_runs else None, outcome.run_dir)
 
 
 def _stop_flower_runs(connection: Connection, run_ids: list[str], workspace: Path) -> None:

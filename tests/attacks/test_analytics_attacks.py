@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lab.contract.results import StatsAnswer
 from lab.core.analytics import StatsRequest
 
 from .node import Node, answer, refused
@@ -100,7 +101,7 @@ def test_shifted_bins_spell_out_no_value(tmp_path: Path) -> None:
     assert refusals and {e["clause"] for e in refusals} == {"allow.min-rows"}
 
 
-def _pooled(tmp_path: Path, showing: dict[str, bool]) -> dict[str, object]:
+def _pooled(tmp_path: Path, showing: dict[str, bool]) -> StatsAnswer:
     """The coordinator's stats query (the lab's own code) over nodes in this process, each node's
     agreement allowing its own figures to be shown or not."""
     from dataclasses import replace
@@ -140,10 +141,10 @@ def test_pooled_figures_that_would_give_a_hidden_nodes_own_by_subtraction_are_he
         _pooled(tmp_path / "all-but-one", {"cleveland": True, "hungary": True, "va": False})
     # Two of three keep theirs: the pooled figures are given, and only the third's own beside them.
     pooled = _pooled(tmp_path / "two-kept", {"cleveland": True, "hungary": False, "va": False})
-    assert set(pooled["node_figures"]) == {"cleveland"}  # type: ignore[arg-type]
-    assert pooled["stats"]["columns"]["age"]["groups"]["all"]["n"] > 0  # type: ignore[index]
+    assert set(pooled.node_figures) == {"cleveland"}
+    assert pooled.pooled["columns"]["age"]["groups"]["all"]["n"] > 0
     # Where both show their own, two nodes pool as before.
-    assert set(_pooled(tmp_path / "both", {"cleveland": True, "hungary": True})["node_figures"]) == {  # type: ignore[arg-type]
+    assert set(_pooled(tmp_path / "both", {"cleveland": True, "hungary": True}).node_figures) == {
         "cleveland",
         "hungary",
     }
