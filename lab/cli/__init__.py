@@ -11,11 +11,13 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from lab.cli import federation
 from lab.cli.deploy import coordinator_app
@@ -30,13 +32,41 @@ __all__ = ["app", "main"]
 
 os.environ.update(PRIVATE_ENV)  # before MLflow or Flower is imported by any command
 
+err = Console(stderr=True)
+
+
+class _Guarded(TyperGroup):
+    """The command group that turns what goes wrong in any command into an exit status: a user's
+    mistake (a LabError) is one clear line on stderr and status 2, Ctrl-C status 130 once every
+    process the lab started is stopped, and a bug one line and status 1, its traceback kept in the
+    workspace's logs. Here rather than around ``app()``, so that Typer's ``CliRunner`` runs a
+    command in-process exactly as the console script does."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except LabError as exc:
+            err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; every process the lab started has been stopped")
+            raise typer.Exit(130) from None
+        except Exception as exc:  # a bug in the lab: one line here, the traceback in the workspace's logs
+            where = _keep_traceback()
+            line = f"internal error (a bug in the lab): {type(exc).__name__}: {exc}; the traceback is in {where}"
+            err.print(f"[red]error:[/] {escape(line)}", highlight=False)
+            raise typer.Exit(1) from None
+
+
 app = typer.Typer(
+    cls=_Guarded,
     help="A federated data science lab on Flower and MLflow.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
 
 for command in (
     federation.demo,
@@ -61,21 +91,9 @@ app.add_typer(coordinator_app, name="coordinator")
 
 
 def main() -> NoReturn:
-    """Entry point: a user's mistake is one clear line on stderr, never a traceback."""
+    """Entry point: a user's mistake is one clear line on stderr, never a traceback (``_Guarded``)."""
     interrupt_on_stop_signals()  # SIGTERM and SIGHUP stop the lab the way Ctrl-C does: processes first
-    try:
-        app(standalone_mode=True)
-    except LabError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("interrupted; every process the lab started has been stopped")
-        sys.exit(130)
-    except Exception as exc:  # a bug in the lab: one line here, the traceback in the workspace's logs
-        where = _keep_traceback()
-        line = f"internal error (a bug in the lab): {type(exc).__name__}: {exc}; the traceback is in {where}"
-        err.print(f"[red]error:[/] {escape(line)}", highlight=False)
-        sys.exit(1)
+    app(standalone_mode=True)
     sys.exit(0)
 
 
