@@ -250,7 +250,7 @@ def run_federation(settings: RunSettings, nodes: Mapping[str, str], workdir: Pat
             logger.exception("the ServerApp raised an exception")
             failure = exc
     parsed = [events.parse(line) for line in output.read_text(encoding="utf-8").splitlines()]
-    lines = [event for event in parsed if event is not None]
+    lines = [event.to_json() for event in parsed if event is not None]
     final = lines[-1] if lines else {"event": "missing"}
     if final["event"] != "done":
         raise RuntimeError(f"the in-process run did not finish: {final.get('reason', final['event'])}") from failure

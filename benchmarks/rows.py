@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT)]
 
+from lab.contract.events import Event, Trained  # noqa: E402
 from lab.runtime.environ import PRIVATE_ENV  # noqa: E402
 
 os.environ.update(PRIVATE_ENV)
@@ -189,11 +190,11 @@ def federated(folder: Path, tables: dict[str, Path], rounds: int) -> dict[str, A
     cpu_at: dict[int, float] = {}
     with LocalFederation(workspace, nodes) as federation, Sampler(federation) as sampler:
 
-        def on_event(event: dict[str, Any]) -> None:
-            marks.setdefault(event["event"], time.monotonic())  # "joined": the nodes have prepared
-            if event["event"] == "train":
-                marks[f"round {event['round']}"] = time.monotonic()
-                cpu_at[int(event["round"])] = sampler.cpu()
+        def on_event(event: Event) -> None:
+            marks.setdefault(event.kind, time.monotonic())  # "joined": the nodes have prepared
+            if isinstance(event, Trained):
+                marks[f"round {event.round}"] = time.monotonic()
+                cpu_at[event.round] = sampler.cpu()
 
         started = time.monotonic()
         result = run_on(federation.connection, settings, workspace=workspace, on_event=on_event)

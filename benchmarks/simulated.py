@@ -130,7 +130,7 @@ def simulate(settings: RunSettings, nodes: list[SimulatedNode], workdir: Path, *
             server_app_context=context,
         )
     parsed = [events.parse(line) for line in output.read_text(encoding="utf-8").splitlines()]
-    lines = [event for event in parsed if event is not None]
+    lines = [event.to_json() for event in parsed if event is not None]
     final = lines[-1] if lines else {"event": "missing"}
     if final["event"] != "done":
         raise RuntimeError(f"the simulated run did not finish: {final.get('reason', final['event'])}")

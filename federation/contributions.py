@@ -32,6 +32,7 @@ from flwr.app import Array, ArrayRecord, Message, MessageType
 from flwr.serverapp import Grid
 
 from lab.contract import keys
+from lab.contract.events import Valuing, Warned
 from lab.contract.messages import Candidates, CandidateScores, Instructions
 from lab.contract.records import error_reason
 from lab.contract.results import Contributions, NodeValue
@@ -166,7 +167,7 @@ def value_contributions(
         scores = _read(messages, replies, len(wanted), node_ids, timeout, asked)
         return {c: sign * _pooled(metric, [(s[i], rows) for s, rows in scores]) for i, c in enumerate(wanted)}
 
-    emit("valuing", nodes=len(log.nodes), metric=metric)
+    emit(Valuing(nodes=len(log.nodes), metric=metric))
     try:
         valuation = value(log.nodes, score, seed=seed)
     except LabError as exc:
@@ -273,7 +274,7 @@ def _result(
 
 
 def _unavailable(tracker: Tracker, emit: Emit, reason: str) -> Contributions:
-    emit("warning", reason=f"contributions not valued: {reason}")
+    emit(Warned(reason=f"contributions not valued: {reason}"))
     result = Contributions(unavailable=reason)
     tracker.log_text(json.dumps(result.to_json(), indent=2), CONTRIBUTIONS)
     return result

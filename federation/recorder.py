@@ -14,6 +14,7 @@ from typing import Protocol
 from flwr.app import Message
 from flwr.common.constant import ErrorCode
 
+from lab.contract.events import Evaluated, Trained, Warned
 from lab.contract.messages import EvaluateReply, TrainReply, audit_head
 from lab.contract.records import error_reason
 from lab.core.disclosure import subtraction_reveals
@@ -56,7 +57,7 @@ class Recorder:
 
     def warn(self, node: str, reason: str) -> None:
         """Tell whoever follows the run of something the coordinator did about a node's reply."""
-        self.emit("warning", node=node, reason=reason)
+        self.emit(Warned(node=node, reason=reason))
 
     def name_of(self, node_id: int) -> str:
         member = self.members.get(node_id)
@@ -94,13 +95,14 @@ class Recorder:
         self.sink.log_metrics(metrics, step=server_round)
         mean = self._log_scores(server_round - 1, {n: r.evaluated for n, r in good.items()})
         self.emit(
-            "train",
-            round=server_round,
-            answered=len(good),
-            asked=asked,
-            train_loss=metrics.get("train_loss"),
-            mean=mean,
-            errors=self._refusals(server_round, "train", {**self._errors(replies), **excluded}),
+            Trained(
+                round=server_round,
+                answered=len(good),
+                asked=asked,
+                train_loss=metrics.get("train_loss"),
+                mean=mean,
+                errors=self._refusals(server_round, "train", {**self._errors(replies), **excluded}),
+            )
         )
 
     def on_evaluate(self, server_round: int, replies: list[Message], asked: int, missing: dict[str, str]) -> None:
@@ -115,12 +117,13 @@ class Recorder:
         mean = self._log_scores(server_round, good)
         self.sink.log_metrics(self._note_heads(server_round, "evaluate", replies), step=server_round)
         self.emit(
-            "evaluate",
-            round=server_round,
-            answered=len(good),
-            asked=asked,
-            mean=mean,
-            errors=self._refusals(server_round, "evaluate", {**self._errors(replies), **missing}),
+            Evaluated(
+                round=server_round,
+                answered=len(good),
+                asked=asked,
+                mean=mean,
+                errors=self._refusals(server_round, "evaluate", {**self._errors(replies), **missing}),
+            )
         )
 
     def _note_heads(self, server_round: int, stage: str, replies: list[Message]) -> dict[str, float]:

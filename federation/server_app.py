@@ -16,6 +16,7 @@ from federation.asking import asker
 from federation.grid import PromptGrid
 from federation.training import train
 from lab.contract import events
+from lab.contract.events import Done, Failed, Started
 from lab.contract.results import Reported
 from lab.contract.settings import RunSettings
 from lab.core.spec import TaskSpec, parse_spec
@@ -72,7 +73,7 @@ def main(grid: Grid, context: Context) -> None:
             )
         else:
             reason = f"internal error (a bug in the lab): {type(exc).__name__}: {exc}"
-        events.emit("failed", reason=reason + kept.get("where", ""), traceback=kept.get("text"))
+        events.emit(Failed(reason=reason + kept.get("where", ""), traceback=kept.get("text")))
         raise
 
 
@@ -99,11 +100,12 @@ def _record(
     ):
         try:
             events.emit(
-                "started",
-                rounds=settings.num_rounds,
-                strategy=settings.strategy,
-                mlflow_run_id=tracker.run_id,
-                flwr_run_id=context.run_id,
+                Started(
+                    rounds=settings.num_rounds,
+                    strategy=settings.strategy,
+                    mlflow_run_id=tracker.run_id,
+                    flwr_run_id=context.run_id,
+                )
             )
             result = _run(grid, spec, settings, tracker, fab_hash)
         except Exception as exc:
@@ -111,7 +113,7 @@ def _record(
                 kept.update(_keep_traceback(tracker))
             raise
     # Only once MLflow has the run's end: whoever reads the run on "done" finds it FINISHED.
-    events.emit("done", **result.to_json())
+    events.emit(Done(reported=result.to_json()))
 
 
 def _run(grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, fab_hash: str) -> Reported:

@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from lab.contract.events import joined_rows
+from lab.contract.events import Evaluated, Event, Started, Trained, describe
 from lab.contract.results import PooledAccuracy, PreflightAnswer, RunSummary, StatsAnswer
 from lab.core.analytics import DEFAULT_MIN_COUNT, bin_labels
 from lab.core.spec import TaskSpec, load_spec
@@ -42,7 +42,6 @@ from lab.runtime.environ import WORKSPACE, federation_key_for
 from lab.runtime.federation import Federation
 from lab.runtime.mock import check_request, mock_federation, mock_tables
 from lab.runtime.run import RunResult
-from lab.runtime.submit import Event
 
 __all__ = ["Preflight", "Progress", "StatsResult", "TrainingRun", "Workbench", "evaluate"]
 
@@ -192,26 +191,19 @@ class Progress:
             self.handle = display(HTML(self._html()), display_id=True)  # type: ignore[no-untyped-call]
 
     def __call__(self, event: Event) -> None:
-        kind = event["event"]
-        line = ""
-        if kind == "joined":
-            line = f"joined {event['node']} ({event['organisation']}): {joined_rows(event)}"
-        elif kind in ("refused", "warning"):
-            line = f"{kind} {event['reason']}"
-        elif kind == "valuing":
-            line = f"valuing each of {event['nodes']} nodes' contribution: the nodes score every coalition's model"
-        elif kind == "train":
-            mean = (event.get("mean") or {}).values()
-            shown = next((f", mean score {v:.3f} after round {event['round'] - 1}" for v in mean if v is not None), "")
-            self.status = (
-                f"round {event['round']}/{self.rounds}: {event['answered']}/{event['asked']} nodes answered{shown}"
+        line = describe(event)
+        if isinstance(event, Trained):
+            shown = next(
+                (f", mean score {v:.3f} after round {event.round - 1}" for v in event.mean.values() if v is not None),
+                "",
             )
-        elif kind == "evaluate":
-            self.status = f"final model scored by {event['answered']}/{event['asked']} nodes"
-        elif kind == "started":
+            self.status = f"round {event.round}/{self.rounds}: {event.answered}/{event.asked} nodes answered{shown}"
+        elif isinstance(event, Evaluated):
+            self.status = f"final model scored by {event.answered}/{event.asked} nodes"
+        elif isinstance(event, Started):
             self.status = "nodes preparing"
-        for node, reason in (event.get("errors") or {}).items():
-            self.lines.append(f"{node}: {reason}")
+        if isinstance(event, Trained | Evaluated):
+            self.lines += [f"{node}: {reason}" for node, reason in event.errors.items()]
         if line:
             self.lines.append(line)
         self._show(line)

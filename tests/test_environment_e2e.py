@@ -15,6 +15,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 
+from lab.contract.events import Event, Refused, Warned
+from lab.contract.results import RunSummary
 from lab.core.environment import Environment
 from lab.core.spec import load_spec
 from lab.runtime.agreements import default_agreements
@@ -34,8 +36,8 @@ DRIFT = f"six: 1.16.0 here, {LOCKED_SIX} in the lock"
 
 @dataclass(frozen=True)
 class Federation:
-    final: dict[str, Any]
-    events: list[dict[str, Any]]
+    final: RunSummary
+    events: list[Event]
     tracking_uri: str
 
     def run(self) -> Any:
@@ -82,11 +84,11 @@ def federate(workspace: Path, overlay: Path, **settings: Any) -> Federation:
         values={"num-rounds": 1, **settings},
         lock=LOCK,
     )
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
     with LocalFederation(workspace, nodes) as federation:
         run_dir = new_run_dir(federation.workspace)
         outcome = submit_run(federation.connection, config, app_dir=ROOT, run_dir=run_dir, on_event=events.append)
-    return Federation(outcome.final, events, tracking_uri)
+    return Federation(RunSummary.of(outcome.final.reported), events, tracking_uri)
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +97,10 @@ def strict(tmp_path_factory: pytest.TempPathFactory, overlay: Path) -> Iterator[
 
 
 def test_strict_refuses_the_drifted_node_naming_the_package_and_both_versions(strict: Federation) -> None:
-    refused = [e["reason"] for e in strict.events if e["event"] == "refused"]
+    refused = [e.reason for e in strict.events if isinstance(e, Refused)]
     assert len(refused) == 1
     assert "'va' refused" in refused[0] and DRIFT in refused[0]
-    assert [n["node"] for n in strict.final["nodes"]] == ["cleveland", "hungary"]
+    assert [n.node for n in strict.final.nodes] == ["cleveland", "hungary"]
     assert strict.run().data.params["nodes"] == "cleveland,hungary"
 
 
@@ -126,8 +128,8 @@ def test_run_records_every_nodes_environment_data_and_code_fingerprints(strict: 
 
 def test_warn_aggregates_the_drifted_node_and_flags_the_run(tmp_path: Path, overlay: Path) -> None:
     warn = federate(tmp_path / "workspace", overlay, **{"environment-policy": "warn"})
-    assert [n["node"] for n in warn.final["nodes"]] == ["cleveland", "hungary", "va"]
-    warnings = [e["reason"] for e in warn.events if e["event"] == "warning" and "environment" in e["reason"]]
+    assert [n.node for n in warn.final.nodes] == ["cleveland", "hungary", "va"]
+    warnings = [e.reason for e in warn.events if isinstance(e, Warned) and "environment" in e.reason]
     assert len(warnings) == 1 and "'va'" in warnings[0] and DRIFT in warnings[0]
     run = warn.run()
     assert run.data.tags["lab.environment_drift"] == "va"

@@ -45,7 +45,7 @@ def test_the_runtime_writes_a_coordinators_traceback_to_the_runs_folder(tmp_path
     done = subprocess.Popen([sys.executable, "-c", "pass"])
     done.wait()
     final = follow_events(output, done, lambda _: None, timeout=30)
-    assert final["event"] == "failed" and final["traceback"] == "TB"
+    assert isinstance(final, events.Failed) and final.traceback == "TB"
 
 
 def test_a_nodes_bug_is_an_error_reply_an_audit_entry_and_a_traceback_in_its_home(

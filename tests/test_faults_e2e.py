@@ -18,6 +18,7 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
+from lab.contract.events import Event, Started
 from lab.core.spec import load_spec
 from lab.errors import LabError
 from lab.node.ledger import Ledger
@@ -90,9 +91,9 @@ def _in_background(federation: LocalFederation, settings: Any) -> tuple[threadin
     then its ``result`` or ``error`` when it ends."""
     outcome: dict[str, Any] = {}
 
-    def started(event: dict[str, Any]) -> None:
-        if event["event"] == "started" and event.get("mlflow_run_id"):
-            outcome["mlflow_run_id"] = event["mlflow_run_id"]
+    def started(event: Event) -> None:
+        if isinstance(event, Started) and event.mlflow_run_id:
+            outcome["mlflow_run_id"] = event.mlflow_run_id
 
     def go() -> None:
         try:

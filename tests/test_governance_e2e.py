@@ -10,11 +10,12 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
+from lab.contract.events import Event, Refused, Started
+from lab.contract.results import RunSummary
 from lab.core.spec import load_spec
 from lab.node.agreement import template
 from lab.node.audit import AuditLog
@@ -36,7 +37,7 @@ SPEC = load_spec(HEART / "task.toml")
 @dataclass(frozen=True)
 class Governed:
     workspace: Path
-    final: dict[str, Any]
+    final: RunSummary
     refused: dict[str, str]
     run_id: str  # the coordinator's MLflow run
 
@@ -82,21 +83,17 @@ def governed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Governed]:
         nodes=len(nodes),
         values={"num-rounds": 1, "min-nodes": 1, "baseline-epochs": 5},
     )
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
     with LocalFederation(workspace, nodes) as federation:
         run_dir = new_run_dir(federation.workspace)
         outcome = submit_run(federation.connection, config, app_dir=ROOT, run_dir=run_dir, on_event=events.append)
-    refused = {}
-    for event in events:
-        if event["event"] == "refused":
-            name = event["reason"].split("'")[1]
-            refused[name] = event["reason"]
-    (run_id,) = [e["mlflow_run_id"] for e in events if e["event"] == "started"]
-    yield Governed(workspace, outcome.final, refused, run_id)
+    refused = {event.reason.split("'")[1]: event.reason for event in events if isinstance(event, Refused)}
+    (run_id,) = [e.mlflow_run_id for e in events if isinstance(e, Started)]
+    yield Governed(workspace, RunSummary.of(outcome.final.reported), refused, run_id)
 
 
 def test_only_the_node_whose_agreement_allows_the_run_takes_part(governed: Governed) -> None:
-    assert [n["node"] for n in governed.final["nodes"]] == ["cleveland"]
+    assert [n.node for n in governed.final.nodes] == ["cleveland"]
     assert set(governed.refused) == {"hungary", "va", "switzerland"}
 
 
@@ -266,7 +263,7 @@ def test_secure_federation_admits_only_registered_nodes_over_tls(tmp_path: Path)
         )
         outcome = submit_run(federation.connection, config, app_dir=ROOT, run_dir=new_run_dir(federation.workspace))
         refused, refused_plain = _wait_and_clean(unregistered, unregistered_log), _wait_and_clean(plain, plain_log)
-    assert [n["node"] for n in outcome.final["nodes"]] == ["cleveland", "va"]
+    assert [n.node for n in RunSummary.of(outcome.final.reported).nodes] == ["cleveland", "va"]
     assert unregistered.returncode != 0 and "Failed to activate SuperNode" in refused
     assert plain.returncode != 0 and "Failed to initialize the connection to the SuperLink" in refused_plain
     assert "root-certificates" in (workspace / "flwr-home" / "config.toml").read_text()

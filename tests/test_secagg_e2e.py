@@ -33,6 +33,7 @@ from mlflow.artifacts import download_artifacts
 
 from federation.secure_aggregation import CLIPPING_RANGE, ObservedGrid, error_bound, node_mod
 from lab.contract import keys
+from lab.contract.events import Event, Started
 from lab.contract.settings import RunSettings
 from lab.core.preprocess import ColumnSums, Scaler, encode
 from lab.core.spec import TaskSpec, load_spec
@@ -97,10 +98,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
                 nodes=len(NODES),
                 values={**SETTINGS, **extra, "experiment": f"secagg-{name}"},
             )
-            events: list[dict[str, Any]] = []
+            events: list[Event] = []
             run_dir = new_run_dir(federation.workspace)
             submit_run(federation.connection, config, app_dir=ROOT, run_dir=run_dir, on_event=events.append)
-            run_ids[name] = next(e["mlflow_run_id"] for e in events if e["event"] == "started")
+            run_ids[name] = next(str(e.mlflow_run_id) for e in events if isinstance(e, Started))
     yield Runs(tracking_uri, workspace, run_ids["plain"], run_ids["secure"], time.monotonic() - started)
 
 

@@ -29,7 +29,7 @@ LAB_TIMEOUT = 900.0  # seconds for the whole `lab demo`
 def demo_events(workspace: Path) -> tuple[Path, list[dict[str, Any]]]:
     """The folder of the workspace's last run, and the events its coordinator wrote to the run's streamed output."""
     run_dir = sorted(workspace.glob(f"runs/*/{OUTPUT}"))[-1].parent
-    events = [event for event in map(parse, plain_text(run_dir / OUTPUT).splitlines()) if event is not None]
+    events = [event.to_json() for event in map(parse, plain_text(run_dir / OUTPUT).splitlines()) if event is not None]
     return run_dir, events
 
 

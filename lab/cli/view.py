@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table as RichTable
 
 from lab.cli.options import fmt
-from lab.contract.events import joined_rows
+from lab.contract.events import Evaluated, Event, Joined, Refused, Trained, Warned, describe
 from lab.contract.results import SIDES, Contributions, PreflightAnswer, RunSummary
 
 __all__ = ["ProgressView", "contributions_table", "preflight_table", "summary_table"]
@@ -49,13 +49,15 @@ class ProgressView:
             self.bar.update(self.task, completed=self.rounds, description="every node answered or was left out")
         self.bar.__exit__(*exc)
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, event: Event) -> None:
         _show(self.bar, self.task, event, self.rounds, self.metric)
-        node = event.get("node")
+        if not isinstance(event, Refused) or self.logs is None:
+            return
+        node = event.node
         if node not in self.local:  # a node of an unauthenticated federation is known by its id: its reply names it
-            named = re.match(r"node '([^']+)'", str(event.get("reason", "")))
+            named = re.match(r"node '([^']+)'", event.reason)
             node = named.group(1) if named else node
-        if event["event"] == "refused" and self.logs is not None and node in self.local and node not in self.told:
+        if node in self.local and node not in self.told:
             # A node says off itself only what names no file, line or value; here its operator is you.
             self.told.add(str(node))
             log = self.logs / f"node-{node}-worker.log"
@@ -73,36 +75,32 @@ def _progress() -> Progress:
     )
 
 
-def _show(bar: Progress, task: TaskID, event: dict[str, Any], rounds: int, metric: str) -> None:
-    kind = event["event"]
-    if kind == "joined":
-        bar.console.print(f"  [green]joined[/] {event['node']} ({event['organisation']}): {joined_rows(event)}")
-    elif kind == "refused":
-        bar.console.print(f"  [red]refused[/] {escape(event['reason'])}")
-    elif kind == "warning":
-        bar.console.print(f"  [yellow]warning[/] {escape(event['reason'])}")
-    elif kind == "train":
+#: How the command line colours the first word of an event's line (lab.contract.events.describe).
+_COLOURS = {Joined: "green", Refused: "red", Warned: "yellow"}
+
+
+def _show(bar: Progress, task: TaskID, event: Event, rounds: int, metric: str) -> None:
+    if line := describe(event):
+        word, _, rest = line.partition(" ")
+        colour = _COLOURS.get(type(event))
+        bar.console.print(f"  [{colour}]{word}[/] {escape(rest)}" if colour else f"  {escape(line)}", highlight=False)
+    elif isinstance(event, Trained):
         # Nodes score the model they received, i.e. the previous round's global model.
-        value = (event.get("mean") or {}).get(metric)
-        shown = f", mean {metric} {fmt(value)} after round {event['round'] - 1}" if event["round"] > 1 else ""
+        value = event.mean.get(metric)
+        shown = f", mean {metric} {fmt(value)} after round {event.round - 1}" if event.round > 1 else ""
         bar.update(
             task,
-            completed=event["round"],
-            description=f"round {event['round']}/{rounds}: {event['answered']}/{event['asked']} nodes answered{shown}",
+            completed=event.round,
+            description=f"round {event.round}/{rounds}: {event.answered}/{event.asked} nodes answered{shown}",
         )
-    elif kind == "valuing":
-        bar.console.print(
-            f"  valuing each of {event['nodes']} nodes' contribution: the nodes score every coalition's model "
-            f"({escape(str(event['metric']))})"
-        )
-    elif kind == "evaluate":
-        value = (event.get("mean") or {}).get(metric)
+    elif isinstance(event, Evaluated):
+        scored = fmt(event.mean.get(metric))
         bar.update(
             task,
-            completed=event["round"],
-            description=f"final model: {event['answered']}/{event['asked']} nodes, mean {metric} {fmt(value)}",
+            completed=event.round,
+            description=f"final model: {event.answered}/{event.asked} nodes, mean {metric} {scored}",
         )
-    for node, reason in (event.get("errors") or {}).items():
+    for node, reason in (event.errors if isinstance(event, Trained | Evaluated) else {}).items():
         bar.console.print(f"  [red]{escape(node)}[/]: {escape(reason)}")
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+from lab.contract.events import Event
 from lab.contract.results import Reported
 from lab.contract.settings import RunSettings
 from lab.core.spec import TaskSpec
@@ -27,8 +28,8 @@ __all__ = ["Answers", "Ask", "Emit", "NodeAnswer", "QueryKind"]
 
 RequestT = TypeVar("RequestT")
 
-#: A progress event for whoever follows the run: its kind and fields (lab.contract.events).
-Emit = Callable[..., None]
+#: How the coordinator's side tells whoever follows the run what happens (lab.contract.events.emit).
+Emit = Callable[[Event], None]
 
 
 @dataclass(frozen=True)

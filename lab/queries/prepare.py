@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lab.contract.events import Joined, Refused, Warned
 from lab.contract.messages import NodeReport
 from lab.contract.plan import RunPlan
 from lab.contract.results import PreparedAnswer
@@ -430,19 +431,20 @@ def _record(members: dict[int, Member], refusals: dict[str, str], tracker: Track
     for member in members.values():
         shown = member.shows_figures
         emit(
-            "joined",
-            node=member.name,
-            organisation=member.organisation,
-            train_rows=member.train_rows if shown else None,
-            test_rows=member.test_rows if shown else None,
+            Joined(
+                node=member.name,
+                organisation=member.organisation,
+                train_rows=member.train_rows if shown else None,
+                test_rows=member.test_rows if shown else None,
+            )
         )
         if member.warning:
-            emit("warning", node=member.name, reason=f"node {member.name!r}: {member.warning}")
+            emit(Warned(node=member.name, reason=f"node {member.name!r}: {member.warning}"))
         if member.suppressed:
-            emit("warning", node=member.name, reason=f"node {member.name!r}: {member.suppressed}")
+            emit(Warned(node=member.name, reason=f"node {member.name!r}: {member.suppressed}"))
     for node, reason in refusals.items():
         logger.warning("%s", reason)
-        emit("refused", node=node, reason=reason)
+        emit(Refused(node=node, reason=reason))
     names = sorted(m.name for m in members.values())
     tracker.log_params({"nodes": ",".join(names), "num_nodes": len(members), "refused_nodes": len(refusals)})
     for m in members.values():

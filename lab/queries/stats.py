@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lab.contract.events import Refused
 from lab.contract.results import StatsAnswer
 from lab.contract.settings import RunSettings
 from lab.core.analytics import StatsRequest, default_edges, is_categorical, pool, stats_frame, summarise
@@ -121,7 +122,7 @@ class Stats(QueryKind[StatsRequest]):
             request = replace(request, edges={**default_edges(moments), **request.edges})
         gathered = ask(request)
         for node, reason in gathered.refusals.items():
-            emit("refused", node=node, reason=reason)
+            emit(Refused(node=node, reason=reason))
         answers = {name: node.answer["summary"] for name, node in gathered.answers.items()}
         if len(answers) < settings.min_nodes:
             detail = "; ".join(gathered.refusals.values()) or "no node answered"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lab.contract.events import Event
 from lab.contract.results import PreflightAnswer
 from lab.contract.settings import RunSettings
 from lab.core.analytics import DEFAULT_MIN_COUNT, StatsRequest
@@ -22,7 +23,6 @@ from lab.runtime.connection import Connection
 from lab.runtime.environ import tracking_uri_for
 from lab.runtime.local import LocalFederation
 from lab.runtime.run import RunResult, node_specs, run_federation, run_on, run_settings
-from lab.runtime.submit import Event
 
 __all__ = ["Federation"]
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lab.contract.events import Event
 from lab.contract.results import NodeCheck, PreflightAnswer
 from lab.core.mock import mock_table, write_mock
 from lab.core.sources import source_exists
@@ -15,7 +16,6 @@ from lab.core.spec import TaskSpec, load_spec
 from lab.errors import DataError, UsageError
 from lab.runtime.environ import WORKSPACE
 from lab.runtime.federation import Federation
-from lab.runtime.submit import Event
 
 __all__ = ["check_request", "mock_federation", "mock_tables"]
 

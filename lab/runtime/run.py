@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lab.contract.events import Event, Started
 from lab.contract.results import PreflightAnswer, PreparedAnswer, RunSummary, StatsAnswer, read_reported
 from lab.contract.settings import RunSettings
 from lab.core.sources import source_exists
@@ -22,7 +23,7 @@ from lab.runtime.app import code_version
 from lab.runtime.connection import Connection
 from lab.runtime.environ import lock_path, project_root
 from lab.runtime.local import LocalFederation, NodeSpec
-from lab.runtime.submit import Event, new_run_dir, started_runs, submit_run
+from lab.runtime.submit import new_run_dir, started_runs, submit_run
 
 __all__ = ["RunResult", "node_specs", "run_federation", "run_on", "run_settings"]
 
@@ -158,9 +159,9 @@ def run_on(
     started, wall = time.monotonic(), time.time()
 
     def follow(event: Event) -> None:
-        if event["event"] == "started":
-            mlflow_runs.extend([event["mlflow_run_id"]] if event.get("mlflow_run_id") else [])
-            flower_runs.extend([str(event["flwr_run_id"])] if event.get("flwr_run_id") else [])
+        if isinstance(event, Started):
+            mlflow_runs.extend([event.mlflow_run_id] if event.mlflow_run_id else [])
+            flower_runs.extend([str(event.flwr_run_id)] if event.flwr_run_id else [])
         on_event(event)
 
     if settings.resume_run:
@@ -183,7 +184,7 @@ def run_on(
             first, _, rest = str(exc).partition("\n")  # the hint before the tail of Flower's output
             raise CoordinatorLostError(f"{first}\n{hint}\n{rest}".rstrip()) from exc
         raise
-    reported = read_reported(settings.query, {k: v for k, v in outcome.final.items() if k not in ("event", "time")})
+    reported = read_reported(settings.query, outcome.final.reported)
     return RunResult(reported, time.monotonic() - started, mlflow_runs[0] if mlflow_runs else None, outcome.run_dir)
 
 

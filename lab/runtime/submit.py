@@ -9,11 +9,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import tomli_w
 
 from lab.contract import events
+from lab.contract.events import Done, Event, Failed, Started
 from lab.contract.settings import RunSettings
 from lab.errors import CoordinatorLostError, RunFailedError
 from lab.runtime.app import stage_app
@@ -24,17 +24,15 @@ __all__ = ["OUTPUT", "Event", "RunOutcome", "follow_events", "new_run_dir", "sta
 
 logger = logging.getLogger(__name__)
 
-Event = dict[str, Any]
-
 #: The run's output as `flwr run --stream` receives it, in the run's folder.
 OUTPUT = "flwr-run.log"
 
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """How a run ended: its last event, and where its files are."""
+    """How a run ended: its last event (what the run reported), and where its files are."""
 
-    final: Event
+    final: Done
     run_dir: Path
     seconds: float
 
@@ -88,20 +86,19 @@ def submit_run(
             final = follow_events(log_path, proc, on_event, timeout=timeout)
         finally:
             stop_process(proc, grace=10)
-    outcome = RunOutcome(final=final, run_dir=run_dir, seconds=time.monotonic() - started)
-    if final["event"] == "failed":
-        reason = str(final.get("reason"))
-        if final.get("traceback"):
+    if isinstance(final, Failed):
+        reason = final.reason
+        if final.traceback:
             kept = run_dir / "traceback.txt"
-            kept.write_text(str(final["traceback"]), encoding="utf-8")
+            kept.write_text(final.traceback, encoding="utf-8")
             reason += f" and in {str(kept)!r}"
         raise RunFailedError(f"the run failed: {reason} (logs in {str(run_dir)!r})")
-    return outcome
+    return RunOutcome(final=final, run_dir=run_dir, seconds=time.monotonic() - started)
 
 
 def follow_events(
     path: Path, proc: subprocess.Popen[bytes], on_event: Callable[[Event], None], *, timeout: float
-) -> Event:
+) -> Done | Failed:
     """Read the run's streamed output as it grows and hand on its events until ``done`` or ``failed``."""
     deadline = time.monotonic() + timeout
     offset = 0
@@ -118,7 +115,7 @@ def follow_events(
                     if event is None:
                         continue
                     on_event(event)
-                    if event["event"] in ("done", "failed"):
+                    if isinstance(event, Done | Failed):
                         return event
         if proc.poll() is not None:
             exited_at = exited_at or time.monotonic()
@@ -146,8 +143,8 @@ def started_runs(workspace: Path, since: float) -> tuple[list[str], list[str]]:
             if found := _STARTED.search(line):
                 flower_ids.append(found.group(1))
             event = events.parse(line)
-            if event is not None and event["event"] == "started" and event.get("mlflow_run_id"):
-                mlflow_ids.append(str(event["mlflow_run_id"]))
+            if isinstance(event, Started) and event.mlflow_run_id:
+                mlflow_ids.append(event.mlflow_run_id)
     return mlflow_ids, flower_ids
 
 

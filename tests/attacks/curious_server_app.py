@@ -85,4 +85,4 @@ def main(grid: Grid, context: Context) -> None:
     }
     catalogs = ask("query.catalog", QueryMessage(spec.text, "").to_record())
     results["catalog"] = {n: r.content.config_records[keys.NODE][keys.ANSWER] for n, r in catalogs.items()}
-    events.emit("done", attacks=results)
+    events.emit(events.Done(reported={"attacks": results}))

@@ -67,7 +67,7 @@ def test_a_curious_coordinators_own_serverapp_is_refused_by_every_node(tmp_path:
     )
     with federation:
         outcome = submit_run(federation.connection, settings, app_dir=ROOT, run_dir=new_run_dir(workspace))
-    attacks = outcome.final["attacks"]
+    attacks = outcome.final.reported["attacks"]
     assert len(attacks["nodes"]) == 2
     expected = {
         "one-row plan": "agreement clause limits.min-batch-size",

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from lab.contract.events import Event, Joined
+
 from .node import SILOS, SPEC, Node, Nodes
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -48,10 +50,10 @@ def _train(tmp_path: Path, showing: dict[str, bool]) -> tuple[dict[str, Any], di
         round_timeout=60.0,
     )
     tracker = Tracker(store, SPEC.name)
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
     grid = Nodes(nodes, run_id=7)
     with grid.coordinating(), tracker.run(run_name="figures", params={}, tags={}):
-        summary = train(grid, SPEC, settings, tracker, lambda kind, **f: events.append({"event": kind, **f}), "ab" * 32)
+        summary = train(grid, SPEC, settings, tracker, events.append, "ab" * 32)
     client = MlflowClient(tracking_uri=store)
     run = client.get_run(str(tracker.run_id))
     artifacts = {}
@@ -89,12 +91,12 @@ def test_a_nodes_own_figures_are_recorded_only_where_its_agreement_shows_them(tm
         assert _figures_of(node, read) == [], node
         assert node not in read["artifacts"]["contributions/contributions.json"]["nodes"]
         assert "train_rows" not in read["artifacts"]["nodes/fingerprints.json"]["members"][node]
-        joined = next(e for e in told["events"] if e["event"] == "joined" and e["node"] == node)
-        assert joined["train_rows"] is None and joined["test_rows"] is None
+        joined = next(e for e in told["events"] if isinstance(e, Joined) and e.node == node)
+        assert joined.train_rows is None and joined.test_rows is None
     rows = {row["node"]: row for row in read["artifacts"]["nodes/summary.json"]["nodes"]}
     assert set(rows["hungary"]) == set(rows["va"]) == {"node", "organisation", "held_back"}
     assert "federated" in rows["cleveland"] and rows["cleveland"]["train_rows"] > 0
-    assert told["summary"]["nodes"] == read["artifacts"]["nodes/summary.json"]["nodes"]
+    assert told["summary"].to_json()["nodes"] == read["artifacts"]["nodes/summary.json"]["nodes"]
     # Two of three keep theirs: the pooled figures give neither away, so they are there.
     assert 0.5 < read["metrics"]["final.federated.accuracy"] <= 1.0
     assert 0.5 < read["metrics"]["final.pooled.federated.accuracy"] <= 1.0
