@@ -277,7 +277,7 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
     nodes = dict(job["nodes"])
     # The nodes run in the coordinator's own environment, so the default strict environment policy
     # holds (Ray's workers add its vendored packages, hence warn on the simulation runtime).
-    values = {"register": False, "min-nodes": len(nodes), **job["settings"]}
+    values = {"register": False, "min_nodes": len(nodes), **job["settings"]}
     settings = run_settings(spec, tracking_uri=job["tracking_uri"], nodes=len(nodes), values=values)
     try:
         result = run_federation(settings, nodes, workdir)

@@ -112,7 +112,7 @@ def main() -> None:
         with LocalFederation(workspace, nodes) as federation:
             up = time.monotonic() - started
             settings = run_settings(
-                spec, tracking_uri=uri, nodes=args.nodes, values={"num-rounds": args.rounds, "node-wait-seconds": 600}
+                spec, tracking_uri=uri, nodes=args.nodes, values={"num_rounds": args.rounds, "node_wait_seconds": 600}
             )
             t0 = time.monotonic()
             trained = run_on(federation.connection, settings, workspace=workspace)

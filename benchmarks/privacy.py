@@ -69,10 +69,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
     args = parser.parse_args()
     common = {
-        "num-rounds": args.rounds,
-        "batch-size": args.batch_size,
-        "local-steps": args.local_steps,
-        "learning-rate": args.learning_rate,
+        "num_rounds": args.rounds,
+        "batch_size": args.batch_size,
+        "local_steps": args.local_steps,
+        "learning_rate": args.learning_rate,
         "register": False,
     }
     targets = [float(e) for e in args.epsilons.split(",") if e.strip()]
@@ -80,7 +80,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lab-bench-privacy-") as tmp:
         rows.append({"epsilon_target": None, **run_once(Path(tmp) / "no-dp", common)})
         for target in targets:
-            settings = {**common, "dp-target-epsilon": target, "dp-clipping-norm": args.clipping_norm}
+            settings = {**common, "dp_target_epsilon": target, "dp_clipping_norm": args.clipping_norm}
             rows.append({"epsilon_target": target, **run_once(Path(tmp) / f"eps-{target:g}", settings)})
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {

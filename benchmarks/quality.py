@@ -19,11 +19,11 @@ TARGET_ACCURACY = 0.72
 
 #: The published recipe (../shared/datasets/heart-disease/README.md): SGD, 100 local batch
 #: updates of 4 rows per round, 15 rounds. FLamby's learning rate for this dataset is 0.001.
-RECIPE: dict[str, Any] = {"num-rounds": 15, "local-steps": 100, "batch-size": 4, "learning-rate": 0.001}
+RECIPE: dict[str, Any] = {"num_rounds": 15, "local_steps": 100, "batch_size": 4, "learning_rate": 0.001}
 #: The lab's default setting, as `lab demo` runs it: the recipe's local steps and batch, with the
 #: local learning rate raised to 0.05, and 5 rounds. (Every row, recipe included, scales features
 #: with the lab's federated scaler, the tuning that matters most here.)
-DEMO: dict[str, Any] = {"num-rounds": 5, "local-steps": 100, "batch-size": 4, "learning-rate": 0.05}
+DEMO: dict[str, Any] = {"num_rounds": 5, "local_steps": 100, "batch_size": 4, "learning_rate": 0.05}
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
 PUBLISHED = {"pooled": 0.735, "fedavg": 0.685, "fedprox": 0.685, "fedadam": 0.726, "fedyogi": 0.731}
 PUBLISHED_LOCAL = {"cleveland": 0.722, "hungary": 0.629, "switzerland": 0.567, "va": 0.637}
@@ -206,7 +206,7 @@ def scale_jobs(workspace: Path, sizes: list[int], rounds: int) -> list[dict[str,
                 "kind": "scale",
                 "nodes_count": size,
                 # The rounds are measured; the local-only baseline of the preparation is kept short.
-                "settings": {"num-rounds": rounds, "strategy": "fedavg", "baseline-epochs": 1, "seed": 42},
+                "settings": {"num_rounds": rounds, "strategy": "fedavg", "baseline_epochs": 1, "seed": 42},
                 "spec": str(spec),
                 "nodes": nodes,
                 "workdir": str(workspace / "runs" / f"scale-{size}"),

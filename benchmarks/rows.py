@@ -177,11 +177,11 @@ def federated(folder: Path, tables: dict[str, Path], rounds: int) -> dict[str, A
     train_rows = {n: _train_rows(tables[n]) for n in tables}
     steps = min(1000, max(math.ceil(r / BATCH) for r in train_rows.values()))
     values = {
-        "num-rounds": rounds,
-        "local-steps": steps,
-        "batch-size": BATCH,
-        "learning-rate": LEARNING_RATE,
-        "round-timeout": 3600,
+        "num_rounds": rounds,
+        "local_steps": steps,
+        "batch_size": BATCH,
+        "learning_rate": LEARNING_RATE,
+        "round_timeout": 3600,
         "register": False,
     }
     settings = run_settings(spec, tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}", nodes=len(tables), values=values)

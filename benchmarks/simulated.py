@@ -172,12 +172,12 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
         "register": False,
         # Ray puts its own vendored packages (colorama) on its workers' path; a strict node
         # would refuse that drift. Warn still checks every node and flags the run.
-        "environment-policy": "warn",
-        "min-nodes": len(nodes),
+        "environment_policy": "warn",
+        "min_nodes": len(nodes),
         # A simulated node that has not answered is waiting its turn for the cluster's actors (runs
         # that share the cluster take turns, run_jobs), not lost: one that fails answers with its
         # error. So the runs wait as long as a whole benchmark may take.
-        "round-timeout": 3600.0,
+        "round_timeout": 3600.0,
         **job["settings"],
     }
     settings = run_settings(spec, tracking_uri=job["tracking_uri"], nodes=len(nodes), values=values)

@@ -343,8 +343,7 @@ class Workbench:
         """Train the spec's model on the federation (``lab run``). Settings are the run settings
         with underscores (``num_rounds=3``, ``strategy="fedprox"``, ``contributions=True``)."""
         task = self.task
-        values = {key.replace("_", "-"): value for key, value in settings.items()}
-        typed = self.federation.settings(task, self.workspace, self.tracking_uri, values)
+        typed = self.federation.settings(task, self.workspace, self.tracking_uri, settings)
         result = self.federation.train(
             typed,
             workspace=self.workspace,

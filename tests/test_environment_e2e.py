@@ -81,7 +81,7 @@ def federate(workspace: Path, overlay: Path, **settings: Any) -> Federation:
         load_spec(HEART / "task.toml"),
         tracking_uri=tracking_uri,
         nodes=len(nodes),
-        values={"num-rounds": 1, **settings},
+        values={"num_rounds": 1, **settings},
         lock=LOCK,
     )
     events: list[Event] = []
@@ -127,7 +127,7 @@ def test_run_records_every_nodes_environment_data_and_code_fingerprints(strict: 
 
 
 def test_warn_aggregates_the_drifted_node_and_flags_the_run(tmp_path: Path, overlay: Path) -> None:
-    warn = federate(tmp_path / "workspace", overlay, **{"environment-policy": "warn"})
+    warn = federate(tmp_path / "workspace", overlay, **{"environment_policy": "warn"})
     assert [n.node for n in warn.final.nodes] == ["cleveland", "hungary", "va"]
     warnings = [e.reason for e in warn.events if isinstance(e, Warned) and "environment" in e.reason]
     assert len(warnings) == 1 and "'va'" in warnings[0] and DRIFT in warnings[0]

@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.long]
 SPEC = load_spec(HEART / "task.toml")
 NAMES = ("cleveland", "hungary", "va")
 #: Enough local steps that a node is still training when the test kills it (about a second).
-SLOW = {"baseline-epochs": 2, "local-steps": 1000, "round-timeout": 30}  # 1000: the default limit
+SLOW = {"baseline_epochs": 2, "local_steps": 1000, "round_timeout": 30}  # 1000: the default limit
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ def _resume(federation: LocalFederation, run_id: str) -> Any:
 def test_a_run_whose_coordinator_was_killed_resumes_to_the_same_model_bit_for_bit(
     federation: LocalFederation,
 ) -> None:
-    values = {"num-rounds": 4, "strategy": "fedadam", "baseline-epochs": 2, "local-steps": 60, "seed": 11}
+    values = {"num_rounds": 4, "strategy": "fedadam", "baseline_epochs": 2, "local_steps": 60, "seed": 11}
     reference = run_on(federation.connection, _settings(federation, **values), workspace=federation.workspace)
 
     run_id, _ = _killed_after_round(federation, _settings(federation, **values), 2)
@@ -208,7 +208,7 @@ def test_a_run_whose_coordinator_was_killed_resumes_to_the_same_model_bit_for_bi
 
 def test_a_private_run_resumes_without_spending_its_rounds_again(federation: LocalFederation) -> None:
     # A target every node's default agreement allows (at most 10 a run): each plans its own noise.
-    values = {"num-rounds": 3, "baseline-epochs": 2, "local-steps": 50, "dp-target-epsilon": 5.0}
+    values = {"num_rounds": 3, "baseline_epochs": 2, "local_steps": 50, "dp_target_epsilon": 5.0}
     run_id, _ = _killed_after_round(federation, _settings(federation, **values), 1)
     tags = MlflowClient(tracking_uri=_uri(federation)).get_run(run_id).data.tags
     first_flower_run = int(tags["flwr.run_id"])
@@ -240,7 +240,7 @@ def test_a_node_killed_mid_round_is_left_out_of_that_round_and_takes_part_again(
     # Rounds 3 and 4 wait for the restarted node and worker (no reply is lost but the killed ones'):
     # the timeout only bounds how long a loaded machine may take to start them again and train (a
     # restarted worker's first 1000 steps took over 300 s once, beside the deployment tests).
-    values = {**SLOW, "num-rounds": 4, "round-timeout": 900}
+    values = {**SLOW, "num_rounds": 4, "round_timeout": 900}
     thread, outcome = _in_background(federation, _settings(federation, **values))
     cleveland, hungary = _node(federation, "cleveland"), _node(federation, "hungary")
     restarts = cleveland.restarts, hungary.restarts
@@ -278,7 +278,7 @@ def test_a_run_whose_superlink_was_killed_resumes_once_the_coordinator_is_back(
     own_federation: LocalFederation,
 ) -> None:
     federation = own_federation
-    values = {"num-rounds": 3, "baseline-epochs": 2, "local-steps": 50, "seed": 5}
+    values = {"num_rounds": 3, "baseline_epochs": 2, "local_steps": 50, "seed": 5}
     thread, outcome = _in_background(federation, _settings(federation, **values))
     run_id = checkpointed_run(_uri(federation), 1, outcome)
     assert federation.coordinator.process is not None and federation.coordinator.superexec is not None

@@ -81,7 +81,7 @@ def governed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Governed]:
         SPEC,
         tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}",
         nodes=len(nodes),
-        values={"num-rounds": 1, "min-nodes": 1, "baseline-epochs": 5},
+        values={"num_rounds": 1, "min_nodes": 1, "baseline_epochs": 5},
     )
     events: list[Event] = []
     with LocalFederation(workspace, nodes) as federation:
@@ -240,7 +240,7 @@ def test_secure_federation_admits_only_registered_nodes_over_tls(tmp_path: Path)
         SPEC,
         tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}",
         nodes=len(nodes),
-        values={"num-rounds": 1, "baseline-epochs": 5},
+        values={"num_rounds": 1, "baseline_epochs": 5},
     )
     with LocalFederation(workspace, nodes, secure=True) as federation:
         address = federation.connection.address

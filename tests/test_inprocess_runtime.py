@@ -124,7 +124,7 @@ def test_a_valued_run_sends_the_coalitions_with_the_final_evaluation(
 
     monkeypatch.setattr(inprocess.InProcessGrid, "push_messages", recorded)
     nodes = {name: str(SILOS[name]) for name in ("cleveland", "hungary", "va")}
-    values = {"num-rounds": 1, "contributions": True, "register": False}
+    values = {"num_rounds": 1, "contributions": True, "register": False}
     settings = run_settings(
         load_spec(HEART / "task.toml"), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", nodes=3, values=values
     )

@@ -26,7 +26,7 @@ from .conftest import HEART, ROOT, SILOS, leftover_processes, run_lab
 pytestmark = [pytest.mark.e2e, pytest.mark.long]
 
 SPEC = load_spec(HEART / "task.toml")
-SHORT = {"num-rounds": 2, "baseline-epochs": 2, "local-steps": 20}
+SHORT = {"num_rounds": 2, "baseline_epochs": 2, "local_steps": 20}
 
 
 def _run(federation: LocalFederation, **values: Any) -> dict[str, Any]:

@@ -50,15 +50,15 @@ NODES = ("cleveland", "hungary")
 ROUNDS = 2
 LEARNING_RATE = 0.05
 SETTINGS: dict[str, Any] = {
-    "num-rounds": ROUNDS,
-    "local-steps": 5,
-    "batch-size": 16,
-    "learning-rate": LEARNING_RATE,
+    "num_rounds": ROUNDS,
+    "local_steps": 5,
+    "batch_size": 16,
+    "learning_rate": LEARNING_RATE,
     "seed": 7,
-    "baseline-epochs": 1,
-    "min-nodes": 2,
+    "baseline_epochs": 1,
+    "min_nodes": 2,
     # This test is about aggregation, not environments: a drifted shared venv must not stop it.
-    "environment-policy": "warn",
+    "environment_policy": "warn",
 }
 
 
@@ -91,7 +91,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     run_ids: dict[str, str] = {}
     nodes = node_specs({n: str(SILOS[n]) for n in NODES}, None, workspace=workspace, spec=spec)
     with LocalFederation(workspace, nodes) as federation:
-        for name, extra in (("plain", {}), ("secure", {"secure-aggregation": True})):
+        for name, extra in (("plain", {}), ("secure", {"secure_aggregation": True})):
             config = run_settings(
                 spec,
                 tracking_uri=tracking_uri,

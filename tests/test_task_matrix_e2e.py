@@ -37,11 +37,11 @@ DIABETES_NODES = {name: str(DIABETES / f"{name}.csv") for name in ("clinic-north
 
 #: Short runs: three rounds of 40 local steps, a short local-only baseline.
 SETTINGS = {
-    "num-rounds": 3,
-    "local-steps": 40,
-    "batch-size": 8,
-    "learning-rate": 0.05,
-    "baseline-epochs": 3,
+    "num_rounds": 3,
+    "local_steps": 40,
+    "batch_size": 8,
+    "learning_rate": 0.05,
+    "baseline_epochs": 3,
     "seed": 1,
     "register": True,
 }

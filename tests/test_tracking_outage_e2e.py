@@ -66,7 +66,7 @@ def test_the_tracking_store_going_away_for_seconds_or_for_good(federation: Local
     uri = f"http://127.0.0.1:{port}"
     server = _tracking_server(tmp_path, port)
     # No node is meant to miss a reply here: the round timeout only bounds a loaded machine's slowness.
-    values = {"baseline-epochs": 2, "local-steps": 300, "round-timeout": 180, "num-rounds": 3, "tracking-timeout": 60}
+    values = {"baseline_epochs": 2, "local_steps": 300, "round_timeout": 180, "num_rounds": 3, "tracking_timeout": 60}
     try:
         # Away for a few seconds in the middle of the run: MLflow's retries carry the run over.
         settings = _settings(federation, uri, **values)
@@ -86,7 +86,7 @@ def test_the_tracking_store_going_away_for_seconds_or_for_good(federation: Local
         assert len(client.search_model_versions(f"run_id = '{run_id}'")) == 1
 
         # Away for good: the run fails within its tracking-timeout, and nothing is registered.
-        settings = _settings(federation, uri, **{**values, "tracking-timeout": 5})
+        settings = _settings(federation, uri, **{**values, "tracking_timeout": 5})
         thread, outcome = _in_background(federation, settings)
         lost = checkpointed_run(uri, 1, outcome)
         stop_trees([server], grace=0)

@@ -125,7 +125,7 @@ def demo(
         nodes=len(federation.nodes),
         # The demo values each hospital's contribution (--secure is TLS and node authentication: the
         # coordinator still holds each update, which only secure aggregation would hide).
-        values={"num-rounds": rounds, "strategy": strategy, "contributions": True},
+        values={"num_rounds": rounds, "strategy": strategy, "contributions": True},
     )
     local = Federation.local(federation.nodes, federation.agreements, secure=secure, node_runtime=node_runtime)
     _train(spec, settings, local, workspace=workspace)
@@ -181,11 +181,11 @@ def run(
         raise UsageError("give the task, --spec TASK.toml (or --resume RUN_ID to continue a run)")
     task = load_spec(spec)
     values: dict[str, Any] = {
-        "num-rounds": rounds,
+        "num_rounds": rounds,
         "strategy": strategy,
-        "min-nodes": min_nodes,
-        "environment-policy": environment_policy,
-        "secure-aggregation": secure_aggregation,
+        "min_nodes": min_nodes,
+        "environment_policy": environment_policy,
+        "secure_aggregation": secure_aggregation,
         **_settings(setting or []),
     }
     settings = federation.settings(task, workspace, tracking_uri, values)
@@ -355,11 +355,11 @@ def ui(
 
 
 def _settings(items: list[str]) -> dict[str, str]:
-    """--set KEY=VALUE, as text: each value is read as its setting's type (lab.contract.settings)."""
+    """--set KEY=VALUE, as text by field name: each value is read as its setting's type (lab.contract.settings)."""
     out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise UsageError(f"--set {item!r} should be KEY=VALUE, e.g. --set learning-rate=0.05")
-        out[key.strip()] = value.strip()
+        out[RunSettings.field_of(key.strip())] = value.strip()
     return out

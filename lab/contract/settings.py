@@ -9,6 +9,7 @@ defaults here.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -130,17 +131,26 @@ class RunSettings:
         """Flower's run config for these settings (every key)."""
         return {self.key(name): value for name, value in asdict(self).items()}
 
-    def with_values(self, values: dict[str, Any], *, source: str = "--set") -> RunSettings:
-        """These settings with ``values`` (kebab-case keys, typed or as text) replaced, checked."""
-        known = {self.key(f.name): f.name for f in fields(self)}
+    def with_values(self, values: Mapping[str, Any], *, source: str = "run settings") -> RunSettings:
+        """These settings with ``values`` (by field name, ``num_rounds``; typed, or as text) replaced, checked."""
         updates = {}
-        for key, value in values.items():
-            if key not in known:
-                raise SettingsError(f"{source}: unknown run setting {key!r}; known: {sorted(self.user_keys())!r}")
-            updates[known[key]] = _typed(known[key], value, source=source)
+        for name, value in values.items():
+            if name not in TYPES:
+                known = sorted(f.name for f in fields(self) if f.name not in FILLED_IN)
+                raise SettingsError(f"{source}: unknown run setting {name!r}; known: {known!r}")
+            updates[name] = _typed(name, value, source=source)
         updated = replace(self, **updates)
         updated.check()
         return updated
+
+    @classmethod
+    def field_of(cls, key: str, *, source: str = "--set") -> str:
+        """The field a user's key names (kebab-case, ``num-rounds``, as ``--set`` and the run
+        config write it): the one place the command line's key style is read."""
+        name = key.replace("-", "_")
+        if "_" in key or name not in TYPES:
+            raise SettingsError(f"{source}: unknown run setting {key!r}; known: {sorted(cls.user_keys())!r}")
+        return name
 
     def check(self) -> None:
         """Raise SettingsError naming the first setting out of range."""

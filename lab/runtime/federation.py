@@ -100,11 +100,11 @@ class Federation:
         return tracking_uri or tracking_uri_inside()
 
     def settings(self, spec: TaskSpec, workspace: Path, tracking_uri: str, values: dict[str, Any]) -> RunSettings:
-        """The run's settings for this federation."""
+        """The run's settings for this federation: ``values`` by field name (``num_rounds``) on the defaults."""
         uri = self.tracking_uri(workspace, tracking_uri)
         if self.coordinator is None:
             return run_settings(spec, tracking_uri=uri, nodes=len(self.nodes), values=values)
-        values = {**values, "only-nodes": self.chosen} if self.chosen else values
+        values = {**values, "only_nodes": self.chosen} if self.chosen else values
         return run_settings(spec, tracking_uri=uri, nodes=0, values=values)
 
     def preflight_settings(self, spec: TaskSpec, workspace: Path, tracking_uri: str) -> RunSettings:

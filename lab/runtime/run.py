@@ -68,8 +68,8 @@ def run_settings(
     values: Mapping[str, Any] | None = None,
     lock: Path | None = None,
 ) -> RunSettings:
-    """The run's settings: ``values`` (kebab-case keys, typed or as command-line text) on the
-    defaults, and what the lab fills in (the spec's text, the environment lock (``lock``, or the
+    """The run's settings: ``values`` (by field name, ``num_rounds``; typed, or as command-line
+    text) on the defaults, and what the lab fills in (the spec's text, the environment lock (``lock``, or the
     project's), the code's version).
 
     Raises SettingsError for an unknown or invalid setting, before any process starts.

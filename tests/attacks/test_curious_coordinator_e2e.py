@@ -63,7 +63,7 @@ def test_a_curious_coordinators_own_serverapp_is_refused_by_every_node(tmp_path:
     federation.coordinator.env = {"PATH": path}
     federation.coordinator.flower_superexec = True  # Flower's own, which starts flwr-serverapp from the PATH
     settings = run_settings(
-        spec, tracking_uri=tracking_uri_for(workspace), nodes=2, values={"environment-policy": "warn"}
+        spec, tracking_uri=tracking_uri_for(workspace), nodes=2, values={"environment_policy": "warn"}
     )
     with federation:
         outcome = submit_run(federation.connection, settings, app_dir=ROOT, run_dir=new_run_dir(workspace))
