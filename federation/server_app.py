@@ -43,8 +43,10 @@ def main(grid: Grid, context: Context) -> None:
     """Run one federated run end to end."""
     grid = PromptGrid(grid)  # replies are read within 0.2 s, not Flower's 3 s
     settings = RunSettings.from_run_config(dict(context.run_config))
-    if ROSTER.get() and not settings.admitted_nodes:  # a coordinator's host: hold each node to its admitted name
-        settings = replace(settings, admitted_nodes=json.dumps(names_by_id(Path(ROSTER.get()))))
+    # Where the coordinator admits nodes by key (its roster), each is held to its admitted name; the
+    # roster alone says so, whatever the run's config says (whoever submits a run cannot rename nodes).
+    admitted = names_by_id(Path(ROSTER.get())) if ROSTER.get() else {}
+    settings = replace(settings, admitted_nodes=json.dumps(admitted) if admitted else "")
     spec = parse_spec(settings.task_spec, source="the run's task spec")
     tracker = Tracker(settings.tracking_uri, settings.experiment or spec.name)
     fab_hash = grid.run.fab_hash  # the app's code, as the SuperLink received it

@@ -10,7 +10,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +62,7 @@ def _uri(federation: LocalFederation) -> str:
 
 
 def _settings(federation: LocalFederation, **values: Any) -> Any:
-    settings = run_settings(SPEC, tracking_uri=_uri(federation), nodes=len(NAMES), values=values)
-    return replace(settings, admitted_nodes=json.dumps(federation.admitted))
+    return run_settings(SPEC, tracking_uri=_uri(federation), nodes=len(NAMES), values=values)
 
 
 def _node(federation: LocalFederation, name: str) -> Any:
@@ -154,11 +152,7 @@ def _killed_after_round(federation: LocalFederation, settings: Any, server_round
 
 def _resume(federation: LocalFederation, run_id: str) -> Any:
     settings = resumable(_uri(federation), run_id).settings_for(tracking_uri=_uri(federation), expected_nodes=3)
-    return run_on(
-        federation.connection,
-        replace(settings, admitted_nodes=json.dumps(federation.admitted)),
-        workspace=federation.workspace,
-    )
+    return run_on(federation.connection, settings, workspace=federation.workspace)
 
 
 def test_a_run_whose_coordinator_was_killed_resumes_to_the_same_model_bit_for_bit(

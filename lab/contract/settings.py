@@ -82,7 +82,9 @@ class RunSettings:
     query: str = _setting("", "a query kind instead of training (catalog, stats; `lab check`, `lab stats`)")
     query_request: str = _setting("", "the query's request as JSON (its command fills it in)")
     code_version: str = _setting("", "the project's git commit (`lab run` fills it in)")
-    admitted_nodes: str = _setting("", "node id -> admitted name (JSON) of an authenticated federation; empty: any")
+    admitted_nodes: str = _setting(
+        "", "node id -> admitted name (JSON): the ServerApp fills it in from its roster, whatever the run config says"
+    )
     only_nodes: str = _setting("", "NAME,NAME: only these admitted nodes take part (empty: every connected node)")
     register: bool = _setting(True, "register the final model with the alias champion")
     contributions: bool = _setting(

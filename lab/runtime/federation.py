@@ -6,7 +6,6 @@ the typed result (lab.contract.results); lab.runtime.mock draws mock tables from
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -189,8 +188,6 @@ class Federation:
         if self.coordinator is not None:
             return run_on(self.coordinator, settings, workspace=workspace, on_event=on_event)
         if self.standing is not None:
-            if self.standing.admitted:  # every node's key was admitted under its name
-                settings = replace(settings, admitted_nodes=json.dumps(self.standing.admitted))
             return run_on(self.standing.connection, settings, workspace=workspace, on_event=on_event)
         return run_federation(
             settings,

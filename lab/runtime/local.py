@@ -16,9 +16,11 @@ from lab.core.sources import node_source
 from lab.errors import UsageError
 from lab.runtime.connection import Connection
 from lab.runtime.coordinator import Coordinator
+from lab.runtime.environ import ROSTER
 from lab.runtime.forked import start_server
 from lab.runtime.node import Node
 from lab.runtime.processes import LoggedProcess, Started
+from lab.runtime.roster import write_admitted
 from lab.runtime.security import enroll_node
 
 __all__ = ["LocalFederation", "NodeSpec"]
@@ -57,7 +59,10 @@ class LocalFederation(Started):
 
     def __post_init__(self) -> None:
         self.workspace = self.workspace.resolve()
-        self.coordinator = Coordinator(self.workspace, secure=self.secure)
+        # A secure federation admits each node's key under its name, and its ServerApp holds every
+        # node to that name from the roster, as on a coordinator's host (lab.runtime.roster).
+        env = {ROSTER.name: str(self.workspace)} if self.secure else {}
+        self.coordinator = Coordinator(self.workspace, secure=self.secure, env=env)
 
     @property
     def connection(self) -> Connection:
@@ -86,6 +91,7 @@ class LocalFederation(Started):
             if self.secure:
                 keys = enroll_node(self.workspace / "keys", spec.name)
                 self.admitted[self.coordinator.register(keys.public_key, spec.name)] = spec.name
+                write_admitted(self.workspace, {name: {"node_id": node_id} for node_id, name in self.admitted.items()})
                 auth_key = keys.private_key
             node = Node.at_home(
                 spec.name,

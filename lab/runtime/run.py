@@ -5,10 +5,9 @@ progress event to a callback; it prints nothing (the CLI draws the progress)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -130,8 +129,6 @@ def run_federation(
     wall = time.time()
     try:
         with LocalFederation(workspace, specs, secure=secure, node_runtime=node_runtime) as federation:
-            if federation.admitted:  # every node's key was admitted under its name: hold it to that name
-                settings = replace(settings, admitted_nodes=json.dumps(federation.admitted))
             return run_on(federation.connection, settings, workspace=workspace, on_event=on_event)
     except KeyboardInterrupt:
         # Every process of the federation is stopped now, so no coordinator can still record its
