@@ -266,8 +266,8 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
     settings below are the defaults a job's own settings override. A failed run raises, or with
     ``keep_going`` returns the job with its ``error``.
     """
+    from lab.core.environ import SIGNING_KEY
     from lab.core.spec import load_spec
-    from lab.runtime.environ import SIGNING_KEY
     from lab.runtime.run import run_settings
 
     if job.get("signing_key"):  # the federation's key: a run that registers signs its model with it
@@ -292,7 +292,7 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
 def _run_one(job: dict[str, Any], answer: Connection) -> None:
     """A forked process's task: run ``job``, with the process's log in its folder, and send back
     (result, None) or (None, why it failed)."""
-    from lab.runtime.environ import PRIVATE_ENV
+    from lab.core.environ import PRIVATE_ENV
 
     os.environ.update(PRIVATE_ENV)
     workdir = Path(job["workdir"])

@@ -26,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab.runtime.environ import PRIVATE_ENV  # noqa: E402
+from lab.core.environ import PRIVATE_ENV  # noqa: E402
 
 os.environ.update(PRIVATE_ENV)
 

@@ -38,7 +38,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT)]
 
 from lab.contract.events import Event, Trained  # noqa: E402
-from lab.runtime.environ import PRIVATE_ENV  # noqa: E402
+from lab.core.environ import PRIVATE_ENV  # noqa: E402
 
 os.environ.update(PRIVATE_ENV)
 

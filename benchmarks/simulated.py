@@ -146,7 +146,7 @@ def simulate(settings: RunSettings, nodes: list[SimulatedNode], workdir: Path, *
 def _worker_setup() -> None:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from lab.runtime.environ import PRIVATE_ENV
+    from lab.core.environ import PRIVATE_ENV
 
     os.environ.update(PRIVATE_ENV)
 
@@ -159,8 +159,8 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
     are the defaults a job's own settings override. A failed run raises, or with ``keep_going``
     returns the job with its ``error``.
     """
+    from lab.core.environ import SIGNING_KEY
     from lab.core.spec import load_spec
-    from lab.runtime.environ import SIGNING_KEY
     from lab.runtime.run import run_settings
 
     if job.get("signing_key"):  # the federation's key: a run that registers signs its model with it

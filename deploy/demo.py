@@ -23,7 +23,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 from netns import available  # noqa: E402
 from sequence import Deployment  # noqa: E402
 
-from lab.runtime.environ import PRIVATE_ENV  # noqa: E402
+from lab.core.environ import PRIVATE_ENV  # noqa: E402
 from lab.runtime.processes import interrupt_on_stop_signals  # noqa: E402
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import traceback
 from collections.abc import Callable
@@ -15,10 +14,10 @@ from flwr.app import Context, Error, Message, RecordDict
 
 from lab.contract import keys
 from lab.contract.messages import NodeReport, carry_audit_head
+from lab.core.environ import APP_HASH
 from lab.errors import LabError, Refusal
 from lab.node.agreement import UNBOUND, Agreement, Request
 from lab.node.audit import AuditHead, AuditLog
-from lab.node.guard import APP_HASH_ENV
 from lab.node.site import NodeSite
 
 __all__ = ["Checks", "audit", "governed"]
@@ -124,7 +123,7 @@ def audit(
     extra = {"agreement": NO_AGREEMENT} if site.no_agreement else {}
     return AuditLog(site.audit_path, site.secret).append(
         run_id=msg.metadata.run_id,
-        app_hash=os.environ.get(APP_HASH_ENV, "unchecked"),
+        app_hash=APP_HASH.get(),
         message_type=msg.metadata.message_type,
         asked=asked,
         decision=decision,

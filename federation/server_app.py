@@ -19,13 +19,13 @@ from lab.contract import events
 from lab.contract.events import Done, Failed, Started
 from lab.contract.results import Reported
 from lab.contract.settings import RunSettings
+from lab.core.environ import ROSTER
 from lab.core.spec import TaskSpec, parse_spec
 from lab.errors import LabError, RunFailedError
 from lab.queries import kind_named
 from lab.registry.checkpoints import resumable
 from lab.registry.runs import FLOWER_RUN, RESUMED_BY, close_orphans, coordinator_tags
 from lab.registry.tracking import Tracker, patience, unreachable
-from lab.runtime.environ import ROSTER
 from lab.runtime.roster import names_by_id
 
 __all__ = ["TRACEBACK_FILE", "app"]

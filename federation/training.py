@@ -24,6 +24,7 @@ from lab.contract.messages import Instructions
 from lab.contract.results import NodeRow, PooledAccuracy, RunSummary
 from lab.contract.settings import RunSettings
 from lab.core.disclosure import subtraction_reveals
+from lab.core.environ import ROSTER, SIGNING_KEY
 from lab.core.environment import Environment
 from lab.core.intervals import LEVEL, compare, pooled_accuracy, wilson
 from lab.core.model import build_model
@@ -39,7 +40,6 @@ from lab.registry.checkpoints import Checkpoint, log_settings, resumable
 from lab.registry.packaging import check_packaging
 from lab.registry.run_record import REFUSALS, SUMMARY
 from lab.registry.tracking import AUDIT_HEADS, Tracker
-from lab.runtime.environ import ROSTER, SIGNING_KEY
 from lab.runtime.roster import note_seen
 
 __all__ = ["train"]

@@ -33,12 +33,13 @@ import pandas as pd
 from lab.contract.events import Evaluated, Event, Started, Trained, describe
 from lab.contract.results import PooledAccuracy, PreflightAnswer, RunSummary, StatsAnswer
 from lab.core.analytics import DEFAULT_MIN_COUNT, bin_labels
+from lab.core.environ import WORKSPACE
 from lab.core.spec import TaskSpec, load_spec
 from lab.errors import UsageError
 from lab.registry.rerun import Evaluation, evaluate_table, load_model
 from lab.registry.runs import list_runs
 from lab.runtime.demo import demo_federation
-from lab.runtime.environ import WORKSPACE, federation_key_for
+from lab.runtime.environ import federation_key_for
 from lab.runtime.federation import Federation
 from lab.runtime.mock import check_request, mock_federation, mock_tables
 from lab.runtime.run import RunResult

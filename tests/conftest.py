@@ -16,8 +16,9 @@ from typing import Any
 import psutil
 import pytest
 
+from lab.core.environ import PRIVATE_ENV
 from lab.core.spec import TaskSpec, load_spec
-from lab.runtime.environ import PRIVATE_ENV, private_environ
+from lab.runtime.environ import private_environ
 
 ROOT = Path(__file__).resolve().parent.parent
 HEART = ROOT / "data" / "heart-disease"

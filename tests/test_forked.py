@@ -12,8 +12,9 @@ from pathlib import Path
 
 import psutil
 
+from lab.core.environ import PROCESS_TAGS
 from lab.runtime.forked import start_python
-from lab.runtime.processes import TAGS_ENV, stop_trees
+from lab.runtime.processes import stop_trees
 
 from .conftest import ROOT
 
@@ -39,7 +40,7 @@ def test_a_forked_process_has_its_own_session_environment_folder_and_log(tmp_pat
     assert record["argv"] == ["3"]
     assert record["cwd"] == str(home)
     assert record["sid"] == started.popen.pid != os.getsid(0)  # a session of its own: no terminal's Ctrl-C
-    assert record["env"] == {**env, TAGS_ENV: started.tag}  # what it was given, and its tag
+    assert record["env"] == {**env, PROCESS_TAGS.name: started.tag}  # what it was given, and its tag
     assert "to stderr" in log.read_text()  # both streams in its log
     started.log_file.close()
 

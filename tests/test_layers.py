@@ -77,3 +77,23 @@ def test_the_command_line_starts_without_pytorch_or_mlflow() -> None:
     code = "import sys, lab.cli; print(sorted({'torch', 'mlflow'} & set(sys.modules)))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert loaded.stdout.strip() == "[]"
+
+
+def test_every_environment_variable_of_the_lab_is_named_in_one_registry() -> None:
+    """lab.core.environ names each with its default and use; no other code spells one out (docs may)."""
+    import re
+
+    from lab.core.environ import VARIABLES
+
+    spelled = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for folder in ("lab", "federation")
+        for path, tree in _modules(folder).items()
+        if path != ROOT / "lab" / "core" / "environ.py"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        for name in [node.value] if re.fullmatch(r"LAB_[A-Z_]+", node.value)
+    ]
+    assert spelled == []
+    names = [variable.name for variable in VARIABLES]
+    assert len(names) == len(set(names)) and all(n.startswith(("LAB_", "MLFLOW_")) for n in names)

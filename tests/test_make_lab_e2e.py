@@ -18,7 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from lab.runtime.environ import PRIVATE_ENV, private_environ
+from lab.core.environ import PRIVATE_ENV
+from lab.runtime.environ import private_environ
 
 from .conftest import ROOT
 

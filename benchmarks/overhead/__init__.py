@@ -35,7 +35,7 @@ from .paths import ROOT
 
 sys.path.insert(0, str(ROOT))
 
-from lab.runtime.environ import PRIVATE_ENV  # noqa: E402
+from lab.core.environ import PRIVATE_ENV  # noqa: E402
 
 os.environ.update(PRIVATE_ENV)  # telemetry off here and in every process started from here
 

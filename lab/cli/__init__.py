@@ -24,8 +24,8 @@ from lab.cli.deploy import coordinator_app
 from lab.cli.governance import agreement_app, app_app, node_app
 from lab.cli.inhouse import env_app, evaluate, model_app, predict, spec_app
 from lab.cli.report import report
+from lab.core.environ import PRIVATE_ENV, WORKSPACE
 from lab.errors import LabError
-from lab.runtime.environ import PRIVATE_ENV, WORKSPACE
 from lab.runtime.processes import interrupt_on_stop_signals
 
 __all__ = ["app", "main"]

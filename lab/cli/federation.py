@@ -24,9 +24,10 @@ from lab.cli.options import (
 from lab.cli.view import ProgressView, preflight_table, summary_table
 from lab.contract.settings import RunSettings
 from lab.contract.strategies import STRATEGIES
+from lab.core.environ import WORKSPACE
 from lab.core.spec import TaskSpec, load_spec, parse_spec
 from lab.errors import UsageError
-from lab.runtime.environ import WORKSPACE, tracking_uri_for
+from lab.runtime.environ import tracking_uri_for
 from lab.runtime.federation import Federation
 from lab.runtime.run import run_settings
 

@@ -14,13 +14,14 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 
 from lab.cli.options import PasswordFile, TrackingCa, TrackingUri, TrackingUser, Workspace, read_password
+from lab.core.environ import WORKSPACE
 from lab.core.sources import source_label
 from lab.errors import AgreementError, UsageError
 from lab.node.agreement import load_agreement, template
 from lab.node.audit import AuditHead, AuditLog
 from lab.node.site import SECRET_FILE
 from lab.runtime.app import app_hash
-from lab.runtime.environ import WORKSPACE, tracking_uri_for
+from lab.runtime.environ import tracking_uri_for
 
 __all__ = ["agreement_app", "app_app", "node_app"]
 

@@ -13,9 +13,10 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 
 from lab.cli.options import FederationKey, PasswordFile, TrackingCa, TrackingUri, Workspace, fmt, read_password
+from lab.core.environ import WORKSPACE
 from lab.core.sources import source_label
 from lab.errors import UsageError
-from lab.runtime.environ import WORKSPACE, federation_key_for, lock_path, tracking_uri_for
+from lab.runtime.environ import federation_key_for, lock_path, tracking_uri_for
 
 __all__ = ["env_app", "evaluate", "model_app", "predict", "spec_app"]
 

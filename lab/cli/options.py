@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
+from lab.core.environ import TRACKING_URI, WORKSPACE
 from lab.core.sources import node_source
 from lab.errors import UsageError
-from lab.runtime.environ import TRACKING_URI, WORKSPACE
 
 __all__ = [
     "AgreementOption",

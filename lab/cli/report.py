@@ -9,8 +9,9 @@ import typer
 from rich.console import Console
 
 from lab.cli.options import PasswordFile, TrackingCa, TrackingUri, TrackingUser, Workspace, read_password
+from lab.core.environ import WORKSPACE
 from lab.errors import LabError
-from lab.runtime.environ import WORKSPACE, tracking_uri_for
+from lab.runtime.environ import tracking_uri_for
 
 __all__ = ["report"]
 

@@ -16,19 +16,18 @@ password.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from lab.core.environ import DATA_PASSWORD
 from lab.core.sources import display_url
 from lab.errors import DataError
 
-__all__ = ["PASSWORD_ENV", "read_sql"]
+__all__ = ["read_sql"]
 
-PASSWORD_ENV = "LAB_DATA_PASSWORD"
 
 _LAB_PARAMS = ("table", "query", "password-file")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
@@ -58,7 +57,7 @@ def read_sql(source: str) -> pd.DataFrame:
     if url.password is not None:
         raise DataError(
             f"{shown!r} holds a password: a node's data-path is logged by Flower. Take it out of the URL and "
-            f"give it in a file (password-file=PATH) or in the node's {PASSWORD_ENV} environment variable"
+            f"give it in a file (password-file=PATH) or in the node's {DATA_PASSWORD.name} environment variable"
         )
     password = _password(shown, lab.get("password-file"))
     url = url.set(query=params, password=password)
@@ -127,7 +126,7 @@ def _password(shown: str, password_file: Any) -> str | None:
                 "give the path of a file holding the password"
             ) from None
         return lines[0].strip() if lines else ""
-    return os.environ.get(PASSWORD_ENV) or None
+    return DATA_PASSWORD.get() or None
 
 
 def _reason(exc: BaseException, password: str | None) -> str:

@@ -17,17 +17,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lab.core.environ import AGREEMENT_FILE, APP_HASH, AUDIT_LOG, WITHOUT_AGREEMENT
 from lab.errors import Refusal
 from lab.node.agreement import UNBOUND, load_agreement
 from lab.node.audit import AuditLog
 from lab.node.site import node_secret
 
-__all__ = ["AGREEMENT_ENV", "APP_HASH_ENV", "AUDIT_ENV", "NO_AGREEMENT_ENV", "main", "write_shim"]
-
-AGREEMENT_ENV = "LAB_AGREEMENT"
-NO_AGREEMENT_ENV = "LAB_NO_AGREEMENT"  # "1": the operator started the node without an agreement on purpose
-AUDIT_ENV = "LAB_AUDIT_LOG"
-APP_HASH_ENV = "LAB_APP_HASH"  # set for the app once its hash is approved, for its audit entries
+__all__ = ["check_app", "main", "write_shim"]
 
 
 def main() -> None:
@@ -50,7 +46,7 @@ def main() -> None:
         context = pulled.get("context")
         node = str(context.node_config.get("node-name", "?")) if context is not None else "?"
         check_app(fab_hash, pulled.get("message"), node)
-        os.environ[APP_HASH_ENV] = fab_hash
+        os.environ[APP_HASH.name] = fab_hash  # for the app, once approved: its audit entries name it
         return install(fab_content, *args, **kwargs)
 
     names["pull_task_input"] = remembering_pull
@@ -62,8 +58,8 @@ def check_app(fab_hash: str, message: Any, node: str) -> None:
     """Refuse (raise Refusal naming the node and the clause) unless the node's agreement is in
     force and allows this app; a node with no agreement refuses every app, unless its operator
     started it without one on purpose."""
-    path = os.environ.get(AGREEMENT_ENV, "")
-    if not path and os.environ.get(NO_AGREEMENT_ENV) == "1":
+    path = AGREEMENT_FILE.get()
+    if not path and WITHOUT_AGREEMENT.get() == "1":
         return
     try:
         if not path:
@@ -72,9 +68,8 @@ def check_app(fab_hash: str, message: Any, node: str) -> None:
         agreement.check_in_force()
         agreement.check_app(fab_hash)
     except Refusal as refusal:
-        if os.environ.get(AUDIT_ENV):
+        if audit := AUDIT_LOG.get():
             metadata = getattr(message, "metadata", None)
-            audit = os.environ[AUDIT_ENV]
             AuditLog(audit, node_secret(Path(audit).parent)).append(
                 run_id=getattr(metadata, "run_id", None),
                 app_hash=fab_hash,

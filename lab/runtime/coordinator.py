@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab.core.environ import SIGNING_KEY
 from lab.registry.signing import PRIVATE_KEY_FILE
 from lab.runtime.connection import Connection
-from lab.runtime.environ import SIGNING_KEY, process_environ
+from lab.runtime.environ import process_environ
 from lab.runtime.forked import start_python
 from lab.runtime.processes import LOOPBACK, LoggedProcess, Started, executable, free_port, start_logged, stop_trees
 from lab.runtime.security import CoordinatorCerts, init_coordinator, make_federation_key

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.core.environ import ROSTER
 from lab.errors import RuntimeStartError, UsageError
 from lab.runtime.connection import Connection
 from lab.runtime.coordinator import Coordinator
-from lab.runtime.environ import ROSTER
 from lab.runtime.front import Front
 from lab.runtime.processes import LOOPBACK, LoggedProcess, Started
 from lab.runtime.roster import admitted, seen, write_admitted

@@ -1,80 +1,15 @@
-"""Settings read from the environment, each with its default, and the privacy defaults."""
+"""The environment of the processes the lab starts, and where its files are (the variables
+themselves, with their defaults, are in lab.core.environ)."""
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = [
-    "PRIVATE_ENV",
-    "FEDERATION_KEY",
-    "ROSTER",
-    "SIGNING_KEY",
-    "TRACKING_URI",
-    "WORKSPACE",
-    "Setting",
-    "private_environ",
-    "lock_path",
-    "process_environ",
-    "project_root",
-    "federation_key_for",
-    "tracking_uri_for",
-]
+from lab.core.environ import FEDERATION_KEY, PRIVATE_ENV
 
-#: Telemetry and update checks off in every process the lab starts: this is a privacy product. And
-#: MLflow unpickles nothing in them (a pickled model runs its own code when loaded; the lab's are
-#: models from code, and the lab loads them itself: lab.registry.verified).
-PRIVATE_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "1",
-    "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
-}
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One environment variable and its documented default."""
-
-    name: str
-    default: str
-    doc: str
-
-    def get(self) -> str:
-        return os.environ.get(self.name, self.default)
-
-
-WORKSPACE = Setting(
-    "LAB_WORKSPACE",
-    "workspace",
-    "Folder holding everything the lab starts: Flower's home, logs, the MLflow store.",
-)
-ROSTER = Setting(
-    "LAB_ROSTER",
-    "",
-    "The coordinator's home with its roster (set by `lab coordinator start` for its ServerApps): "
-    "each node's admitted name, and what it last reported.",
-)
-SIGNING_KEY = Setting(
-    "LAB_SIGNING_KEY",
-    "",
-    "The federation's private signing key (set by the lab for its coordinator's ServerApps): every "
-    "model a run registers is signed with it (lab.registry.signing).",
-)
-FEDERATION_KEY = Setting(
-    "LAB_FEDERATION_KEY",
-    "",
-    "The federation's public key in-house commands check a model's signature with; empty means the "
-    "workspace's own (certs/federation.pub, made by the workspace's local federation).",
-)
-TRACKING_URI = Setting(
-    "MLFLOW_TRACKING_URI",
-    "",
-    "MLflow tracking URI; empty means the SQLite store inside the workspace.",
-)
+__all__ = ["federation_key_for", "lock_path", "private_environ", "process_environ", "project_root", "tracking_uri_for"]
 
 
 def private_environ(**extra: str) -> dict[str, str]:

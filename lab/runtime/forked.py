@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lab.runtime.environ import PRIVATE_ENV
+from lab.core.environ import PRIVATE_ENV
 from lab.runtime.processes import LoggedProcess, start_logged, tagged
 from lab.runtime.worker import WARM_UP
 

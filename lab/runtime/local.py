@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab.core.environ import ROSTER
 from lab.core.sources import node_source
 from lab.errors import UsageError
 from lab.runtime.connection import Connection
 from lab.runtime.coordinator import Coordinator
-from lab.runtime.environ import ROSTER
 from lab.runtime.forked import start_server
 from lab.runtime.node import Node
 from lab.runtime.processes import LoggedProcess, Started

@@ -10,11 +10,11 @@ from typing import Any
 
 from lab.contract.events import Event
 from lab.contract.results import NodeCheck, PreflightAnswer
+from lab.core.environ import WORKSPACE
 from lab.core.mock import mock_table, write_mock
 from lab.core.sources import source_exists
 from lab.core.spec import TaskSpec, load_spec
 from lab.errors import DataError, UsageError
-from lab.runtime.environ import WORKSPACE
 from lab.runtime.federation import Federation
 
 __all__ = ["check_request", "mock_federation", "mock_tables"]

@@ -17,9 +17,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab.core.environ import AGREEMENT_FILE, AUDIT_LOG, WITHOUT_AGREEMENT
 from lab.errors import RuntimeStartError
 from lab.node.agreement import UNBOUND
-from lab.node.guard import AGREEMENT_ENV, AUDIT_ENV, NO_AGREEMENT_ENV, write_shim
+from lab.node.guard import write_shim
 from lab.node.site import NodeSite, node_secret
 from lab.runtime.connection import Connection
 from lab.runtime.environ import process_environ
@@ -114,11 +115,11 @@ class Node(Started):
             raise RuntimeStartError(f"node {self.site.name!r}: {UNBOUND}")
         self.home.mkdir(parents=True, exist_ok=True)
         node_secret(self.home)  # the key of its audit chain and data fingerprint, made before any message
-        env = {**process_environ(self.home), **self.env, AUDIT_ENV: self.site.audit_path}
+        env = {**process_environ(self.home), **self.env, AUDIT_LOG.name: self.site.audit_path}
         if self.site.agreement_path:
-            env[AGREEMENT_ENV] = self.site.agreement_path
+            env[AGREEMENT_FILE.name] = self.site.agreement_path
         else:
-            env[NO_AGREEMENT_ENV] = "1"
+            env[WITHOUT_AGREEMENT.name] = "1"
             logger.warning("node %s starts without an agreement (--no-agreement): it checks nothing", self.site.name)
         isolation: list[str] = []
         if self.runtime == "subprocess":  # Flower's flwr-clientapp per message, behind the node's gate

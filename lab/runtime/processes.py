@@ -21,12 +21,12 @@ from typing import IO, Protocol, Self
 
 import psutil
 
+from lab.core.environ import PROCESS_TAGS
 from lab.errors import RuntimeStartError
 
 __all__ = [
     "LOOPBACK",
     "STOP_SIGNALS",
-    "TAGS_ENV",
     "Child",
     "LoggedProcess",
     "Started",
@@ -175,17 +175,13 @@ class LoggedProcess:
         )
 
 
-#: The environment variable naming, comma-separated, the lab's started processes a process descends
-#: from: a process orphaned when its parent died (Flower detaches flower-superexec, and a ServerApp
-#: outlives a killed SuperLink) is still found, and stopped, with the process that started it.
-TAGS_ENV = "LAB_PROCESS_TAGS"
-
-
 def tagged(env: dict[str, str]) -> tuple[dict[str, str], str]:
-    """``env`` with a new tag added to its TAGS_ENV, and the tag."""
+    """``env`` with a new tag added to its PROCESS_TAGS, and the tag: a process orphaned when its
+    parent died (Flower detaches flower-superexec, and a ServerApp outlives a killed SuperLink) is
+    still found by it, and stopped, with the process that started it."""
     tag = uuid.uuid4().hex
-    inherited = env.get(TAGS_ENV, "")
-    return {**env, TAGS_ENV: f"{inherited},{tag}" if inherited else tag}, tag
+    inherited = env.get(PROCESS_TAGS.name, "")
+    return {**env, PROCESS_TAGS.name: f"{inherited},{tag}" if inherited else tag}, tag
 
 
 def start_logged(name: str, argv: list[str], *, env: dict[str, str], log_path: Path, cwd: Path) -> LoggedProcess:
@@ -220,7 +216,9 @@ def _trees(processes: list[LoggedProcess]) -> list[psutil.Process]:
     for other in psutil.process_iter():
         if other.pid not in found:
             with contextlib.suppress(psutil.Error, OSError):
-                if os.getsid(other.pid) in sessions or tags.intersection(other.environ().get(TAGS_ENV, "").split(",")):
+                if os.getsid(other.pid) in sessions or tags.intersection(
+                    other.environ().get(PROCESS_TAGS.name, "").split(",")
+                ):
                     found[other.pid] = other
     return list(found.values())
 

@@ -48,8 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.core.environ import APP_HASH
 from lab.errors import LabError
-from lab.node.guard import APP_HASH_ENV, check_app
+from lab.node.guard import check_app
 
 __all__ = ["POLL_SECONDS", "Worker", "main"]
 
@@ -157,7 +158,7 @@ class Worker:
             logger.info("run %s: answering a %s message", message.metadata.run_id, message.metadata.message_type)
             check_app(fab.hash_str, message, node)  # before anything of the app is written or imported
             with self.lock:
-                os.environ[APP_HASH_ENV] = fab.hash_str
+                os.environ[APP_HASH.name] = fab.hash_str
                 app = self.app(fab, run)
                 reply = app(message=message, context=context)
             status, details = SubStatus.COMPLETED, ""

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from lab.core.environ import ROSTER
 from lab.core.spec import load_spec
-from lab.runtime.environ import ROSTER
 from lab.runtime.roster import write_admitted
 from lab.runtime.run import run_settings
 
