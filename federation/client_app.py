@@ -56,11 +56,10 @@ from lab.core.training import (
 )
 from lab.errors import MessageError, Refusal, TrainingError
 from lab.node.agreement import Agreement, Request
-from lab.node.holding import Hold
+from lab.node.holding import Hold, check_rows
 from lab.node.rows import NodeRows, rows_of
 from lab.node.site import NodeSite
 from lab.queries import KINDS, QueryKind
-from lab.queries.prepare import check_rows
 
 __all__ = ["app"]
 

@@ -33,6 +33,7 @@ from flwr.serverapp import Grid
 
 from lab.contract import keys
 from lab.contract.events import Valuing, Warned
+from lab.contract.membership import HELD_BACK
 from lab.contract.messages import Candidates, CandidateScores, Instructions
 from lab.contract.records import error_reason
 from lab.contract.results import Contributions, NodeValue
@@ -41,7 +42,6 @@ from lab.core.spec import TaskSpec
 from lab.core.valuation import EXACT_LIMIT, Coalition, Valuation, coalitions, value
 from lab.errors import LabError, RunFailedError
 from lab.queries.base import Emit
-from lab.queries.prepare import HELD_BACK
 from lab.registry.run_record import CONTRIBUTIONS
 from lab.registry.tracking import Tracker
 

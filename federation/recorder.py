@@ -15,11 +15,11 @@ from flwr.app import Message
 from flwr.common.constant import ErrorCode
 
 from lab.contract.events import Evaluated, Trained, Warned
+from lab.contract.membership import Member
 from lab.contract.messages import EvaluateReply, TrainReply, audit_head
 from lab.contract.records import error_reason
 from lab.core.disclosure import subtraction_reveals
 from lab.queries.base import Emit
-from lab.queries.prepare import Member
 
 __all__ = ["MetricSink", "Recorder"]
 

@@ -66,8 +66,8 @@ from lab.node.site import NodeSite
 
 if TYPE_CHECKING:  # the node imports this module too: no MLflow there
     from federation.recorder import Recorder
+    from lab.contract.membership import Guard, Member
     from lab.contract.settings import RunSettings
-    from lab.queries.prepare import Guard, Member
     from lab.registry.tracking import Tracker
 
 __all__ = [

@@ -14,12 +14,12 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from federation.contributions import UpdateLog
 from federation.grid import DelegatingGrid
 from lab.contract import keys
+from lab.contract.membership import Guard
 from lab.contract.messages import NodeReport, TrainReply
 from lab.contract.records import error_reason
 from lab.contract.settings import RunSettings
 from lab.contract.strategies import STRATEGIES
 from lab.errors import RunFailedError
-from lab.queries.prepare import Guard
 
 __all__ = ["ReportingStrategy", "RoundObserver", "make_strategy"]
 

@@ -20,6 +20,7 @@ from federation.rounds import run_rounds
 from federation.secure_aggregation import run_secure_rounds
 from federation.strategies import make_strategy
 from lab.contract import keys
+from lab.contract.membership import HELD_BACK, Guard, Member, hidden_names
 from lab.contract.messages import Instructions
 from lab.contract.results import NodeRow, PooledAccuracy, RunSummary
 from lab.contract.settings import RunSettings
@@ -34,8 +35,8 @@ from lab.core.spec import TaskSpec
 from lab.core.training import predictor_from
 from lab.errors import RunFailedError, SettingsError
 from lab.queries.base import Emit
-from lab.queries.prepare import HELD_BACK, Guard, Member, Preparation, PrepareRequest, hidden_names
 from lab.queries.prepare import KIND as PREPARE
+from lab.queries.prepare import Preparation, PrepareRequest
 from lab.registry.checkpoints import Checkpoint, log_settings, resumable
 from lab.registry.packaging import check_packaging
 from lab.registry.run_record import REFUSALS, SUMMARY

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from lab.contract.membership import Guard
 from lab.contract.messages import NodeReport
 from lab.core.environment import Environment, canonical_name
 from lab.errors import LabError
-from lab.queries.prepare import Guard
 
 from .conftest import ROOT
 

@@ -92,7 +92,8 @@ def test_every_environment_variable_of_the_lab_is_named_in_one_registry() -> Non
         if path != ROOT / "lab" / "core" / "environ.py"
         for node in ast.walk(tree)
         if isinstance(node, ast.Constant) and isinstance(node.value, str)
-        for name in [node.value] if re.fullmatch(r"LAB_[A-Z_]+", node.value)
+        for name in [node.value]
+        if re.fullmatch(r"LAB_[A-Z_]+", node.value)
     ]
     assert spelled == []
     names = [variable.name for variable in VARIABLES]

@@ -34,12 +34,12 @@ from mlflow.artifacts import download_artifacts
 from federation.secure_aggregation import CLIPPING_RANGE, ObservedGrid, error_bound, node_mod
 from lab.contract import keys
 from lab.contract.events import Event, Started
+from lab.contract.membership import Guard
 from lab.contract.settings import RunSettings
 from lab.core.preprocess import ColumnSums, Scaler, encode
 from lab.core.spec import TaskSpec, load_spec
 from lab.core.training import load_node_data
 from lab.errors import LabError, UnmaskedUpdateError
-from lab.queries.prepare import Guard
 from lab.runtime.local import LocalFederation
 from lab.runtime.run import node_specs, run_settings
 from lab.runtime.submit import new_run_dir, submit_run

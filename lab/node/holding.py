@@ -22,13 +22,14 @@ from lab.core.model import build_model
 from lab.core.privacy import DPPlan, DPSettings
 from lab.core.scores import Released, scales
 from lab.core.spec import TaskSpec
+from lab.core.training import NodeData
 from lab.core.valuation import models_needed
 from lab.errors import DataError, Refusal
 from lab.node.ledger import check_budget
 from lab.node.runbook import BOOK_FILE, DAY, Booking, RunBook
 from lab.node.site import NodeSite
 
-__all__ = ["Hold", "book", "parameters_of"]
+__all__ = ["Hold", "book", "check_rows", "parameters_of"]
 
 
 def parameters_of(spec: TaskSpec) -> int:
@@ -200,3 +201,15 @@ class Hold:
             delta=booking.delta,
         )  # fmt: skip
         return float(entry["epsilon"])
+
+
+def check_rows(site: NodeSite, data: NodeData) -> int:
+    """The node's minimum count; a node with fewer training rows refuses to train."""
+    minimum = site.min_count()
+    if len(data.train) < minimum:
+        raise Refusal(
+            "allow.min-rows",
+            f"the node has fewer training rows than the minimum of {minimum} (its operator sees how many): a model "
+            "update from so few rows can reveal them",
+        )
+    return minimum

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lab.contract.events import Joined, Refused, Warned
+from lab.contract.membership import HELD_BACK, NO_AGREEMENT, UNREPORTED_AGREEMENT, Guard, Member
 from lab.contract.messages import NodeReport
 from lab.contract.plan import RunPlan
 from lab.contract.results import PreparedAnswer
@@ -25,10 +25,10 @@ from lab.core.environment import EnvDiff, Environment
 from lab.core.preprocess import ColumnSums, Scaler
 from lab.core.privacy import DPPlan, DPSettings
 from lab.core.spec import TaskSpec
-from lab.core.training import NodeData, local_baseline, node_seed, score, target_sums
-from lab.errors import EnvironmentDriftError, Refusal, RunFailedError
+from lab.core.training import local_baseline, node_seed, score, target_sums
+from lab.errors import EnvironmentDriftError, RunFailedError
 from lab.node.agreement import Agreement, Request
-from lab.node.holding import Hold, book
+from lab.node.holding import Hold, book, check_rows
 from lab.node.rows import rows_of
 from lab.node.site import NodeSite
 from lab.queries.base import Answers, Ask, Emit, QueryKind
@@ -36,18 +36,7 @@ from lab.queries.base import Answers, Ask, Emit, QueryKind
 if TYPE_CHECKING:  # the nodes import the queries too: no MLflow there
     from lab.registry.tracking import Tracker
 
-__all__ = [
-    "KIND",
-    "HELD_BACK",
-    "Guard",
-    "Lock",
-    "Member",
-    "Prepare",
-    "PrepareRequest",
-    "Preparation",
-    "check_rows",
-    "hidden_names",
-]
+__all__ = ["KIND", "Lock", "Prepare", "PrepareRequest", "Preparation"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,75 +89,6 @@ class PrepareRequest:
         )
 
 
-@dataclass
-class Member:
-    """A node that accepted the task."""
-
-    node_id: int
-    name: str
-    organisation: str
-    train_rows: int
-    test_rows: int
-    baseline: dict[str, float]
-    baseline_noise: dict[str, float] = field(default_factory=dict)  # each baseline score's noise (its sd)
-    env_fingerprint: str = ""
-    data_fingerprint: str = ""
-    env_pins: list[str] | None = None
-    warning: str | None = None
-    final: dict[str, float] = field(default_factory=dict)
-    final_noise: dict[str, float] = field(default_factory=dict)  # each final score's noise (its sd)
-    epsilon: float | None = None  # differential privacy spent at the node by this run so far
-    privacy: dict[str, float] = field(default_factory=dict)  # the node's DP plan (noise, planned epsilon)
-    suppressed: str = ""  # what the node withheld under its minimum count
-    agreement: dict[str, Any] = field(default_factory=dict)  # the clauses the node checked this run against
-
-    @property
-    def shows_figures(self) -> bool:
-        """Whether the run may record this node's own figures (its row counts, scores, baseline,
-        loss, epsilon and contribution) for the federation to read: its agreement's
-        ``allow.node-figures``, or no agreement at all (its operator's choice, in every audit entry)."""
-        return self.agreement == NO_AGREEMENT or self.agreement.get("allow.node-figures") is True
-
-
-def hidden_names(members: Iterable[Member]) -> frozenset[str]:
-    """The members whose agreement keeps their own figures to themselves."""
-    return frozenset(m.name for m in members if not m.shows_figures)
-
-
-@dataclass(frozen=True)
-class Guard:
-    """The coordinator's check of each reply: the spec it used and the environment it ran in.
-
-    Under ``strict`` a node whose environment differs from the lock is not aggregated; under
-    ``warn`` it is, and the run is flagged.
-    """
-
-    lock: Environment | None
-    policy: str
-    spec_sha256: str
-    admitted: dict[int, str] = field(default_factory=dict)  # node id -> the name it was admitted under
-
-    def screen(
-        self, report: NodeReport, pins: list[str] | None = None, *, node_id: int | None = None
-    ) -> tuple[str | None, str | None]:
-        """(reason to refuse, warning) for a reply's node report (from ``node_id``)."""
-        if self.admitted and node_id is not None and self.admitted.get(node_id) != report.name:
-            admitted = self.admitted.get(node_id)
-            who = f"was admitted as {admitted!r}" if admitted else "was not admitted"
-            return f"it claims the name {report.name!r} but its key {who}", None
-        if report.spec_sha256 != self.spec_sha256:
-            return "it used a different task spec than the run's", None
-        if self.lock is None or report.env_fingerprint == self.lock.fingerprint:
-            return None, None
-        if pins is not None:
-            here = Environment.from_pins(report.env_python, report.env_platform, pins)
-            detail = here.diff(self.lock).summary()
-        else:
-            detail = f"fingerprint {report.env_fingerprint[:12]}, lock {self.lock.fingerprint[:12]}"
-        message = f"its environment differs from the lock ({detail})"
-        return (message, None) if self.policy == "strict" else (None, message)
-
-
 @dataclass(frozen=True)
 class Preparation:
     """Who takes part, and the federated scalers of the features and of a regression target."""
@@ -176,18 +96,6 @@ class Preparation:
     members: dict[int, Member]
     scaler: Scaler
     target_scaler: Scaler
-
-
-def check_rows(site: NodeSite, data: NodeData) -> int:
-    """The node's minimum count; a node with fewer training rows refuses to train."""
-    minimum = site.min_count()
-    if len(data.train) < minimum:
-        raise Refusal(
-            "allow.min-rows",
-            f"the node has fewer training rows than the minimum of {minimum} (its operator sees how many): a model "
-            "update from so few rows can reveal them",
-        )
-    return minimum
 
 
 def check_environment(lock: Lock | None, name: str) -> tuple[Environment, EnvDiff]:
@@ -412,11 +320,6 @@ def _member(node_id: int, answer: dict[str, Any]) -> tuple[Member, ColumnSums, C
     )
 
 
-#: What the coordinator records for a node that holds no agreement, or did not say (an older node).
-NO_AGREEMENT = {"agreement": "none: the node holds no data-use agreement, so nothing was checked against one"}
-UNREPORTED_AGREEMENT = {"agreement": "not reported by the node"}
-
-
 def _agreement(answer: dict[str, Any]) -> dict[str, Any]:
     """The clauses a node's answer says it checked the run against."""
     if "agreement" not in answer:
@@ -486,10 +389,6 @@ def _record(members: dict[int, Member], refusals: dict[str, str], tracker: Track
         },
         step=0,
     )
-
-
-#: What the run records in place of a node's own figures where its agreement keeps them.
-HELD_BACK = "held back: the node's agreement keeps its own figures (allow.node-figures = false)"
 
 
 KIND = Prepare()

@@ -20,10 +20,10 @@ from flwr.app import Array, ArrayRecord, Message
 from federation.recorder import Recorder
 from federation.strategies import make_strategy
 from lab.contract import keys
+from lab.contract.membership import Guard, Member
 from lab.contract.plan import RunPlan
 from lab.contract.settings import RunSettings
 from lab.core.model import build_model
-from lab.queries.prepare import Guard, Member
 from lab.registry.tracking import Tracker
 
 from .node import SILOS, SPEC, Node, Nodes, answer

@@ -24,11 +24,11 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from federation.recorder import Recorder
 from federation.secure_aggregation import run_secure_rounds
+from lab.contract.membership import Guard, Member
 from lab.contract.plan import RunPlan
 from lab.contract.settings import RunSettings
 from lab.core.model import build_model
 from lab.errors import RunFailedError
-from lab.queries.prepare import Guard, Member
 from lab.registry.tracking import Tracker
 
 from .node import SILOS, SPEC, Node, Nodes, answer, refused
