@@ -37,7 +37,7 @@ from lab.core.environ import WORKSPACE
 from lab.core.spec import TaskSpec, load_spec
 from lab.errors import UsageError
 from lab.registry.rerun import Evaluation, evaluate_table, load_model
-from lab.registry.runs import list_runs
+from lab.registry.runs import compared, list_runs, metric_curves
 from lab.runtime.demo import demo_federation
 from lab.runtime.environ import federation_key_for
 from lab.runtime.federation import Federation
@@ -377,41 +377,14 @@ class Workbench:
 
     def compare(self, run_ids: Sequence[str]) -> pd.DataFrame:
         """Runs side by side: a row per run with its strategy, rounds and final metrics."""
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=self.tracking)
-        rows = []
-        for run_id in run_ids:
-            run = client.get_run(run_id)
-            params, metrics = run.data.params, run.data.metrics
-            final = {
-                k.removeprefix("final."): v for k, v in metrics.items() if k.startswith("final.") and ".node." not in k
-            }
-            rows.append(
-                {
-                    "run_id": run_id,
-                    "name": run.info.run_name,
-                    "status": run.info.status,
-                    "strategy": params.get("strategy"),
-                    "rounds": params.get("num_rounds"),
-                    **final,
-                }
-            )
-        return pd.DataFrame(rows).set_index("run_id")
+        return pd.DataFrame(compared(self.tracking, run_ids)).set_index("run_id")
 
     def curves(self, run_ids: Sequence[str], metric: str = "mean.accuracy") -> pd.DataFrame:
         """A metric round by round for each run (a column per run's name, a row per round): the
         nodes' mean score (``mean.accuracy``), one node's (``node.NAME.accuracy``) or the training
         loss (``train_loss``)."""
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=self.tracking)
-        series = {}
-        for run_id in run_ids:
-            name = f"{client.get_run(run_id).data.params.get('strategy', '')} {run_id[:8]}".strip()
-            history = client.get_metric_history(run_id, metric)
-            series[name] = pd.Series({m.step: m.value for m in history}, dtype=float)
-        frame = pd.DataFrame(series)
+        series = metric_curves(self.tracking, run_ids, metric)
+        frame = pd.DataFrame({name: pd.Series(points, dtype=float) for name, points in series.items()})
         frame.index.name = "round"
         return frame.sort_index()
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from lab.contract.settings import RunSettings
 from lab.errors import UsageError
-from lab.registry.tracking import Tracker, tracking_errors
+from lab.registry.tracking import Tracker, store, tracking_errors
 
 __all__ = ["ROUND_TAG", "SETTINGS", "Checkpoint", "Resumable", "log_settings", "resumable"]
 
@@ -124,12 +124,11 @@ def resumable(tracking_uri: str, run_id: str) -> Resumable:
     Raises UsageError naming why not: no such run, it finished, it is not a training run, it
     used secure aggregation, or it stopped before its first round ended.
     """
-    from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
 
     fix = "list the runs and what can be resumed with `lab runs`"
     with tracking_errors(f"cannot read run {run_id!r} from {tracking_uri!r}", fix):
-        run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+        run = store(tracking_uri).get_run(run_id)
     tags = dict(run.data.tags)
     status = run.info.status
     if status == "FINISHED":

@@ -46,12 +46,10 @@ def build_report(tracking_uri: str, run_id: str) -> str:
 
 def log_report(tracking_uri: str, run_id: str, html: str) -> None:
     """Keep the page with the run, as its artifact ``report/report.html``."""
-    from mlflow import MlflowClient
-
-    from lab.registry.tracking import tracking_errors
+    from lab.registry.tracking import store, tracking_errors
 
     with tracking_errors(f"cannot log the report to run {run_id!r}", "check the tracking store and your account"):
-        MlflowClient(tracking_uri=tracking_uri).log_text(run_id, html, REPORT_ARTIFACT)
+        store(tracking_uri).log_text(run_id, html, REPORT_ARTIFACT)
 
 
 def render(record: RunRecord) -> str:

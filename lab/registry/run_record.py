@@ -11,7 +11,7 @@ from typing import Any
 
 from lab.core.spec import TaskSpec, parse_spec
 from lab.errors import SpecError, UsageError
-from lab.registry.tracking import patience, tracking_errors, unreachable
+from lab.registry.tracking import patience, store, tracking_errors, unreachable
 
 __all__ = [
     "AGREEMENTS",
@@ -75,12 +75,11 @@ def read_run(tracking_uri: str, run_id: str) -> RunRecord:
         If the store has no such run, or the run is not a training run (a query, or one that
         failed before its task was recorded).
     """
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
         with patience(3):  # a tracking server that is down is not waited for minutes
-            client = MlflowClient(tracking_uri=tracking_uri)
+            client = store(tracking_uri)
             run = client.get_run(run_id)
     except Exception as exc:
         if unreachable(exc):

@@ -13,12 +13,14 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
 from lab.registry.checkpoints import ROUND_TAG
-from lab.registry.tracking import patience, tracking_errors
+from lab.registry.tracking import patience, store, tracking_errors
 
 __all__ = [
     "FLOWER_RUN",
@@ -85,9 +87,7 @@ class RunRow:
 
 def list_runs(tracking_uri: str, *, limit: int = 50) -> list[RunRow]:
     """The newest ``limit`` runs of every experiment, newest first."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = store(tracking_uri)
     with tracking_errors(f"cannot list the runs of {tracking_uri!r}", "check the tracking URI"):
         experiments = {e.experiment_id: e.name for e in client.search_experiments()}
         runs = client.search_runs(list(experiments), max_results=limit, order_by=["attributes.start_time DESC"])
@@ -116,9 +116,7 @@ def list_runs(tracking_uri: str, *, limit: int = 50) -> list[RunRow]:
 
 def close_orphans(tracking_uri: str) -> dict[str, str]:
     """Mark KILLED, with the reason, every RUNNING run whose coordinator is gone from this host."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = store(tracking_uri)
     closed: dict[str, str] = {}
     with tracking_errors(f"cannot close the orphaned runs of {tracking_uri!r}", "check the tracking URI"):
         experiments = [e.experiment_id for e in client.search_experiments()]
@@ -136,11 +134,9 @@ def close_orphans(tracking_uri: str) -> dict[str, str]:
 
 def runs_of(tracking_uri: str, flower_run_ids: list[str]) -> list[str]:
     """The MLflow runs the coordinators of these Flower runs opened (or resumed)."""
-    from mlflow import MlflowClient
-
     if not flower_run_ids:
         return []
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = store(tracking_uri)
     found: list[str] = []
     with tracking_errors(f"cannot read the runs of {tracking_uri!r}", "check the tracking URI"):
         experiments = [e.experiment_id for e in client.search_experiments()]
@@ -154,10 +150,44 @@ def runs_of(tracking_uri: str, flower_run_ids: list[str]) -> list[str]:
 def run_tags(tracking_uri: str, run_id: str) -> dict[str, str]:
     """Run ``run_id``'s tags; none where the store cannot be read within about 3 s (a tracking
     server that is down is not waited for: MLflow's own retries take minutes)."""
-    from mlflow import MlflowClient
-
     try:
         with patience(3):
-            return dict(MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.tags)
+            return dict(store(tracking_uri).get_run(run_id).data.tags)
     except Exception:  # noqa: BLE001
         return {}
+
+
+def compared(tracking_uri: str, run_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Each run's name, status, strategy, rounds and final metrics (not the per-node ones), one
+    row a run, for runs side by side."""
+    client = store(tracking_uri)
+    rows = []
+    with tracking_errors(f"cannot read the runs of {tracking_uri!r}", "check the tracking URI and the run ids"):
+        for run_id in run_ids:
+            run = client.get_run(run_id)
+            params, metrics = run.data.params, run.data.metrics
+            final = {
+                k.removeprefix("final."): v for k, v in metrics.items() if k.startswith("final.") and ".node." not in k
+            }
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "name": run.info.run_name,
+                    "status": run.info.status,
+                    "strategy": params.get("strategy"),
+                    "rounds": params.get("num_rounds"),
+                    **final,
+                }
+            )
+    return rows
+
+
+def metric_curves(tracking_uri: str, run_ids: Sequence[str], metric: str) -> dict[str, dict[int, float]]:
+    """``metric`` round by round (step: value) of each run, keyed by its strategy and the start of its id."""
+    client = store(tracking_uri)
+    series = {}
+    with tracking_errors(f"cannot read the runs of {tracking_uri!r}", "check the tracking URI and the run ids"):
+        for run_id in run_ids:
+            name = f"{client.get_run(run_id).data.params.get('strategy', '')} {run_id[:8]}".strip()
+            series[name] = {m.step: m.value for m in client.get_metric_history(run_id, metric)}
+    return series

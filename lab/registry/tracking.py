@@ -96,6 +96,11 @@ def tracking_errors(what: str, fix: str) -> Iterator[None]:
         raise ModelError(f"{what}: {str(exc).splitlines()[0]}; {fix}") from None
 
 
+def store(tracking_uri: str) -> MlflowClient:
+    """The tracking store at ``tracking_uri``: the one way the lab reaches one outside a run."""
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
 def recorded_audit_heads(tracking_uri: str, run_id: str, node: str) -> list[tuple[int, str]]:
     """The audit heads node ``node`` sent during MLflow run ``run_id`` (count, hash), in order."""
     from mlflow.artifacts import download_artifacts
@@ -123,7 +128,7 @@ def close_unfinished(tracking_uri: str, run_id: str, status: str) -> None:
     A run still RUNNING gets ``status``; a user's interrupt (KILLED) also replaces the FAILED
     the coordinator may have recorded as it was stopped.
     """
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = store(tracking_uri)
     with patience(3):  # a tracking server that is down is not waited for here
         current = client.get_run(run_id).info.status
         if current == "RUNNING" or (status == "KILLED" and current == "FAILED"):
@@ -154,7 +159,7 @@ class Tracker:
             return
         mlflow.set_tracking_uri(self.tracking_uri)
         if resume_run_id:
-            self._logged = dict(MlflowClient().get_run(resume_run_id).data.params)
+            self._logged = dict(store(self.tracking_uri).get_run(resume_run_id).data.params)
             started = mlflow.start_run(run_id=resume_run_id, tags=tags)
         else:
             mlflow.set_experiment(self.experiment)
@@ -223,6 +228,6 @@ class Tracker:
             )
         version = str(info.registered_model_version) if register and info.registered_model_version else None
         if version is not None:
-            MlflowClient().set_registered_model_alias(spec.name, CHAMPION, version)
+            store(self.tracking_uri).set_registered_model_alias(spec.name, CHAMPION, version)
             logger.info("registered %s version %s as @%s", spec.name, version, CHAMPION)
         return LoggedModel(info.model_uri, spec.name if version else None, version)
