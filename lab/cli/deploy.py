@@ -155,7 +155,7 @@ def node_start(
 ) -> None:
     """Run this organisation's node in the foreground: the SuperNode with the node's gate, agreement,
     audit log, privacy ledger and environment check; Ctrl-C stops it."""
-    from lab.core.sources import node_source
+    from lab.core.sources import TableSource
     from lab.node.audit import AuditLog
     from lab.runtime.connection import Connection
     from lab.runtime.node import Node
@@ -170,7 +170,7 @@ def node_start(
         )
     node = Node.at_home(
         name,
-        node_source(data),
+        TableSource.of(data).located(),
         home,
         Connection(coordinator, ca.resolve()),
         agreement=agreement,

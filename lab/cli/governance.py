@@ -15,7 +15,7 @@ from rich.table import Table as RichTable
 
 from lab.cli.options import PasswordFile, TrackingCa, TrackingUri, TrackingUser, Workspace, read_password
 from lab.core.environ import WORKSPACE
-from lab.core.sources import source_label
+from lab.core.sources import TableSource
 from lab.errors import AgreementError, UsageError
 from lab.node.agreement import load_agreement, template
 from lab.node.audit import AuditHead, AuditLog
@@ -213,7 +213,7 @@ def node_catalog(
     if as_json:
         print(json.dumps(described))
         return
-    title = f"{escape(source_label(data))}: {described['rows']} rows (counts under {min_rows} hidden)"
+    title = f"{escape(TableSource.of(data).label)}: {described['rows']} rows (counts under {min_rows} hidden)"
     table = RichTable(title=title)
     for column in ("column", "role", "type", "missing", "not in the spec", "levels or histogram"):
         table.add_column(column)

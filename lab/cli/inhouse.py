@@ -14,7 +14,7 @@ from rich.table import Table as RichTable
 
 from lab.cli.options import FederationKey, PasswordFile, TrackingCa, TrackingUri, Workspace, fmt, read_password
 from lab.core.environ import WORKSPACE
-from lab.core.sources import source_label
+from lab.core.sources import TableSource
 from lab.errors import UsageError
 from lab.runtime.environ import federation_key_for, lock_path, tracking_uri_for
 
@@ -126,7 +126,7 @@ def evaluate(
         }
         print(json.dumps({**out, "provenance": provenance(loaded, model, drift)}))
         return
-    table = RichTable(title=f"{escape(source_label(data))}: {result.split} split, {result.rows} rows")
+    table = RichTable(title=f"{escape(TableSource.of(data).label)}: {result.split} split, {result.rows} rows")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("95% interval", justify="right")

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from lab.core.environ import TRACKING_URI, WORKSPACE
-from lab.core.sources import node_source
+from lab.core.sources import TableSource
 from lab.errors import UsageError
 
 __all__ = [
@@ -62,7 +62,7 @@ _NODE_EXAMPLE = "cleveland=data/cleveland.csv"
 
 def named_sources(items: list[str]) -> dict[str, str]:
     """--node NAME=TABLE: a table's path (made absolute), or a database URL as given."""
-    return {name: node_source(value) for name, value in _named(items, "--node", _NODE_EXAMPLE).items()}
+    return {name: TableSource.of(value).located() for name, value in _named(items, "--node", _NODE_EXAMPLE).items()}
 
 
 def named_paths(items: list[str] | None, option: str, example: str) -> dict[str, Path]:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from lab.core.preprocess import Scaler, encode
-from lab.core.sources import is_sql_url, source_label
+from lab.core.sources import TableSource
 from lab.core.spec import Feature, FileFormat, Level, TaskSpec
 from lab.core.sql import read_sql
 from lab.errors import DataError
@@ -98,7 +98,7 @@ def read_raw(source: str | Path, file_format: FileFormat) -> tuple[pd.DataFrame,
     ``source`` is a file path or a database URL (lab.core.sql). Returns the frame and the offset to
     add to a row's position to get its line in the file.
     """
-    if is_sql_url(source):
+    if TableSource.of(source).is_sql:
         return read_sql(str(source)), 1
     path = Path(source)
     if not path.is_file():
@@ -164,7 +164,12 @@ def load_table(path: str | Path, spec: TaskSpec, *, node: str | None = None, req
     file_format = spec.format_for(node)
     frame, offset = read_raw(path, file_format)
     return check_frame(
-        frame, spec, source=source_label(path), file_format=file_format, offset=offset, require_target=require_target
+        frame,
+        spec,
+        source=TableSource.of(path).label,
+        file_format=file_format,
+        offset=offset,
+        require_target=require_target,
     )
 
 

@@ -3,19 +3,49 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["display_url", "is_sql_url", "node_source", "source_exists", "source_label"]
+__all__ = ["TableSource"]
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+]*://", re.IGNORECASE)
 
 
-def is_sql_url(source: str | Path) -> bool:
-    """Whether a node's data source is a database URL rather than a file path."""
-    return isinstance(source, str) and bool(_SCHEME.match(source))
+@dataclass(frozen=True)
+class TableSource:
+    """A node's table as its operator names it: a database URL (``scheme://...``) or a file's path.
+    Built with ``TableSource.of`` wherever a source arrives as text; what it is is decided here only."""
+
+    text: str
+
+    @classmethod
+    def of(cls, value: str | Path | TableSource) -> TableSource:
+        return value if isinstance(value, TableSource) else cls(str(value))
+
+    @property
+    def is_sql(self) -> bool:
+        """Whether the table is in a database rather than a file."""
+        return bool(_SCHEME.match(self.text))
+
+    @property
+    def label(self) -> str:
+        """How messages, errors and logs name it: its path, or its URL without a password."""
+        return _display_url(self.text) if self.is_sql else self.text
+
+    def located(self) -> str:
+        """The source as it is handed to a SuperNode: a database URL as written, a file's path made
+        absolute (the SuperNode runs in another folder)."""
+        return self.text if self.is_sql else str(Path(self.text).expanduser().resolve())
+
+    def exists(self) -> bool:
+        """Whether a file source exists (a database URL is only checked when it is read)."""
+        return self.is_sql or Path(self.text).is_file()
+
+    def __str__(self) -> str:
+        return self.text
 
 
-def display_url(source: str) -> str:
+def _display_url(source: str) -> str:
     """The URL as errors and logs may show it: no password, the lab's parameters kept."""
     try:
         from sqlalchemy.engine import make_url
@@ -23,19 +53,3 @@ def display_url(source: str) -> str:
         return make_url(source).render_as_string(hide_password=True)
     except Exception:  # an unparsable URL is shown up to its credentials
         return re.sub(r"//[^@/]*@", "//***@", source)
-
-
-def node_source(text: str) -> str:
-    """A node's data source as it is handed to its SuperNode: a database URL as written, a file's
-    path made absolute (the SuperNode runs in another folder)."""
-    return text if is_sql_url(text) else str(Path(text).expanduser().resolve())
-
-
-def source_exists(source: str) -> bool:
-    """Whether a file source exists (a database URL is only checked when it is read)."""
-    return is_sql_url(source) or Path(source).is_file()
-
-
-def source_label(source: str | Path) -> str:
-    """How messages name a node's data: its path, or its database URL without a password."""
-    return display_url(str(source)) if is_sql_url(source) else str(source)

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from lab.core.environ import DATA_PASSWORD
-from lab.core.sources import display_url
+from lab.core.sources import TableSource
 from lab.errors import DataError
 
 __all__ = ["read_sql"]
@@ -46,7 +46,7 @@ def read_sql(source: str) -> pd.DataFrame:
     import sqlalchemy as sa
     from sqlalchemy.engine import make_url
 
-    shown = display_url(source)
+    shown = TableSource(source).label
     try:
         url = make_url(source)
     except Exception:

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from lab.core.sources import is_sql_url
+from lab.core.sources import TableSource
 from lab.core.spec import TaskSpec
 from lab.core.training import NodeData, load_node_data
 from lab.node.site import NodeSite
@@ -66,7 +66,7 @@ def rows_of(site: NodeSite, spec: TaskSpec, run_id: int) -> NodeRows:
 
 def _version(path: str) -> tuple[int, int, int] | None:
     """A file's size, modification time and inode (None for a database, read again each run)."""
-    if not path or is_sql_url(path):
+    if not path or TableSource.of(path).is_sql:
         return None
     try:
         stat = os.stat(path)

@@ -16,7 +16,7 @@ from lab.contract.settings import RunSettings
 from lab.core.analytics import StatsRequest, default_edges, is_categorical, pool, stats_frame, summarise
 from lab.core.data import check_frame, read_raw
 from lab.core.disclosure import POOLED_MIN_NODES, subtraction_reveals
-from lab.core.sources import source_label
+from lab.core.sources import TableSource
 from lab.core.spec import TaskSpec
 from lab.errors import QueryError, Refusal, RunFailedError
 from lab.node.limits import Limits
@@ -78,7 +78,7 @@ class Stats(QueryKind[StatsRequest]):
         request = replace(request, min_count=site.min_count(request.min_count))
         file_format = spec.format_for(site.name)
         raw, offset = read_raw(site.table_path(), file_format)
-        source = source_label(site.table_path())
+        source = TableSource.of(site.table_path()).label
         table = check_frame(raw, spec, source=source, file_format=file_format, offset=offset)
         frame = stats_frame(table, spec)
         agreement = site.agreement

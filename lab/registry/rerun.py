@@ -14,7 +14,7 @@ from lab.core.data import load_table, read_raw, split_table
 from lab.core.environment import EnvDiff, Environment
 from lab.core.intervals import AUC_MIN_CLASS_ROWS, wilson
 from lab.core.metrics import compute_metrics
-from lab.core.sources import source_label
+from lab.core.sources import TableSource
 from lab.errors import DataError, ModelError
 from lab.registry.packaging import FederatedModel, predict_frame
 from lab.registry.tracking import account
@@ -152,7 +152,9 @@ def predict_table(model: FederatedModel, data: str | Path, out: Path, *, node: s
     """
     file_format = model.predictor.spec.format_for(node)
     raw, offset = read_raw(data, file_format)
-    scored = predict_frame(model.predictor, raw, source=source_label(data), file_format=file_format, offset=offset)
+    scored = predict_frame(
+        model.predictor, raw, source=TableSource.of(data).label, file_format=file_format, offset=offset
+    )
     result = pd.concat([raw.reset_index(drop=True), scored.reset_index(drop=True)], axis=1)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -15,7 +15,7 @@ from lab.contract.events import Event
 from lab.contract.results import PreflightAnswer
 from lab.contract.settings import RunSettings
 from lab.core.analytics import DEFAULT_MIN_COUNT, StatsRequest
-from lab.core.sources import node_source
+from lab.core.sources import TableSource
 from lab.core.spec import TaskSpec
 from lab.errors import UsageError
 from lab.runtime.connection import Connection
@@ -63,7 +63,7 @@ class Federation:
         if no_agreement and agreements:
             raise UsageError("--no-agreement starts every local node without an agreement: drop --agreement")
         return cls(
-            {name: node_source(str(table)) for name, table in nodes.items()},
+            {name: TableSource.of(table).located() for name, table in nodes.items()},
             {name: Path(path) for name, path in (agreements or {}).items()},
             no_agreement,
             secure,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.core.environ import ROSTER
-from lab.core.sources import node_source
+from lab.core.sources import TableSource
 from lab.errors import UsageError
 from lab.runtime.connection import Connection
 from lab.runtime.coordinator import Coordinator
@@ -37,7 +37,7 @@ class NodeSpec:
     no_agreement: bool = False  # no agreement on purpose (--no-agreement): nothing is checked, all is audited
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "data_path", node_source(str(self.data_path)))
+        object.__setattr__(self, "data_path", TableSource.of(self.data_path).located())
         if (self.agreement is None) == (not self.no_agreement):
             raise UsageError(
                 f"node {self.name!r}: give it an agreement, or start it without one on purpose (no_agreement, "

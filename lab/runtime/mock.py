@@ -12,7 +12,7 @@ from lab.contract.events import Event
 from lab.contract.results import NodeCheck, PreflightAnswer
 from lab.core.environ import WORKSPACE
 from lab.core.mock import mock_table, write_mock
-from lab.core.sources import source_exists
+from lab.core.sources import TableSource
 from lab.core.spec import TaskSpec, load_spec
 from lab.errors import DataError, UsageError
 from lab.runtime.federation import Federation
@@ -116,7 +116,7 @@ def _check_nodes(spec: TaskSpec, federation: Federation) -> None:
                 f"--node {name}: not a node of the spec, which lists {listed!r}; name one of them, or add it to "
                 "the spec's [nodes] (a mock is written in its node's format)"
             )
-        if not source_exists(source):
+        if not TableSource.of(source).exists():
             raise DataError(f"node {name!r}: {source!r} does not exist; give the path of its table")
 
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from lab.contract.events import Event, Started
 from lab.contract.results import PreflightAnswer, PreparedAnswer, RunSummary, StatsAnswer, read_reported
 from lab.contract.settings import RunSettings
-from lab.core.sources import source_exists
+from lab.core.sources import TableSource
 from lab.core.spec import TaskSpec, parse_spec
 from lab.errors import CoordinatorLostError, DataError, LabError, UsageError
 from lab.runtime.agreements import default_agreements
@@ -122,7 +122,7 @@ def run_federation(
     and the coordinator's MLflow run closed in any case (KILLED on Ctrl-C, FAILED otherwise).
     """
     for name, source in nodes.items():
-        if not source_exists(source) and settings.query != "catalog":  # a pre-flight lets the node report it
+        if not TableSource.of(source).exists() and settings.query != "catalog":  # a pre-flight lets the node report it
             raise DataError(f"node {name!r}: {source!r} does not exist; give the path of its table")
     spec = parse_spec(settings.task_spec, source="the run's task spec")
     specs = node_specs(nodes, agreements, workspace=workspace, spec=spec, no_agreement=no_agreement)
