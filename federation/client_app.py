@@ -22,7 +22,9 @@ import json
 import logging
 import math
 import re
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
@@ -91,6 +93,52 @@ def _remember(context: Context, spec: TaskSpec, run_id: int) -> None:
         kept.write_text(spec.text, encoding="utf-8")
 
 
+T = TypeVar("T")
+
+
+class _Decoded(threading.local):
+    """What the message being answered says, decoded once: the agreement's checks around a handler
+    (federation.governance) and the handler itself read the same objects."""
+
+    def __init__(self) -> None:
+        self.msg: Message | None = None
+        self.values: dict[str, Any] = {}
+
+    def get(self, msg: Message, what: str, decode: Callable[[], T]) -> T:
+        if self.msg is not msg:  # a new message: forget the last one's (and its arrays)
+            self.msg, self.values = msg, {}
+        if what not in self.values:
+            self.values[what] = decode()
+        return self.values[what]  # type: ignore[no-any-return]
+
+
+_decoded = _Decoded()
+
+
+def _instructions(msg: Message) -> Instructions:
+    return _decoded.get(msg, "instructions", lambda: Instructions.of(msg))
+
+
+def _run_spec(msg: Message, context: Context) -> TaskSpec:
+    """The spec of the run a train or evaluate message belongs to (``_spec``), found once a message."""
+    return _decoded.get(msg, "spec", lambda: _spec(context, _instructions(msg), msg.metadata.run_id))
+
+
+def _query(msg: Message) -> tuple[QueryMessage, TaskSpec]:
+    """A query message's contents and its spec, parsed once a message."""
+
+    def decode() -> tuple[QueryMessage, TaskSpec]:
+        query = QueryMessage.of(msg)
+        return query, parse_spec(query.spec_text, source="the run's task spec")
+
+    return _decoded.get(msg, "query", decode)
+
+
+def _request_of(msg: Message, kind: QueryKind[Any]) -> Any:
+    """A query message's request, read as its kind's, once a message."""
+    return _decoded.get(msg, "request", lambda: kind.parse_request(_query(msg)[0].request))
+
+
 def _spec(context: Context, instructions: Instructions, run_id: int) -> TaskSpec:
     """The run's spec, received at preparation and named by its sha256 since."""
     if not re.fullmatch(r"[0-9a-f]{64}", instructions.spec_sha256):
@@ -123,7 +171,7 @@ class _Training:
         self.training = training
 
     def asked(self, msg: Message, context: Context) -> dict[str, Any]:
-        asked = Instructions.of(msg).describe()
+        asked = _instructions(msg).describe()
         records = msg.content.array_records
         if keys.CANDIDATES in records:  # the candidate models, each parameter stacked over them
             asked["models"], asked["parameters"] = Candidates.size(msg)
@@ -134,10 +182,8 @@ class _Training:
         return asked
 
     def asks(self, msg: Message, context: Context, agreement: Agreement) -> Request:
-        instructions = Instructions.of(msg)
-        metrics = set(_spec(context, instructions, msg.metadata.run_id).metrics) | (
-            {keys.TRAIN_LOSS} if self.training else set()
-        )
+        instructions = _instructions(msg)
+        metrics = set(_run_spec(msg, context).metrics) | ({keys.TRAIN_LOSS} if self.training else set())
         outputs = {"metrics"} | ({"model-updates"} if self.training else set())
         # The row count is checked on the reply, once the rows are loaded.
         return _request(instructions, outputs, metrics, agreement.min_rows)
@@ -155,7 +201,7 @@ class _Training:
                 outputs.add("metrics")
         if not outputs:  # nothing computed on rows leaves (scores withheld): no row count to check
             rows = agreement.min_rows
-        return _request(Instructions.of(msg), outputs, metrics, rows)
+        return _request(_instructions(msg), outputs, metrics, rows)
 
 
 def _request(instructions: Instructions, outputs: set[str], metrics: set[str], rows: int) -> Request:
@@ -177,30 +223,24 @@ class _Query:
         self.kind = kind
 
     def asked(self, msg: Message, context: Context) -> dict[str, Any]:
-        query = QueryMessage.of(msg)
-        spec = parse_spec(query.spec_text, source="the run's task spec")
-        described = self.kind.describe(query.request)
+        query, spec = _query(msg)
+        described = self.kind.describe(query.request)  # the request as it came, in full
         return {"query": self.kind.name, "task": spec.name, "spec_sha256": spec.sha256, "request": described}
 
     def asks(self, msg: Message, context: Context, agreement: Agreement) -> Request:
-        query = QueryMessage.of(msg)
-        spec = parse_spec(query.spec_text, source="the run's task spec")
-        return self.kind.asks(spec, self.kind.parse_request(query.request), agreement)
+        return self.kind.asks(_query(msg)[1], _request_of(msg, self.kind), agreement)
 
     def releases(self, msg: Message, reply: Message, context: Context, agreement: Agreement) -> Request:
-        query = QueryMessage.of(msg)
-        spec = parse_spec(query.spec_text, source="the run's task spec")
         answer = json.loads(QueryReply.of(reply).answer)
-        return self.kind.releases(spec, self.kind.parse_request(query.request), answer, agreement)
+        return self.kind.releases(_query(msg)[1], _request_of(msg, self.kind), answer, agreement)
 
 
 def _answering(kind: QueryKind[Any]) -> Any:
     def answer(msg: Message, context: Context) -> Message:
-        query = QueryMessage.of(msg)
-        spec = parse_spec(query.spec_text, source="the run's task spec")
+        _, spec = _query(msg)
         _remember(context, spec, msg.metadata.run_id)
         site = _site(context)
-        answered = kind.answer(spec, kind.parse_request(query.request), site, msg.metadata.run_id)
+        answered = kind.answer(spec, _request_of(msg, kind), site, msg.metadata.run_id)
         reply = QueryReply(site.name, spec.organisation(site.name), json.dumps(answered))
         return Message(reply.to_record(), reply_to=msg)
 
@@ -218,8 +258,8 @@ def _report(site: NodeSite, spec: TaskSpec, rows: NodeRows, suppressed: str = ""
 def _inputs(msg: Message, context: Context) -> tuple[NodeSite, Instructions, TaskSpec, NodeRows, int]:
     """The node, the message's instructions, the run's spec, and the node's rows checked against it
     (read once a run: lab.node.rows)."""
-    site, instructions = _site(context), Instructions.of(msg)
-    spec = _spec(context, instructions, msg.metadata.run_id)
+    site, instructions = _site(context), _instructions(msg)
+    spec = _run_spec(msg, context)
     rows = rows_of(site, spec, msg.metadata.run_id)
     return site, instructions, spec, rows, check_rows(site, rows.data)
 
