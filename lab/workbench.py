@@ -41,7 +41,6 @@ from lab.registry.runs import compared, list_runs, metric_curves
 from lab.runtime.demo import demo_federation
 from lab.runtime.environ import federation_key_for
 from lab.runtime.federation import Federation
-from lab.runtime.mock import check_request, mock_federation, mock_tables
 from lab.runtime.run import RunResult
 
 __all__ = ["Preflight", "Progress", "StatsResult", "TrainingRun", "Workbench", "evaluate"]
@@ -356,15 +355,12 @@ class Workbench:
         """Per node, a synthetic table with the spec's columns drawn from the node's catalog
         (``lab mock``): no real row in it. Returns each node's file. With ``preflight`` (what
         ``check()`` returned) the catalogs it holds are used and the nodes are not asked again."""
-        if preflight is not None:
-            return mock_tables(self.task, preflight.answers, rows, out, seed)
-        check_request(self.task, self.federation, rows, out)
-        return mock_federation(
-            self.spec,
-            self.federation,
+        return self.federation.mock(
+            self.task,
             rows,
-            out,
-            seed,
+            Path(out),
+            seed=seed,
+            answers=preflight.answers if preflight is not None else None,
             workspace=self.workspace,
             tracking_uri=self.tracking_uri,
             on_event=self._progress("mock tables", 1),

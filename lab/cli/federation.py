@@ -228,14 +228,11 @@ def mock(
 ) -> None:
     """Mock tables to write code against: per node, the spec's columns drawn from the catalog the node
     releases (level counts, histograms, missing counts; each column on its own), no real row in them."""
-    from lab.runtime.mock import check_request, mock_federation
-
     federation = _federation(node, agreement, coordinator, ca, nodes, no_agreement=no_agreement)
     task = load_spec(spec)
-    check_request(task, federation, rows, out)  # before any process starts
     with _progress(task, federation, workspace, what="pre-flight check") as view:
-        written = mock_federation(
-            spec, federation, rows, out, seed, workspace=workspace, tracking_uri=tracking_uri, on_event=view
+        written = federation.mock(
+            task, rows, out, seed=seed, workspace=workspace, tracking_uri=tracking_uri, on_event=view
         )
     for name, path in written.items():
         console.print(f"wrote {escape(str(path))}: node {escape(name)}, {rows} synthetic rows", highlight=False)

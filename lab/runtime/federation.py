@@ -1,7 +1,7 @@
 """The lab's one service under both front ends (the command line and the notebook workbench): a
 federation (local nodes started for a call, or a running coordinator's) and what can be asked of
-it, ``train``, ``check`` (the pre-flight) and ``stats``, each taking typed settings and returning
-the typed result (lab.contract.results); lab.runtime.mock draws mock tables from ``check``'s answer."""
+it, ``train``, ``check`` (the pre-flight), ``stats`` and ``mock``, each taking typed settings and
+returning the typed result (lab.contract.results)."""
 
 from __future__ import annotations
 
@@ -179,6 +179,35 @@ class Federation:
         settings = self.settings(spec, workspace, tracking_uri, {})
         settings = replace(settings, query="stats", query_request=request.to_json(), min_nodes=1)
         return self._federate(settings, workspace=workspace, on_event=on_event)
+
+    def mock(
+        self,
+        spec: TaskSpec,
+        rows: int,
+        out: Path,
+        *,
+        seed: int = 0,
+        answers: PreflightAnswer | None = None,
+        workspace: Path,
+        tracking_uri: str = "",
+        on_event: Callable[[Event], None] = lambda _: None,
+    ) -> dict[str, Path]:
+        """Mock tables to write code against: per node, ``rows`` rows (before the spec's
+        ``drop-row`` policy) of the spec's columns drawn from the catalog the node releases, in the
+        format the spec gives it, written into ``out`` (created), each node's drawn from ``seed``
+        and its name; no real row in them. The nodes are asked for their catalogs through the
+        pre-flight (``check``), unless its ``answers`` are given. Returns each node's file; nothing
+        is written unless every node's mock could be drawn.
+
+        Raises UsageError if ``rows`` is under 1, ``out`` cannot be written, or a local node is not
+        one the spec lists (before any process starts); DataError if a node refused, could not
+        describe its table, or its catalog lacks what a column needs (lab.core.mock says which)."""
+        from lab.runtime.mock import check_request, mock_tables
+
+        if answers is None:
+            check_request(spec, self, rows, out)
+            answers = self.check(spec, workspace=workspace, tracking_uri=tracking_uri, on_event=on_event)
+        return mock_tables(spec, answers, rows, out, seed)
 
     def _federate(
         self, settings: RunSettings, *, workspace: Path, on_event: Callable[[Event], None] = lambda _: None

@@ -1,76 +1,28 @@
-"""Mock tables for a federation (`lab mock`): each node's catalog through the pre-flight query, then
-one synthetic table per node drawn from it (lab.core.mock) and written beside the others."""
+"""Mock tables for a federation (`lab mock`, ``Federation.mock``): from each node's catalog, which
+the pre-flight query brings, one synthetic table per node drawn (lab.core.mock) and written beside
+the others; and what can be checked of such a request before any process starts."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lab.contract.events import Event
 from lab.contract.results import NodeCheck, PreflightAnswer
-from lab.core.environ import WORKSPACE
 from lab.core.mock import mock_table, write_mock
 from lab.core.sources import TableSource
-from lab.core.spec import TaskSpec, load_spec
+from lab.core.spec import TaskSpec
 from lab.errors import DataError, UsageError
-from lab.runtime.federation import Federation
 
-__all__ = ["check_request", "mock_federation", "mock_tables"]
+if TYPE_CHECKING:
+    from lab.runtime.federation import Federation
 
-
-def mock_federation(
-    spec: str | Path,
-    federation: Federation,
-    rows: int,
-    out: str | Path,
-    seed: int = 0,
-    *,
-    workspace: str | Path = WORKSPACE.default,
-    tracking_uri: str = "",
-    on_event: Callable[[Event], None] = lambda _: None,
-) -> dict[str, Path]:
-    """Ask every node of ``federation`` for its catalog and write a mock of its table into ``out``.
-
-    Parameters
-    ----------
-    spec : str or Path
-        The task spec: the mocks have its columns, in the format it gives each node.
-    federation : Federation
-        Local nodes (``Federation.local``) or a coordinator's (``Federation.remote``), as `lab check`
-        takes them; the catalog query runs on it exactly as there.
-    rows : int
-        Rows of each mock, before the spec's ``drop-row`` policy drops those with missing values.
-    out : str or Path
-        The folder for the mocks (created if needed): ``NODE.synthetic.csv`` or ``.parquet``.
-    seed : int (default: 0)
-        Seed of the draws (each node's are drawn from this seed and its name).
-    workspace : str or Path (default: ``$LAB_WORKSPACE`` or ./workspace)
-        Where the federation's processes, logs and run records go.
-
-    Returns
-    -------
-    dict of str to Path
-        Each node's mock file. Nothing is written unless every node's mock could be drawn.
-
-    Raises
-    ------
-    UsageError
-        If ``rows`` is under 1, ``out`` cannot be written, or a local node is not one the spec lists.
-    DataError
-        If a node refused the query, could not describe its table, or its catalog lacks what a
-        column needs (lab.core.mock says which and the fix).
-    """
-    task = load_spec(spec)
-    check_request(task, federation, rows, out)
-    answers = federation.check(task, workspace=Path(workspace), tracking_uri=tracking_uri, on_event=on_event)
-    return mock_tables(task, answers, rows, out, seed)
+__all__ = ["check_request", "mock_tables"]
 
 
 def mock_tables(task: TaskSpec, answers: PreflightAnswer, rows: int, out: str | Path, seed: int = 0) -> dict[str, Path]:
-    """The mocks of ``mock_federation`` from the nodes' pre-flight answers already gathered
-    (``Federation.check``): nothing is asked of the nodes again."""
+    """Each node's mock, drawn from its pre-flight answer (``Federation.check``) and written into
+    ``out``: nothing is asked of the nodes here (``Federation.mock`` asks them first)."""
     if rows <= 0:
         raise UsageError(f"--rows {rows}: give how many mock rows to draw per node, 1 or more")
     folder = _writable(Path(out))
@@ -85,7 +37,7 @@ def check_request(spec: TaskSpec, federation: Federation, rows: int, out: str | 
     """What can be checked before any process starts: the rows, the output folder (created if
     needed; returned) and the local nodes.
 
-    Raises UsageError or DataError as ``mock_federation`` says.
+    Raises UsageError or DataError as ``Federation.mock`` says.
     """
     if rows <= 0:
         raise UsageError(f"--rows {rows}: give how many mock rows to draw per node, 1 or more")
