@@ -14,6 +14,7 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
+from lab.contract.results import RunSummary
 from lab.core.spec import load_spec
 from lab.node.audit import AuditLog
 from lab.runtime.app import app_hash
@@ -29,7 +30,7 @@ SPEC = load_spec(HEART / "task.toml")
 SHORT = {"num_rounds": 2, "baseline_epochs": 2, "local_steps": 20}
 
 
-def _run(federation: LocalFederation, **values: Any) -> dict[str, Any]:
+def _run(federation: LocalFederation, **values: Any) -> RunSummary:
     settings = run_settings(
         SPEC,
         tracking_uri=f"sqlite:///{federation.workspace / 'mlflow.db'}",
@@ -37,7 +38,7 @@ def _run(federation: LocalFederation, **values: Any) -> dict[str, Any]:
         values={**SHORT, **values},
     )
     outcome = submit_run(federation.connection, settings, app_dir=ROOT, run_dir=new_run_dir(federation.workspace))
-    return outcome.final
+    return RunSummary.of(outcome.final.reported)
 
 
 def test_a_warm_node_answers_every_message_in_one_worker_and_survives_its_death(tmp_path: Path) -> None:
@@ -46,7 +47,7 @@ def test_a_warm_node_answers_every_message_in_one_worker_and_survives_its_death(
     with LocalFederation(tmp_path / "workspace", nodes) as federation:
         workers = {node.site.name: node.worker.popen.pid for node in federation.running if node.worker}
         first = _run(federation)
-        assert [n["node"] for n in first["nodes"]] == ["cleveland", "hungary"]
+        assert [n.node for n in first.nodes] == ["cleveland", "hungary"]
         # Every message of the run (prepare, two train, evaluate) went to the same worker per node.
         assert {n.site.name: n.worker.popen.pid for n in federation.running if n.worker} == workers
         for node in federation.running:  # no SuperExec to start a flwr-clientapp per message
@@ -63,8 +64,8 @@ def test_a_warm_node_answers_every_message_in_one_worker_and_survives_its_death(
         assert cleveland.worker.popen.pid != workers["cleveland"]
 
         second = _run(federation, seed=7)  # a new run, answered by the restarted worker
-        assert [n["node"] for n in second["nodes"]] == ["cleveland", "hungary"]
-        assert second["nodes"][0]["federated"] != first["nodes"][0]["federated"]  # its own run, own seed
+        assert [n.node for n in second.nodes] == ["cleveland", "hungary"]
+        assert second.nodes[0].federated != first.nodes[0].federated  # its own run, own seed
         entries = AuditLog(federation.workspace / "nodes" / "cleveland" / "audit.jsonl").entries()
         assert {e["app_hash"] for e in entries} == {app_hash(ROOT)}  # the worker checked the app each time
     assert leftover_processes(tmp_path / "workspace") == []
