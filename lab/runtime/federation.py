@@ -21,6 +21,7 @@ from lab.errors import UsageError
 from lab.runtime.connection import Connection
 from lab.runtime.environ import tracking_uri_for
 from lab.runtime.local import LocalFederation
+from lab.runtime.mock import check_request, mock_tables
 from lab.runtime.run import RunResult, node_specs, run_federation, run_on, run_settings
 
 __all__ = ["Federation"]
@@ -202,10 +203,8 @@ class Federation:
         Raises UsageError if ``rows`` is under 1, ``out`` cannot be written, or a local node is not
         one the spec lists (before any process starts); DataError if a node refused, could not
         describe its table, or its catalog lacks what a column needs (lab.core.mock says which)."""
-        from lab.runtime.mock import check_request, mock_tables
-
         if answers is None:
-            check_request(spec, self, rows, out)
+            check_request(spec, self.nodes, rows, out)
             answers = self.check(spec, workspace=workspace, tracking_uri=tracking_uri, on_event=on_event)
         return mock_tables(spec, answers, rows, out, seed)
 

@@ -5,17 +5,15 @@ the others; and what can be checked of such a request before any process starts.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lab.contract.results import NodeCheck, PreflightAnswer
 from lab.core.mock import mock_table, write_mock
 from lab.core.sources import TableSource
 from lab.core.spec import TaskSpec
 from lab.errors import DataError, UsageError
-
-if TYPE_CHECKING:
-    from lab.runtime.federation import Federation
 
 __all__ = ["check_request", "mock_tables"]
 
@@ -33,16 +31,16 @@ def mock_tables(task: TaskSpec, answers: PreflightAnswer, rows: int, out: str | 
     return {name: write_mock(table, task, node=name, folder=folder) for name, table in tables.items()}
 
 
-def check_request(spec: TaskSpec, federation: Federation, rows: int, out: str | Path) -> Path:
+def check_request(spec: TaskSpec, nodes: Mapping[str, str], rows: int, out: str | Path) -> Path:
     """What can be checked before any process starts: the rows, the output folder (created if
-    needed; returned) and the local nodes.
+    needed; returned) and the local ``nodes`` (name: table; none for a coordinator's).
 
     Raises UsageError or DataError as ``Federation.mock`` says.
     """
     if rows <= 0:
         raise UsageError(f"--rows {rows}: give how many mock rows to draw per node, 1 or more")
     folder = _writable(Path(out))
-    _check_nodes(spec, federation)
+    _check_nodes(spec, nodes)
     return folder
 
 
@@ -59,10 +57,10 @@ def _writable(folder: Path) -> Path:
     return folder
 
 
-def _check_nodes(spec: TaskSpec, federation: Federation) -> None:
+def _check_nodes(spec: TaskSpec, nodes: Mapping[str, str]) -> None:
     """Local nodes must be the spec's (when it lists any), each with a table that exists."""
     listed = sorted(spec.nodes)
-    for name, source in federation.nodes.items():
+    for name, source in nodes.items():
         if listed and name not in spec.nodes:
             raise UsageError(
                 f"--node {name}: not a node of the spec, which lists {listed!r}; name one of them, or add it to "
