@@ -30,6 +30,7 @@ from lab.core.environ import PRIVATE_ENV  # noqa: E402
 
 os.environ.update(PRIVATE_ENV)
 
+from lab.contract.settings import RunSettings  # noqa: E402
 from lab.core.spec import load_spec  # noqa: E402
 from lab.runtime.demo import DEMO_NODES  # noqa: E402
 from lab.runtime.environ import tracking_uri_for  # noqa: E402
@@ -47,7 +48,7 @@ def run_once(workspace: Path, settings: dict[str, Any]) -> dict[str, Any]:
     final = run_federation(run, nodes, workspace=workspace).summary
     epsilons = [row.epsilon for row in final.nodes if row.epsilon is not None]
     return {
-        "settings": settings,
+        "settings": {RunSettings.key(k): v for k, v in settings.items()},  # as `--set` names them
         "mean_accuracy": final.mean_of("federated", "accuracy"),
         "mean_auc": final.mean_of("federated", "auc"),
         "local_only_accuracy": final.mean_of("local_only", "accuracy"),

@@ -60,7 +60,7 @@ def quality_jobs(workspace: Path, seeds: list[int]) -> list[dict[str, Any]]:
             if (variant, strategy) != ("recipe", "fedavg"):
                 # The local-only row comes from the recipe's FedAvg runs (the same nodes and seeds):
                 # the other runs keep their preparation short.
-                settings["baseline-epochs"] = 1
+                settings["baseline_epochs"] = 1
             jobs.append(
                 {
                     "kind": "quality",
@@ -119,6 +119,8 @@ def pooled_scores(spec: Any, nodes: dict[str, str], *, seed: int, epochs: int = 
 
 def summarise_quality(results: list[dict[str, Any]], pooled_result: dict[str, Any]) -> dict[str, Any]:
     """Mean and std over seeds of the mean client accuracy, per (variant, strategy), and the local-only rows."""
+    from lab.contract.settings import RunSettings
+
     rows: list[dict[str, Any]] = [
         {
             "method": "pooled",
@@ -155,7 +157,7 @@ def summarise_quality(results: list[dict[str, Any]], pooled_result: dict[str, An
                 continue
             finals = [r["final"]["mean"]["federated.accuracy"] for r in runs]
             settings = {
-                k: v for k, v in runs[0]["settings"].items() if k not in ("seed", "strategy", "baseline-epochs")
+                k: v for k, v in runs[0]["settings"].items() if k not in ("seed", "strategy", "baseline_epochs")
             }
             reached = [rounds_to(history(r)) for r in runs]
             curves[f"{variant}:{strategy}"] = [history(r) for r in runs]
@@ -163,7 +165,7 @@ def summarise_quality(results: list[dict[str, Any]], pooled_result: dict[str, An
                 {
                     "method": strategy,
                     "variant": variant,
-                    "settings": ", ".join(f"{k} {v}" for k, v in settings.items()),
+                    "settings": ", ".join(f"{RunSettings.key(k)} {v}" for k, v in settings.items()),
                     "mean": float(np.mean(finals)),
                     "std": float(np.std(finals)),
                     "published": PUBLISHED.get(strategy) if variant == "recipe" else None,

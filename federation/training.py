@@ -59,7 +59,7 @@ def train(grid: Grid, spec: TaskSpec, settings: RunSettings, tracker: Tracker, e
     request = PrepareRequest.of(settings, guard.lock, nodes=len(chosen(grid, settings)))
     prepared = PREPARE.prepare(spec, request, settings, guard, asker(grid, spec, PREPARE, settings), tracker, emit)
     members = prepared.members
-    if ROSTER.get():  # a coordinator's host: `lab coordinator nodes` shows what each node reported
+    if ROSTER.get():  # nodes admitted by key: `lab coordinator nodes` shows what each node reported
         reports = {m.name: {"organisation": m.organisation, "environment": m.env_fingerprint} for m in members.values()}
         note_seen(Path(ROSTER.get()), reports, run=str(grid.run.run_id))
     if resumed is not None:

@@ -320,14 +320,13 @@ class Workbench:
         min_count: int = DEFAULT_MIN_COUNT,
     ) -> StatsResult:
         """Federated statistics over every node's table (``lab stats``), small counts suppressed."""
+        task = self.task
+        request = self.federation.stats_request(
+            task, columns, by=by, crosstab=crosstab, correlation=correlation, bins=bins, min_count=min_count
+        )  # a wrong column fails here, before any process starts
         result = self.federation.stats(
-            self.task,
-            columns,
-            by=by,
-            crosstab=crosstab,
-            correlation=correlation,
-            bins=bins,
-            min_count=min_count,
+            task,
+            request,
             workspace=self.workspace,
             tracking_uri=self.tracking_uri,
             on_event=self._progress("federated statistics", 1),

@@ -45,8 +45,8 @@ class _Guarded(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
+        except (click.exceptions.Exit, click.ClickException, click.Abort, EOFError, BrokenPipeError):
+            raise  # Click's own: its exits, its usage errors, "Aborted!", a closed pipe (`lab runs | head`)
         except LabError as exc:
             err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from None

@@ -189,7 +189,7 @@ def run(
         "secure_aggregation": secure_aggregation,
         **_settings(setting or []),
     }
-    settings = federation.settings(task, workspace, tracking_uri, values)
+    settings = federation.settings(task, workspace, tracking_uri, values, source="--set")
     _train(task, settings, federation, workspace=workspace)
 
 
@@ -230,6 +230,7 @@ def mock(
     releases (level counts, histograms, missing counts; each column on its own), no real row in them."""
     federation = _federation(node, agreement, coordinator, ca, nodes, no_agreement=no_agreement)
     task = load_spec(spec)
+    federation.mock_folder(task, rows, out)  # before any process starts
     with _progress(task, federation, workspace, what="pre-flight check") as view:
         written = federation.mock(
             task, rows, out, seed=seed, workspace=workspace, tracking_uri=tracking_uri, on_event=view
@@ -274,19 +275,11 @@ def stats(
         pair = (a.strip(), b.strip())
     task = load_spec(spec)
     edges = parse_bins(bins or [])
+    request = federation.stats_request(
+        task, columns, by=by, crosstab=pair, correlation=correlation, bins=edges, min_count=min_count
+    )  # a wrong column fails here, before any process starts
     with _progress(task, federation, workspace, what="federated analytics") as view:
-        result = federation.stats(
-            task,
-            columns,
-            by=by,
-            crosstab=pair,
-            correlation=correlation,
-            bins=edges,
-            min_count=min_count,
-            workspace=workspace,
-            tracking_uri=tracking_uri,
-            on_event=view,
-        )
+        result = federation.stats(task, request, workspace=workspace, tracking_uri=tracking_uri, on_event=view)
     answer = result.stats
     for table in stats_tables(answer):
         console.print(table)

@@ -4,7 +4,8 @@ ServerApp's training, the query kinds' coordinator side), sent whole in the ``do
 ``to_json()``, and read back with ``of`` by every front end (the command line, the workbench, the
 report). A training run's summary is also its record, ``nodes/summary.json``: ``RunSummary.of``
 reads older runs' records too (a key a record lacks takes its default). A score is a float, or
-None where a node sent none (JSON has no NaN: an event carries a NaN as None).
+None where a node sent none; a figure held back or not computed is NaN in the record and None in
+an event (JSON has no NaN: events are sent as strict JSON), and every front end shows both as n/a.
 """
 
 from __future__ import annotations

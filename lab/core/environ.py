@@ -56,8 +56,8 @@ WORKSPACE = Setting(
 ROSTER = Setting(
     "LAB_ROSTER",
     "",
-    "The coordinator's home with its roster (set by `lab coordinator start` for its ServerApps): "
-    "each node's admitted name, and what it last reported.",
+    "The coordinator's home with its roster (set for their ServerApps by `lab coordinator start` and "
+    "by a `--secure` local federation): each node's admitted name, and what it last reported.",
 )
 SIGNING_KEY = Setting(
     "LAB_SIGNING_KEY",

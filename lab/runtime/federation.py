@@ -99,13 +99,22 @@ class Federation:
 
         return tracking_uri or tracking_uri_inside()
 
-    def settings(self, spec: TaskSpec, workspace: Path, tracking_uri: str, values: dict[str, Any]) -> RunSettings:
-        """The run's settings for this federation: ``values`` by field name (``num_rounds``) on the defaults."""
+    def settings(
+        self,
+        spec: TaskSpec,
+        workspace: Path,
+        tracking_uri: str,
+        values: dict[str, Any],
+        *,
+        source: str = "run settings",
+    ) -> RunSettings:
+        """The run's settings for this federation: ``values`` by field name (``num_rounds``) on the
+        defaults; an error names them as coming from ``source`` (``--set``)."""
         uri = self.tracking_uri(workspace, tracking_uri)
         if self.coordinator is None:
-            return run_settings(spec, tracking_uri=uri, nodes=len(self.nodes), values=values)
+            return run_settings(spec, tracking_uri=uri, nodes=len(self.nodes), values=values, source=source)
         values = {**values, "only_nodes": self.chosen} if self.chosen else values
-        return run_settings(spec, tracking_uri=uri, nodes=0, values=values)
+        return run_settings(spec, tracking_uri=uri, nodes=0, values=values, source=source)
 
     def preflight_settings(self, spec: TaskSpec, workspace: Path, tracking_uri: str) -> RunSettings:
         """The settings of the pre-flight: the catalog query, answered by whichever nodes can."""
@@ -150,8 +159,8 @@ class Federation:
         settings = self.preflight_settings(spec, workspace, tracking_uri)
         return self._federate(settings, workspace=workspace, on_event=on_event).preflight
 
-    def stats(
-        self,
+    @staticmethod
+    def stats_request(
         spec: TaskSpec,
         columns: Sequence[str],
         *,
@@ -160,14 +169,10 @@ class Federation:
         correlation: bool = False,
         bins: Mapping[str, list[float]] | None = None,
         min_count: int = DEFAULT_MIN_COUNT,
-        workspace: Path,
-        tracking_uri: str = "",
-        on_event: Callable[[Event], None] = lambda _: None,
-    ) -> RunResult:
-        """Federated statistics of ``columns`` (``.stats`` of the result): counts, means, sds,
-        quantiles and histograms, by ``by``, the ``crosstab`` of two columns and the correlation,
-        pooled over every node's table, small counts suppressed at each node. A column the spec
-        does not have fails here, before any process starts."""
+    ) -> StatsRequest:
+        """The statistics of ``columns`` to ask for (``stats``): counts, means, sds, quantiles and
+        histograms, by ``by``, the ``crosstab`` of two columns and the correlation. A column the
+        spec does not have fails here, before any process starts."""
         request = StatsRequest(
             columns=tuple(columns),
             by=by,
@@ -177,9 +182,28 @@ class Federation:
             min_count=min_count,
         )
         request.check(spec)
+        return request
+
+    def stats(
+        self,
+        spec: TaskSpec,
+        request: StatsRequest,
+        *,
+        workspace: Path,
+        tracking_uri: str = "",
+        on_event: Callable[[Event], None] = lambda _: None,
+    ) -> RunResult:
+        """Federated statistics (``.stats`` of the result), pooled over every node's table, small
+        counts suppressed at each node; ``request`` as ``stats_request`` makes it."""
+        request.check(spec)
         settings = self.settings(spec, workspace, tracking_uri, {})
         settings = replace(settings, query="stats", query_request=request.to_json(), min_nodes=1)
         return self._federate(settings, workspace=workspace, on_event=on_event)
+
+    def mock_folder(self, spec: TaskSpec, rows: int, out: Path) -> Path:
+        """What ``mock`` can check before any process starts (the rows, the output folder, the
+        local nodes against the spec); the folder, created. Raises UsageError or DataError."""
+        return check_request(spec, self.nodes, rows, out)
 
     def mock(
         self,
@@ -204,7 +228,7 @@ class Federation:
         one the spec lists (before any process starts); DataError if a node refused, could not
         describe its table, or its catalog lacks what a column needs (lab.core.mock says which)."""
         if answers is None:
-            check_request(spec, self.nodes, rows, out)
+            self.mock_folder(spec, rows, out)
             answers = self.check(spec, workspace=workspace, tracking_uri=tracking_uri, on_event=on_event)
         return mock_tables(spec, answers, rows, out, seed)
 

@@ -66,6 +66,7 @@ def run_settings(
     nodes: int,
     values: Mapping[str, Any] | None = None,
     lock: Path | None = None,
+    source: str = "run settings",
 ) -> RunSettings:
     """The run's settings: ``values`` (by field name, ``num_rounds``; typed, or as command-line
     text) on the defaults, and what the lab fills in (the spec's text, the environment lock (``lock``, or the
@@ -81,7 +82,7 @@ def run_settings(
         environment_lock=lock.read_text(encoding="utf-8") if lock.is_file() else "",
         code_version=code_version(project_root()),
     )
-    return filled.with_values(dict(values or {}))
+    return filled.with_values(dict(values or {}), source=source)
 
 
 def node_specs(

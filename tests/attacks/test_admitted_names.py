@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from lab.contract.results import RunSummary
 from lab.core.environ import ROSTER
 from lab.core.spec import load_spec
 from lab.runtime.roster import write_admitted
@@ -38,5 +39,5 @@ def test_a_run_config_naming_the_nodes_otherwise_is_ignored_for_the_roster(
     nodes = {name: str(SILOS[name]) for name in ("cleveland", "hungary")}
     result = inprocess.run_federation(replace(settings, admitted_nodes=swapped), nodes, tmp_path / "run")
     # Each node took part under its own, admitted name: none was refused as another's.
-    assert [row["node"] for row in result["final"]["nodes"]] == ["cleveland", "hungary"]
+    assert [row.node for row in RunSummary.of(result["final"]).nodes] == ["cleveland", "hungary"]
     assert not [e for e in result["events"] if e["event"] == "refused"]
