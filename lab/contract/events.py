@@ -92,29 +92,31 @@ class Refused(_Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Trained(_Event):
-    """A training round's replies: the scores the nodes gave the model they received (the previous
-    round's), the pooled training loss, and why the nodes left out of it were."""
+class _Round(_Event):
+    """A round's replies: how many of the nodes asked answered, their mean scores, and why those
+    left out of it were."""
 
-    kind: ClassVar[str] = "train"
     round: int
     answered: int = 0
     asked: int = 0
-    train_loss: float | None = None
     mean: dict[str, float | None] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Evaluated(_Event):
+class Trained(_Round):
+    """A training round: the scores are of the model the nodes received (the previous round's),
+    with the pooled training loss."""
+
+    kind: ClassVar[str] = "train"
+    train_loss: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Evaluated(_Round):
     """The final model's scores at the nodes."""
 
     kind: ClassVar[str] = "evaluate"
-    round: int
-    answered: int = 0
-    asked: int = 0
-    mean: dict[str, float | None] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

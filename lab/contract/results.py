@@ -74,10 +74,6 @@ class NodeRow:
     intervals: dict[str, dict[str, Interval]] | None = None  # by side and metric; None: accuracy is not scored
     comparison: str | None = None  # the accuracies' intervals compared; None: accuracy is not scored
 
-    @property
-    def shown(self) -> bool:
-        return not self.held_back
-
     def score(self, side: str, metric: str) -> float | None:
         return (self.federated if side == "federated" else self.local_only).get(metric)
 
@@ -321,10 +317,6 @@ class NodeCheck:
     refused: str = ""
     catalog: dict[str, Any] = field(default_factory=dict)
     problems: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def fits(self) -> bool:
-        return not self.refused and not self.problems
 
     def to_json(self) -> dict[str, Any]:
         if self.refused:
