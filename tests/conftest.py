@@ -18,7 +18,6 @@ import pytest
 
 from lab.core.environ import PRIVATE_ENV
 from lab.core.spec import TaskSpec, load_spec
-from lab.runtime.environ import private_environ
 
 ROOT = Path(__file__).resolve().parent.parent
 HEART = ROOT / "data" / "heart-disease"
@@ -30,6 +29,10 @@ SILOS = {
 }
 
 os.environ.update(PRIVATE_ENV)
+# The width `lab` prints at when the tests run it (run_lab): the CLI's consoles read it once, when
+# lab.cli is imported, so it is set here, before any test imports it (and a path in a message is
+# never folded across lines).
+os.environ["COLUMNS"] = "200"
 
 
 @pytest.fixture
@@ -83,19 +86,28 @@ def agreement_file(
     return path
 
 
-def run_lab(*args: str, workspace: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """`lab ARGS` in a new process, recording to the workspace's own MLflow store."""
-    env = private_environ(LAB_WORKSPACE=str(workspace), COLUMNS="200")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(
-        [*lab_command(), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+def run_lab(*args: str, workspace: Path) -> subprocess.CompletedProcess[str]:
+    """`lab ARGS`, run in this process as the console script runs it (Typer's ``CliRunner`` over
+    the same app, whose command group maps errors to exit statuses), recording to the workspace's
+    own MLflow store; its exit status, stdout and stderr as a finished process's.
+
+    In this process, a command costs what it does, not the 4 to 6 CPU-seconds of importing the lab,
+    PyTorch and MLflow again (some fifty commands a suite), and the nodes a command starts are
+    forked from this worker's forkserver, which has imported theirs once. What is about the
+    process itself (signals, the console script, an environment of its own) runs
+    ``lab_command()`` in a new one (test_ctrl_c_stops_every_process, test_environment_e2e)."""
+    from typer.testing import CliRunner
+
+    from lab.cli import app
+
+    env = {"LAB_WORKSPACE": str(workspace), "COLUMNS": "200", "MLFLOW_TRACKING_URI": None}
+    here = Path.cwd()
+    os.chdir(ROOT)  # as the console script is run from the checkout
+    try:
+        result = CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess([*lab_command(), *args], result.exit_code, result.stdout, result.stderr)
 
 
 def leftover_processes(workspace: Path) -> list[str]:

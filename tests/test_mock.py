@@ -206,7 +206,7 @@ def test_the_same_seed_gives_the_same_mock_and_another_seed_another(heart_spec: 
 )
 def test_lab_mock_refuses_bad_input_in_one_line(args: list[str], message: str, tmp_path: Path) -> None:
     out = [] if "--out" in args else ["--out", str(tmp_path / "mocks")]
-    result = run_lab("mock", "--spec", str(HEART / "task.toml"), *args, *out, workspace=tmp_path / "ws", timeout=60)
+    result = run_lab("mock", "--spec", str(HEART / "task.toml"), *args, *out, workspace=tmp_path / "ws")
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and message in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
