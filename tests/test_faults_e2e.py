@@ -158,10 +158,10 @@ def _resume(federation: LocalFederation, run_id: str) -> Any:
 def test_a_run_whose_coordinator_was_killed_resumes_to_the_same_model_bit_for_bit(
     federation: LocalFederation,
 ) -> None:
-    values = {"num_rounds": 4, "strategy": "fedadam", "baseline_epochs": 2, "local_steps": 60, "seed": 11}
+    values = {"num_rounds": 3, "strategy": "fedadam", "baseline_epochs": 2, "local_steps": 60, "seed": 11}
     reference = run_on(federation.connection, _settings(federation, **values), workspace=federation.workspace)
 
-    run_id, _ = _killed_after_round(federation, _settings(federation, **values), 2)
+    run_id, _ = _killed_after_round(federation, _settings(federation, **values), 1)
     # `lab run` marked the run FAILED as its coordinator vanished; a crash of the whole coordinator
     # host leaves it RUNNING instead, until `lab runs --clean` (or the next run) finds it.
     client = MlflowClient(tracking_uri=_uri(federation))
@@ -172,14 +172,14 @@ def test_a_run_whose_coordinator_was_killed_resumes_to_the_same_model_bit_for_bi
     assert client.get_run(run_id).info.status == "KILLED"
     assert "stopped without closing the run" in client.get_run(run_id).data.tags[KILLED_REASON]
     rows = {row.run_id: row for row in list_runs(_uri(federation))}
-    assert rows[run_id].resumable and rows[run_id].rounds_done is not None and rows[run_id].rounds_done >= 2
+    assert rows[run_id].resumable and rows[run_id].rounds_done is not None and rows[run_id].rounds_done >= 1
 
     resumed = _resume(federation, run_id)
     assert resumed.mlflow_run_id == run_id  # the same MLflow run goes on
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert "lab.resumed_by.flwr.run_id" in run.data.tags
-    for server_round in (3, 4):
+    for server_round in (2, 3):  # both after the resume, the server's Adam state carried over
         mine = Checkpoint.load(_uri(federation), run_id, server_round)
         theirs = Checkpoint.load(_uri(federation), reference.mlflow_run_id, server_round)
         assert mine.weights.keys() == theirs.weights.keys()
