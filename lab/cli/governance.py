@@ -41,6 +41,92 @@ def app_hash_command(
     print(app_hash(app_dir))
 
 
+@app_app.command("review")
+def app_review(
+    app: Annotated[
+        Path | None, typer.Argument(help="The app: its .fab file or its folder (default: this project).")
+    ] = None,
+    agreement: Annotated[
+        Path | None,
+        typer.Option(help="Your agreement: whether it approves the app, and the last app it approved to compare with."),
+    ] = None,
+    code: Annotated[bool, typer.Option("--code", help="Print every text file in full.")] = False,
+) -> None:
+    """Show what an app would run on your data: its files, sizes and sha256, and its code, new or
+    changed since the last app your agreement approved with `lab agreement allow --app`."""
+    from lab.node.approval import review
+    from lab.runtime.app import read_app
+
+    fab, source = read_app(app)
+    seen = review(fab, source=source, agreement=agreement)
+    files = seen.app.files
+    console.print(
+        f"app {seen.app.hash} ({escape(source)}): {len(files)} files, {sum(f.size for f in files.values())} bytes"
+    )
+    if agreement is not None:
+        if seen.approved:
+            console.print(f"approved by {escape(str(agreement))} (allow.apps)")
+        else:
+            command = escape(f"lab agreement allow {agreement} --app {source}")
+            console.print(
+                f"[red]not approved[/] by {escape(str(agreement))}: once you have read it, `{command}` approves it"
+            )
+        if seen.against is None:
+            console.print(f"no approved app is kept beside {escape(str(agreement))} to compare with (an app approved "
+                          "with `lab agreement allow --app` is): every file shows as new")  # fmt: skip
+        else:
+            console.print(f"compared with the last approved app, {seen.against.hash}")
+    table = RichTable()
+    for column in ("file", "bytes", "sha256", *(("since approved",) if agreement is not None else ())):
+        table.add_column(column, overflow="fold")  # a path or hash shown whole, over lines if it must
+    for name, file in files.items():
+        table.add_row(name, str(file.size), file.sha256, *((seen.status(name),) if agreement is not None else ()))
+    console.print(table)
+    for name in seen.removed:
+        console.print(f"removed since approved: {escape(name)}")
+    shown = [n for n in files if code or (seen.against is not None and seen.status(n) != "same")]
+    for name in shown:
+        file = files[name]
+        console.rule(escape(f"{name} ({seen.status(name) if agreement is not None else 'in full'})"))
+        text = seen.diff(name) if not code and seen.status(name) == "changed" else file.text
+        console.print(text if text is not None else "(not text: compare its sha256)", markup=False, highlight=False)
+    if not shown and not code:
+        console.print("nothing changed since the approved app" if seen.against is not None else
+                      "pass --code to read every file in full")  # fmt: skip
+
+
+@agreement_app.command("allow")
+def agreement_allow(
+    path: Annotated[Path, typer.Argument(help="The agreement file (TOML), edited in place.")],
+    app: Annotated[
+        Path | None,
+        typer.Option(help="An app to approve (.fab or folder; `.` for this project), after `lab app review`."),
+    ] = None,
+    task: Annotated[Path | None, typer.Option(help="A task spec to cover (or to update, when it changed).")] = None,
+    strategy: Annotated[list[str] | None, typer.Option(help="A strategy to allow; repeat for more.")] = None,
+) -> None:
+    """Add an app, a task or a strategy to an agreement, and say what was added (its comments and
+    layout stay; it is checked before it is written)."""
+    from lab.core.spec import load_spec
+    from lab.node.approval import allow_app, allow_strategy, allow_task
+    from lab.runtime.app import read_app
+
+    if app is None and task is None and not strategy:
+        raise UsageError("give what to allow: --app APP, --task SPEC or --strategy NAME")
+    if not path.is_file():
+        raise AgreementError(f"agreement {str(path)!r} does not exist; `lab agreement template` prints one to start")
+    done: list[str] = []
+    if task is not None:
+        done += allow_task(path, load_spec(task))
+    for name in strategy or []:
+        done += allow_strategy(path, name)
+    if app is not None:
+        fab, source = read_app(app)
+        done += allow_app(path, fab, source=source)
+    for line in done:
+        console.print(escape(line), highlight=False)
+
+
 @agreement_app.command("template")
 def agreement_template(
     spec: Annotated[Path, typer.Option(help="The task spec the agreement covers.")],

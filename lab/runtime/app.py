@@ -11,9 +11,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from lab.errors import UsageError
 from lab.runtime.environ import project_root
 
-__all__ = ["app_hash", "code_version", "stage_app"]
+__all__ = ["app_hash", "build_fab", "code_version", "read_app", "stage_app"]
 
 
 def code_version(root: Path) -> str:
@@ -81,8 +82,27 @@ def stage_app(app_dir: Path, dest: Path) -> Path:
 
 def app_hash(app_dir: Path | None = None) -> str:
     """sha256 of the FAB `flwr run` builds from ``app_dir``: the hash a node's allow-list names."""
+    return hashlib.sha256(build_fab(app_dir)).hexdigest()
+
+
+def build_fab(app_dir: Path | None = None) -> bytes:
+    """The FAB `flwr run` builds from ``app_dir`` (default: this project), byte for byte."""
     from flwr.cli.build import build_fab_from_disk
 
     with tempfile.TemporaryDirectory(prefix="lab-app-") as staging:
-        staged = stage_app(app_dir or project_root(), Path(staging) / "app")
-        return hashlib.sha256(build_fab_from_disk(staged)).hexdigest()
+        return build_fab_from_disk(stage_app(app_dir or project_root(), Path(staging) / "app"))
+
+
+def read_app(path: Path | None) -> tuple[bytes, str]:
+    """The FAB at ``path`` (a .fab file), or built from the app folder ``path`` (default: this
+    project); with what to call it in messages."""
+    if path is None:
+        return build_fab(), "this project's app"
+    if path.is_dir():
+        if not (path / "pyproject.toml").is_file():
+            raise UsageError(f"{str(path)!r} has no pyproject.toml: give a Flower app's folder or its .fab file")
+        return build_fab(path), str(path)
+    try:
+        return path.read_bytes(), str(path)
+    except FileNotFoundError:
+        raise UsageError(f"{str(path)!r} does not exist; give a Flower app's .fab file or its folder") from None
