@@ -135,14 +135,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     module that use one of its module fixtures (a federation started for the module) go to one
     worker together; every other test goes wherever a worker is free, so a module of long tests
     that each start their own federation (the notebooks, the faults) is spread over the workers.
-    Tests marked ``long`` (minutes each) go first, so that the workers finish together instead of
-    one waiting at the end for a long test handed out last."""
+    Tests marked ``long(seconds)`` (a minute or more each, or a module's group of tests together)
+    go first, the longest first, so that the workers finish together instead of one waiting at the
+    end for a long test handed out last."""
     for item in items:
         fixtures = getattr(item, "_fixtureinfo", None)
         defs = fixtures.name2fixturedefs.values() if fixtures is not None else []
         if any(chain and chain[-1].scope in _SHARED_SCOPES for chain in defs):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: the rest keep their order
+    items.sort(key=_longest_first)  # stable: the rest keep their order
+
+
+def _longest_first(item: pytest.Item) -> float:
+    """``-seconds`` of a test marked ``long(seconds)``, 0 for the others."""
+    long = item.get_closest_marker("long")
+    return -float(long.args[0]) if long is not None else 0.0
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-xdist's own, which names each test's group in its id

@@ -27,7 +27,7 @@ from lab.runtime.submit import new_run_dir, submit_run
 
 from .conftest import HEART, ROOT, SILOS, lab_command
 
-pytestmark = [pytest.mark.e2e, pytest.mark.long]
+pytestmark = [pytest.mark.e2e, pytest.mark.long(160)]
 
 LOCK = ROOT / "environments" / "requirements.lock"
 LOCKED_SIX = Environment.from_lock_file(LOCK).packages["six"]

@@ -28,7 +28,7 @@ from lab.runtime.run import node_specs, run_on, run_settings
 
 from .conftest import HEART, SILOS, leftover_processes, run_lab
 
-pytestmark = [pytest.mark.e2e, pytest.mark.long]
+pytestmark = [pytest.mark.e2e, pytest.mark.long(60)]
 
 SPEC = load_spec(HEART / "task.toml")
 NAMES = ("cleveland", "hungary", "va")
@@ -155,6 +155,7 @@ def _resume(federation: LocalFederation, run_id: str) -> Any:
     return run_on(federation.connection, settings, workspace=federation.workspace)
 
 
+@pytest.mark.long(100)
 def test_a_run_whose_coordinator_was_killed_resumes_to_the_same_model_bit_for_bit(
     federation: LocalFederation,
 ) -> None:
@@ -200,6 +201,7 @@ def test_a_run_whose_coordinator_was_killed_resumes_to_the_same_model_bit_for_bi
         assert resumed.summary.mean[key] == pytest.approx(value, abs=0.25, nan_ok=True), key
 
 
+@pytest.mark.long(65)
 def test_a_private_run_resumes_without_spending_its_rounds_again(federation: LocalFederation) -> None:
     # A target every node's default agreement allows (at most 10 a run): each plans its own noise.
     values = {"num_rounds": 3, "baseline_epochs": 2, "local_steps": 50, "dp_target_epsilon": 5.0}
@@ -227,6 +229,7 @@ def test_a_private_run_resumes_without_spending_its_rounds_again(federation: Loc
         assert resumed.summary.node(name).epsilon == pytest.approx(runs[resumed_key]["epsilon"])
 
 
+@pytest.mark.long(45)
 def test_a_node_killed_mid_round_is_left_out_of_that_round_and_takes_part_again(
     federation: LocalFederation,
 ) -> None:
@@ -268,6 +271,7 @@ def test_a_node_killed_mid_round_is_left_out_of_that_round_and_takes_part_again(
     assert "worker stopped while answering" in next(r["reason"] for r in refusals if r["node"] == "hungary")
 
 
+@pytest.mark.long(55)
 def test_a_run_whose_superlink_was_killed_resumes_once_the_coordinator_is_back(
     own_federation: LocalFederation,
 ) -> None:

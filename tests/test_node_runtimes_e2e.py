@@ -24,7 +24,7 @@ from lab.runtime.submit import new_run_dir, submit_run
 
 from .conftest import HEART, ROOT, SILOS, leftover_processes, run_lab
 
-pytestmark = [pytest.mark.e2e, pytest.mark.long]
+pytestmark = [pytest.mark.e2e, pytest.mark.long(60)]
 
 SPEC = load_spec(HEART / "task.toml")
 SHORT = {"num_rounds": 2, "baseline_epochs": 2, "local_steps": 20}

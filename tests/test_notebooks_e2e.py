@@ -14,7 +14,7 @@ from nbclient import NotebookClient
 
 from .conftest import ROOT, leftover_processes
 
-pytestmark = [pytest.mark.e2e, pytest.mark.long]
+pytestmark = [pytest.mark.e2e, pytest.mark.long(70)]
 
 
 def _execute(name: str, workspace: Path) -> str:

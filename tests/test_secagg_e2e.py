@@ -46,6 +46,8 @@ from lab.runtime.submit import new_run_dir, submit_run
 
 from .conftest import HEART, ROOT, SILOS
 
+pytestmark = pytest.mark.long(70)  # its module fixture's two runs, SecAgg+'s four message rounds each
+
 NODES = ("cleveland", "hungary")
 ROUNDS = 2
 LEARNING_RATE = 0.05

@@ -22,7 +22,7 @@ from .conftest import leftover_processes, run_lab
 from .postgres import postgres_server
 from .task_matrix import CLASSES, Case, floor, spec_text, typed_frame, write_node
 
-pytestmark = [pytest.mark.e2e, pytest.mark.long]
+pytestmark = [pytest.mark.e2e, pytest.mark.long(75)]
 
 # These runs are about the data's paths (a database, text classes, a target in thousands) and an
 # in-house rerun equal to the record to 1e-6: their nodes release exact scores (--no-agreement);

@@ -30,7 +30,7 @@ from .conftest import ROOT
 from .task_matrix import CASES, Case, floor, write_case
 
 # Still minutes on two cores (13 runs two at a time, then the reruns), so started first (conftest.py).
-pytestmark = [pytest.mark.e2e, pytest.mark.long]
+pytestmark = [pytest.mark.e2e, pytest.mark.long(50)]
 
 DIABETES = ROOT / "data" / "diabetes"
 DIABETES_NODES = {name: str(DIABETES / f"{name}.csv") for name in ("clinic-north", "clinic-south", "clinic-east")}

@@ -22,7 +22,7 @@ from lab.runtime.run import node_specs, run_settings
 from .conftest import HEART, SILOS, leftover_processes
 from .test_faults_e2e import _in_background, checkpointed_run
 
-pytestmark = [pytest.mark.e2e, pytest.mark.long]
+pytestmark = [pytest.mark.e2e, pytest.mark.long(130)]
 
 SPEC = load_spec(HEART / "task.toml")
 NAMES = ("cleveland", "hungary", "va")
