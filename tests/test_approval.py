@@ -89,13 +89,18 @@ def test_a_changed_spec_gets_its_new_sha256(agreement: Path, tmp_path: Path) -> 
         (("--app", str(HEART / "task.toml")), "is not a Flower app (FAB): give a .fab file or the app's folder"),
         (("--app", str(HEART)), "has no pyproject.toml: give a Flower app's folder or its .fab file"),
         (("--task", str(HEART / "no-such.toml")), "no-such.toml"),
+        (("--app", "{broken}"), "is not a Flower app's: "),
     ],
-    ids=["nothing", "unknown-strategy", "not-a-fab", "not-an-app", "no-spec"],
+    ids=["nothing", "unknown-strategy", "not-a-fab", "not-an-app", "no-spec", "broken-app"],
 )
 def test_a_mistaken_allow_says_why_in_one_line_and_changes_nothing(
     agreement: Path, tmp_path: Path, args: tuple[str, ...], message: str
 ) -> None:
     before = agreement.read_text()
+    broken = tmp_path / "app"
+    broken.mkdir()
+    (broken / "pyproject.toml").write_text("[project]\n")  # no name: Flower refuses to build it
+    args = tuple(a.format(broken=broken) for a in args)
     done = run_lab("agreement", "allow", str(agreement), *args, workspace=tmp_path / "ws")
     assert done.returncode == 2, done.stdout + done.stderr
     said = " ".join(done.stderr.split())

@@ -101,7 +101,10 @@ def read_app(path: Path | None) -> tuple[bytes, str]:
     if path.is_dir():
         if not (path / "pyproject.toml").is_file():
             raise UsageError(f"{str(path)!r} has no pyproject.toml: give a Flower app's folder or its .fab file")
-        return build_fab(path), str(path)
+        try:
+            return build_fab(path), str(path)
+        except ValueError as exc:  # Flower's word on the app's pyproject.toml (a TOML error is one too)
+            raise UsageError(f"{str(path / 'pyproject.toml')!r} is not a Flower app's: {exc}") from None
     try:
         return path.read_bytes(), str(path)
     except FileNotFoundError:
