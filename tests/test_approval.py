@@ -90,8 +90,9 @@ def test_a_changed_spec_gets_its_new_sha256(agreement: Path, tmp_path: Path) -> 
         (("--app", str(HEART)), "has no pyproject.toml: give a Flower app's folder or its .fab file"),
         (("--task", str(HEART / "no-such.toml")), "no-such.toml"),
         (("--app", "{broken}"), "is not a Flower app's: "),
+        (("--task", str(HEART / "task.toml"), "--strategy", "krum", "--app", "{broken}"), "is not a Flower app's: "),
     ],
-    ids=["nothing", "unknown-strategy", "not-a-fab", "not-an-app", "no-spec", "broken-app"],
+    ids=["nothing", "unknown-strategy", "not-a-fab", "not-an-app", "no-spec", "broken-app", "one-of-three"],
 )
 def test_a_mistaken_allow_says_why_in_one_line_and_changes_nothing(
     agreement: Path, tmp_path: Path, args: tuple[str, ...], message: str

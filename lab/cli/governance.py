@@ -108,20 +108,25 @@ def agreement_allow(
     """Add an app, a task or a strategy to an agreement, and say what was added (its comments and
     layout stay; it is checked before it is written)."""
     from lab.core.spec import load_spec
-    from lab.node.approval import allow_app, allow_strategy, allow_task
+    from lab.node.approval import allow_app, allow_strategy, allow_task, check_strategy
     from lab.runtime.app import read_app
 
     if app is None and task is None and not strategy:
         raise UsageError("give what to allow: --app APP, --task SPEC or --strategy NAME")
     if not path.is_file():
         raise AgreementError(f"agreement {str(path)!r} does not exist; `lab agreement template` prints one to start")
+    # Every input read and checked before the first edit: a mistake in one changes nothing.
+    spec = load_spec(task) if task is not None else None
+    for name in strategy or []:
+        check_strategy(name)
+    approved = read_app(app) if app is not None else None
     done: list[str] = []
-    if task is not None:
-        done += allow_task(path, load_spec(task))
+    if spec is not None:
+        done += allow_task(path, spec)
     for name in strategy or []:
         done += allow_strategy(path, name)
-    if app is not None:
-        fab, source = read_app(app)
+    if approved is not None:
+        fab, source = approved
         done += allow_app(path, fab, source=source)
     for line in done:
         console.print(escape(line), highlight=False)

@@ -27,7 +27,17 @@ from lab.core.spec import TaskSpec
 from lab.errors import AgreementError, UsageError
 from lab.node.agreement import Agreement, load_agreement, parse_agreement
 
-__all__ = ["APPROVED_APPS", "AppContents", "AppFile", "Review", "allow_app", "allow_strategy", "allow_task", "review"]
+__all__ = [
+    "APPROVED_APPS",
+    "AppContents",
+    "AppFile",
+    "Review",
+    "allow_app",
+    "allow_strategy",
+    "allow_task",
+    "check_strategy",
+    "review",
+]
 
 #: The folder beside an agreement where each app approved with `lab agreement allow --app` is kept.
 APPROVED_APPS = "approved-apps"
@@ -142,10 +152,15 @@ def allow_app(agreement: Path, fab: bytes, *, source: str) -> list[str]:
     return done
 
 
-def allow_strategy(agreement: Path, name: str) -> list[str]:
-    """Add strategy ``name`` to ``agreement``'s ``allow.strategies``."""
+def check_strategy(name: str) -> None:
+    """Refuse a strategy the lab does not have, naming those it has."""
     if name not in STRATEGIES:
         raise UsageError(f"--strategy {name!r} is not a strategy of the lab; choose from {sorted(STRATEGIES)}")
+
+
+def allow_strategy(agreement: Path, name: str) -> list[str]:
+    """Add strategy ``name`` to ``agreement``'s ``allow.strategies``."""
+    check_strategy(name)
     current = load_agreement(agreement)
     if name in current.strategies:
         return [f"allow.strategies already allows {name!r}"]
