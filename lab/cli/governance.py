@@ -54,7 +54,7 @@ def app_review(
 ) -> None:
     """Show what an app would run on your data: its files, sizes and sha256, and its code, new or
     changed since the last app your agreement approved with `lab agreement allow --app`."""
-    from lab.node.approval import review
+    from lab.node.approval import review, visible
     from lab.runtime.app import read_app
 
     fab, source = read_app(app)
@@ -80,16 +80,18 @@ def app_review(
     for column in ("file", "bytes", "sha256", *(("since approved",) if agreement is not None else ())):
         table.add_column(column, overflow="fold")  # a path or hash shown whole, over lines if it must
     for name, file in files.items():
-        table.add_row(name, str(file.size), file.sha256, *((seen.status(name),) if agreement is not None else ()))
+        status = (seen.status(name),) if agreement is not None else ()
+        table.add_row(escape(visible(name)), str(file.size), file.sha256, *status)
     console.print(table)
     for name in seen.removed:
-        console.print(f"removed since approved: {escape(name)}")
+        console.print(f"removed since approved: {escape(visible(name))}")
     shown = [n for n in files if code or (seen.against is not None and seen.status(n) != "same")]
     for name in shown:
         file = files[name]
-        console.rule(escape(f"{name} ({seen.status(name) if agreement is not None else 'in full'})"))
+        console.rule(escape(f"{visible(name)} ({seen.status(name) if agreement is not None else 'in full'})"))
         text = seen.diff(name) if not code and seen.status(name) == "changed" else file.text
-        console.print(text if text is not None else "(not text: compare its sha256)", markup=False, highlight=False)
+        printed = visible(text) if text is not None else "(not text: compare its sha256)"
+        console.print(printed, markup=False, highlight=False)
     if not shown and not code:
         console.print("nothing changed since the approved app" if seen.against is not None else
                       "pass --code to read every file in full")  # fmt: skip

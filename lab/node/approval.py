@@ -17,6 +17,7 @@ import io
 import os
 import re
 import tempfile
+import unicodedata
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ __all__ = [
     "allow_task",
     "check_strategy",
     "review",
+    "visible",
 ]
 
 #: The folder beside an agreement where each app approved with `lab agreement allow --app` is kept.
@@ -111,6 +113,16 @@ class Review:
             old.splitlines(keepends=True), new.splitlines(keepends=True), f"approved/{name}", f"this/{name}"
         )
         return "".join(lines)
+
+
+def visible(text: str) -> str:
+    """``text`` as an operator must read it: every control or format character other than a
+    newline or a tab written as its escape (``\\x1b``, ``\\u202e``), so that no terminal sequence
+    or bidirectional override in an app's file can hide or reorder what it shows."""
+    return "".join(
+        c if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cf") else c.encode("unicode_escape").decode()
+        for c in text
+    )
 
 
 def review(fab: bytes, *, source: str, agreement: Path | None = None) -> Review:
