@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -258,11 +259,37 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float) -> None:
         proc.wait()
 
 
+#: The lowest port ``free_port`` picks: above the ports services are configured on.
+LOWEST_PORT = 20000
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port on ``host`` that nothing listens on right now, picked at random below the
+    kernel's ephemeral range. A port the kernel hands out for port 0 comes from that range, where
+    every outgoing connection also takes its local port: on a busy host (a federation's nodes poll
+    over HTTP) one took such a port between the lab picking it and its SuperNode binding it, and
+    the node could not start ("address already in use")."""
+    ephemeral = _ephemeral_start()
+    if ephemeral - LOWEST_PORT > 1000:
+        for _ in range(200):
+            port = random.randrange(LOWEST_PORT, ephemeral)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # an unusual range: the kernel's pick
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_start() -> int:
+    """The first port of the kernel's ephemeral range (Linux's default where it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def executable(name: str) -> str:
